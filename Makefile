@@ -1,0 +1,38 @@
+# Every target creates .venv from the pinned dependencies first, so a fresh machine needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-all bench lint clean cleanup
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lab demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -n 2 -m "not slow" --hypothesis-profile=ci
+
+test-all: $(STAMP)
+	$(BIN)/pytest -n 2 --hypothesis-profile=ci
+
+bench: $(STAMP)
+	mkdir -p reports/benchmarks
+	$(BIN)/pytest tests/benchmarks -p no:xdist --benchmark-only \
+		--benchmark-json=reports/benchmarks/benchmarks.json --benchmark-group-by=group \
+		--benchmark-columns=min,median,mean,max,rounds
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+cleanup: $(STAMP)
+	$(BIN)/lab cleanup
+
+clean:
+	rm -rf $(VENV) build *.egg-info

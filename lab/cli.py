@@ -1,0 +1,232 @@
+"""The `lab` command (typer). Thin: it validates and delegates; heavy modules load lazily.
+
+Every user-caused error (bad values, port in use, missing privileges, bad files) ends as one line
+`lab: error: ...` on stderr and exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from lab.errors import LabError
+
+app = typer.Typer(
+    name="lab",
+    help=(
+        "wirelab: put TCP and UDP side by side on real sockets.\n\n"
+        "Start with `lab demo` (the classroom demo: TCP vs UDP over the same lossy link), or\n"
+        "`lab serve both` in one terminal and `lab send udp 127.0.0.1 7007` in another."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DEFAULT_PORT = 7007  # echo's well-known port is 7 (RFC 862); 7007 needs no privileges
+
+
+class ServeWhich(StrEnum):
+    tcp = "tcp"
+    udp = "udp"
+    both = "both"
+
+
+class Proto(StrEnum):
+    tcp = "tcp"
+    udp = "udp"
+
+
+class Layer(StrEnum):
+    ip = "ip"
+    udp = "udp"
+    tcp = "tcp"
+    app = "app"
+
+
+class Direction(StrEnum):
+    both = "both"
+    forward = "forward"
+    reverse = "reverse"
+
+
+PORT = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535, help="Port (0 = any free).")
+
+
+@app.command()
+def serve(
+    which: ServeWhich = typer.Argument(..., help="tcp, udp, or both (same port number)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = PORT,
+    max_conns: int = typer.Option(256, min=1, max=100_000, help="TCP connections at once; "
+                                  "beyond it new ones are closed politely."),
+    idle_timeout: float = typer.Option(60.0, min=0.0, help="Close a TCP connection idle this "
+                                       "many seconds (0 = never)."),
+    max_datagram: int = typer.Option(65507, min=0, max=65507, help="Largest UDP datagram echoed."),
+) -> None:
+    """Run RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram.
+
+    Any echo client works against them (nc, socat, `lab send`). Ctrl-C prints a stats line.
+
+    Example: lab serve both --port 7007   then   nc 127.0.0.1 7007
+    """
+    from lab.endpoints.server import serve_command
+
+    raise typer.Exit(serve_command(which.value, host, port, max_conns, idle_timeout, max_datagram))
+
+
+@app.command()
+def send(
+    protocol: Proto = typer.Argument(..., help="tcp or udp."),
+    host: str = typer.Argument(..., help="Echo server address, e.g. 127.0.0.1."),
+    port: int = typer.Argument(..., min=1, max=65535, help="Echo server port."),
+    count: int = typer.Option(100, "--count", "-c", min=1, max=10_000_000, help="Probes to send."),
+    size: int = typer.Option(64, "--size", "-s", min=32, max=65507,
+                             help="Bytes per probe on the wire (32-byte header + payload)."),
+    rate: float | None = typer.Option(None, "--rate", "-r", help="Probes/s, paced open loop "
+                                      "(default: ping-pong, one in flight)."),
+    timeout: float = typer.Option(1.0, "--timeout", "-t", help="Seconds before a probe counts "
+                                  "as lost."),
+    as_json: bool = typer.Option(False, "--json", help="Print one result object as JSON."),
+) -> None:
+    """Measure RTT, loss, jitter, reordering against any echo server (ours, socat, ...).
+
+    Example: lab send udp 127.0.0.1 7007 --count 1000 --rate 500
+    """
+    from lab.endpoints.client import send_command
+    from lab.records import TrafficPlan
+
+    if rate is not None and rate <= 0:
+        raise LabError(f"--rate must be a positive number of messages per second, got {rate}")
+    if timeout <= 0:
+        raise LabError(f"--timeout must be a positive number of seconds, got {timeout}")
+    plan = TrafficPlan(count=count, size=size, rate=rate, timeout=timeout)
+    raise typer.Exit(send_command(protocol.value, host, port, plan, as_json))
+
+
+@app.command()
+def link(
+    name: str = typer.Option("lab", help="Name prefix: namespaces NAME-client and NAME-server."),
+    loss: str | None = typer.Option(None, help="Loss: '5%', or Gilbert-Elliott "
+                                    "'gemodel P R [1-H [1-K]]' as in netem."),
+    delay: str | None = typer.Option(None, help="One-way delay, e.g. 20ms."),
+    jitter: str | None = typer.Option(None, help="Delay jitter, e.g. 5ms."),
+    distribution: str | None = typer.Option(None, help="Jitter distribution: uniform|normal."),
+    reorder: str | None = typer.Option(None, help="Share sent at once while others wait, "
+                                       "e.g. 10% (needs --delay)."),
+    duplicate: str | None = typer.Option(None, help="Duplication probability, e.g. 1%."),
+    corrupt: str | None = typer.Option(None, help="Bit-flip probability, e.g. 0.1%."),
+    rate: str | None = typer.Option(None, help="Rate limit, e.g. 10mbit."),
+    limit: str | None = typer.Option(None, help="Queue limit in packets (tail drop), e.g. 1000."),
+    direction: Direction = typer.Option(Direction.both, help="Which way impairment applies."),
+    seed: int = typer.Option(1, help="Seed of the impairment models (same seed, same decisions)."),
+    mtu: int = typer.Option(1500, min=576, max=65535, help="MTU of the link's devices."),
+    capture: Path | None = typer.Option(None, help="Write every packet entering the link to "
+                                        "this pcapng file, annotated with what the link did."),
+) -> None:
+    """Bring up an impaired link between two namespaces; stays up until Ctrl-C (needs root).
+
+    Namespaces NAME-client (198.18.0.1) and NAME-server (198.18.0.2). Run anything through it:
+    ip netns exec NAME-server iperf3 -s   and   ip netns exec NAME-client iperf3 -c 198.18.0.2
+    """
+    from lab.link.session import link_command
+
+    impairment = {
+        k: v
+        for k, v in dict(
+            loss=loss, delay=delay, jitter=jitter, distribution=distribution, reorder=reorder,
+            duplicate=duplicate, corrupt=corrupt, rate=rate, limit=limit,
+        ).items()
+        if v is not None
+    }
+    raise typer.Exit(
+        link_command(name, impairment, direction.value, seed, mtu, capture)
+    )
+
+
+@app.command()
+def cleanup() -> None:
+    """Remove namespaces, TUN devices and forwarders left by a killed lab run (only the lab's)."""
+    from lab.link.netns import cleanup_leftovers
+
+    removed = cleanup_leftovers()
+    for item in removed:
+        typer.echo(f"removed {item}")
+    typer.echo(f"{len(removed)} leftover(s) removed")
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario file (scenarios/*.toml)."),
+    out: Path | None = typer.Option(None, help="Output directory (default reports/NAME)."),
+    seed: int | None = typer.Option(None, help="Override the scenario's seed."),
+    capture: bool = typer.Option(False, help="Also write DIR/link.pcapng."),
+) -> None:
+    """Run a scenario: TCP and UDP over the same link, then result.json, report.html, report.md."""
+    from lab.runner import run_command
+
+    raise typer.Exit(run_command(scenario, out, seed, capture))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("reports/demo"), help="Output directory."),
+) -> None:
+    """The classroom demo: TCP vs UDP over the same lossy, slow link, with a report (<1 min)."""
+    from lab.runner import demo_command
+
+    raise typer.Exit(demo_command(out))
+
+
+@app.command()
+def probe(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of case results."),
+    case: list[str] | None = typer.Option(None, "--case", help="Run only this case (repeatable)."),
+    layer: Layer | None = typer.Option(None, help="Run only cases of this layer."),
+    target: str | None = typer.Option(None, help="Target address; only loopback or the lab's "
+                                      "198.18.0.0/15 namespaces are allowed."),
+    list_cases: bool = typer.Option(False, "--list", help="List the catalogue and exit."),
+) -> None:
+    """Fire the malformed-packet catalogue at the lab's servers; show the kernel's verdicts."""
+    from lab.probes.runner import probe_command
+
+    raise typer.Exit(
+        probe_command(as_json, case or [], layer.value if layer else None, target, list_cases)
+    )
+
+
+@app.command()
+def report(
+    directory: Path = typer.Argument(..., help="A run directory holding result.json."),
+) -> None:
+    """Re-render report.html and report.md from DIR/result.json."""
+    from lab.report import render_command
+
+    raise typer.Exit(render_command(directory))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning user errors into one line and exit status 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # bad option values, unknown commands, missing args
+        print(f"lab: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("lab: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)

@@ -1,0 +1,53 @@
+"""Capability checks: say what is missing and how to get it, before the kernel says EPERM."""
+
+from __future__ import annotations
+
+from lab.errors import PrivilegeError
+
+CAP_NET_ADMIN = 12  # linux/capability.h
+CAP_NET_RAW = 13
+_NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
+_WHY = {
+    CAP_NET_ADMIN: "to create network namespaces and TUN devices",
+    CAP_NET_RAW: "to open raw sockets for crafted packets",
+}
+
+
+def _effective_caps() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except OSError:
+        pass
+    return 0
+
+
+def has_capability(cap: int) -> bool:
+    """True if this process holds `cap` in its effective set."""
+    return bool(_effective_caps() & (1 << cap))
+
+
+def missing(*caps: int) -> list[str]:
+    """Names of the capabilities among `caps` this process lacks."""
+    return [_NAMES[c] for c in caps if not has_capability(c)]
+
+
+def explain(*caps: int) -> str:
+    """One sentence naming what is missing, why it is needed and how to get it ('' if nothing)."""
+    lacking = [c for c in caps if not has_capability(c)]
+    if not lacking:
+        return ""
+    parts = [f"{_NAMES[c]} ({_WHY[c]})" for c in lacking]
+    return (
+        f"needs {' and '.join(parts)}: run as root (sudo), or grant the capability, "
+        "e.g. `sudo setcap cap_net_admin,cap_net_raw+ep $(readlink -f .venv/bin/python)`"
+    )
+
+
+def require(*caps: int) -> None:
+    """Raise `PrivilegeError` with an actionable message if any of `caps` is missing."""
+    message = explain(*caps)
+    if message:
+        raise PrivilegeError(message)

@@ -1,0 +1,161 @@
+"""What a measuring client records, and the result object computed from it.
+
+Data flows one way: a client fills a `RunRecord` (raw observations, nothing derived), then
+`lab.metrics.compute_result(record)` turns it into a `Result` (the DESIGN.md result object).
+Both are plain data with `to_dict`/`from_dict`, so they cross process boundaries (a client run
+inside a network namespace) and land in `result.json` unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lab.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficPlan:
+    """What a measuring client sends.
+
+    `rate=None` is ping-pong (one probe in flight, the next sent when the reply arrives or the
+    timeout expires); a positive `rate` (probes/s) is paced open loop, receiving concurrently.
+    `size` is the whole message on the wire (32-byte probe header + payload). `streams` > 1
+    spreads probes round-robin over that many logical streams (one TCP connection carries them
+    all; UDP gives each its own socket) — the head-of-line experiment.
+    """
+
+    count: int = 100
+    size: int = 64
+    rate: float | None = None
+    timeout: float = 1.0
+    streams: int = 1
+
+    def __post_init__(self) -> None:
+        from lab.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
+
+        if not isinstance(self.count, int) or self.count < 1 or self.count > 10_000_000:
+            raise ConfigError(f"count must be between 1 and 10000000, got {self.count!r}")
+        if not isinstance(self.size, int) or not HEADER_SIZE <= self.size <= (
+            HEADER_SIZE + DEFAULT_MAX_PAYLOAD
+        ):
+            raise ConfigError(
+                f"size must be between {HEADER_SIZE} (the probe header) and "
+                f"{HEADER_SIZE + DEFAULT_MAX_PAYLOAD} bytes, got {self.size!r}"
+            )
+        if self.rate is not None and not (0 < self.rate <= 1_000_000):
+            raise ConfigError(f"rate must be > 0 and <= 1000000 messages/s, got {self.rate!r}")
+        if not 0 < self.timeout <= 3600:
+            raise ConfigError(f"timeout must be > 0 and <= 3600 seconds, got {self.timeout!r}")
+        if not isinstance(self.streams, int) or not 1 <= self.streams <= 64:
+            raise ConfigError(f"streams must be between 1 and 64, got {self.streams!r}")
+
+
+@dataclass(slots=True, kw_only=True)
+class Send:
+    """One probe as sent: when it was meant to go and when it actually went (monotonic ns)."""
+
+    seq: int
+    intended_ns: int
+    sent_ns: int
+    size: int
+    stream: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class Arrival:
+    """One reply as received, in arrival order. `intact=False` means the payload CRC failed."""
+
+    seq: int
+    recv_ns: int
+    intact: bool = True
+    stream: int = 0
+
+
+@dataclass(slots=True, kw_only=True)
+class RunRecord:
+    """Everything one client run observed. Times are `time.monotonic_ns()` of the client host.
+
+    `arrivals` is in the order the client received them (duplicates and late replies included).
+    `unattributed_corrupt` counts replies so damaged that no sequence number could be read.
+    `extras` carries protocol-specific observations, e.g. ``{"tcp_info": {...}}``.
+    """
+
+    protocol: str
+    plan: TrafficPlan
+    started_ns: int
+    ended_ns: int
+    sends: list[Send] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
+    unattributed_corrupt: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        """Inverse of `to_dict`."""
+        return cls(
+            protocol=data["protocol"],
+            plan=TrafficPlan(**data["plan"]),
+            started_ns=data["started_ns"],
+            ended_ns=data["ended_ns"],
+            sends=[Send(**s) for s in data["sends"]],
+            arrivals=[Arrival(**a) for a in data["arrivals"]],
+            unattributed_corrupt=data.get("unattributed_corrupt", 0),
+            extras=dict(data.get("extras", {})),
+        )
+
+
+RTT_KEYS = ("min", "p50", "p90", "p99", "p999", "max", "mean")
+
+
+@dataclass(slots=True, kw_only=True)
+class Result:
+    """The DESIGN.md result object: one per protocol run. All latencies in µs.
+
+    `rtt_us` holds percentiles of replies that came back in time; `rtt_censored_us` the same
+    percentiles with every lost probe counted at the timeout (so losses stay visible in the
+    latency picture). Open-loop runs measure from the *intended* send time (`rtt_us`) and also
+    report `rtt_uncorrected_us`, measured from the actual send time (coordinated omission).
+    `expected_loss_ratio`, `link` and `kernel` are filled by a linked run; `tcp_info` by TCP.
+    """
+
+    protocol: str
+    sent: int
+    received: int
+    lost: int
+    loss_ratio: float
+    loss_ci95: list[float]
+    duplicates: int
+    reordered: int
+    reordered_ratio: float
+    reorder_extent_max: int
+    corrupted: int
+    late: int
+    rtt_us: dict[str, float | None]
+    rtt_censored_us: dict[str, float | None]
+    rtt_uncorrected_us: dict[str, float | None] | None
+    jitter_us: float
+    goodput_bps: float
+    duration_s: float
+    size: int
+    rate: float | None
+    timeout_s: float
+    expected_loss_ratio: float | None = None
+    tcp_info: dict[str, Any] | None = None
+    link: dict[str, Any] | None = None
+    kernel: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (the `--json` output and one entry of result.json)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        """Inverse of `to_dict` (ignores keys it does not know, for forward compatibility)."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
