@@ -1,0 +1,534 @@
+"""RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram, one `selectors` loop.
+
+The loop is non-blocking throughout. Each TCP connection keeps its own outgoing buffer; when a
+client stops reading, that buffer grows until `OUTBUF_HIGH`, and then the server stops reading
+*that* connection (back-pressure) until the buffer drains below `OUTBUF_LOW`. Nothing a peer sends
+can make the loop raise: every OSError on a connection closes just that connection and is counted.
+
+Also here: `running_server` (a server in a daemon thread, for tests and the runner), `serve_command`
+(`lab serve`) and a machine entry point (`python -m lab.endpoints.server`) that prints a JSON ready
+line, used to start servers inside network namespaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from lab.errors import ConfigError, EndpointError
+
+KINDS = ("tcp", "udp", "both")
+VARIANTS = ("selectors", "socketserver")
+MAX_UDP_PAYLOAD = 65507  # 65535 - 20 (IPv4 header) - 8 (UDP header), RFC 768 / RFC 791
+MAX_UDP6_PAYLOAD = 65527  # 65535 - 8 (UDP header): IPv6's payload length excludes its header, RFC 8200
+RECV_CHUNK = 65536  # bytes per recv(); also large enough to see any over-max datagram (IPv6: 65527)
+OUTBUF_HIGH = 256 * 1024  # stop reading a connection whose unsent echo exceeds this (back-pressure)
+OUTBUF_LOW = 64 * 1024  # ... and resume once it has drained below this
+BATCH = 64  # accepts/datagrams handled per readiness event, so one busy socket cannot starve others
+LISTEN_BACKLOG = 128
+UDP_SOCKET_BUFFER = 1 << 20  # ask for 1 MiB so a burst of max-size datagrams is not dropped at once
+BOTH_BIND_ATTEMPTS = 8  # kind="both", port=0: TCP's ephemeral port may already be taken for UDP
+ACCEPT_PAUSE_S = 0.1  # out of fds/memory: stop accepting this long instead of spinning
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+COUNTER_NAMES = (
+    "accepted", "active", "refused", "closed_idle",
+    "bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "datagrams_dropped",
+    "errors", "paused", "backpressure_pauses",
+)
+
+
+class Counters:
+    """The servers' counters; written by the serving thread(s), read as a snapshot from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+
+    def add(self, **deltas: int) -> None:
+        """Add each delta to its counter (atomically as a group)."""
+        with self._lock:
+            for name, delta in deltas.items():
+                self._values[name] += delta
+
+    def snapshot(self) -> dict[str, int]:
+        """A consistent copy of every counter."""
+        with self._lock:
+            return dict(self._values)
+
+
+def resolve_bind(host: str, port: int, socktype: int) -> tuple[int, tuple[Any, ...]]:
+    """(family, sockaddr) to bind `host`:`port`; raises EndpointError on a bad address or port."""
+    if not 0 <= port <= 65535:
+        raise EndpointError(f"port must be 0..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socktype, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise EndpointError(f"cannot listen on {host!r}: not a usable address ({exc})") from exc
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def format_address(address: tuple[Any, ...]) -> str:
+    """'127.0.0.1:7007' or '[::1]:7007'."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind(host: str, port: int, socktype: int) -> socket.socket:
+    """A bound (and, for TCP, listening) non-blocking socket; EndpointError with a reason if not."""
+    family, sockaddr = resolve_bind(host, port, socktype)
+    sock = socket.socket(family, socktype)
+    try:
+        if socktype == socket.SOCK_STREAM:
+            # Restarting `lab serve` must not fail on the old server's TIME_WAIT connections; on
+            # Linux this still refuses a port that another socket is *listening* on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                sock.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER)
+        sock.bind(sockaddr)
+        if socktype == socket.SOCK_STREAM:
+            sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        proto = "tcp" if socktype == socket.SOCK_STREAM else "udp"
+        where = format_address((host, port))
+        if exc.errno == errno.EADDRINUSE:
+            raise EndpointError(f"{proto} port {port} on {host} is already in use: stop the other "
+                                "server or choose another --port (0 = any free)") from exc
+        if exc.errno == errno.EACCES:
+            raise EndpointError(f"not allowed to listen on {proto} {where}: ports below 1024 need "
+                                "root; choose a port >= 1024") from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise EndpointError(f"cannot listen on {where}: {host} is not an address of this "
+                                "machine (try 127.0.0.1 or ::1)") from exc
+        raise EndpointError(f"cannot listen on {proto} {where}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def bind_sockets(kind: str, host: str, port: int) -> tuple[socket.socket | None, socket.socket | None]:
+    """Bind the listening TCP and/or UDP sockets; with kind="both" they share one port number."""
+    if kind not in KINDS:
+        raise ConfigError(f"server kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "tcp":
+        return _bind(host, port, socket.SOCK_STREAM), None
+    if kind == "udp":
+        return None, _bind(host, port, socket.SOCK_DGRAM)
+    for attempt in range(BOTH_BIND_ATTEMPTS):
+        tcp = _bind(host, port, socket.SOCK_STREAM)
+        try:
+            return tcp, _bind(host, tcp.getsockname()[1], socket.SOCK_DGRAM)
+        except EndpointError:
+            tcp.close()
+            if port != 0 or attempt == BOTH_BIND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _Conn:
+    """One TCP connection's state in the loop."""
+
+    __slots__ = ("sock", "outbuf", "last_active", "reading", "eof", "events")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.outbuf = bytearray()
+        self.last_active = now
+        self.reading = True  # False while paused by back-pressure
+        self.eof = False  # the client half-closed (or we gave up reading)
+        self.events = selectors.EVENT_READ
+
+
+class EchoServer:
+    """TCP and/or UDP echo served by one `selectors` loop; binds in the constructor."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_conns: int = 256,
+        idle_timeout: float = 60.0,
+        max_datagram: int = MAX_UDP_PAYLOAD,
+    ) -> None:
+        if max_conns < 1:
+            raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
+        if idle_timeout < 0:
+            raise ConfigError(f"idle_timeout must be >= 0 seconds (0 = never), got {idle_timeout}")
+        if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
+            raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
+        self.kind = kind
+        self.max_conns = max_conns
+        self.idle_timeout = idle_timeout
+        self.max_datagram = max_datagram
+        self._counters = Counters()
+        self._tcp, self._udp = bind_sockets(kind, host, port)
+        self.tcp_address = self._tcp.getsockname()[:2] if self._tcp else None
+        self.udp_address = self._udp.getsockname()[:2] if self._udp else None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._conns: dict[socket.socket, _Conn] = {}
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._serving = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._accept_paused_until = 0.0
+
+    # --- public ------------------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        """The first bound address (TCP's when both)."""
+        return self.tcp_address or self.udp_address  # type: ignore[return-value]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters (safe to call from any thread)."""
+        return self._counters.snapshot()
+
+    def serve_forever(self) -> None:
+        """Run the loop until `shutdown()`; closes every socket on the way out."""
+        if self._closed:
+            raise EndpointError("this echo server was closed; create a new one")
+        self._serving = True
+        try:
+            self._register()
+            while not self._stop.is_set():
+                self._step()
+        finally:
+            self._close_all()
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Ask the loop to stop (from any thread, idempotent); returns at once."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        """Stop serving (waiting briefly for the loop) and close every socket."""
+        self.shutdown()
+        if self._serving:
+            self._done.wait(timeout=5.0)  # the loop closes everything itself as it exits
+        self._close_all()
+
+    def __enter__(self) -> EchoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def _register(self) -> None:
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        if self._tcp is not None:
+            self._sel.register(self._tcp, selectors.EVENT_READ, self._on_accept)
+        if self._udp is not None:
+            self._sel.register(self._udp, selectors.EVENT_READ, self._on_datagram)
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        timeout = self._next_deadline(now)
+        for key, mask in self._sel.select(timeout):
+            key.data(key.fileobj, mask)
+        now = time.monotonic()
+        if self.idle_timeout > 0 and self._conns:
+            self._close_idle(now)
+        if self._accept_paused_until and now >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._sel.register(self._tcp, selectors.EVENT_READ, self._on_accept)  # type: ignore[arg-type]
+
+    def _next_deadline(self, now: float) -> float | None:
+        deadlines = []
+        if self.idle_timeout > 0 and self._conns:
+            oldest = min(c.last_active for c in self._conns.values())
+            deadlines.append(oldest + self.idle_timeout - now)
+        if self._accept_paused_until:
+            deadlines.append(self._accept_paused_until - now)
+        return max(0.0, min(deadlines)) if deadlines else None
+
+    def _on_wake(self, sock: Any, mask: int) -> None:
+        with contextlib.suppress(OSError):
+            sock.recv(4096)
+
+    def _on_accept(self, listener: Any, mask: int) -> None:
+        for _ in range(BATCH):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # the client gave up while queued: nothing to serve
+                continue
+            except OSError as exc:
+                self._counters.add(errors=1)
+                if exc.errno in _RESOURCE_ERRNOS:
+                    # The listener stays readable while we are out of fds: back off, don't spin.
+                    self._sel.unregister(listener)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+                return
+            if len(self._conns) >= self.max_conns:
+                sock.close()  # polite refusal: the client sees an orderly EOF, not a reset
+                self._counters.add(refused=1)
+                continue
+            try:
+                sock.setblocking(False)
+                # An echo must go back as soon as it arrives: Nagle would hold a partial echo
+                # until the client ACKs, which delayed ACKs can stretch to ~40 ms.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                self._counters.add(errors=1)
+                continue
+            conn = _Conn(sock, time.monotonic())
+            self._conns[sock] = conn
+            self._sel.register(sock, selectors.EVENT_READ, self._on_conn)
+            self._counters.add(accepted=1, active=1)
+
+    def _on_conn(self, sock: Any, mask: int) -> None:
+        conn = self._conns.get(sock)
+        if conn is None:
+            return
+        try:
+            if mask & selectors.EVENT_READ and conn.reading:
+                self._read(conn)
+            if conn.outbuf and self._conns.get(sock) is conn:
+                self._flush(conn)
+            if conn.eof and not conn.outbuf:
+                # Half-close: everything echoed, now send our FIN too, then let go.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+                self._drop(conn)
+                return
+        except OSError:  # ECONNRESET, EPIPE, ...: this connection only
+            self._counters.add(errors=1)
+            self._drop(conn)
+            return
+        self._update_interest(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.last_active = time.monotonic()
+        if not data:
+            conn.eof = True
+            conn.reading = False
+            return
+        conn.outbuf += data
+        self._counters.add(bytes_in=len(data))
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        if sent:
+            del conn.outbuf[:sent]
+            conn.last_active = time.monotonic()
+            self._counters.add(bytes_out=sent)
+
+    def _update_interest(self, conn: _Conn) -> None:
+        if conn.reading and not conn.eof and len(conn.outbuf) > OUTBUF_HIGH:
+            conn.reading = False
+            self._counters.add(paused=1, backpressure_pauses=1)
+        elif not conn.reading and not conn.eof and len(conn.outbuf) < OUTBUF_LOW:
+            conn.reading = True
+            self._counters.add(paused=-1)
+        events = (selectors.EVENT_READ if conn.reading else 0) | (
+            selectors.EVENT_WRITE if conn.outbuf else 0
+        )
+        # Never 0: paused implies a full outbuf, and EOF with an empty outbuf was closed already.
+        if events and events != conn.events:
+            conn.events = events
+            self._sel.modify(conn.sock, events, self._on_conn)
+
+    def _close_idle(self, now: float) -> None:
+        for conn in [c for c in self._conns.values() if now - c.last_active >= self.idle_timeout]:
+            self._counters.add(closed_idle=1)
+            self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock, None) is None:
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._sel.unregister(conn.sock)
+        if not conn.reading and not conn.eof:
+            self._counters.add(paused=-1)
+        conn.sock.close()
+        self._counters.add(active=-1)
+
+    def _on_datagram(self, sock: Any, mask: int) -> None:
+        for _ in range(BATCH):
+            try:
+                data, peer = sock.recvfrom(RECV_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # e.g. ECONNREFUSED: an ICMP port-unreachable for an earlier echo to a gone client
+                self._counters.add(errors=1)
+                continue
+            if len(data) > self.max_datagram:
+                self._counters.add(datagrams_in=1, bytes_in=len(data), datagrams_dropped=1)
+                continue
+            try:
+                sock.sendto(data, peer)
+            except (BlockingIOError, InterruptedError):
+                # Send buffer full: UDP may drop, and an echo server must not block for one peer.
+                self._counters.add(datagrams_in=1, bytes_in=len(data), datagrams_dropped=1)
+                continue
+            except OSError:
+                self._counters.add(datagrams_in=1, bytes_in=len(data), errors=1)
+                continue
+            self._counters.add(datagrams_in=1, bytes_in=len(data), datagrams_out=1, bytes_out=len(data))
+
+    def _close_all(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        for sock in (self._tcp, self._udp, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._sel.close()
+
+
+# --- running a server in a thread ------------------------------------------------------------------
+class _Serving(Protocol):
+    tcp_address: tuple[str, int] | None
+    udp_address: tuple[str, int] | None
+
+    @property
+    def stats(self) -> dict[str, int]: ...
+
+    def serve_forever(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ServerHandle:
+    """A server running in a daemon thread: `.address`, `.tcp_address`, `.udp_address`, `.stats`."""
+
+    def __init__(self, server: _Serving) -> None:
+        self.server = server
+        self.tcp_address = server.tcp_address
+        self.udp_address = server.udp_address
+        self.address: tuple[str, int] = self.tcp_address or self.udp_address  # type: ignore[assignment]
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Live counters (a fresh snapshot each time)."""
+        return self.server.stats
+
+
+def make_server(kind: str, *, host: str = "127.0.0.1", port: int = 0, variant: str = "selectors",
+                **limits: Any) -> _Serving:
+    """A bound, not yet serving, echo server of the given variant."""
+    if variant == "selectors":
+        return EchoServer(kind, host=host, port=port, **limits)
+    if variant == "socketserver":
+        from lab.endpoints.classic import ClassicEchoServer
+
+        return ClassicEchoServer(kind, host=host, port=port, **limits)
+    raise ConfigError(f"server variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+
+
+@contextlib.contextmanager
+def running_server(kind: str, *, host: str = "127.0.0.1", port: int = 0, variant: str = "selectors",
+                   **limits: Any) -> Iterator[ServerHandle]:
+    """Serve in a daemon thread for the duration of the block; stop, close and join on exit."""
+    server = make_server(kind, host=host, port=port, variant=variant, **limits)
+    thread = threading.Thread(target=server.serve_forever, name=f"echo-{kind}-{variant}", daemon=True)
+    try:
+        thread.start()
+        yield ServerHandle(server)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10.0)
+        server.close()
+
+
+# --- command line ----------------------------------------------------------------------------------
+def _serve_until_signal(server: _Serving) -> None:
+    """Serve in this (main) thread until SIGINT/SIGTERM, then restore the old handlers."""
+    def stop(signum: int, frame: object) -> None:
+        server.shutdown()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.close()
+
+
+def format_stats(stats: dict[str, int]) -> str:
+    """One human line of counters."""
+    return "echo stats: " + " ".join(f"{name}={stats[name]}" for name in COUNTER_NAMES if name in stats)
+
+
+def serve_command(which: str, host: str, port: int, max_conns: int, idle_timeout: float,
+                  max_datagram: int, *, variant: str = "selectors",
+                  out: Callable[[str], None] | None = None) -> int:
+    """`lab serve`: print where it listens, serve until Ctrl-C/SIGTERM, print a stats line, 0."""
+    emit = out or (lambda line: print(line, flush=True))
+    server = make_server(which, host=host, port=port, variant=variant, max_conns=max_conns,
+                         idle_timeout=idle_timeout, max_datagram=max_datagram)
+    for proto, address in (("tcp", server.tcp_address), ("udp", server.udp_address)):
+        if address is not None:
+            emit(f"echo {proto} listening on {format_address(address)}")
+    emit("press Ctrl-C to stop")
+    _serve_until_signal(server)
+    emit(format_stats(server.stats))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Machine entry point: one JSON ready line, serve until SIGTERM/SIGINT, one JSON stats line."""
+    parser = argparse.ArgumentParser(prog="python -m lab.endpoints.server", description=__doc__)
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-conns", type=int, default=256)
+    parser.add_argument("--idle-timeout", type=float, default=60.0)
+    parser.add_argument("--max-datagram", type=int, default=MAX_UDP_PAYLOAD)
+    parser.add_argument("--variant", choices=VARIANTS, default="selectors")
+    args = parser.parse_args(argv)
+    try:
+        server = make_server(args.kind, host=args.host, port=args.port, variant=args.variant,
+                             max_conns=args.max_conns, idle_timeout=args.idle_timeout,
+                             max_datagram=args.max_datagram)
+    except (EndpointError, ConfigError) as exc:
+        print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
+        return 2
+    ready = {"ready": True,
+             "tcp": list(server.tcp_address) if server.tcp_address else None,
+             "udp": list(server.udp_address) if server.udp_address else None}
+    print(json.dumps(ready), flush=True)
+    _serve_until_signal(server)
+    print(json.dumps({"stats": server.stats}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
