@@ -1,0 +1,458 @@
+"""Seeded impairment models, netem's vocabulary; pure (no sockets, no clock), stdlib only.
+
+A `DirectionModel` owns one `random.Random(seed)` and is asked once per packet,
+`decide(packet, now) -> Verdict`: which copies leave the link and when (same clock as `now`).
+Same seed + same packets + same `now` sequence -> identical verdicts, always.
+
+Order of decisions per packet (each random draw is made only when its impairment is set, so a
+null impairment costs no randomness): loss (Bernoulli or Gilbert-Elliott) -> duplicate ->
+corrupt -> reorder -> delay/jitter -> rate + queue limit.
+
+Differences from netem worth knowing:
+- a lost packet is never duplicated (netem may let one copy of a duplicated-and-lost packet through),
+  so the loss rate is exactly the configured one;
+- `limit` counts every packet the link holds (waiting for the rate *or* the delay), as netem does:
+  a large delay x rate product needs a large limit;
+- delay with jitter reorders packets (each gets its own delay), as netem does; only jitter=0
+  keeps FIFO order;
+- delay correlation uses netem's approximation next = (1-c)*random + c*last, which keeps the mean
+  but shrinks the spread by sqrt((1-c)/(1+c)) (netem has the same flaw).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from lab.errors import ConfigError
+from lab.link.params import (
+    format_duration,
+    format_percent,
+    format_rate,
+    parse_count,
+    parse_duration,
+    parse_percent,
+    parse_rate,
+)
+
+DISTRIBUTIONS = ("uniform", "normal")
+DIRECTIONS = ("both", "forward", "reverse")
+OPTION_KEYS = (
+    "loss", "delay", "jitter", "distribution", "delay_correlation",
+    "reorder", "duplicate", "corrupt", "rate", "limit",
+)
+COUNTER_KEYS = (
+    "packets_in", "bytes_in", "forwarded", "bytes_out", "dropped_loss", "dropped_queue",
+    "duplicated", "reordered", "corrupted", "delayed",
+)
+DEFAULT_LIMIT = 1000  # netem's default queue limit, packets
+_IPV4_MIN_HEADER = 20  # RFC 791
+_IPV6_HEADER = 40  # RFC 8200
+
+
+def _check_probability(value: float, key: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key} must be between 0% and 100%, got {value * 100:g}%")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GilbertElliott:
+    """netem's `loss gemodel p r 1-h 1-k`: Good/Bad Markov chain with a loss probability per state."""
+
+    p: float  # P(Good -> Bad) per packet
+    r: float = 1.0  # P(Bad -> Good) per packet; tc's default when omitted is 100%
+    one_minus_h: float = 1.0  # loss probability in Bad (netem default 100%)
+    one_minus_k: float = 0.0  # loss probability in Good (netem default 0%)
+
+    def __post_init__(self) -> None:
+        for key in ("p", "r", "one_minus_h", "one_minus_k"):
+            _check_probability(getattr(self, key), f"loss gemodel {key.replace('one_minus_', '1-')}")
+
+    def stationary_loss(self) -> float:
+        """Mean loss rate: p/(p+r)*(1-h) + r/(p+r)*(1-k) (starts and stays Good if p=r=0)."""
+        if self.p + self.r == 0:
+            return self.one_minus_k
+        bad = self.p / (self.p + self.r)
+        return bad * self.one_minus_h + (1.0 - bad) * self.one_minus_k
+
+    def describe(self) -> str:
+        """The netem spelling, e.g. 'gemodel 1% 30% 100% 0%'."""
+        values = (self.p, self.r, self.one_minus_h, self.one_minus_k)
+        return "gemodel " + " ".join(format_percent(v) for v in values)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Impairment:
+    """One direction's validated impairment plan (netem semantics; see the module docstring)."""
+
+    loss: float = 0.0
+    gemodel: GilbertElliott | None = None
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    distribution: str = "uniform"
+    delay_correlation: float = 0.0
+    reorder: float = 0.0
+    duplicate: float = 0.0
+    corrupt: float = 0.0
+    rate_bps: float | None = None
+    limit: int = DEFAULT_LIMIT
+
+    def __post_init__(self) -> None:
+        for key in ("loss", "delay_correlation", "reorder", "duplicate", "corrupt"):
+            _check_probability(getattr(self, key), key)
+        if self.loss and self.gemodel is not None:
+            raise ConfigError("loss: give either a percentage or a gemodel, not both")
+        if self.delay_s < 0 or self.jitter_s < 0:
+            raise ConfigError("delay and jitter must not be negative")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ConfigError(
+                f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}"
+            )
+        if self.reorder and self.delay_s <= 0:
+            raise ConfigError("reorder needs a delay (e.g. --delay 10ms --reorder 25%): "
+                              "reordered packets are the ones sent without it, as in netem")
+        if self.rate_bps is not None and not self.rate_bps > 0:
+            raise ConfigError(f"rate must be above 0bit, got {self.rate_bps!r}")
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ConfigError(f"limit must be a whole number of packets >= 1, got {self.limit!r}")
+
+    @property
+    def is_null(self) -> bool:
+        """True if this direction leaves every packet alone (the forwarder's fast path)."""
+        return (
+            self.loss == 0 and self.gemodel is None and self.delay_s == 0 and self.jitter_s == 0
+            and self.duplicate == 0 and self.corrupt == 0 and self.rate_bps is None
+        )
+
+    def expected_loss(self) -> float:
+        """Mean loss probability (Bernoulli p or GE stationary rate; queue drops not included)."""
+        if self.gemodel is not None:
+            return self.gemodel.stationary_loss()
+        return self.loss
+
+    def to_dict(self) -> dict[str, str]:
+        """Human-readable, non-default settings with the option keys, e.g. {'loss': '10%'}."""
+        out: dict[str, str] = {}
+        if self.gemodel is not None:
+            out["loss"] = self.gemodel.describe()
+        elif self.loss:
+            out["loss"] = format_percent(self.loss)
+        if self.delay_s:
+            out["delay"] = format_duration(self.delay_s)
+        if self.jitter_s:
+            out["jitter"] = format_duration(self.jitter_s)
+            out["distribution"] = self.distribution
+        if self.delay_correlation:
+            out["delay_correlation"] = format_percent(self.delay_correlation)
+        for key in ("reorder", "duplicate", "corrupt"):
+            value = getattr(self, key)
+            if value:
+                out[key] = format_percent(value)
+        if self.rate_bps is not None:
+            out["rate"] = format_rate(self.rate_bps)
+        if self.limit != DEFAULT_LIMIT:
+            out["limit"] = str(self.limit)
+        return out
+
+
+NULL = Impairment()
+
+
+def _parse_loss(value: object) -> dict[str, Any]:
+    """'5%' / 0.05 -> Bernoulli; 'gemodel P [R [1-H [1-K]]]' -> Gilbert-Elliott."""
+    if isinstance(value, str) and value.strip().lower().startswith("gemodel"):
+        words = value.split()[1:]
+        if not 1 <= len(words) <= 4:
+            raise ConfigError(
+                f"loss gemodel takes 1 to 4 percentages 'gemodel P [R [1-H [1-K]]]', e.g. "
+                f"'gemodel 1% 30%', got {value!r}"
+            )
+        names = ("p", "r", "1-h", "1-k")
+        fields = ("p", "r", "one_minus_h", "one_minus_k")
+        parsed = {
+            f: parse_percent(w, key=f"loss gemodel {n}")
+            for f, n, w in zip(fields, names, words, strict=False)  # fewer words: netem defaults
+        }
+        return {"loss": 0.0, "gemodel": GilbertElliott(**parsed)}
+    return {"loss": parse_percent(value, key="loss"), "gemodel": None}  # type: ignore[arg-type]
+
+
+def _fields_from_options(options: Mapping[str, object]) -> dict[str, Any]:
+    """Option keys -> Impairment field values; None means 'back to the default'."""
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown impairment option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(OPTION_KEYS)}"
+        )
+    fields: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            if key == "loss":
+                fields.update(loss=0.0, gemodel=None)
+            else:
+                name = {"delay": "delay_s", "jitter": "jitter_s", "rate": "rate_bps"}.get(key, key)
+                fields[name] = Impairment.__dataclass_fields__[name].default
+        elif key == "loss":
+            fields.update(_parse_loss(value))
+        elif key in ("delay", "jitter"):
+            fields[f"{key}_s"] = parse_duration(value, key=key)  # type: ignore[arg-type]
+        elif key == "distribution":
+            text = str(value).strip().lower()
+            if text not in DISTRIBUTIONS:
+                raise ConfigError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {value!r}")
+            fields["distribution"] = text
+        elif key == "rate":
+            fields["rate_bps"] = parse_rate(value, key=key)  # type: ignore[arg-type]
+        elif key == "limit":
+            fields["limit"] = parse_count(value, key=key)  # type: ignore[arg-type]
+        else:
+            fields[key] = parse_percent(value, key=key)  # type: ignore[arg-type]
+    return fields
+
+
+def _check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    return direction
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LinkConfig:
+    """Both directions of a link. Models are seeded: forward with `seed`, reverse with `seed + 1`."""
+
+    forward: Impairment = NULL  # client -> server
+    reverse: Impairment = NULL  # server -> client
+    seed: int = 1
+    direction: str = "both"  # as last given to from_options/with_options (informational)
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, object], *, direction: str = "both", seed: int = 1
+    ) -> LinkConfig:
+        """Options with the DESIGN impairment keys (netem-style values) -> validated config."""
+        _check_direction(direction)
+        fields = _fields_from_options(options)
+        impairment = Impairment(**fields)
+        forward = impairment if direction in ("both", "forward") else NULL
+        reverse = impairment if direction in ("both", "reverse") else NULL
+        return cls(forward=forward, reverse=reverse, seed=seed, direction=direction)
+
+    def with_options(self, options: Mapping[str, object], *, direction: str | None = None) -> LinkConfig:
+        """A copy with `options` changed in `direction` (default: this config's); others kept."""
+        direction = _check_direction(direction or self.direction)
+        fields = _fields_from_options(options)
+        if "delay_s" in fields and fields["delay_s"] == 0 and "reorder" not in fields:
+            fields["reorder"] = 0.0  # removing the delay removes netem-style reordering with it
+        forward, reverse = self.forward, self.reverse
+        if direction in ("both", "forward"):
+            forward = replace(forward, **fields)
+        if direction in ("both", "reverse"):
+            reverse = replace(reverse, **fields)
+        return replace(self, forward=forward, reverse=reverse, direction=direction)
+
+    @property
+    def forward_seed(self) -> int:
+        """Seed of the client->server model."""
+        return self.seed
+
+    @property
+    def reverse_seed(self) -> int:
+        """Seed of the server->client model (seed + 1, so the directions are independent)."""
+        return self.seed + 1
+
+    def build_models(self) -> tuple[DirectionModel, DirectionModel]:
+        """(forward, reverse) models seeded as documented."""
+        forward = DirectionModel(self.forward, self.forward_seed)
+        return forward, DirectionModel(self.reverse, self.reverse_seed)
+
+    def expected_loss_ratio(self) -> float:
+        """Loss of an echo round trip: 1-(1-pf)(1-pr)."""
+        return 1.0 - (1.0 - self.forward.expected_loss()) * (1.0 - self.reverse.expected_loss())
+
+    def to_dict(self) -> dict[str, Any]:
+        """{'forward': {...}, 'reverse': {...}, 'seed': n, 'direction': ...} with readable values."""
+        return {
+            "forward": self.forward.to_dict(),
+            "reverse": self.reverse.to_dict(),
+            "seed": self.seed,
+            "direction": self.direction,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One copy of a packet leaving the link at time `at` (same clock as `now`)."""
+
+    at: float
+    packet: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the link did to one packet: the copies it releases (none = dropped) and why."""
+
+    releases: tuple[Release, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def dropped(self) -> bool:
+        """True if no copy leaves the link."""
+        return not self.releases
+
+
+_DROP_LOSS = Verdict((), ("dropped (loss)",))
+_DROP_QUEUE = Verdict((), ("dropped (queue full)",))
+
+
+def flip_payload_bit(packet: bytes, rng: random.Random) -> tuple[bytes, int]:
+    """Flip one random bit after the IP header (IPv4: IHL*4, IPv6: 40); else anywhere. -> (packet, bit)."""
+    start = 0
+    if packet:
+        version = packet[0] >> 4
+        if version == 4:
+            header = (packet[0] & 0x0F) * 4
+            if header >= _IPV4_MIN_HEADER and len(packet) > header:
+                start = header
+        elif version == 6 and len(packet) > _IPV6_HEADER:
+            start = _IPV6_HEADER
+    bit = start * 8 + rng.randrange((len(packet) - start) * 8)
+    data = bytearray(packet)
+    data[bit >> 3] ^= 0x80 >> (bit & 7)
+    return bytes(data), bit
+
+
+class DirectionModel:
+    """One direction's impairment state: its RNG, Gilbert-Elliott state, queue and counters."""
+
+    def __init__(self, impairment: Impairment, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTER_KEYS, 0)
+        self._bad = False  # Gilbert-Elliott state: starts Good, as netem
+        self._last_offset = 0.0  # last jitter offset, for delay correlation
+        self._last_departure = float("-inf")  # when the rate shaper finishes the previous packet
+        self._held: list[float] = []  # heap of release times of packets the link still holds
+        self.update(impairment)
+
+    @property
+    def impairment(self) -> Impairment:
+        """The impairment currently applied."""
+        return self._imp
+
+    def update(self, impairment: Impairment) -> None:
+        """Apply new parameters from the next packet on; counters and RNG state carry on."""
+        self._imp = impairment
+        self._null = impairment.is_null
+        self._holds = bool(impairment.delay_s or impairment.jitter_s or impairment.rate_bps)
+
+    def _lost(self) -> bool:
+        imp = self._imp
+        ge = imp.gemodel
+        if ge is None:
+            return imp.loss > 0 and self._rng.random() < imp.loss
+        # Kernel order (net/sched/sch_netem.c loss_gilb_ell): move, then lose with the old state's odds.
+        rng = self._rng
+        if self._bad:
+            if rng.random() < ge.r:
+                self._bad = False
+            return rng.random() < ge.one_minus_h
+        if rng.random() < ge.p:
+            self._bad = True
+        return rng.random() < ge.one_minus_k
+
+    def _delay(self) -> float:
+        imp = self._imp
+        if not imp.jitter_s:
+            return imp.delay_s
+        if imp.distribution == "normal":
+            offset = self._rng.gauss(0.0, imp.jitter_s)
+        else:
+            offset = imp.jitter_s * (2.0 * self._rng.random() - 1.0)
+        c = imp.delay_correlation
+        if c:
+            offset = (1.0 - c) * offset + c * self._last_offset
+            self._last_offset = offset
+        return max(0.0, imp.delay_s + offset)
+
+    def decide(self, packet: bytes, now: float) -> Verdict:
+        """The link's verdict on one packet arriving at `now` (one call per packet, in order)."""
+        c = self.counters
+        size = len(packet)
+        c["packets_in"] += 1
+        c["bytes_in"] += size
+        if self._null:
+            c["forwarded"] += 1
+            c["bytes_out"] += size
+            return Verdict((Release(now, packet),))
+
+        if self._lost():
+            c["dropped_loss"] += 1
+            return _DROP_LOSS
+        imp = self._imp
+        rng = self._rng
+        notes: list[str] = []
+        copies = 2 if imp.duplicate and rng.random() < imp.duplicate else 1
+        original = packet
+        if imp.corrupt and size and rng.random() < imp.corrupt:
+            packet, bit = flip_payload_bit(packet, rng)
+            c["corrupted"] += 1
+            notes.append(f"corrupted (bit {bit} flipped)")
+        early = bool(imp.reorder) and rng.random() < imp.reorder
+        delay = 0.0 if early else self._delay()
+
+        if not self._holds:
+            c["forwarded"] += copies
+            c["bytes_out"] += size * copies
+            if copies == 2:
+                c["duplicated"] += 1
+                notes.append("duplicated")
+                return Verdict((Release(now, packet), Release(now, original)), tuple(notes))
+            return Verdict((Release(now, packet),), tuple(notes))
+
+        held = self._held
+        while held and held[0] <= now:
+            heapq.heappop(held)
+        if len(held) >= imp.limit:
+            c["dropped_queue"] += 1
+            return _DROP_QUEUE
+        releases = []
+        for copy in (packet, original)[:copies]:
+            if releases and len(held) >= imp.limit:
+                break  # no room for the duplicate: it is simply not made
+            departure = now
+            if imp.rate_bps:
+                # Serialisation: one packet at a time at the configured rate.
+                departure = max(now, self._last_departure) + size * 8 / imp.rate_bps
+                self._last_departure = departure
+            at = departure + delay
+            if at > now:
+                heapq.heappush(held, at)
+            releases.append(Release(at, copy))
+        if len(releases) == 2:
+            c["duplicated"] += 1
+            notes.append("duplicated")
+        c["forwarded"] += len(releases)
+        c["bytes_out"] += size * len(releases)
+        wait = releases[0].at - now
+        if early:
+            c["reordered"] += 1
+            notes.append("reordered (sent early)")
+        if wait > 0:
+            c["delayed"] += 1
+            notes.append(f"delayed {wait * 1e3:.1f} ms")
+        return Verdict(tuple(releases), tuple(notes))
+
+
+def null_counters() -> dict[str, int]:
+    """A counters dict with every key at zero (for reports of a direction that saw nothing)."""
+    return dict.fromkeys(COUNTER_KEYS, 0)
+
+
+__all__ = [
+    "COUNTER_KEYS", "DIRECTIONS", "DISTRIBUTIONS", "NULL", "OPTION_KEYS", "DirectionModel",
+    "GilbertElliott", "Impairment", "LinkConfig", "Release", "Verdict", "flip_payload_bit",
+    "null_counters",
+]

@@ -1,0 +1,158 @@
+"""Parse and format netem-style values ("5%", "20ms", "10mbit", "1000"); pure, stdlib only.
+
+Shared by the CLI, scenario files and the Python API, so a bad value gets the same message
+everywhere: it names the key, the accepted range or units, and what was given.
+
+Numbers given as numbers (from TOML or Python) are taken in base units: a fraction 0..1 for
+percentages, seconds for durations, bits/s for rates. Strings must carry their unit: netem itself
+reads a bare "5" as 5 % for loss, as microseconds for delay and as bytes/s for rate, so a bare
+string is ambiguous and refused (except "0").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from lab.errors import ConfigError
+
+# Upper bounds that keep a typo from turning into an hour-long run or a link that holds gigabytes.
+MAX_DURATION_S = 60.0
+MAX_RATE_BPS = 1e12  # 1 tbit/s, far above anything a user-space forwarder moves
+MAX_COUNT = 10_000_000
+
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
+_VALUE_UNIT = re.compile(rf"\s*({_NUMBER})\s*([A-Za-z%]*)\s*")
+
+# tc(8) "TIME" units.
+_TIME_UNITS = {
+    "s": 1.0, "sec": 1.0, "secs": 1.0,
+    "ms": 1e-3, "msec": 1e-3, "msecs": 1e-3,
+    "us": 1e-6, "usec": 1e-6, "usecs": 1e-6,
+    "ns": 1e-9, "nsec": 1e-9, "nsecs": 1e-9,
+}
+# tc(8) "RATES": *bit are bits/s, *bps are BYTES/s (so x8), IEC prefixes are powers of 1024.
+_RATE_UNITS = {
+    "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
+    "kibit": 2.0**10, "mibit": 2.0**20, "gibit": 2.0**30, "tibit": 2.0**40,
+    "bps": 8.0, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12,
+    "kibps": 8 * 2.0**10, "mibps": 8 * 2.0**20, "gibps": 8 * 2.0**30, "tibps": 8 * 2.0**40,
+}
+
+
+def _split(text: str, *, key: str, example: str) -> tuple[float, str]:
+    """Split '20ms' into (20.0, 'ms'); raise ConfigError naming `key` if it is not number+unit."""
+    match = _VALUE_UNIT.fullmatch(text)
+    if match is None:
+        raise ConfigError(f"{key} must be a number with a unit such as {example!r}, got {text!r}")
+    value = float(match.group(1))
+    if not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {text!r}")
+    return value, match.group(2).lower()
+
+
+def _number(value: object, *, key: str) -> float:
+    """A real number given as a number (not bool, not NaN/inf), else ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key} must be a string such as '5%' or a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return number
+
+
+def parse_percent(text: str | float, *, key: str) -> float:
+    """'5%' -> 0.05 (a number is taken as a fraction 0..1); ConfigError outside 0%..100%."""
+    if isinstance(text, str):
+        value, unit = _split(text, key=key, example="5%")
+        if unit != "%":
+            if value == 0 and unit == "":
+                return 0.0
+            raise ConfigError(
+                f"{key} must be a percentage such as '5%' or '0.5%', got {text!r} "
+                "(a bare number is ambiguous: netem reads '5' as 5%)"
+            )
+        if not 0.0 <= value <= 100.0:
+            raise ConfigError(f"{key} must be between 0% and 100%, got {text.strip()}")
+        return value / 100.0
+    fraction = _number(text, key=key)
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"{key} must be between 0% and 100% (a fraction 0..1), got {text!r}")
+    return fraction
+
+
+def parse_duration(text: str | float, *, key: str) -> float:
+    """'20ms' / '1.5s' / '500us' / '0' -> seconds (a number is taken as seconds)."""
+    if isinstance(text, str):
+        value, unit = _split(text, key=key, example="20ms")
+        if unit == "" and value == 0:
+            seconds = 0.0
+        elif unit in _TIME_UNITS:
+            seconds = value * _TIME_UNITS[unit]
+        else:
+            raise ConfigError(
+                f"{key} must be a duration with a unit (s, ms, us, ns) such as '20ms', got {text!r}"
+            )
+    else:
+        seconds = _number(text, key=key)
+    if not 0.0 <= seconds <= MAX_DURATION_S:
+        raise ConfigError(f"{key} must be between 0s and {MAX_DURATION_S:g}s, got {text!r}")
+    return seconds
+
+
+def parse_rate(text: str | float, *, key: str) -> float:
+    """'10mbit' / '1gbit' / '500kbit' / '8bit' / '1mbps' (bytes/s, as tc) -> bits/s."""
+    if isinstance(text, str):
+        value, unit = _split(text, key=key, example="10mbit")
+        if unit not in _RATE_UNITS:
+            raise ConfigError(
+                f"{key} must be a rate with a tc unit (bit, kbit, mbit, gbit; kbps, mbps = bytes/s) "
+                f"such as '10mbit', got {text!r}"
+            )
+        bps = value * _RATE_UNITS[unit]
+    else:
+        bps = _number(text, key=key)
+    if not 0.0 < bps <= MAX_RATE_BPS:
+        raise ConfigError(f"{key} must be above 0bit and at most 1tbit, got {text!r}")
+    return bps
+
+
+def parse_count(text: str | int, *, key: str) -> int:
+    """'1000' -> 1000: a whole number from 1 to MAX_COUNT."""
+    if isinstance(text, str):
+        stripped = text.strip().replace("_", "")
+        if not stripped.isdigit():
+            raise ConfigError(f"{key} must be a whole number such as '1000', got {text!r}")
+        count = int(stripped)
+    else:
+        is_whole = isinstance(text, int) or (isinstance(text, float) and text.is_integer())
+        if isinstance(text, bool) or not is_whole:
+            raise ConfigError(f"{key} must be a whole number such as 1000, got {text!r}")
+        count = int(text)
+    if not 1 <= count <= MAX_COUNT:
+        raise ConfigError(f"{key} must be between 1 and {MAX_COUNT}, got {text!r}")
+    return count
+
+
+def format_percent(fraction: float) -> str:
+    """0.05 -> '5%' (readable; parse_percent gives back the value to ~12 significant digits)."""
+    return f"{fraction * 100:.12g}%"
+
+
+def format_duration(seconds: float) -> str:
+    """0.02 -> '20ms', 1.5 -> '1.5s', 0.0005 -> '500us', 0 -> '0'."""
+    if seconds == 0:
+        return "0"
+    if seconds >= 1:
+        return f"{seconds:.12g}s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.12g}ms"
+    return f"{seconds * 1e6:.12g}us"
+
+
+def format_rate(bps: float) -> str:
+    """10e6 -> '10mbit' (decimal prefixes, bits/s, as tc prints them)."""
+    for unit, scale in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.12g}{unit}"
+    return f"{bps:.12g}bit"
