@@ -1,0 +1,49 @@
+"""Lesson 1 — a TCP client (aula 4: "Desenvolvimento de um cliente TCP", 01_tcp.py).
+
+TCP is a connection: we connect once, then read and write a *byte stream*. The stream has no
+message boundaries, so to get our whole echo back we tell the server we are done writing
+(half-close) and read until it closes its side too.
+
+Run it against any echo server, e.g. `lab serve tcp` in another terminal:
+
+    python -m lab.lessons.tcp_client 127.0.0.1 7007 "hello, TCP"
+"""
+
+import socket
+import sys
+
+BUFFER_SIZE = 4096  # how many bytes we ask for per recv(); any size works, TCP is a stream
+
+
+def exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Connect, send `data`, half-close, and return everything the server sent back."""
+    # create_connection resolves the name and tries IPv4/IPv6 for us ("conectar ao servidor").
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)  # send() may send only part; sendall() loops until all is sent
+        sock.shutdown(socket.SHUT_WR)  # "I am done writing": the server sees end-of-stream
+        chunks = []
+        while True:
+            chunk = sock.recv(BUFFER_SIZE)
+            if not chunk:  # b"" means the server closed its side: nothing more will come
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m lab.lessons.tcp_client HOST PORT MESSAGE`: send and print the reply."""
+    if len(argv) != 3:
+        print("usage: python -m lab.lessons.tcp_client HOST PORT MESSAGE", file=sys.stderr)
+        return 2
+    host, port, message = argv[0], int(argv[1]), argv[2]
+    try:
+        reply = exchange(host, port, message.encode())
+    except OSError as exc:
+        print(f"tcp_client: cannot talk to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    print(reply.decode(errors="replace"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
