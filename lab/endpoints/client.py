@@ -1,0 +1,529 @@
+"""Measuring clients: ping-pong and paced open-loop probes over UDP or TCP, against any echo server.
+
+A client only *records* (a `RunRecord`: every send and every arrival with monotonic timestamps);
+`lab.metrics` turns records into figures. Each run is one `selectors` loop in one thread that both
+paces the sends and drains the replies, so no GIL hand-off between a sender and a receiver thread
+distorts the timestamps. Every run is bounded by an overall deadline, so it always ends.
+
+Open loop keeps each probe's *intended* send time (start + i/rate) even when the sender falls
+behind, so a stall shows up as latency instead of vanishing (coordinated omission).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import json
+import selectors
+import socket
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lab.errors import CrcMismatchError, EndpointError, RemoteWireError, TargetRefusedError
+from lab.records import RTT_KEYS, Arrival, Result, RunRecord, Send, TrafficPlan
+from lab.wire import (
+    EOF,
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    NEED_DATA,
+    VERSION,
+    Probe,
+    StreamDecoder,
+    decode_untrusted_datagram,
+    make_payload,
+)
+
+Progress = Callable[[int, int], None]
+
+NS_PER_S = 1_000_000_000
+# Extra time allowed beyond a run's nominal length before the overall deadline stops it.
+DEADLINE_MARGIN_S = 5.0
+# An open-loop sender that fell behind may need this much longer than count/rate to catch up.
+DEADLINE_SLACK = 1.5
+# Sends in one burst before the loop drains replies again (keeps the receive buffer from filling
+# while a late sender catches up).
+MAX_BURST = 32
+# Datagrams drained per wake-up before the loop checks the send schedule again.
+MAX_DRAIN = 256
+UDP_RECV_BUFSIZE = 65536  # larger than any UDP payload (65507 over IPv4, 65527 over IPv6)
+# Ask for a big receive buffer so an open-loop burst is not dropped by our own socket (the kernel
+# caps it at net.core.rmem_max; that is fine).
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+# Bound of bytes queued in the client for a TCP connection that does not drain; beyond it the
+# sender waits (and open loop falls behind schedule, which the intended times record).
+TCP_OUTBUF_LIMIT = 4 * 1024 * 1024
+OUTBUF_FULL_POLL_NS = 10_000_000  # re-check the deadline this often while the send buffer is full
+TCP_DECODER_BUFFER = 1024 * 1024
+TCP_RECV_CHUNK = 256 * 1024
+CONNECT_TIMEOUT_MIN_S = 3.0
+CONNECT_TIMEOUT_MAX_S = 10.0
+PROGRESS_INTERVAL_NS = 100_000_000  # report progress at most 10 times a second
+
+LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking range, the lab's links
+_LOCALHOST_NAMES = ("localhost", "localhost.localdomain")
+
+
+def check_lab_target(host: str) -> str:
+    """Return `host` as an IP address if the lab may send to it; else raise TargetRefusedError.
+
+    Allowed: loopback (127.0.0.0/8, ::1) and 198.18.0.0/15 (the lab's own namespaces). "localhost"
+    resolves to 127.0.0.1; other names are refused rather than looked up, so no DNS query leaves.
+    """
+    name = host.strip().strip("[]")
+    lowered = name.lower().rstrip(".")
+    if lowered in _LOCALHOST_NAMES or lowered.endswith(".localhost"):  # RFC 6761 §6.3
+        return "127.0.0.1"
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        raise TargetRefusedError(
+            f"refusing target {host!r}: give an IP address — the lab only sends to loopback "
+            "(127.0.0.0/8, ::1) or its own namespaces (198.18.0.0/15)"
+        ) from None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    check = mapped if mapped is not None else ip
+    if check.is_loopback or (check.version == 4 and check in LAB_NETWORK):
+        return str(ip)
+    raise TargetRefusedError(
+        f"refusing target {host}: the lab only sends to loopback (127.0.0.0/8, ::1) or its own "
+        "namespaces (198.18.0.0/15); use `lab link` to get a lab address"
+    )
+
+
+def _family(host: str) -> socket.AddressFamily:
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def _where(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _frame(seq: int, stream: int, send_ns: int, payload: bytes, crc: int) -> bytes:
+    # Same bytes as lab.wire.encode(Probe(...)), but with the payload's CRC computed ahead of the
+    # timestamp so that stamping and sending are back to back.
+    return HEADER.pack(MAGIC, VERSION, 0, stream, seq, send_ns, len(payload), crc) + payload
+
+
+@dataclass(slots=True)
+class _Run:
+    """State shared by the UDP and TCP loops: the schedule, the record, the bounds."""
+
+    protocol: str
+    plan: TrafficPlan
+    deadline_ns: int
+    progress: Progress | None
+    start_ns: int = 0
+    next_seq: int = 0
+    waiting: int | None = None  # ping-pong: the seq in flight
+    waiting_until: int = 0
+    last_sent_ns: int = 0
+    answered: set[int] = field(default_factory=set)
+    sends: list[Send] = field(default_factory=list)
+    arrivals: list[Arrival] = field(default_factory=list)
+    unattributed: int = 0
+    extras: dict[str, object] = field(default_factory=dict)
+    _progress_ns: int = 0
+
+    @property
+    def timeout_ns(self) -> int:
+        return round(self.plan.timeout * NS_PER_S)
+
+    def intended_ns(self, seq: int) -> int:
+        assert self.plan.rate is not None
+        return self.start_ns + round(seq * NS_PER_S / self.plan.rate)
+
+    def due_ns(self, now: int) -> int | None:
+        """When the next probe may go (None once all are sent)."""
+        if self.next_seq >= self.plan.count:
+            return None
+        if self.plan.rate is not None:
+            return self.intended_ns(self.next_seq)
+        if self.waiting is not None:
+            return self.waiting_until  # ping-pong: the one in flight times out
+        return now
+
+    def tail_end_ns(self) -> int:
+        """When to stop listening once everything is sent."""
+        if self.plan.rate is None:
+            return self.waiting_until if self.waiting is not None else self.last_sent_ns
+        return self.last_sent_ns + self.timeout_ns
+
+    def done(self, now: int) -> bool:
+        if now >= self.deadline_ns:
+            self.extras["deadline_hit"] = True
+            return True
+        if self.next_seq < self.plan.count:
+            return False
+        if len(self.answered) >= len(self.sends):
+            return True  # every probe answered: nothing left to wait for
+        return now >= self.tail_end_ns()
+
+    def wake_ns(self, now: int) -> int:
+        """The next moment the loop must act even if no reply arrives."""
+        due = self.due_ns(now)
+        target = due if due is not None else self.tail_end_ns()
+        return min(target, self.deadline_ns)
+
+    def next_probe(self) -> tuple[int, int, bytes, int]:
+        """(seq, stream, payload, crc) of the probe to send next."""
+        seq = self.next_seq
+        payload = make_payload(self.plan.size - HEADER_SIZE, seq)
+        return seq, seq % self.plan.streams, payload, zlib.crc32(payload)
+
+    def stamp(self, seq: int) -> tuple[int, int]:
+        """(intended_ns, sent_ns) for a probe about to be sent right now."""
+        now = time.monotonic_ns()
+        # Ping-pong has no schedule: it means to send exactly when it does.
+        return (self.intended_ns(seq) if self.plan.rate is not None else now), now
+
+    def sent(self, seq: int, stream: int, intended_ns: int, sent_ns: int) -> None:
+        self.sends.append(
+            Send(seq=seq, intended_ns=intended_ns, sent_ns=sent_ns, size=self.plan.size, stream=stream)
+        )
+        self.next_seq = seq + 1
+        self.last_sent_ns = sent_ns
+        if self.plan.rate is None:
+            self.waiting, self.waiting_until = seq, sent_ns + self.timeout_ns
+        self.report(sent_ns)
+
+    def arrived(self, probe: Probe, recv_ns: int, *, intact: bool) -> None:
+        self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream))
+        if probe.seq < self.next_seq:  # a seq never sent must not make the run look complete
+            self.answered.add(probe.seq)
+        if probe.seq == self.waiting:
+            self.waiting = None  # any reply, even a damaged one, settles the probe in flight
+
+    def report(self, now: int, *, final: bool = False) -> None:
+        if self.progress is not None and (final or now - self._progress_ns >= PROGRESS_INTERVAL_NS):
+            self._progress_ns = now
+            self.progress(len(self.sends), self.plan.count)
+
+    def record(self, ended_ns: int) -> RunRecord:
+        self.report(ended_ns, final=True)
+        return RunRecord(
+            protocol=self.protocol,
+            plan=self.plan,
+            started_ns=self.start_ns,
+            ended_ns=ended_ns,
+            sends=self.sends,
+            arrivals=self.arrivals,
+            unattributed_corrupt=self.unattributed,
+            extras=dict(self.extras),
+        )
+
+
+def _deadline_ns(plan: TrafficPlan, deadline_s: float | None, now: int) -> int:
+    if deadline_s is None:
+        if plan.rate is None:
+            nominal = plan.count * plan.timeout  # ping-pong's worst case: every probe times out
+        else:
+            nominal = DEADLINE_SLACK * plan.count / plan.rate + plan.timeout
+        deadline_s = nominal + DEADLINE_MARGIN_S
+    if deadline_s <= 0:
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    return now + round(deadline_s * NS_PER_S)
+
+
+def _unreachable(address: tuple[str, int], proto: str, exc: OSError) -> EndpointError:
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused" if proto == "TCP" else "port unreachable: nothing listening"
+    elif isinstance(exc, TimeoutError):
+        why = "no answer to connect"
+    elif exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        why = "host unreachable"
+    else:
+        why = exc.strerror or str(exc)
+    return EndpointError(f"no echo server answering at {_where(address)} over {proto} ({why})")
+
+
+def run_client(
+    protocol: str,
+    address: tuple[str, int],
+    plan: TrafficPlan,
+    *,
+    progress: Progress | None = None,
+    deadline_s: float | None = None,
+) -> RunRecord:
+    """Run one measuring client of `protocol` ("tcp", "udp", ...) against an echo server."""
+    from lab.protocols import get_protocol
+
+    return get_protocol(protocol).client(address, plan, progress=progress, deadline_s=deadline_s)
+
+
+# --- UDP -----------------------------------------------------------------------------------------
+def run_udp(
+    address: tuple[str, int],
+    plan: TrafficPlan,
+    *,
+    progress: Progress | None = None,
+    deadline_s: float | None = None,
+) -> RunRecord:
+    """Probes as UDP datagrams, one connected socket per logical stream."""
+    host, port = address[0], int(address[1])
+    socks: list[socket.socket] = []
+    sel = selectors.DefaultSelector()
+    try:
+        for _ in range(plan.streams):
+            sock = socket.socket(_family(host), socket.SOCK_DGRAM)
+            socks.append(sock)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+            except OSError:
+                pass  # a smaller buffer only means more drops in huge bursts
+            try:
+                # connect() filters replies to the server's address and surfaces ICMP errors.
+                sock.connect((host, port))
+            except OSError as exc:
+                raise _unreachable((host, port), "UDP", exc) from exc
+            sel.register(sock, selectors.EVENT_READ)
+        now = time.monotonic_ns()
+        run = _Run("udp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
+        _udp_loop(run, socks, sel, (host, port))
+        return run.record(time.monotonic_ns())
+    finally:
+        sel.close()
+        for sock in socks:
+            sock.close()
+
+
+def _udp_loop(
+    run: _Run, socks: list[socket.socket], sel: selectors.BaseSelector, address: tuple[str, int]
+) -> None:
+    max_payload = run.plan.size - HEADER_SIZE
+    while True:
+        now = time.monotonic_ns()
+        burst = 0
+        while burst < MAX_BURST and (due := run.due_ns(now)) is not None and due <= now:
+            seq, stream, payload, crc = run.next_probe()
+            intended, sent_ns = run.stamp(seq)
+            burst += 1
+            try:
+                socks[stream].send(_frame(seq, stream, intended, payload, crc))
+            except ConnectionRefusedError as exc:  # an earlier datagram drew ICMP port unreachable
+                _refused(run, address, exc)
+                continue  # the probe was not sent; try it again
+            except OSError as exc:
+                raise _unreachable(address, "UDP", exc) from exc
+            run.sent(seq, stream, intended, sent_ns)
+            now = time.monotonic_ns()
+        if run.done(now):
+            return
+        wait_s = 0.0 if burst >= MAX_BURST else max(0, run.wake_ns(now) - now) / NS_PER_S
+        for key, _ in sel.select(wait_s):
+            _udp_drain(run, key.fileobj, max_payload, address)  # type: ignore[arg-type]
+
+
+def _udp_drain(run: _Run, sock: socket.socket, max_payload: int, address: tuple[str, int]) -> None:
+    for _ in range(MAX_DRAIN):
+        try:
+            data = sock.recv(UDP_RECV_BUFSIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except ConnectionRefusedError as exc:
+            _refused(run, address, exc)
+            continue
+        recv_ns = time.monotonic_ns()
+        try:
+            probe = decode_untrusted_datagram(data, max_payload=max_payload)
+        except CrcMismatchError as exc:
+            if isinstance(exc.probe, Probe):
+                run.arrived(exc.probe, recv_ns, intact=False)
+            else:
+                run.unattributed += 1
+        except RemoteWireError:
+            run.unattributed += 1  # too damaged to know which probe it was
+        else:
+            run.arrived(probe, recv_ns, intact=True)
+
+
+def _refused(run: _Run, address: tuple[str, int], exc: OSError) -> None:
+    if not run.arrivals:
+        raise _unreachable(address, "UDP", exc) from exc
+    # A server that answered before and is gone now: keep the record, note it.
+    run.extras["icmp_refused"] = int(run.extras.get("icmp_refused", 0)) + 1  # type: ignore[call-overload]
+
+
+# --- TCP -----------------------------------------------------------------------------------------
+def run_tcp(
+    address: tuple[str, int],
+    plan: TrafficPlan,
+    *,
+    progress: Progress | None = None,
+    deadline_s: float | None = None,
+) -> RunRecord:
+    """Probes framed back to back on one TCP connection; logical streams share it."""
+    from lab.kernel import tcp_info
+
+    host, port = address[0], int(address[1])
+    connect_timeout = min(max(plan.timeout, CONNECT_TIMEOUT_MIN_S), CONNECT_TIMEOUT_MAX_S)
+    if deadline_s is not None:
+        connect_timeout = min(connect_timeout, deadline_s)
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    except OSError as exc:
+        raise _unreachable((host, port), "TCP", exc) from exc
+    sel = selectors.DefaultSelector()
+    try:
+        # Latency is what we measure: do not let Nagle hold a probe back waiting for an ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        now = time.monotonic_ns()
+        run = _Run("tcp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
+        run.extras["tcp_nodelay"] = True
+        _tcp_loop(run, sock, sel, (host, port))
+        ended = time.monotonic_ns()
+        # If the connection is already gone, the record stands without TCP_INFO.
+        with contextlib.suppress(OSError):
+            run.extras["tcp_info"] = tcp_info(sock)
+        return run.record(ended)
+    finally:
+        sel.close()
+        sock.close()
+
+
+def _tcp_loop(
+    run: _Run, sock: socket.socket, sel: selectors.BaseSelector, address: tuple[str, int]
+) -> None:
+    decoder = StreamDecoder(max_payload=run.plan.size - HEADER_SIZE, max_buffer=TCP_DECODER_BUFFER)
+    outbuf = bytearray()
+    sel.register(sock, selectors.EVENT_READ)
+    writing = False
+    while True:
+        now = time.monotonic_ns()
+        burst = 0
+        while (
+            burst < MAX_BURST
+            and len(outbuf) < TCP_OUTBUF_LIMIT
+            and (due := run.due_ns(now)) is not None
+            and due <= now
+        ):
+            seq, stream, payload, crc = run.next_probe()
+            intended, sent_ns = run.stamp(seq)
+            # Stamped when handed to the connection; bytes still queued in our buffer behind a
+            # stalled connection wait there, which is part of the latency the application sees.
+            outbuf += _frame(seq, stream, intended, payload, crc)
+            run.sent(seq, stream, intended, sent_ns)
+            burst += 1
+            now = time.monotonic_ns()
+        if outbuf and not _tcp_flush(run, sock, outbuf, address):
+            return
+        if run.done(now):
+            return
+        if bool(outbuf) != writing:
+            writing = bool(outbuf)
+            sel.modify(sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0))
+        if burst >= MAX_BURST:
+            wait_s = 0.0
+        elif len(outbuf) >= TCP_OUTBUF_LIMIT:  # only a writable socket or a reply can help now
+            wait_s = min(run.deadline_ns - now, OUTBUF_FULL_POLL_NS) / NS_PER_S
+        else:
+            wait_s = max(0, run.wake_ns(now) - now) / NS_PER_S
+        for _, events in sel.select(wait_s):
+            if events & selectors.EVENT_READ and not _tcp_receive(run, sock, decoder, address):
+                return
+
+
+def _tcp_flush(run: _Run, sock: socket.socket, outbuf: bytearray, address: tuple[str, int]) -> bool:
+    try:
+        n = sock.send(outbuf)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        return _tcp_broken(run, address, f"send failed: {exc.strerror or exc}", exc)
+    del outbuf[:n]
+    return True
+
+
+def _tcp_receive(run: _Run, sock: socket.socket, decoder: StreamDecoder, address: tuple[str, int]) -> bool:
+    """Read what is there and decode it; False when the connection is over."""
+    try:
+        data = sock.recv(min(TCP_RECV_CHUNK, decoder.max_buffer - decoder.buffered))
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        return _tcp_broken(run, address, f"receive failed: {exc.strerror or exc}", exc)
+    recv_ns = time.monotonic_ns()
+    try:
+        decoder.receive_data(data)
+        while True:
+            try:
+                item = decoder.next_message()
+            except CrcMismatchError as exc:
+                if isinstance(exc.probe, Probe):
+                    run.arrived(exc.probe, recv_ns, intact=False)
+                continue
+            if item is NEED_DATA:
+                return True
+            if item is EOF:
+                return _tcp_broken(run, address, "the echo server closed the connection", None)
+            assert isinstance(item, Probe)
+            run.arrived(item, recv_ns, intact=True)
+    except RemoteWireError as exc:
+        # The byte stream is desynchronised: nothing after this point can be attributed.
+        run.unattributed += 1
+        return _tcp_broken(run, address, f"reply stream unreadable: {exc}", None)
+
+
+def _tcp_broken(run: _Run, address: tuple[str, int], why: str, exc: OSError | None) -> bool:
+    if not run.arrivals:
+        raise EndpointError(f"echo server at {_where(address)} over TCP gave no reply ({why})") from exc
+    if run.next_seq < run.plan.count or len(run.answered) < len(run.sends):
+        run.extras["connection_ended"] = why
+    return False
+
+
+# --- `lab send` ----------------------------------------------------------------------------------
+def send_command(protocol: str, host: str, port: int, plan: TrafficPlan, as_json: bool) -> int:
+    """`lab send`: measure against an echo server, print a summary (or the result as JSON)."""
+    from lab.metrics import compute_result
+    from lab.protocols import get_protocol
+
+    get_protocol(protocol)  # unknown protocol: a ConfigError listing the known ones
+    ip = check_lab_target(host)
+    record = run_client(protocol, (ip, port), plan)
+    result = compute_result(record)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(format_summary(result, _where((ip, port))))
+    return 0
+
+
+def _fmt_us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def format_summary(result: Result, where: str) -> str:
+    """A short human summary of one result (what `lab send` prints without --json)."""
+    lo, hi = result.loss_ci95
+    rtt = result.rtt_us
+    lines = [
+        f"{result.protocol} {where}: {result.sent} sent, {result.received} received, "
+        f"{result.lost} lost ({100 * result.loss_ratio:.2f}%, 95% CI {100 * lo:.2f}-{100 * hi:.2f}%)",
+        "rtt µs: " + "  ".join(f"{k} {_fmt_us(rtt.get(k))}" for k in RTT_KEYS),
+    ]
+    if result.rtt_uncorrected_us is not None:
+        unc = result.rtt_uncorrected_us
+        lines.append("rtt µs from actual send (uncorrected): " + "  ".join(
+            f"{k} {_fmt_us(unc.get(k))}" for k in ("p50", "p99", "max")))
+    lines.append(
+        f"jitter {result.jitter_us:.1f} µs  late {result.late}  duplicates {result.duplicates}  "
+        f"reordered {result.reordered}  corrupted {result.corrupted}  "
+        f"goodput {result.goodput_bps / 1e6:.3f} Mbit/s  in {result.duration_s:.2f} s"
+    )
+    if result.tcp_info:
+        info = result.tcp_info
+        lines.append(
+            f"tcp_info: srtt {info.get('rtt_us')} µs  rttvar {info.get('rttvar_us')} µs  "
+            f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""From a `RunRecord` to the figures of a `Result`. Pure functions over records, no I/O.
+
+Definitions (each function below implements one):
+
+* A probe is **received** if an *intact* reply with its seq arrives within `plan.timeout` of its
+  actual send (`sent_ns`); the first such reply counts. Any later intact copy is a **duplicate**.
+  A probe whose first intact reply came after the window is **late** and counts as lost — never
+  both. Duplicates therefore never cancel losses (the iperf3 mistake DESIGN.md warns about).
+* **RTT** of a received probe is measured from its *intended* send time (`rtt_us`; the same as the
+  actual send for ping-pong); open-loop runs also get `rtt_uncorrected_us` from `sent_ns`
+  (coordinated omission). `rtt_censored_us` adds every lost probe at the timeout.
+* **Jitter** is RFC 3550 §6.4.1's interarrival jitter over received replies in arrival order.
+* **Reordering** is RFC 4737 over received replies in arrival order, duplicates removed first.
+* **Corrupted** counts replies whose CRC failed plus replies too damaged to attribute.
+* **Goodput** is 8 x bytes of distinct intact replies (late ones included: they were delivered)
+  / run duration. A probe's bytes are its whole message (header + payload): from the transport's
+  point of view all of it is application data.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.records import RTT_KEYS, Arrival, Result, RunRecord, Send
+
+NS_PER_US = 1_000
+NS_PER_S = 1_000_000_000
+# HdrHistogram range in µs: 1 µs to one hour (TrafficPlan's timeout is at most 3600 s), with
+# 3 significant digits (values below 2048 µs are exact; above, within 0.1 %).
+HDR_LOWEST_US = 1
+HDR_HIGHEST_US = 3_600_000_000
+HDR_SIGNIFICANT_DIGITS = 3
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+# RFC 3550 §6.4.1: J(i) = J(i-1) + (|D(i-1,i)| - J(i-1)) / 16 — the gain 1/16 is the RFC's.
+JITTER_GAIN_DIVISOR = 16
+
+
+@dataclass(slots=True, kw_only=True)
+class Classified:
+    """Arrivals sorted into what they mean for loss (see the module docstring)."""
+
+    received: list[Arrival] = field(default_factory=list)  # first in-window intact reply per seq
+    late: list[Arrival] = field(default_factory=list)  # first intact reply per seq, after the window
+    duplicates: int = 0
+    corrupted: int = 0  # arrivals with intact=False (attributable ones)
+    unknown: int = 0  # intact arrivals for a seq that was never sent
+
+
+def classify(record: RunRecord) -> Classified:
+    """Sort a record's arrivals into received, late, duplicate, corrupted and unknown."""
+    sends = {s.seq: s for s in record.sends}
+    window_ns = round(record.plan.timeout * NS_PER_S)
+    out = Classified()
+    seen: set[int] = set()
+    for arrival in record.arrivals:
+        if not arrival.intact:
+            out.corrupted += 1
+            continue
+        send = sends.get(arrival.seq)
+        if send is None:
+            out.unknown += 1
+            continue
+        if arrival.seq in seen:
+            out.duplicates += 1
+            continue
+        seen.add(arrival.seq)
+        if arrival.recv_ns - send.sent_ns <= window_ns:
+            out.received.append(arrival)
+        else:
+            out.late.append(arrival)
+    return out
+
+
+def wilson_interval(lost: int, sent: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the loss ratio lost/sent at `confidence` ([0, 1] when sent is 0)."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if sent < 0 or not 0 <= lost <= sent:
+        raise ValueError(f"need 0 <= lost <= sent, got lost={lost} sent={sent}")
+    if sent == 0:
+        return (0.0, 1.0)
+    from scipy.stats import binomtest  # lazy: scipy costs ~0.3 s to import
+
+    ci = binomtest(lost, sent).proportion_ci(confidence_level=confidence, method="wilson")
+    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
+
+
+@dataclass(slots=True)
+class Distribution:
+    """Summary of a latency distribution in µs, plus how many values had to be clamped."""
+
+    summary: dict[str, float | None]
+    clamped: int = 0
+
+
+def summarize_us(values_us: Sequence[float]) -> Distribution:
+    """min/p50/p90/p99/p999/max/mean of values in µs; percentiles via HdrHistogram.
+
+    min, max and mean are exact; percentiles carry HdrHistogram's 3-significant-digit
+    resolution. Values outside [1 µs, 1 h] are clamped into range and counted in `clamped`,
+    never dropped (HdrHistogram's `record_value` returns False for values it cannot hold).
+    """
+    if not values_us:
+        return Distribution({key: None for key in RTT_KEYS})
+    from hdrh.histogram import HdrHistogram
+
+    hist = HdrHistogram(HDR_LOWEST_US, HDR_HIGHEST_US, HDR_SIGNIFICANT_DIGITS)
+    clamped = 0
+    for value in values_us:
+        whole = round(value)
+        if whole < HDR_LOWEST_US or whole > HDR_HIGHEST_US:
+            clamped += 1
+            whole = min(max(whole, HDR_LOWEST_US), HDR_HIGHEST_US)
+        if not hist.record_value(whole):
+            raise AssertionError(f"HdrHistogram refused in-range value {whole}")  # a bug, not input
+    by_pct = hist.get_percentile_to_value_dict(list(PERCENTILES.values()))
+    summary: dict[str, float | None] = {
+        "min": float(min(values_us)),
+        **{key: float(by_pct[pct]) for key, pct in PERCENTILES.items()},
+        "max": float(max(values_us)),
+        "mean": float(sum(values_us) / len(values_us)),
+    }
+    return Distribution(summary, clamped)
+
+
+def rtts_us(received: Iterable[Arrival], sends: dict[int, Send], *, corrected: bool = True) -> list[float]:
+    """RTT in µs of each received reply: from intended send (`corrected`) or actual send."""
+    out = []
+    for arrival in received:
+        send = sends[arrival.seq]
+        start = send.intended_ns if corrected else send.sent_ns
+        out.append((arrival.recv_ns - start) / NS_PER_US)
+    return out
+
+
+def jitter_us(received: Sequence[Arrival], sends: dict[int, Send]) -> float:
+    """RFC 3550 §6.4.1 interarrival jitter in µs, over replies in arrival order.
+
+    D(i,j) = (Rj - Ri) - (Sj - Si) with S the probe's send timestamp (the intended send time the
+    probe header carries) and R its arrival; J += (|D| - J) / 16.
+    """
+    jitter = 0.0
+    previous: tuple[int, int] | None = None
+    for arrival in received:
+        pair = (arrival.recv_ns, sends[arrival.seq].intended_ns)
+        if previous is not None:
+            d = (pair[0] - previous[0]) - (pair[1] - previous[1])
+            jitter += (abs(d) - jitter) / JITTER_GAIN_DIVISOR
+        previous = pair
+    return jitter / NS_PER_US
+
+
+@dataclass(slots=True)
+class Reordering:
+    """RFC 4737 reordering figures."""
+
+    reordered: int
+    ratio: float
+    extent_max: int
+
+
+def reordering(seqs: Sequence[int]) -> Reordering:
+    """RFC 4737 §3.3 reordered packets and §4.2.2 maximum reordering extent of an arrival order.
+
+    Duplicates are removed first (a later copy of a seq is ignored). A packet is reordered if its
+    seq is below NextExp (the highest seq seen so far + 1). Its extent is its arrival index minus
+    the index of the earliest arrival with a larger seq.
+    """
+    distinct: list[int] = []
+    seen: set[int] = set()
+    for seq in seqs:
+        if seq not in seen:
+            seen.add(seq)
+            distinct.append(seq)
+    reordered = 0
+    extent_max = 0
+    next_exp: int | None = None
+    # Arrival indexes of in-order packets; their seqs are strictly increasing, so the earliest
+    # arrival with a larger seq is found by bisecting them.
+    in_order_seqs: list[int] = []
+    in_order_idx: list[int] = []
+    for index, seq in enumerate(distinct):
+        if next_exp is None or seq >= next_exp:
+            next_exp = seq + 1
+            in_order_seqs.append(seq)
+            in_order_idx.append(index)
+            continue
+        reordered += 1
+        first_larger = in_order_idx[bisect_right(in_order_seqs, seq)]
+        extent_max = max(extent_max, index - first_larger)
+    ratio = reordered / len(distinct) if distinct else 0.0
+    return Reordering(reordered, ratio, extent_max)
+
+
+def goodput_bps(delivered_bytes: int, duration_s: float) -> float:
+    """Bits per second of application bytes delivered over the run (0 for a zero-length run)."""
+    return 8 * delivered_bytes / duration_s if duration_s > 0 else 0.0
+
+
+def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = None) -> Result:
+    """Every figure of the DESIGN.md result object, from one client run."""
+    plan = record.plan
+    sends = {s.seq: s for s in record.sends}
+    c = classify(record)
+    sent = len(sends)
+    received = len(c.received)
+    lost = sent - received
+    lo, hi = wilson_interval(lost, sent, 0.95)
+
+    rtt = summarize_us(rtts_us(c.received, sends))
+    timeout_us = plan.timeout * 1e6
+    censored = summarize_us(rtts_us(c.received, sends) + [timeout_us] * lost)
+    uncorrected = summarize_us(rtts_us(c.received, sends, corrected=False)) if plan.rate else None
+    order = reordering([a.seq for a in c.received])
+    duration_s = max(0, record.ended_ns - record.started_ns) / NS_PER_S
+    delivered = sum(sends[a.seq].size for a in (*c.received, *c.late))
+
+    extras: dict[str, Any] = {"unknown_seq": c.unknown}
+    clamped = rtt.clamped + censored.clamped + (uncorrected.clamped if uncorrected else 0)
+    if clamped:
+        extras["rtt_clamped"] = clamped
+    extras.update(record.extras)
+    tcp = extras.pop("tcp_info", None)
+    return Result(
+        protocol=record.protocol,
+        sent=sent,
+        received=received,
+        lost=lost,
+        loss_ratio=lost / sent if sent else 0.0,
+        loss_ci95=[lo, hi],
+        expected_loss_ratio=expected_loss_ratio,
+        duplicates=c.duplicates,
+        reordered=order.reordered,
+        reordered_ratio=order.ratio,
+        reorder_extent_max=order.extent_max,
+        corrupted=c.corrupted + record.unattributed_corrupt,
+        late=len(c.late),
+        rtt_us=rtt.summary,
+        rtt_censored_us=censored.summary,
+        rtt_uncorrected_us=uncorrected.summary if uncorrected else None,
+        jitter_us=jitter_us(c.received, sends),
+        goodput_bps=goodput_bps(delivered, duration_s),
+        duration_s=duration_s,
+        size=plan.size,
+        rate=plan.rate,
+        timeout_s=plan.timeout,
+        tcp_info=tcp,
+        extras=extras,
+    )
