@@ -1,0 +1,73 @@
+"""The self-contained report.html: a jinja2 template shipped as package data, plots inlined as SVG."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lab.report.summary import counters_rows, link_description, protocols_of, side_by_side, what_happened
+
+TEMPLATE = "report.html.j2"
+
+
+def _traffic_description(point: Mapping[str, Any]) -> str:
+    t = point.get("traffic") or {}
+    pace = f"{t['rate']:g}/s open loop" if t.get("rate") else "ping-pong"
+    streams = f", {t['streams']} streams" if t.get("streams", 1) > 1 else ""
+    return (
+        f"{t.get('count', '?')} × {t.get('size', '?')} B, {pace}, timeout {t.get('timeout', '?')} s{streams}"
+    )
+
+
+def _flat_environment(env: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for key, value in env.items():
+        if isinstance(value, Mapping):
+            rows.extend(_flat_environment(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", str(value)))
+    return rows
+
+
+def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
+    """The report page for one result.json payload and its SVG plots."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("lab.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        trim_blocks=False,
+        undefined=jinja2.StrictUndefined,
+    )
+    protocols = protocols_of(payload)
+    points = payload.get("points", [])
+    tables = []
+    for point in points:
+        checks = [(proto, check) for proto, items in (point.get("checks") or {}).items() for check in items]
+        tables.append(
+            {
+                "id": point["id"],
+                "link": link_description(point),
+                "traffic": _traffic_description(point),
+                "rows": side_by_side(point, protocols),
+                "checks": checks,
+                "skipped": list((point.get("skipped") or {}).items()),
+            }
+        )
+    counters = [(p["id"], *row) for p in points for row in counters_rows(p)]
+    scenario = payload.get("scenario") or {}
+    return env.get_template(TEMPLATE).render(
+        scenario={"name": scenario.get("name", "?"), "description": scenario.get("description", "")},
+        protocols=protocols,
+        seed=payload.get("seed"),
+        started_at=payload.get("started_at", "?"),
+        interrupted=bool(payload.get("interrupted")),
+        modes=sorted({p.get("mode", "?") for p in points}) or ["-"],
+        points=points,
+        story=what_happened(payload),
+        tables=tables,
+        plots=plots,
+        counters=counters,
+        atlas=payload.get("atlas") or [],
+        environment=_flat_environment(payload.get("environment") or {}),
+    )

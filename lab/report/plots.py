@@ -1,0 +1,273 @@
+"""Report plots as inline SVG strings (matplotlib, Agg, imported lazily). No fonts or files needed."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from lab.report.summary import protocols_of, results_by_protocol, retransmits
+
+PROTOCOL_COLORS = {"tcp": "#1f6fb4", "udp": "#d9482b"}
+FALLBACK_COLORS = ("#2a9d4b", "#8a4fbf", "#b8860b", "#555555")
+MAX_COLUMNS = 3
+PANEL_W, PANEL_H = 4.2, 2.8  # inches per small-multiple panel
+US_PER_MS = 1000.0
+MS_PER_S = 1000.0
+
+
+def color(protocol: str, protocols: list[str]) -> str:
+    """A stable colour per protocol (TCP blue, UDP red, others from a fixed list)."""
+    if protocol in PROTOCOL_COLORS:
+        return PROTOCOL_COLORS[protocol]
+    others = [p for p in protocols if p not in PROTOCOL_COLORS]
+    return FALLBACK_COLORS[others.index(protocol) % len(FALLBACK_COLORS)] if protocol in others else "#555"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "svg.fonttype": "path",  # glyphs as paths: the SVG needs no font installed
+            "svg.hashsalt": "wirelab",  # deterministic ids, so re-rendering gives identical files
+            "font.size": 8,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+        }
+    )
+    return plt
+
+
+def _svg(fig: Any) -> str:
+    plt = _pyplot()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]
+    # The RDF metadata block names external vocabularies; the report needs none of it.
+    return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
+
+
+def _grid(plt: Any, n: int, *, sharey: bool = False) -> tuple[Any, list[Any]]:
+    cols = min(MAX_COLUMNS, max(1, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(PANEL_W * cols, PANEL_H * rows), squeeze=False, sharey=sharey
+    )
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _timeline(result: Mapping[str, Any]) -> list[list[Any]]:
+    return list((result.get("extras") or {}).get("timeline") or [])
+
+
+def latency_cdf(payload: Mapping[str, Any]) -> str:
+    """RTT CDF per sweep point, one line per protocol (from the per-probe timeline)."""
+    plt = _pyplot()
+    points = payload.get("points", [])
+    protocols = protocols_of(payload)
+    fig, axes = _grid(plt, len(points) or 1)
+    for ax, point in zip(axes, points, strict=False):
+        for proto, result in results_by_protocol(point).items():
+            rtts = sorted(e[2] for e in _timeline(result) if e[2] is not None)
+            if not rtts:
+                quant = result.get("rtt_us") or {}
+                pairs = [
+                    (quant.get(k), q) for k, q in (("min", 0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+                ]
+                pairs = [(v / US_PER_MS, q) for v, q in pairs if v is not None]
+                if pairs:
+                    ax.plot(
+                        *zip(*pairs, strict=True),
+                        marker="o",
+                        color=color(proto, protocols),
+                        label=proto.upper(),
+                    )
+                continue
+            ys = [(i + 1) / result["sent"] for i in range(len(rtts))]  # lost probes keep the CDF below 1
+            ax.step(rtts, ys, where="post", color=color(proto, protocols), label=proto.upper())
+        ax.set_title(point["id"], fontsize=9)
+        ax.set_xlabel("RTT (ms)")
+        ax.set_ylabel("share of probes answered")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="lower right", fontsize=7)
+    fig.suptitle("Latency CDF (a line that stops below 1: the rest were lost)", fontsize=10)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def loss(payload: Mapping[str, Any]) -> str:
+    """Measured loss with its 95% interval vs the link's expected loss, per point and protocol."""
+    plt = _pyplot()
+    points = payload.get("points", [])
+    protocols = protocols_of(payload)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(points) * max(1, len(protocols))), 3.2))
+    width = 0.8 / max(1, len(protocols))
+    for i, proto in enumerate(protocols):
+        xs, ys, err_lo, err_hi, exp_x, exp_y = [], [], [], [], [], []
+        for j, point in enumerate(points):
+            result = results_by_protocol(point).get(proto)
+            if not result:
+                continue
+            x = j + (i - (len(protocols) - 1) / 2) * width
+            value = 100 * result["loss_ratio"]
+            lo, hi = (result.get("loss_ci95") or [result["loss_ratio"]] * 2)[:2]
+            xs.append(x)
+            ys.append(value)
+            err_lo.append(max(0.0, value - 100 * lo))
+            err_hi.append(max(0.0, 100 * hi - value))
+            if result.get("expected_loss_ratio") is not None:
+                exp_x.append(x)
+                exp_y.append(100 * result["expected_loss_ratio"])
+        ax.bar(
+            xs,
+            ys,
+            width=width * 0.9,
+            color=color(proto, protocols),
+            alpha=0.8,
+            label=f"{proto.upper()} measured",
+        )
+        ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="none", ecolor="#222", capsize=3, linewidth=1)
+        ax.scatter(
+            exp_x, exp_y, marker="D", color="#111", s=18, zorder=3, label="expected" if i == 0 else None
+        )
+    ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
+    ax.set_ylabel("loss (%)")
+    ax.set_title("Measured loss (bars, 95% interval) vs what the link predicts (diamonds)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def arrival_timeline(payload: Mapping[str, Any]) -> str:
+    """Sequence number vs receive time per point: UDP shows gaps, TCP shows stalls."""
+    plt = _pyplot()
+    points = payload.get("points", [])
+    protocols = protocols_of(payload)
+    fig, axes = _grid(plt, len(points) or 1)
+    for ax, point in zip(axes, points, strict=False):
+        for proto, result in results_by_protocol(point).items():
+            entries = _timeline(result)
+            got = [((t + r) / MS_PER_S, s) for s, t, r in entries if r is not None]
+            lost = [(t / MS_PER_S, s) for s, t, r in entries if r is None]
+            c = color(proto, protocols)
+            if got:
+                ax.scatter(
+                    *zip(*got, strict=True), s=3, color=c, label=f"{proto.upper()} reply", linewidths=0
+                )
+            if lost:
+                ax.scatter(
+                    *zip(*lost, strict=True),
+                    s=14,
+                    marker="x",
+                    color=c,
+                    alpha=0.6,
+                    linewidths=0.8,
+                    label=f"{proto.upper()} lost (at send time)",
+                )
+        ax.set_title(point["id"], fontsize=9)
+        ax.set_xlabel("time since start (s)")
+        ax.set_ylabel("sequence number")
+        ax.legend(loc="upper left", fontsize=6, markerscale=2)
+    fig.suptitle(
+        "Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses", fontsize=10
+    )
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def goodput(payload: Mapping[str, Any]) -> str:
+    """Goodput (echoed payload bits/s) per point and protocol."""
+    plt = _pyplot()
+    points = payload.get("points", [])
+    protocols = protocols_of(payload)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(points) * max(1, len(protocols))), 3.0))
+    width = 0.8 / max(1, len(protocols))
+    for i, proto in enumerate(protocols):
+        xs, ys = [], []
+        for j, point in enumerate(points):
+            result = results_by_protocol(point).get(proto)
+            if result:
+                xs.append(j + (i - (len(protocols) - 1) / 2) * width)
+                ys.append(result.get("goodput_bps", 0.0) / 1e3)
+        ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=proto.upper())
+    ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
+    ax.set_ylabel("goodput (kbit/s)")
+    ax.set_title("Goodput: payload bits echoed back per second", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def _link_total(result: Mapping[str, Any], word: str) -> int:
+    """Sum of every counter named like `word` in the forwarder's counters (any nesting)."""
+    total = 0
+
+    def walk(node: Any, name: str = "") -> None:
+        nonlocal total
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, int | float) and not isinstance(node, bool) and word in name:
+            total += int(node)
+
+    walk(result.get("link") or {})
+    return total
+
+
+def retransmissions(payload: Mapping[str, Any]) -> str:
+    """TCP retransmitted segments next to the packets the link dropped, per point."""
+    plt = _pyplot()
+    points = payload.get("points", [])
+    protocols = protocols_of(payload)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 * len(points) * 3), 3.0))
+    series: list[tuple[str, str, list[int]]] = []
+    for proto in protocols:
+        values = [retransmits(results_by_protocol(p).get(proto) or {}) for p in points]
+        if any(v is not None for v in values):
+            series.append((f"{proto.upper()} retransmits", color(proto, protocols), [v or 0 for v in values]))
+        drops = [_link_total(results_by_protocol(p).get(proto) or {}, "drop") for p in points]
+        if any(drops):
+            series.append((f"link drops during {proto.upper()}", color(proto, protocols), drops))
+    width = 0.8 / max(1, len(series))
+    for i, (label, c, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(points))]
+        hatch = "//" if label.startswith("link") else None
+        ax.bar(xs, values, width=width * 0.9, color=c, alpha=0.5 if hatch else 0.9, hatch=hatch, label=label)
+    if not series:
+        ax.text(
+            0.5, 0.5, "no retransmission or drop counters in this run", ha="center", transform=ax.transAxes
+        )
+    ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
+    ax.set_ylabel("count")
+    ax.set_title("TCP retransmissions and packets the link dropped", fontsize=10)
+    if series:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+PLOTS = {
+    "latency_cdf": latency_cdf,
+    "loss": loss,
+    "timeline": arrival_timeline,
+    "goodput": goodput,
+    "retransmissions": retransmissions,
+}
+
+
+def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
+    """Every report plot as an inline SVG string, keyed by section name."""
+    return {name: make(payload) for name, make in PLOTS.items()}

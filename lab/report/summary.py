@@ -1,0 +1,166 @@
+"""From result.json data to the figures and sentences every report format shows. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Columns of the side-by-side table: (header, function of a Result dict -> display string).
+US_PER_MS = 1000.0
+TAIL_GROWTH_NOTABLE = 1.5  # a p99 at least 1.5x the p50 is worth a sentence about the tail
+
+
+def fmt_ms(us: float | None) -> str:
+    """Microseconds as a short millisecond string ('-' when missing)."""
+    if us is None:
+        return "-"
+    ms = us / US_PER_MS
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.3f}"
+
+
+def fmt_pct(ratio: float | None) -> str:
+    """A ratio as a percentage string ('-' when missing)."""
+    return "-" if ratio is None else f"{100 * ratio:.1f}%"
+
+
+def fmt_rate(bps: float | None) -> str:
+    """Bits per second with a unit."""
+    if bps is None:
+        return "-"
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:.2f} {unit}"
+    return f"{bps:.0f} bit/s"
+
+
+def retransmits(result: Mapping[str, Any]) -> int | None:
+    """TCP retransmitted segments from tcp_info (None for protocols without it)."""
+    info = result.get("tcp_info") or {}
+    value = info.get("total_retrans", info.get("retransmits"))
+    return None if value is None else int(value)
+
+
+COLUMNS: tuple[tuple[str, Any], ...] = (
+    ("sent", lambda r: str(r.get("sent", "-"))),
+    ("received", lambda r: str(r.get("received", "-"))),
+    ("loss", lambda r: fmt_pct(r.get("loss_ratio"))),
+    ("expected loss", lambda r: fmt_pct(r.get("expected_loss_ratio"))),
+    ("RTT p50 ms", lambda r: fmt_ms((r.get("rtt_us") or {}).get("p50"))),
+    ("RTT p99 ms", lambda r: fmt_ms((r.get("rtt_us") or {}).get("p99"))),
+    ("jitter ms", lambda r: fmt_ms(r.get("jitter_us"))),
+    ("goodput", lambda r: fmt_rate(r.get("goodput_bps"))),
+    ("retransmits", lambda r: "-" if retransmits(r) is None else str(retransmits(r))),
+)
+
+
+def protocols_of(payload: Mapping[str, Any]) -> list[str]:
+    """Protocols in the order the scenario lists them."""
+    listed = list((payload.get("scenario") or {}).get("protocols") or [])
+    for point in payload.get("points", []):
+        for result in point.get("results", []):
+            if result["protocol"] not in listed:
+                listed.append(result["protocol"])
+    return listed
+
+
+def results_by_protocol(point: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A point's results keyed by protocol name."""
+    return {r["protocol"]: r for r in point.get("results", [])}
+
+
+def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[str, list[str]]]:
+    """Rows (metric, [value per protocol]) for one point; skipped protocols show 'skipped'."""
+    by_proto = results_by_protocol(point)
+    rows = []
+    for header, get in COLUMNS:
+        cells = []
+        for proto in protocols:
+            result = by_proto.get(proto)
+            cells.append(get(result) if result else "skipped" if proto in point.get("skipped", {}) else "-")
+        rows.append((header, cells))
+    return rows
+
+
+def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[str]:
+    sentences = []
+    by_proto = results_by_protocol(point)
+    for proto, result in by_proto.items():
+        name = proto.upper()
+        sent, received, lost = result["sent"], result["received"], result["lost"]
+        expected = result.get("expected_loss_ratio")
+        rtt = result.get("rtt_us") or {}
+        p50, p99 = rtt.get("p50"), rtt.get("p99")
+        if lost:
+            predicted = f" (the link predicted {fmt_pct(expected)})" if expected is not None else ""
+            sentences.append(
+                f"{name} lost {fmt_pct(result['loss_ratio'])} of probes ({lost} of {sent}){predicted}."
+            )
+        else:
+            text = f"{name} delivered all {sent} probes"
+            rexmit = retransmits(result)
+            base = results_by_protocol(baseline).get(proto) if baseline else None
+            base_p99 = ((base or {}).get("rtt_us") or {}).get("p99")
+            if base_p99 and p99 and p99 > TAIL_GROWTH_NOTABLE * base_p99:
+                text += f", but its p99 RTT grew from {fmt_ms(base_p99)} ms to {fmt_ms(p99)} ms"
+                if rexmit:
+                    text += f" because {rexmit} lost segments were retransmitted"
+            elif p50 and p99 and p99 > TAIL_GROWTH_NOTABLE * p50:
+                text += f"; its p99 RTT ({fmt_ms(p99)} ms) is well above its median ({fmt_ms(p50)} ms)"
+                if rexmit:
+                    text += f", the cost of {rexmit} retransmitted segments"
+            elif expected:
+                text += f" although the link dropped packets (about {fmt_pct(expected)} of round trips)"
+                if rexmit:
+                    text += f": it retransmitted {rexmit} segments"
+            sentences.append(text + ".")
+        if received < sent and lost == 0 and received:
+            sentences.append(f"{name} received {received} of {sent}.")
+        dup, reo, cor = result.get("duplicates", 0), result.get("reordered", 0), result.get("corrupted", 0)
+        extras = [
+            f"{n} {what}" for n, what in ((dup, "duplicates"), (reo, "reordered"), (cor, "corrupted")) if n
+        ]
+        if extras:
+            sentences.append(f"{name} saw {', '.join(extras)}.")
+    for proto, reason in (point.get("skipped") or {}).items():
+        sentences.append(f"{proto.upper()} was skipped: {reason}")
+    return sentences
+
+
+def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One plain-language paragraph per sweep point: [(point id, paragraph)]."""
+    points = payload.get("points", [])
+    baseline = points[0] if points else None
+    out = []
+    for point in points:
+        sentences = _point_sentence(point, baseline if point is not baseline else None)
+        out.append((point["id"], " ".join(sentences) or "Nothing was measured."))
+    if payload.get("interrupted"):
+        out.append(("interrupted", "The run was interrupted (Ctrl-C); these are the points measured so far."))
+    return out
+
+
+def link_description(point: Mapping[str, Any]) -> str:
+    """`loss 10%, delay 20ms` or `no impairment` for a point's link options."""
+    link = point.get("link") or {}
+    text = ", ".join(f"{k} {v}" for k, v in link.items())
+    return text or "no impairment"
+
+
+def counters_rows(point: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows (protocol, source, 'name=value ...') of link, kernel and tcp_info counters."""
+    rows = []
+    for result in point.get("results", []):
+        for source in ("link", "kernel", "tcp_info"):
+            data = result.get(source)
+            if data:
+                rows.append((result["protocol"], source, _flatten(data)))
+    return rows
+
+
+def _flatten(data: Any, prefix: str = "") -> str:
+    if isinstance(data, Mapping):
+        parts = [_flatten(v, f"{prefix}{k}.") for k, v in data.items()]
+        return " ".join(p for p in parts if p)
+    if isinstance(data, list):
+        return f"{prefix[:-1]}={data}"
+    return f"{prefix[:-1]}={data}"

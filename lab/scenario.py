@@ -1,0 +1,651 @@
+"""Scenario files (`scenarios/*.toml`) -> a validated, frozen experiment plan. Touches no system.
+
+Format (every table but `[scenario]` is optional)::
+
+    [scenario]
+    name = "loss-sweep"            # default: the file name without .toml
+    description = "..."
+    protocols = ["tcp", "udp"]     # default; each must be a registered protocol
+    seed = 1                       # impairment models' seed (same seed, same link decisions)
+    capture = false                # also write link.pcapng
+    mtu = 1500                     # MTU of the link's devices
+    slow = false                   # true: pytest marks its items `slow` (kept out of `make test`)
+
+    [traffic]                      # lab.records.TrafficPlan
+    count = 200                    # probes; or `duration = 2.0` (seconds) with a rate: count = rate*duration
+    size = 64                      # bytes on the wire per probe (32-byte header + payload)
+    rate = 100                     # probes/s, paced open loop; absent = ping-pong
+    timeout = 1.0                  # seconds before a probe counts as lost
+    streams = 1                    # logical streams (head-of-line experiment)
+
+    [link]                         # the impairment keys of DESIGN.md, netem vocabulary
+    loss = "5%"                    # also delay, jitter, distribution, reorder, duplicate, corrupt,
+                                   # rate, limit, direction
+
+    [sweep]                        # key -> list of values; the cartesian product runs, in file order
+    loss = ["0%", "5%"]            # a bare key is a link or traffic key; `rate` exists in both, so
+    traffic.rate = [10, 100]       # write `link.rate` or `traffic.rate`
+
+    [expect.udp]                   # assertions on each protocol's Result (see EXPECTATION_DOC)
+    loss_ratio = "within_ci"
+    [expect.tcp]
+    loss_ratio = 0
+    rtt_p50_ms = { min = 40, max = 45 }
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.errors import ConfigError, ScenarioError
+from lab.records import Result, TrafficPlan
+
+LINK_KEYS = (
+    "loss",
+    "delay",
+    "jitter",
+    "distribution",
+    "reorder",
+    "duplicate",
+    "corrupt",
+    "rate",
+    "limit",
+    "direction",
+)
+TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration")
+SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "atlas")
+TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect")
+DEFAULT_PROTOCOLS = ("tcp", "udp")
+DEFAULT_MTU = 1500  # Ethernet
+MTU_RANGE = (576, 65535)  # RFC 791: every IPv4 host must accept 576-byte datagrams
+MAX_SWEEP_POINTS = 200  # a sweep beyond this is almost certainly a typo, and would run for hours
+MAX_DURATION_S = 3600.0
+# IPv4 header (20) + UDP header (8): what an MTU-sized packet spends before the datagram's payload.
+IPV4_UDP_OVERHEAD = 28
+IPV4_HEADER = 20
+FRAGMENT_UNIT = 8  # RFC 791: fragment offsets count 8-byte units
+
+# The closed vocabulary of expectations: metric -> (what it reads, unit).
+METRICS: dict[str, str] = {
+    "loss_ratio": "lost / sent (0..1)",
+    "delivered_ratio": "received / sent (0..1)",
+    "received": "probes whose reply came back",
+    "lost": "probes never answered",
+    "duplicates": "extra copies of a reply",
+    "reordered": "replies that arrived after a later-sent one",
+    "corrupted": "replies whose payload CRC failed",
+    "late": "replies that came after the timeout",
+    "rtt_min_ms": "RTT minimum, ms",
+    "rtt_p50_ms": "RTT median, ms",
+    "rtt_p90_ms": "RTT p90, ms",
+    "rtt_p99_ms": "RTT p99, ms",
+    "rtt_max_ms": "RTT maximum, ms",
+    "rtt_mean_ms": "RTT mean, ms",
+    "jitter_ms": "RFC 3550 interarrival jitter, ms",
+    "goodput_bps": "echoed payload bits per second",
+    "retransmits": "TCP retransmitted segments (tcp_info)",
+}
+STATISTICAL = ("within_ci", "within_ci_fragments")
+EXPECTATION_DOC = (
+    "an expectation is `metric = NUMBER` (equal, within 1e-9), `metric = { min = A, max = B }` "
+    '(either bound optional, inclusive), or for loss_ratio `"within_ci"` (the measured loss lies '
+    "in the 99% binomial interval around the link's expected loss for that many probes) or "
+    '`"within_ci_fragments"` (the same, around 1-(1-e)^k where k is the number of IPv4 fragments '
+    "each datagram needs at the scenario's MTU); metrics: " + ", ".join(METRICS)
+)
+CI_CONFIDENCE = 0.99
+EXACT_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expectation:
+    """One assertion on a Result: `metric` compared by `kind` (equal, range, within_ci...)."""
+
+    metric: str
+    kind: str  # "equal" | "range" | "within_ci" | "within_ci_fragments"
+    value: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def describe(self) -> str:
+        """The expectation as a user wrote it, e.g. `rtt_p50_ms in [40, 45]`."""
+        if self.kind == "equal":
+            return f"{self.metric} == {self.value:g}"
+        if self.kind == "range":
+            lo = "-inf" if self.min is None else f"{self.min:g}"
+            hi = "inf" if self.max is None else f"{self.max:g}"
+            return f"{self.metric} in [{lo}, {hi}]"
+        return f"{self.metric} {self.kind} ({CI_CONFIDENCE:.0%})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Check:
+    """The outcome of evaluating one Expectation against one Result."""
+
+    expectation: Expectation
+    passed: bool
+    measured: float | None
+    message: str
+    interval: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form for result.json."""
+        return {
+            "expectation": self.expectation.describe(),
+            "metric": self.expectation.metric,
+            "passed": self.passed,
+            "measured": self.measured,
+            "interval": list(self.interval) if self.interval else None,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepPoint:
+    """One configuration to run every protocol over: link options, traffic and expectations."""
+
+    id: str
+    link: Mapping[str, Any]
+    traffic: TrafficPlan
+    expectations: Mapping[str, tuple[Expectation, ...]]
+    seed: int
+    mtu: int = DEFAULT_MTU
+
+    @property
+    def impaired(self) -> bool:
+        """True if any impairment is configured (direction alone impairs nothing)."""
+        return any(k != "direction" for k in self.link)
+
+    def link_options(self) -> dict[str, Any]:
+        """Impairment keyword options (without `direction`), as open_link/LinkConfig take them."""
+        return {k: v for k, v in self.link.items() if k != "direction"}
+
+    @property
+    def direction(self) -> str:
+        """Which way the impairment applies."""
+        return str(self.link.get("direction", "both"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """A validated scenario file: what to run, over which links, and what to expect."""
+
+    name: str
+    description: str
+    points: tuple[SweepPoint, ...]
+    protocols: tuple[str, ...] = DEFAULT_PROTOCOLS
+    seed: int = 1
+    capture: bool = False
+    mtu: int = DEFAULT_MTU
+    slow: bool = False
+    atlas: bool = False
+    path: Path | None = None
+    sweep_keys: tuple[str, ...] = ()
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What result.json records about the scenario."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "file": str(self.path) if self.path else None,
+            "protocols": list(self.protocols),
+            "seed": self.seed,
+            "capture": self.capture,
+            "mtu": self.mtu,
+            "slow": self.slow,
+            "sweep_keys": list(self.sweep_keys),
+            "source": _jsonable(self.raw),
+        }
+
+    def with_seed(self, seed: int) -> Scenario:
+        """The same scenario with another seed (the `--seed` override)."""
+        from dataclasses import replace
+
+        points = tuple(replace(p, seed=seed) for p in self.points)
+        return replace(self, seed=seed, points=points)
+
+
+# --- loading ------------------------------------------------------------------------------------
+def load_scenario(path: Path | str) -> Scenario:
+    """Read and validate a scenario file; ScenarioError names the file, the key and what is allowed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file (see scenarios/ for examples)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file: {exc}") from exc
+    return parse_scenario(text, source=str(path), default_name=path.stem, path=path)
+
+
+def parse_scenario(
+    text: str, *, source: str = "<scenario>", default_name: str = "scenario", path: Path | None = None
+) -> Scenario:
+    """Parse scenario TOML text into a Scenario (errors are prefixed with `source`)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: not valid TOML: {exc}") from exc
+    return _Parser(source, default_name, path).parse(data)
+
+
+class _Parser:
+    def __init__(self, source: str, default_name: str, path: Path | None) -> None:
+        self.source = source
+        self.default_name = default_name
+        self.path = path
+
+    def fail(self, where: str, message: str) -> ScenarioError:
+        return ScenarioError(f"{self.source}: {where}: {message}")
+
+    def parse(self, data: dict[str, Any]) -> Scenario:
+        for key in data:
+            if key not in TOP_LEVEL_TABLES:
+                raise self.fail(
+                    key, f"unknown table; allowed: {', '.join(f'[{t}]' for t in TOP_LEVEL_TABLES)}"
+                )
+        for key in TOP_LEVEL_TABLES:
+            if key in data and not isinstance(data[key], dict):
+                raise self.fail(key, f"must be a table ([{key}]), got {_show(data[key])}")
+        meta = self.scenario_table(data.get("scenario", {}))
+        traffic = dict(data.get("traffic", {}))
+        for key in traffic:
+            if key not in TRAFFIC_KEYS:
+                raise self.fail(f"[traffic] {key}", f"unknown key; allowed: {', '.join(TRAFFIC_KEYS)}")
+        link = dict(data.get("link", {}))
+        for key in link:
+            if key not in LINK_KEYS:
+                raise self.fail(f"[link] {key}", f"unknown key; allowed: {', '.join(LINK_KEYS)}")
+        sweep = self.sweep_table(data.get("sweep", {}))
+        expectations = self.expect_table(data.get("expect", {}), meta["protocols"])
+
+        points = []
+        names = [name for name, _, _ in sweep]
+        for combo in itertools.product(*[values for _, _, values in sweep]) if sweep else [()]:
+            point_link = dict(link)
+            point_traffic = dict(traffic)
+            labels = []
+            for (name, (table, key), _), value in zip(sweep, combo, strict=True):
+                (point_link if table == "link" else point_traffic)[key] = value
+                labels.append(f"{name}={_label(value)}")
+            point_id = ",".join(labels) if labels else "base"
+            where = f"[sweep] point {point_id}: " if labels else ""
+            plan = self.traffic_plan(point_traffic, where)
+            self.validate_link(point_link, meta["seed"], where)
+            points.append(
+                SweepPoint(
+                    id=point_id,
+                    link=point_link,
+                    traffic=plan,
+                    expectations=expectations,
+                    seed=meta["seed"],
+                    mtu=meta["mtu"],
+                )
+            )
+        ids = [p.id for p in points]
+        if len(set(ids)) != len(ids):
+            raise self.fail("[sweep]", "two sweep values give the same point id; make values distinct")
+        return Scenario(
+            name=meta["name"],
+            description=meta["description"],
+            points=tuple(points),
+            protocols=meta["protocols"],
+            seed=meta["seed"],
+            capture=meta["capture"],
+            mtu=meta["mtu"],
+            slow=meta["slow"],
+            atlas=meta["atlas"],
+            path=self.path,
+            sweep_keys=tuple(names),
+            raw=data,
+        )
+
+    def scenario_table(self, table: dict[str, Any]) -> dict[str, Any]:
+        for key in table:
+            if key not in SCENARIO_KEYS:
+                raise self.fail(f"[scenario] {key}", f"unknown key; allowed: {', '.join(SCENARIO_KEYS)}")
+        name = table.get("name", self.default_name)
+        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise self.fail("[scenario] name", f"must be letters, digits, '-', '_' or '.', got {_show(name)}")
+        description = table.get("description", "")
+        if not isinstance(description, str):
+            raise self.fail("[scenario] description", f"must be a string, got {_show(description)}")
+        protocols = table.get("protocols", list(DEFAULT_PROTOCOLS))
+        known = _known_protocols()
+        if (
+            not isinstance(protocols, list)
+            or not protocols
+            or not all(isinstance(p, str) and p in known for p in protocols)
+            or len(set(protocols)) != len(protocols)
+        ):
+            raise self.fail(
+                "[scenario] protocols",
+                f"must be a non-empty list of distinct names from {', '.join(sorted(known))}, "
+                f"got {_show(protocols)}",
+            )
+        seed = table.get("seed", 1)
+        if not _is_int(seed) or not 0 <= seed < 2**32:
+            raise self.fail("[scenario] seed", f"must be an integer in 0..{2**32 - 1}, got {_show(seed)}")
+        mtu = table.get("mtu", DEFAULT_MTU)
+        if not _is_int(mtu) or not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+            raise self.fail(
+                "[scenario] mtu", f"must be an integer in {MTU_RANGE[0]}..{MTU_RANGE[1]}, got {_show(mtu)}"
+            )
+        flags = {}
+        for key in ("capture", "slow", "atlas"):
+            value = table.get(key, False)
+            if not isinstance(value, bool):
+                raise self.fail(f"[scenario] {key}", f"must be true or false, got {_show(value)}")
+            flags[key] = value
+        return {
+            "name": name,
+            "description": description.strip(),
+            "protocols": tuple(protocols),
+            "seed": seed,
+            "mtu": mtu,
+            **flags,
+        }
+
+    def sweep_table(self, table: dict[str, Any]) -> list[tuple[str, tuple[str, str], list[Any]]]:
+        """[(label, (table, key), values)] in file order."""
+        entries: list[tuple[str, tuple[str, str], list[Any]]] = []
+        for key, value in table.items():
+            if key in ("link", "traffic") and isinstance(value, dict):
+                allowed = LINK_KEYS if key == "link" else TRAFFIC_KEYS
+                for sub, values in value.items():
+                    if sub not in allowed:
+                        raise self.fail(
+                            f"[sweep] {key}.{sub}", f"unknown {key} key; allowed: {', '.join(allowed)}"
+                        )
+                    entries.append((f"{key}.{sub}", (key, sub), self.sweep_values(f"{key}.{sub}", values)))
+                continue
+            if key == "rate":
+                raise self.fail(
+                    "[sweep] rate", "ambiguous: write link.rate (bandwidth) or traffic.rate (probes/s)"
+                )
+            if key in LINK_KEYS:
+                entries.append((key, ("link", key), self.sweep_values(key, value)))
+            elif key in TRAFFIC_KEYS:
+                entries.append((key, ("traffic", key), self.sweep_values(key, value)))
+            else:
+                raise self.fail(
+                    f"[sweep] {key}",
+                    f"unknown key; allowed: a [link] key ({', '.join(LINK_KEYS)}) or a [traffic] key "
+                    f"({', '.join(TRAFFIC_KEYS)}), `rate` written as link.rate or traffic.rate",
+                )
+        total = math.prod(len(v) for _, _, v in entries) if entries else 1
+        if total > MAX_SWEEP_POINTS:
+            raise self.fail(
+                "[sweep]", f"{total} points is over the limit of {MAX_SWEEP_POINTS}; split the scenario"
+            )
+        return entries
+
+    def sweep_values(self, key: str, values: Any) -> list[Any]:
+        if not isinstance(values, list) or not values:
+            raise self.fail(f"[sweep] {key}", f"must be a non-empty list of values, got {_show(values)}")
+        if any(isinstance(v, dict | list) for v in values):
+            raise self.fail(f"[sweep] {key}", "values must be strings, numbers or booleans")
+        return list(values)
+
+    def expect_table(
+        self, table: dict[str, Any], protocols: tuple[str, ...]
+    ) -> dict[str, tuple[Expectation, ...]]:
+        out: dict[str, tuple[Expectation, ...]] = {}
+        for proto, metrics in table.items():
+            if proto not in protocols:
+                raise self.fail(
+                    f"[expect.{proto}]", f"not one of this scenario's protocols ({', '.join(protocols)})"
+                )
+            if not isinstance(metrics, dict):
+                raise self.fail(f"[expect.{proto}]", "must be a table of metric = expectation")
+            out[proto] = tuple(self.expectation(proto, m, v) for m, v in metrics.items())
+        return out
+
+    def expectation(self, proto: str, metric: str, value: Any) -> Expectation:
+        where = f"[expect.{proto}] {metric}"
+        if metric not in METRICS:
+            raise self.fail(where, f"unknown metric; allowed: {', '.join(METRICS)}")
+        if isinstance(value, str):
+            if value in STATISTICAL and metric == "loss_ratio":
+                return Expectation(metric=metric, kind=value)
+            raise self.fail(where, f"unknown expectation {value!r}; {EXPECTATION_DOC}")
+        if _is_number(value):
+            return Expectation(metric=metric, kind="equal", value=float(value))
+        if isinstance(value, dict):
+            extra = set(value) - {"min", "max"}
+            if extra or not value:
+                raise self.fail(
+                    where, f"a range is {{ min = A, max = B }} (either optional), got {_show(value)}"
+                )
+            for bound in value.values():
+                if not _is_number(bound):
+                    raise self.fail(where, f"bounds must be numbers, got {_show(bound)}")
+            lo, hi = value.get("min"), value.get("max")
+            if lo is not None and hi is not None and lo > hi:
+                raise self.fail(where, f"min ({lo}) is greater than max ({hi})")
+            return Expectation(
+                metric=metric,
+                kind="range",
+                min=None if lo is None else float(lo),
+                max=None if hi is None else float(hi),
+            )
+        raise self.fail(where, f"unsupported value {_show(value)}; {EXPECTATION_DOC}")
+
+    def traffic_plan(self, traffic: dict[str, Any], where: str) -> TrafficPlan:
+        kwargs = dict(traffic)
+        for key in ("count", "streams"):
+            if key in kwargs and not _is_int(kwargs[key]):
+                raise self.fail(f"{where}[traffic] {key}", f"must be an integer, got {_show(kwargs[key])}")
+        for key in ("rate", "timeout", "duration"):
+            if key in kwargs and not _is_number(kwargs[key]):
+                raise self.fail(f"{where}[traffic] {key}", f"must be a number, got {_show(kwargs[key])}")
+        if "size" in kwargs and not _is_int(kwargs["size"]):
+            raise self.fail(
+                f"{where}[traffic] size", f"must be an integer (bytes), got {_show(kwargs['size'])}"
+            )
+        duration = kwargs.pop("duration", None)
+        if duration is not None:
+            if "count" in kwargs:
+                raise self.fail(f"{where}[traffic] duration", "give either count or duration, not both")
+            if kwargs.get("rate") is None:
+                raise self.fail(f"{where}[traffic] duration", "needs a rate (count = rate * duration)")
+            if not 0 < duration <= MAX_DURATION_S:
+                raise self.fail(
+                    f"{where}[traffic] duration", f"must be > 0 and <= {MAX_DURATION_S:g} s, got {duration!r}"
+                )
+            kwargs["count"] = max(1, round(kwargs["rate"] * duration))
+        if "rate" in kwargs:
+            kwargs["rate"] = float(kwargs["rate"])
+        if "timeout" in kwargs:
+            kwargs["timeout"] = float(kwargs["timeout"])
+        try:
+            return TrafficPlan(**kwargs)
+        except ConfigError as exc:
+            key = str(exc).split(" ", 1)[0]
+            raise self.fail(f"{where}[traffic] {key}", str(exc)) from None
+
+    def validate_link(self, link: dict[str, Any], seed: int, where: str) -> None:
+        if not link:
+            return
+        from lab.link.models import LinkConfig
+
+        direction = link.get("direction", "both")
+        if direction not in ("both", "forward", "reverse"):
+            raise self.fail(
+                f"{where}[link] direction", f"must be both, forward or reverse, got {_show(direction)}"
+            )
+        options = {k: v for k, v in link.items() if k != "direction"}
+        # Key by key first, so the message names the key that is wrong. Reorder alone is refused
+        # (netem reorders by sending some packets without the delay), so judge it with a delay.
+        for key, value in options.items():
+            alone = {key: value, "delay": "1ms"} if key == "reorder" else {key: value}
+            try:
+                LinkConfig.from_options(alone, direction=direction, seed=seed)
+            except ConfigError as exc:
+                raise self.fail(f"{where}[link] {key}", _strip_key(str(exc), key)) from None
+        try:
+            LinkConfig.from_options(options, direction=direction, seed=seed)
+        except ConfigError as exc:
+            raise self.fail(f"{where}[link]", str(exc)) from None
+
+
+# --- expectations (pure) ------------------------------------------------------------------------
+def measured_value(result: Result | Mapping[str, Any], metric: str) -> float | None:
+    """The number `metric` reads from a Result (or its dict); None when it was not measured."""
+    data = result.to_dict() if isinstance(result, Result) else result
+    sent = data.get("sent") or 0
+    if metric == "delivered_ratio":
+        return (data["received"] / sent) if sent else None
+    if metric.startswith("rtt_") and metric.endswith("_ms"):
+        value = (data.get("rtt_us") or {}).get(metric[4:-3])
+        return None if value is None else value / 1000.0
+    if metric == "jitter_ms":
+        value = data.get("jitter_us")
+        return None if value is None else value / 1000.0
+    if metric == "retransmits":
+        info = data.get("tcp_info") or {}
+        value = info.get("total_retrans", info.get("retransmits"))
+        return None if value is None else float(value)
+    value = data.get(metric)
+    return None if value is None else float(value)
+
+
+def fragments_per_datagram(size: int, mtu: int) -> int:
+    """IPv4 fragments one UDP datagram of `size` payload bytes needs at `mtu` (RFC 791)."""
+    per_fragment = (mtu - IPV4_HEADER) // FRAGMENT_UNIT * FRAGMENT_UNIT
+    return max(1, math.ceil((size + 8) / per_fragment))  # + 8: the UDP header rides in fragment 1
+
+
+def loss_interval(expected: float, sent: int, confidence: float = CI_CONFIDENCE) -> tuple[float, float]:
+    """Central binomial interval of the loss ratio `sent` probes show when each is lost w.p. `expected`."""
+    from scipy.stats import binom
+
+    if sent <= 0:
+        return (0.0, 1.0)
+    tail = (1.0 - confidence) / 2
+    lo = float(binom.ppf(tail, sent, expected)) / sent
+    hi = float(binom.isf(tail, sent, expected)) / sent
+    return (max(0.0, lo), min(1.0, hi))
+
+
+def evaluate(
+    expectation: Expectation, result: Result | Mapping[str, Any], *, mtu: int = DEFAULT_MTU
+) -> Check:
+    """Check one expectation against one result. Pure: no I/O, no clocks."""
+    data = result.to_dict() if isinstance(result, Result) else result
+    measured = measured_value(data, expectation.metric)
+    if measured is None:
+        return Check(
+            expectation=expectation,
+            passed=False,
+            measured=None,
+            message=f"{expectation.metric} was not measured (expected {expectation.describe()})",
+        )
+    if expectation.kind == "equal":
+        assert expectation.value is not None
+        ok = abs(measured - expectation.value) <= EXACT_TOLERANCE
+        return Check(
+            expectation=expectation,
+            passed=ok,
+            measured=measured,
+            message=f"{expectation.metric} = {measured:g}, expected {expectation.value:g}",
+        )
+    if expectation.kind == "range":
+        ok = (expectation.min is None or measured >= expectation.min) and (
+            expectation.max is None or measured <= expectation.max
+        )
+        return Check(
+            expectation=expectation,
+            passed=ok,
+            measured=measured,
+            message=f"{expectation.metric} = {measured:g}, expected {expectation.describe()}",
+        )
+    expected = data.get("expected_loss_ratio")
+    if expected is None:
+        return Check(
+            expectation=expectation,
+            passed=False,
+            measured=measured,
+            message=f"loss_ratio = {measured:g}, but the run has no expected_loss_ratio "
+            "(it did not go over an impaired link)",
+        )
+    label = "link's expected loss"
+    if expectation.kind == "within_ci_fragments":
+        k = fragments_per_datagram(int(data.get("size") or 0), mtu)
+        expected = 1.0 - (1.0 - expected) ** k
+        label = f"1-(1-{data['expected_loss_ratio']:.4f})^{k} for {k} fragments/datagram at MTU {mtu}"
+    lo, hi = loss_interval(expected, int(data.get("sent") or 0))
+    ok = lo <= measured <= hi
+    return Check(
+        expectation=expectation,
+        passed=ok,
+        measured=measured,
+        interval=(lo, hi),
+        message=(
+            f"loss_ratio = {measured:.4f} ({data.get('lost')}/{data.get('sent')}), {label} = "
+            f"{expected:.4f}, {CI_CONFIDENCE:.0%} interval [{lo:.4f}, {hi:.4f}]"
+        ),
+    )
+
+
+def evaluate_all(point: SweepPoint, protocol: str, result: Result | Mapping[str, Any]) -> list[Check]:
+    """Evaluate every expectation a point holds for `protocol`."""
+    return [evaluate(e, result, mtu=point.mtu) for e in point.expectations.get(protocol, ())]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _known_protocols() -> set[str]:
+    try:
+        from lab.protocols import PROTOCOLS
+    except ImportError:  # the registry is optional: tcp and udp are always there
+        return set(DEFAULT_PROTOCOLS)
+    return set(PROTOCOLS) | set(DEFAULT_PROTOCOLS)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else str(value).replace("True", "true").replace("False", "false")
+    )
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _strip_key(message: str, key: str) -> str:
+    """`loss must be ...` -> `must be ...` (the caller prefixes the key itself)."""
+    for prefix in (f"{key}: ", f"{key} "):
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
