@@ -19,7 +19,7 @@ import selectors
 import socket
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from lab.errors import CrcMismatchError, EndpointError, RemoteWireError, TargetRefusedError
@@ -61,6 +61,13 @@ TCP_DECODER_BUFFER = 1024 * 1024
 TCP_RECV_CHUNK = 256 * 1024
 CONNECT_TIMEOUT_MIN_S = 3.0
 CONNECT_TIMEOUT_MAX_S = 10.0
+# A paced sender sleeps until this long before a probe is due, then polls: waking from a sleep
+# costs tens of µs in Python, which would otherwise be booked as latency of every probe.
+SPIN_NS = 100_000
+# prctl(2) options from linux/prctl.h; the kernel's default slack of 50 µs delays every wake-up.
+PR_SET_TIMERSLACK = 29
+PR_GET_TIMERSLACK = 30
+FINE_TIMER_SLACK_NS = 1
 PROGRESS_INTERVAL_NS = 100_000_000  # report progress at most 10 times a second
 
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking range, the lab's links
@@ -104,6 +111,31 @@ def _family(host: str) -> socket.AddressFamily:
 def _where(address: tuple[str, int]) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _selector() -> selectors.BaseSelector:
+    # select(2) takes a timeout in µs; epoll and poll round it up to whole milliseconds, which
+    # would make a paced sender wake up to 1 ms late and book that as latency. We watch at most
+    # a few dozen sockets, where select(2) costs nothing extra.
+    return selectors.SelectSelector()
+
+
+@contextlib.contextmanager
+def _fine_timers() -> Iterator[None]:
+    """Shrink this thread's timer slack (default 50 µs) while a paced sender runs."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        previous = libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+        changed = previous > 0 and libc.prctl(PR_SET_TIMERSLACK, FINE_TIMER_SLACK_NS, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux, or no libc: run with the default slack
+        changed = False
+    try:
+        yield
+    finally:
+        if changed:
+            libc.prctl(PR_SET_TIMERSLACK, previous, 0, 0, 0)
 
 
 def _frame(seq: int, stream: int, send_ns: int, payload: bytes, crc: int) -> bytes:
@@ -166,11 +198,13 @@ class _Run:
             return True  # every probe answered: nothing left to wait for
         return now >= self.tail_end_ns()
 
-    def wake_ns(self, now: int) -> int:
-        """The next moment the loop must act even if no reply arrives."""
+    def wait_s(self, now: int) -> float:
+        """How long the loop may sleep before it must act even if no reply arrives."""
         due = self.due_ns(now)
-        target = due if due is not None else self.tail_end_ns()
-        return min(target, self.deadline_ns)
+        if due is not None and self.plan.rate is not None:
+            due -= SPIN_NS  # wake early and poll the last stretch (see SPIN_NS)
+        target = min(due if due is not None else self.tail_end_ns(), self.deadline_ns)
+        return max(0, target - now) / NS_PER_S
 
     def next_probe(self) -> tuple[int, int, bytes, int]:
         """(seq, stream, payload, crc) of the probe to send next."""
@@ -269,7 +303,7 @@ def run_udp(
     """Probes as UDP datagrams, one connected socket per logical stream."""
     host, port = address[0], int(address[1])
     socks: list[socket.socket] = []
-    sel = selectors.DefaultSelector()
+    sel = _selector()
     try:
         for _ in range(plan.streams):
             sock = socket.socket(_family(host), socket.SOCK_DGRAM)
@@ -287,7 +321,8 @@ def run_udp(
             sel.register(sock, selectors.EVENT_READ)
         now = time.monotonic_ns()
         run = _Run("udp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
-        _udp_loop(run, socks, sel, (host, port))
+        with _fine_timers():
+            _udp_loop(run, socks, sel, (host, port))
         return run.record(time.monotonic_ns())
     finally:
         sel.close()
@@ -317,7 +352,7 @@ def _udp_loop(
             now = time.monotonic_ns()
         if run.done(now):
             return
-        wait_s = 0.0 if burst >= MAX_BURST else max(0, run.wake_ns(now) - now) / NS_PER_S
+        wait_s = 0.0 if burst >= MAX_BURST else run.wait_s(now)
         for key, _ in sel.select(wait_s):
             _udp_drain(run, key.fileobj, max_payload, address)  # type: ignore[arg-type]
 
@@ -371,7 +406,7 @@ def run_tcp(
         sock = socket.create_connection((host, port), timeout=connect_timeout)
     except OSError as exc:
         raise _unreachable((host, port), "TCP", exc) from exc
-    sel = selectors.DefaultSelector()
+    sel = _selector()
     try:
         # Latency is what we measure: do not let Nagle hold a probe back waiting for an ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -379,7 +414,8 @@ def run_tcp(
         now = time.monotonic_ns()
         run = _Run("tcp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
         run.extras["tcp_nodelay"] = True
-        _tcp_loop(run, sock, sel, (host, port))
+        with _fine_timers():
+            _tcp_loop(run, sock, sel, (host, port))
         ended = time.monotonic_ns()
         # If the connection is already gone, the record stands without TCP_INFO.
         with contextlib.suppress(OSError):
@@ -426,7 +462,7 @@ def _tcp_loop(
         elif len(outbuf) >= TCP_OUTBUF_LIMIT:  # only a writable socket or a reply can help now
             wait_s = min(run.deadline_ns - now, OUTBUF_FULL_POLL_NS) / NS_PER_S
         else:
-            wait_s = max(0, run.wake_ns(now) - now) / NS_PER_S
+            wait_s = run.wait_s(now)
         for _, events in sel.select(wait_s):
             if events & selectors.EVENT_READ and not _tcp_receive(run, sock, decoder, address):
                 return
