@@ -10,6 +10,8 @@ Format (every table but `[scenario]` is optional)::
     capture = false                # also write link.pcapng
     mtu = 1500                     # MTU of the link's devices
     slow = false                   # true: pytest marks its items `slow` (kept out of `make test`)
+    privileged = false             # true: only meaningful over the real link (no unprivileged relay run)
+    atlas = false                  # true: add the malformed-packet atlas to the report
 
     [traffic]                      # lab.records.TrafficPlan
     count = 200                    # probes; or `duration = 2.0` (seconds) with a rate: count = rate*duration
@@ -59,7 +61,7 @@ LINK_KEYS = (
     "direction",
 )
 TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration")
-SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "atlas")
+SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "privileged", "atlas")
 TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect")
 DEFAULT_PROTOCOLS = ("tcp", "udp")
 DEFAULT_MTU = 1500  # Ethernet
@@ -184,6 +186,7 @@ class Scenario:
     capture: bool = False
     mtu: int = DEFAULT_MTU
     slow: bool = False
+    privileged: bool = False
     atlas: bool = False
     path: Path | None = None
     sweep_keys: tuple[str, ...] = ()
@@ -200,6 +203,7 @@ class Scenario:
             "capture": self.capture,
             "mtu": self.mtu,
             "slow": self.slow,
+            "privileged": self.privileged,
             "sweep_keys": list(self.sweep_keys),
             "source": _jsonable(self.raw),
         }
@@ -301,6 +305,7 @@ class _Parser:
             capture=meta["capture"],
             mtu=meta["mtu"],
             slow=meta["slow"],
+            privileged=meta["privileged"],
             atlas=meta["atlas"],
             path=self.path,
             sweep_keys=tuple(names),
@@ -339,7 +344,7 @@ class _Parser:
                 "[scenario] mtu", f"must be an integer in {MTU_RANGE[0]}..{MTU_RANGE[1]}, got {_show(mtu)}"
             )
         flags = {}
-        for key in ("capture", "slow", "atlas"):
+        for key in ("capture", "slow", "privileged", "atlas"):
             value = table.get(key, False)
             if not isinstance(value, bool):
                 raise self.fail(f"[scenario] {key}", f"must be true or false, got {_show(value)}")

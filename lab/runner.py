@@ -1,0 +1,451 @@
+"""Execute a scenario plan: per sweep point one link configuration and seed for every protocol.
+
+Modes, chosen per point (the report records which one ran):
+- ``link``: with CAP_NET_ADMIN, `lab.link.session.open_link` brings up the namespaces and the
+  forwarder once per point; every protocol runs over that same link.
+- ``relay``: without privileges, UDP-carried protocols run through `lab.link.relay.UdpRelay` (the
+  same impairment models on loopback); TCP cannot be impaired without the link and is skipped
+  with the reason.
+- ``loopback``: without privileges and without impairment, every protocol talks to a local echo
+  server directly.
+
+Ctrl-C stops the run cleanly: everything is torn down by context managers, the points measured so
+far are kept and the run is marked ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lab import privileges
+from lab.errors import LabError, PrivilegeError
+from lab.records import Result, RunRecord
+from lab.scenario import Check, Scenario, SweepPoint, evaluate_all, load_scenario
+
+TIMELINE_MAX_POINTS = 3000  # enough to see every gap of a demo-sized run; keeps result.json small
+NS_PER_MS = 1_000_000
+DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
+REPORTS_DIR = Path("reports")
+EXIT_OK, EXIT_EXPECTATION_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(slots=True, kw_only=True)
+class PointOutcome:
+    """What one sweep point produced: a result per protocol that ran, a reason per one skipped."""
+
+    point: SweepPoint
+    mode: str
+    results: dict[str, Result] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    link_config: dict[str, Any] | None = None
+    checks: dict[str, list[Check]] = field(default_factory=dict)
+
+    def evaluate(self) -> None:
+        """Evaluate the point's expectations against every result."""
+        self.checks = {p: evaluate_all(self.point, p, r) for p, r in self.results.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """One entry of result.json's `points`."""
+        from dataclasses import asdict
+
+        return {
+            "id": self.point.id,
+            "link": dict(self.point.link),
+            "link_config": self.link_config,
+            "traffic": asdict(self.point.traffic),
+            "seed": self.point.seed,
+            "mode": self.mode,
+            "results": [r.to_dict() for r in self.results.values()],
+            "skipped": dict(self.skipped),
+            "checks": {p: [c.to_dict() for c in checks] for p, checks in self.checks.items()},
+        }
+
+
+@dataclass(slots=True, kw_only=True)
+class RunOutcome:
+    """A whole scenario run: its points in order, and whether Ctrl-C cut it short."""
+
+    scenario: Scenario
+    points: list[PointOutcome]
+    started_at: str
+    finished_at: str = ""
+    interrupted: bool = False
+    atlas: list[dict[str, Any]] | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed_checks(self) -> list[tuple[str, str, Check]]:
+        """(point id, protocol, check) for every expectation that did not hold."""
+        return [
+            (p.point.id, proto, c)
+            for p in self.points
+            for proto, cs in p.checks.items()
+            for c in cs
+            if not c.passed
+        ]
+
+    def payload(self) -> dict[str, Any]:
+        """The result.json document."""
+        from lab.report import FORMAT, environment
+
+        data: dict[str, Any] = {
+            "format": FORMAT,
+            "scenario": self.scenario.to_dict(),
+            "seed": self.scenario.seed,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "interrupted": self.interrupted,
+            "environment": environment(),
+            "points": [p.to_dict() for p in self.points],
+        }
+        if self.atlas is not None:
+            data["atlas"] = self.atlas
+        return data
+
+
+# --- per-probe timeline ---------------------------------------------------------------------------
+def timeline_from_record(record: RunRecord, max_points: int = TIMELINE_MAX_POINTS) -> list[list[Any]]:
+    """[[seq, t_ms, rtt_ms | None]] per probe: intended send time since start, RTT if answered in time."""
+    timeout_ns = int(record.plan.timeout * 1e9)
+    first: dict[int, int] = {}
+    for arrival in record.arrivals:
+        if arrival.intact and arrival.seq not in first:
+            first[arrival.seq] = arrival.recv_ns
+    rows: list[list[Any]] = []
+    for send in sorted(record.sends, key=lambda s: s.seq):
+        recv = first.get(send.seq)
+        rtt_ns = None if recv is None else recv - send.intended_ns
+        rtt = round(rtt_ns / NS_PER_MS, 3) if rtt_ns is not None and 0 <= rtt_ns <= timeout_ns else None
+        rows.append([send.seq, round((send.intended_ns - record.started_ns) / NS_PER_MS, 3), rtt])
+    if len(rows) > max_points:
+        stride = -(-len(rows) // max_points)  # ceil: never more than max_points rows
+        rows = rows[::stride]
+    return rows
+
+
+def _measure(
+    protocol: str,
+    address: tuple[str, int],
+    point: SweepPoint,
+    progress: Progress | None,
+    expected_loss_ratio: float | None,
+) -> Result:
+    from lab.metrics import compute_result
+    from lab.protocols import get_protocol
+
+    record = get_protocol(protocol).run(address, point.traffic, progress=progress)
+    result = compute_result(record, expected_loss_ratio=expected_loss_ratio)
+    result.extras["timeline"] = timeline_from_record(record)
+    return result
+
+
+# --- one point -------------------------------------------------------------------------------------
+def has_link_privileges() -> bool:
+    """True if this process may build the namespaces/TUN link."""
+    return not privileges.explain(privileges.CAP_NET_ADMIN)
+
+
+def run_point(
+    scenario: Scenario,
+    point: SweepPoint,
+    *,
+    protocols: tuple[str, ...] | None = None,
+    capture: Path | None = None,
+    progress: Callable[[str], Progress | None] | None = None,
+    on_result: Callable[[PointOutcome], None] | None = None,
+) -> PointOutcome:
+    """Run every protocol of `scenario` (or `protocols`) at one sweep point; teardown guaranteed."""
+    protocols = protocols or scenario.protocols
+    progress = progress or (lambda _proto: None)
+    on_result = on_result or (lambda _outcome: None)
+    if has_link_privileges():
+        return _run_linked(point, protocols, capture, progress, on_result)
+    if scenario.privileged:
+        reason = privileges.explain(privileges.CAP_NET_ADMIN)
+        outcome = PointOutcome(point=point, mode="skipped")
+        outcome.skipped = {p: f"this scenario needs the real link: {reason}" for p in protocols}
+        return outcome
+    if not point.impaired:
+        return _run_loopback(point, protocols, progress, on_result)
+    return _run_relayed(point, protocols, progress, on_result)
+
+
+def _run_linked(
+    point: SweepPoint,
+    protocols: tuple[str, ...],
+    capture: Path | None,
+    progress: Callable[[str], Progress | None],
+    on_result: Callable[[PointOutcome], None],
+) -> PointOutcome:
+    from lab.link.session import open_link
+
+    outcome = PointOutcome(point=point, mode="link")
+    with open_link(
+        seed=point.seed, direction=point.direction, mtu=point.mtu, capture=capture, **point.link_options()
+    ) as link:
+        config = getattr(link, "config", None)
+        outcome.link_config = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
+        for proto in protocols:
+            result = link.run(proto, point.traffic, progress=progress(proto))
+            if "timeline" not in result.extras and isinstance(result.extras.get("record"), dict):
+                result.extras["timeline"] = timeline_from_record(
+                    RunRecord.from_dict(result.extras.pop("record"))
+                )
+            outcome.results[proto] = result
+            on_result(outcome)
+    return outcome
+
+
+def _run_loopback(
+    point: SweepPoint,
+    protocols: tuple[str, ...],
+    progress: Callable[[str], Progress | None],
+    on_result: Callable[[PointOutcome], None],
+) -> PointOutcome:
+    from lab.endpoints.server import running_server
+    from lab.protocols import get_protocol
+
+    outcome = PointOutcome(point=point, mode="loopback")
+    for proto in protocols:
+        with running_server(get_protocol(proto).server_kind) as server:
+            outcome.results[proto] = _measure(proto, server.address, point, progress(proto), None)
+        on_result(outcome)
+    return outcome
+
+
+def _run_relayed(
+    point: SweepPoint,
+    protocols: tuple[str, ...],
+    progress: Callable[[str], Progress | None],
+    on_result: Callable[[PointOutcome], None],
+) -> PointOutcome:
+    from lab.endpoints.server import running_server
+    from lab.link.models import LinkConfig
+    from lab.link.relay import UdpRelay, tcp_needs_privileges_message
+    from lab.protocols import get_protocol
+
+    config = LinkConfig.from_options(point.link_options(), direction=point.direction, seed=point.seed)
+    outcome = PointOutcome(point=point, mode="relay", link_config=config.to_dict())
+    for proto in protocols:
+        protocol = get_protocol(proto)
+        if protocol.transport != "udp":
+            outcome.skipped[proto] = tcp_needs_privileges_message()
+            on_result(outcome)
+            continue
+        # A fresh relay per protocol restarts the seeded models, so each protocol meets the same decisions.
+        with running_server(protocol.server_kind) as server, UdpRelay(config, server.address) as relay:
+            result = _measure(proto, relay.address, point, progress(proto), config.expected_loss_ratio())
+            result.link = relay.counters()
+        outcome.results[proto] = result
+        on_result(outcome)
+    return outcome
+
+
+# --- a whole scenario --------------------------------------------------------------------------------
+def run_scenario(
+    scenario: Scenario | Path | str,
+    *,
+    out: Path | None = None,
+    seed: int | None = None,
+    capture: bool = False,
+    console: Any = None,
+) -> RunOutcome:
+    """Run every point of a scenario (live display on `console` if given); write the report to `out`."""
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    if seed is not None:
+        scenario = scenario.with_seed(seed)
+    capture = capture or scenario.capture
+    if capture and out is None:
+        raise LabError("capture needs an output directory (--out) to write link.pcapng into")
+    if capture and not has_link_privileges():
+        raise PrivilegeError(
+            f"--capture records the real link, which {privileges.explain(privileges.CAP_NET_ADMIN)}"
+        )
+    outcome = RunOutcome(scenario=scenario, points=[], started_at=_now())
+    display = _Display(console, scenario) if console is not None else None
+    try:
+        with display.live() if display else _nothing():
+            for index, point in enumerate(scenario.points):
+                pcap = None
+                if capture and out is not None:
+                    Path(out).mkdir(parents=True, exist_ok=True)
+                    name = "link.pcapng" if len(scenario.points) == 1 else f"link-{index + 1}.pcapng"
+                    pcap = Path(out) / name
+                result = run_point(
+                    scenario,
+                    point,
+                    capture=pcap,
+                    progress=display.progress_for(point) if display else None,
+                    on_result=display.update if display else None,
+                )
+                result.evaluate()
+                outcome.points.append(result)
+                if display:
+                    display.update(result)
+            if scenario.atlas:
+                outcome.atlas = _atlas()
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    outcome.finished_at = _now()
+    if out is not None:
+        from lab.report import write_report
+
+        outcome.paths = write_report(Path(out), outcome.payload())
+    return outcome
+
+
+def _atlas() -> list[dict[str, Any]]:
+    from lab.probes.runner import run_atlas
+
+    return run_atlas()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class _Display:
+    """rich progress bars plus a live side-by-side table (one column per protocol)."""
+
+    def __init__(self, console: Any, scenario: Scenario) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.scenario = scenario
+        self.outcomes: dict[str, PointOutcome] = {}
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self._live: Any = None
+
+    @contextmanager
+    def live(self) -> Iterator[None]:
+        from rich.live import Live
+
+        with Live(self._render(), console=self.console, refresh_per_second=8, transient=False) as live:
+            self._live = live
+            try:
+                yield
+            finally:
+                live.update(self._render())
+                self._live = None
+
+    def progress_for(self, point: SweepPoint) -> Callable[[str], Progress | None]:
+        def for_protocol(proto: str) -> Progress:
+            task = self.bars.add_task(f"{point.id} {proto.upper()}", total=point.traffic.count)
+
+            def report(sent: int, total: int) -> None:
+                self.bars.update(task, completed=sent, total=total)
+                self._refresh()
+
+            return report
+
+        return for_protocol
+
+    def update(self, outcome: PointOutcome) -> None:
+        self.outcomes[outcome.point.id] = outcome
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _render(self) -> Any:
+        from rich.console import Group
+
+        return Group(self.bars, *[side_by_side_table(self.scenario, o) for o in self.outcomes.values()])
+
+
+def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
+    """A rich Table: metrics as rows, one column per protocol, for one point."""
+    from rich.table import Table
+
+    from lab.report.summary import side_by_side
+
+    data = outcome.to_dict()
+    title = f"{scenario.name} [{outcome.point.id}]  ({outcome.mode})"
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    styles = {"tcp": "bold blue", "udp": "bold red"}
+    for proto in scenario.protocols:
+        table.add_column(proto.upper(), justify="right", header_style=styles.get(proto, "bold"))
+    for header, cells in side_by_side(data, list(scenario.protocols)):
+        table.add_row(header, *cells)
+    return table
+
+
+# --- commands ---------------------------------------------------------------------------------------
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _print_outcome(console: Any, outcome: RunOutcome) -> None:
+    from lab.report.summary import what_happened
+
+    data = outcome.payload()
+    for point_id, text in what_happened(data):
+        console.print(f"[bold]{point_id}[/bold]: {text}")
+    for point in outcome.points:
+        for proto, reason in point.skipped.items():
+            console.print(f"[yellow]{point.point.id} {proto} skipped[/yellow]: {reason}")
+    for point_id, proto, check in outcome.failed_checks:
+        console.print(f"[red]expectation failed[/red] {point_id} {proto}: {check.message}")
+    if "html" in outcome.paths:
+        console.print(f"report: {outcome.paths['html']}")
+
+
+def run_command(scenario: Path, out: Path | None, seed: int | None, capture: bool) -> int:
+    """`lab run`: run a scenario, write result.json/report.html/report.md; exit 1 if an expectation failed."""
+    plan = load_scenario(scenario)
+    out = out or REPORTS_DIR / plan.name
+    console = _console()
+    outcome = run_scenario(plan, out=out, seed=seed, capture=capture, console=console)
+    _print_outcome(console, outcome)
+    if outcome.interrupted:
+        console.print("interrupted: wrote what was measured so far")
+        return EXIT_INTERRUPTED
+    return EXIT_EXPECTATION_FAILED if outcome.failed_checks else EXIT_OK
+
+
+DEMO_EXPLANATION = (
+    "Both protocols crossed the same impaired link with the same seed. UDP hands each probe to the "
+    "network once: when the link drops it (on the way out or back), it is gone, so UDP's loss is close "
+    "to what the link predicts. TCP numbers every byte and retransmits what was not acknowledged, so "
+    "it delivers everything in order, but each retransmission waits for a timeout or duplicate ACKs, "
+    "and the probes queued behind a lost segment wait too: TCP pays for reliability in latency (its "
+    "p99 RTT and the flat steps in the arrival timeline)."
+)
+
+
+def demo_command(out: Path) -> int:
+    """`lab demo`: the classroom demo (scenarios/demo.toml), its table, report path and an explanation."""
+    if not DEMO_SCENARIO.is_file():
+        raise LabError(f"{DEMO_SCENARIO}: demo scenario missing; reinstall wirelab from its source tree")
+    console = _console()
+    started = time.monotonic()
+    outcome = run_scenario(DEMO_SCENARIO, out=out, console=console)
+    _print_outcome(console, outcome)
+    console.print()
+    console.print(DEMO_EXPLANATION)
+    console.print(f"(took {time.monotonic() - started:.0f} s)")
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
