@@ -282,8 +282,8 @@ class EchoServer:
                     self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
                 return
             if len(self._conns) >= self.max_conns:
-                sock.close()  # polite refusal: the client sees an orderly EOF, not a reset
                 self._counters.add(refused=1)
+                sock.close()  # polite refusal: the client sees an orderly EOF, not a reset
                 continue
             try:
                 sock.setblocking(False)
