@@ -1,0 +1,112 @@
+"""pytest collection of `scenarios/*.toml`: each sweep point x protocol is one test item.
+
+Node ids read `scenarios/loss-sweep.toml::loss-sweep[loss=5%]::udp`. An item runs its point (all
+the scenario's protocols over one link, as `lab run` does) and asserts the expectations of its
+protocol. Points are cached per process, so the tcp and udp items of a point that land on the same
+xdist worker share one run; every run binds port 0 and gets its own namespaces, so workers never
+collide. Scenarios with `slow = true` are marked `slow`; items that need the real link are marked
+`privileged` (skipped with the reason where CAP_NET_ADMIN is missing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.errors import LabError, ScenarioError
+from lab.scenario import Check, Scenario, SweepPoint, load_scenario
+
+_CACHE: dict[tuple[str, str, int], Any] = {}  # (file, point id, seed) -> PointOutcome, per process
+
+
+class ExpectationFailed(AssertionError):
+    """A scenario expectation did not hold; the message lists measured, expected and interval."""
+
+
+class ScenarioFile(pytest.File):
+    """One scenario file; its children are the sweep points."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        scenario = load_scenario(Path(self.path))
+        for point in scenario.points:
+            yield ScenarioPoint.from_parent(
+                self, name=f"{scenario.name}[{point.id}]", scenario=scenario, point=point
+            )
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ScenarioError):
+            return str(excinfo.value)  # already names the file and the key: no traceback needed
+        return super().repr_failure(excinfo, style)
+
+
+class ScenarioPoint(pytest.Collector):
+    """One sweep point; its children are the protocols."""
+
+    def __init__(self, *, scenario: Scenario, point: SweepPoint, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.point = point
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for proto in self.scenario.protocols:
+            item = ScenarioItem.from_parent(
+                self, name=proto, scenario=self.scenario, point=self.point, protocol=proto
+            )
+            if self.scenario.slow:
+                item.add_marker(pytest.mark.slow)
+            if self.scenario.privileged or (self.point.impaired and _needs_link(proto)):
+                item.add_marker(pytest.mark.privileged)
+            yield item
+
+
+def _needs_link(protocol: str) -> bool:
+    """Protocols not carried by UDP cannot go through the unprivileged relay."""
+    from lab.protocols import get_protocol
+
+    return get_protocol(protocol).transport != "udp"
+
+
+class ScenarioItem(pytest.Item):
+    """One protocol at one sweep point: its expectations are the assertions."""
+
+    def __init__(self, *, scenario: Scenario, point: SweepPoint, protocol: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.point = point
+        self.protocol = protocol
+
+    def _outcome(self) -> Any:
+        from lab.runner import run_point
+
+        key = (str(self.path), self.point.id, self.point.seed)
+        if key not in _CACHE:
+            outcome = run_point(self.scenario, self.point)
+            outcome.evaluate()
+            _CACHE[key] = outcome
+        return _CACHE[key]
+
+    def runtest(self) -> None:
+        outcome = self._outcome()
+        if self.protocol in outcome.skipped:
+            pytest.skip(f"{self.protocol}: {outcome.skipped[self.protocol]}")
+        checks: list[Check] = outcome.checks.get(self.protocol, [])
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            lines = [f"{len(failed)} of {len(checks)} expectation(s) failed for {self.protocol}:"]
+            lines += [f"  {c.expectation.describe()}: {c.message}" for c in failed]
+            lines.append(
+                f"  config: link {dict(self.point.link) or 'unimpaired'} ({outcome.mode}), "
+                f"traffic {self.point.traffic}, seed {self.point.seed}, mtu {self.point.mtu}"
+            )
+            raise ExpectationFailed("\n".join(lines))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, ExpectationFailed | LabError):
+            return f"{self.scenario.name}[{self.point.id}]::{self.protocol}: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return Path(self.path), None, f"scenario {self.scenario.name}[{self.point.id}]::{self.protocol}"
