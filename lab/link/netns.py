@@ -1,0 +1,431 @@
+"""Topology of an impaired link: two network namespaces, a TUN device in each, guaranteed teardown.
+
+    NAME-client (198.18.0.1/30, dev wlink)  <-TUN fd->  forwarder  <-TUN fd->  NAME-server (198.18.0.2/30)
+
+The TUN devices are created in the root namespace with the TUNSETIFF ioctl, moved into their
+namespace with pyroute2 (the open fd stays valid) and configured there. They are not persistent:
+they vanish when the last fd (the forwarder's) closes. Every run writes a state file under
+/run/wirelab/ naming what it created, so `lab cleanup` removes only the lab's own leftovers.
+pyroute2 is imported lazily: importing this module must stay cheap for the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import signal
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lab.errors import ConfigError, LabError
+
+T = TypeVar("T")
+
+NETNS_DIR = Path("/run/netns")  # where iproute2 and pyroute2 bind-mount named namespaces
+STATE_DIR = Path("/run/wirelab")  # our marker: one JSON state file per live (or killed) link
+PREFIX = "wl"
+AUTO_NAME = re.compile(r"^wl[0-9a-f]{4}$")  # names we generate ourselves: safe to reap by pattern
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.]{0,30}$")
+
+CLIENT_ADDRESS = "198.18.0.1"  # RFC 2544 benchmarking range, never routed outside the lab
+SERVER_ADDRESS = "198.18.0.2"
+PREFIX_LEN = 30  # a point-to-point /30 holds exactly the two ends
+DEVICE = "wlink"  # name of the TUN device inside each namespace
+
+# linux/if_tun.h
+TUNSETIFF = 0x400454CA
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFNAMSIZ = 16
+CLONE_NEWNET = 0x40000000  # linux/sched.h
+
+TERM_GRACE_S = 1.0  # how long a process gets between SIGTERM and SIGKILL
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns_fd(fd: int) -> None:
+    """Move the calling thread into the network namespace open at `fd`."""
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns failed: {os.strerror(err)}")
+
+
+def netns_path(name: str) -> Path:
+    """Where the named namespace is bind-mounted."""
+    return NETNS_DIR / name
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread (the whole process if single-threaded) into namespace `name`."""
+    fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def in_netns_thread(name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` in a short-lived thread that entered namespace `name` (setns is per thread)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            enter_netns(name)
+            box["value"] = fn()
+        except BaseException as exc:  # handed back to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# --- processes --------------------------------------------------------------------------------
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of `pid` (guards against pid reuse), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: fields start after the last ')'
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_alive(pid: int, start: int | None) -> bool:
+    """True if `pid` runs and (when `start` is known) is the same process we recorded."""
+    now = _start_time(pid)
+    return now is not None and (start is None or now == start)
+
+
+def _pids_in_netns(name: str) -> list[int]:
+    """Processes whose network namespace is `name` (by inode), never ourselves."""
+    try:
+        ns = os.stat(netns_path(name))
+    except OSError:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (st.st_ino, st.st_dev) == (ns.st_ino, ns.st_dev):
+            pids.append(int(entry))
+    return pids
+
+
+def terminate(pids: list[int], grace_s: float = TERM_GRACE_S) -> None:
+    """SIGTERM `pids`, SIGKILL whatever is left after `grace_s`; reap our own children."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    remaining = list(pids)
+    while remaining and time.monotonic() < deadline:
+        remaining = [p for p in remaining if not _gone(p)]
+        if remaining:
+            time.sleep(0.01)
+    for pid in remaining:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in remaining:
+        for _ in range(100):  # bounded: SIGKILL takes effect within milliseconds
+            if _gone(pid):
+                break
+            time.sleep(0.01)
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited (reaping it if it is our child)."""
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+# --- signals ------------------------------------------------------------------------------------
+_signal_lock = threading.Lock()
+_signal_depth = 0
+_saved_handlers: dict[int, Any] = {}
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _install_signal_guard() -> bool:
+    """Make SIGTERM/SIGINT unwind the main thread (so `finally` tears down); nestable."""
+    global _signal_depth
+    if threading.current_thread() is not threading.main_thread():
+        return False  # only the main thread may set handlers; its owner handles signals then
+    with _signal_lock:
+        if _signal_depth == 0:
+            _saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
+            previous = signal.getsignal(signal.SIGINT)
+            # keep a caller's own SIGINT handler; replace only "ignore"/"default kill"
+            if previous in (signal.SIG_DFL, signal.SIG_IGN, None):
+                _saved_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+        _signal_depth += 1
+    return True
+
+
+def _remove_signal_guard() -> None:
+    global _signal_depth
+    with _signal_lock:
+        _signal_depth -= 1
+        if _signal_depth == 0:
+            for signum, handler in _saved_handlers.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            _saved_handlers.clear()
+
+
+# --- state files ------------------------------------------------------------------------------
+def _state_path(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def _write_state(name: str, state: dict[str, Any]) -> None:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = _state_path(name).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(_state_path(name))  # atomic: cleanup never reads half a file
+
+
+def _validate_name(name: str) -> None:
+    if not USER_NAME.match(name):
+        raise ConfigError(
+            f"link name must be 1-31 letters, digits, '_' or '.', starting with a letter or digit, "
+            f"got {name!r}"
+        )
+
+
+def _open_tun(ifname: str) -> int:
+    """Create a TUN device (IFF_TUN | IFF_NO_PI: raw IP packets) in this namespace; return its fd."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(), IFF_TUN | IFF_NO_PI))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _disable_ipv6() -> None:
+    """No IPv6 on the link: router solicitations and MLD would only be noise in the counters."""
+    for key in ("all", "default"):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6").write_text("1")
+
+
+class Topology:
+    """Two namespaces joined by TUN devices whose fds this object holds until `release_fds`.
+
+    Use as a context manager; teardown (processes inside, namespaces, state file) always runs,
+    also on exceptions and (in the main thread) SIGINT/SIGTERM.
+    """
+
+    def __init__(self, name: str | None = None, *, mtu: int = 1500) -> None:
+        if name is not None:
+            _validate_name(name)
+        if not 576 <= mtu <= 65535:  # 576: the IPv4 minimum datagram every host accepts (RFC 791)
+            raise ConfigError(f"mtu must be between 576 and 65535, got {mtu}")
+        self.run_id = secrets.token_hex(2)
+        self.name = name or f"{PREFIX}{self.run_id}"
+        self.client_ns = f"{self.name}-client"
+        self.server_ns = f"{self.name}-server"
+        self.mtu = mtu
+        self.client_fd: int | None = None
+        self.server_fd: int | None = None
+        self.extra_pids: list[int] = []
+        self._starts: dict[str, int | None] = {}
+        self._guarded = False
+        self._opened = False
+        self._closed = False
+
+    @property
+    def namespaces(self) -> tuple[str, str]:
+        """(client namespace, server namespace)."""
+        return (self.client_ns, self.server_ns)
+
+    def __enter__(self) -> Topology:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Create namespaces and TUN devices; on any failure undo what was done, then raise."""
+        from pyroute2 import netns
+
+        if self._opened:
+            return
+        self._opened = True
+        self._guarded = _install_signal_guard()
+        try:
+            taken = set(netns.listnetns()) & set(self.namespaces)
+            if taken:
+                raise ConfigError(
+                    f"namespace {sorted(taken)[0]} already exists: another `lab link --name "
+                    f"{self.name}` is running, or a killed run left it (remove it with `lab cleanup`)"
+                )
+            self._record()  # marker first: a crash after this point is always cleanable
+            for ns in self.namespaces:
+                netns.create(ns)
+            self.client_fd = self._make_end(self.client_ns, CLIENT_ADDRESS, "c")
+            self.server_fd = self._make_end(self.server_ns, SERVER_ADDRESS, "s")
+        except BaseException:
+            self.close()
+            raise
+
+    def _record(self, **extra: Any) -> None:
+        _write_state(self.name, {
+            "name": self.name,
+            "namespaces": list(self.namespaces),
+            "owner_pid": os.getpid(),
+            "owner_start": _start_time(os.getpid()),
+            "pids": self.extra_pids,
+            "starts": self._starts,
+            **extra,
+        })
+
+    def track(self, pid: int, start: int | None = None) -> None:
+        """Record a helper process (e.g. the forwarder) so `lab cleanup` can find it after a crash."""
+        self.extra_pids.append(pid)
+        self._starts[str(pid)] = start if start is not None else _start_time(pid)
+        self._record()
+
+    def _make_end(self, ns: str, address: str, tag: str) -> int:
+        from pyroute2 import IPRoute, NetNS
+
+        temp = f"{PREFIX}{self.run_id}{tag}{secrets.token_hex(2)}"  # unique in the root namespace
+        fd = _open_tun(temp)
+        try:
+            with IPRoute() as ipr:
+                index = ipr.link_lookup(ifname=temp)[0]
+                ipr.link("set", index=index, net_ns_fd=ns)
+            in_netns_thread(ns, _disable_ipv6)
+            with NetNS(ns) as inside:
+                index = inside.link_lookup(ifname=temp)[0]
+                inside.link("set", index=index, ifname=DEVICE, mtu=self.mtu)
+                inside.addr("add", index=index, address=address, prefixlen=PREFIX_LEN)
+                inside.link("set", index=index, state="up")
+                lo = inside.link_lookup(ifname="lo")[0]
+                inside.link("set", index=lo, state="up")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def release_fds(self) -> tuple[int, int]:
+        """Hand the TUN fds over (to the forwarder); this object stops owning them."""
+        if self.client_fd is None or self.server_fd is None:
+            raise LabError("the link's devices are not open")
+        fds = (self.client_fd, self.server_fd)
+        self.client_fd = self.server_fd = None
+        return fds
+
+    def close(self) -> None:
+        """Idempotent teardown: processes inside the namespaces, fds, namespaces, state file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            terminate([p for p in self.extra_pids if process_alive(p, None)])
+            for fd in (self.client_fd, self.server_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self.client_fd = self.server_fd = None
+            for ns in self.namespaces:
+                remove_namespace(ns)
+            with contextlib.suppress(FileNotFoundError):
+                _state_path(self.name).unlink()
+        finally:
+            if self._guarded:
+                self._guarded = False
+                _remove_signal_guard()
+
+
+def remove_namespace(ns: str) -> bool:
+    """Kill every process inside `ns`, then unmount and delete it. False if it did not exist."""
+    from pyroute2 import netns
+
+    if not netns_path(ns).exists():
+        return False
+    terminate(_pids_in_netns(ns))
+    try:
+        netns.remove(ns)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def topology(name: str | None = None, *, mtu: int = 1500) -> Iterator[Topology]:
+    """`with topology() as topo:` — a Topology that is always torn down."""
+    with Topology(name, mtu=mtu) as topo:
+        yield topo
+
+
+def cleanup_leftovers() -> list[str]:
+    """Remove namespaces, TUN devices and forwarders of killed lab runs; return what was removed.
+
+    A run is a leftover when the process that owned it is gone (pid + start time recorded in its
+    state file). Namespaces with the lab's generated names (wlXXXX-client/-server) but no state
+    file are leftovers too. Nothing else is touched.
+    """
+    from lab.privileges import CAP_NET_ADMIN, require
+
+    require(CAP_NET_ADMIN)
+    removed: list[str] = []
+    live_names: set[str] = set()
+    for path in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            state = json.loads(path.read_text())
+            name = str(state["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if process_alive(int(state.get("owner_pid", 0)), state.get("owner_start")):
+            live_names.add(name)
+            continue
+        starts = state.get("starts", {})
+        pids = [int(p) for p in state.get("pids", []) if process_alive(int(p), starts.get(str(p)))]
+        if pids:
+            terminate(pids)
+            removed.extend(f"process {p} (link {name})" for p in pids)
+        for ns in state.get("namespaces", []):
+            if remove_namespace(str(ns)):
+                removed.append(f"namespace {ns}")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    if NETNS_DIR.is_dir():
+        for entry in sorted(os.listdir(NETNS_DIR)):
+            base, _, side = entry.rpartition("-")
+            if side in ("client", "server") and AUTO_NAME.match(base) and base not in live_names \
+                    and not _state_path(base).exists() and remove_namespace(entry):
+                removed.append(f"namespace {entry}")
+    return removed
