@@ -1,0 +1,146 @@
+"""The course's three lessons against the lab's servers and clients, in-process and as programs.
+
+(The lesson UDP server also runs every UDP echo test in tests/test_server.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.endpoints.server import running_server
+from lab.lessons import tcp_client, udp_client, udp_server
+
+IO_TIMEOUT = 5.0  # seconds for any one blocking step
+PROGRAM_TIMEOUT = 10.0  # seconds for a lesson run as a program (interpreter start included)
+
+
+@pytest.fixture(params=["selectors", "socketserver"])
+def echo(request: pytest.FixtureRequest) -> Iterator[Any]:
+    with running_server("both", variant=request.param) as handle:
+        yield handle
+
+
+@pytest.fixture
+def lesson_udp_server() -> Iterator[tuple[str, int]]:
+    """The lesson's UDP server in a thread; stopped by shutdown() (which wakes its recvfrom)."""
+    sock = udp_server.make_server("127.0.0.1", 0)
+    thread = threading.Thread(target=udp_server.serve, args=(sock,), daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[:2]
+    finally:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        thread.join(IO_TIMEOUT)
+        sock.close()
+        assert not thread.is_alive(), "lesson UDP server did not stop"
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=PROGRAM_TIMEOUT)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello", "olá, mundo".encode(), os.urandom(100_000)])
+def test_tcp_client_exchange_against_our_servers(echo: Any, data: bytes) -> None:
+    assert tcp_client.exchange(*echo.tcp_address, data) == data
+
+
+@pytest.mark.parametrize("data", [b"", b"hello", os.urandom(65507)])
+def test_udp_client_exchange_against_our_servers(echo: Any, data: bytes) -> None:
+    assert udp_client.exchange(*echo.udp_address, data) == data
+
+
+def test_udp_client_times_out_when_nobody_answers() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        with pytest.raises(TimeoutError):
+            udp_client.exchange(*silent.getsockname(), b"anyone?", timeout=0.2)
+
+
+def test_lesson_clients_against_lesson_server(lesson_udp_server: tuple[str, int]) -> None:
+    assert udp_client.exchange(*lesson_udp_server, b"ping") == b"ping"
+    assert udp_client.exchange(*lesson_udp_server, b"") == b""
+
+
+def test_lab_measuring_client_against_lesson_server(lesson_udp_server: tuple[str, int]) -> None:
+    """The lab's own UDP ping-pong client sees every probe echoed by the lesson's server."""
+    client = pytest.importorskip("lab.endpoints.client")
+    from lab.records import TrafficPlan
+
+    record = client.run_client("udp", lesson_udp_server, TrafficPlan(count=50, size=200, timeout=1.0))
+    seqs = {arrival.seq for arrival in record.arrivals}
+    assert len(record.sends) == 50 and len(seqs) == 50, (len(record.sends), len(seqs))
+
+
+def test_tcp_client_program(echo: Any) -> None:
+    host, port = echo.tcp_address
+    done = _run("lab.lessons.tcp_client", host, str(port), "olá TCP")
+    assert done.returncode == 0 and done.stdout == "olá TCP\n", done
+
+
+def test_udp_client_program(echo: Any) -> None:
+    host, port = echo.udp_address
+    done = _run("lab.lessons.udp_client", host, str(port), "olá UDP", "--timeout", "2")
+    assert done.returncode == 0 and done.stdout == "olá UDP\n", done
+
+
+def test_client_programs_report_failures() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = str(silent.getsockname()[1])
+        done = _run("lab.lessons.udp_client", "127.0.0.1", port, "x", "--timeout", "0.2")
+    assert done.returncode == 1 and "no reply" in done.stderr, done
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: connecting is refused
+        done = _run("lab.lessons.tcp_client", "127.0.0.1", str(closed.getsockname()[1]), "x")
+    assert done.returncode == 1 and "cannot talk" in done.stderr, done
+    assert _run("lab.lessons.tcp_client", "only-host").returncode == 2
+
+
+def test_udp_server_program_serves_until_ctrl_c() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "lab.lessons.udp_server", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        match = re.search(r"listening on (\S+):(\d+)", line)
+        assert match, line
+        host, port = match.group(1), int(match.group(2))
+        assert udp_client.exchange(host, port, b"via the program") == b"via the program"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(PROGRAM_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def test_udp_server_program_port_in_use() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        done = _run("lab.lessons.udp_server", "--port", str(taken.getsockname()[1]))
+    assert done.returncode == 2 and "cannot listen" in done.stderr, done
+
+
+def test_lessons_use_only_the_standard_library() -> None:
+    """The lessons are for students: nothing but stdlib imports (checked on the source)."""
+    allowed = set(sys.stdlib_module_names)
+    for module in (tcp_client, udp_client, udp_server):
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        imported = re.findall(r"^(?:import|from) (\w+)", source, flags=re.M)
+        assert set(imported) <= allowed, (module.__name__, set(imported) - allowed)
