@@ -1,0 +1,116 @@
+"""`lab serve` and `python -m lab.endpoints.server` as real processes: listen, echo, signal, stats."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+PROGRAM_TIMEOUT = 15.0  # seconds for a process to start, answer and exit (interpreter start included)
+IO_TIMEOUT = 5.0
+
+
+@contextmanager
+def process(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """Start a process with piped output; kill it if the test leaves it running."""
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=PROGRAM_TIMEOUT)
+
+
+def echo_both(tcp: tuple[str, int], udp: tuple[str, int]) -> None:
+    with socket.create_connection(tcp, timeout=IO_TIMEOUT) as sock:
+        sock.sendall(b"over tcp")
+        assert sock.recv(100) == b"over tcp"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.sendto(b"over udp", udp)
+        assert sock.recv(100) == b"over udp"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_lab_serve_both_until_signal(sig: signal.Signals) -> None:
+    with process("-m", "lab", "serve", "both", "--port", "0") as proc:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]  # type: ignore[union-attr]
+        found = {m.group(1): (m.group(2), int(m.group(3)))
+                 for m in (re.match(r"echo (tcp|udp) listening on (\S+):(\d+)$", ln.strip()) for ln in lines)
+                 if m}
+        assert set(found) == {"tcp", "udp"}, lines
+        assert found["tcp"][1] == found["udp"][1], "both: one port number for TCP and UDP"
+        echo_both(found["tcp"], found["udp"])
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=PROGRAM_TIMEOUT)
+    assert proc.returncode == 0, (out, err)
+    stats_line = out.strip().splitlines()[-1]
+    assert stats_line.startswith("echo stats:"), out
+    stats = dict(pair.split("=") for pair in stats_line.split(":", 1)[1].split())
+    assert stats["accepted"] == "1" and stats["datagrams_out"] == "1" and stats["bytes_in"] == "16", stats
+    assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("socktype,which", [(socket.SOCK_STREAM, "tcp"), (socket.SOCK_DGRAM, "udp"),
+                                            (socket.SOCK_DGRAM, "both")])
+def test_lab_serve_port_in_use_exits_2_with_one_line(socktype: int, which: str) -> None:
+    with socket.socket(socket.AF_INET, socktype) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if socktype == socket.SOCK_STREAM:
+            taken.listen()
+        port = str(taken.getsockname()[1])
+        done = subprocess.run([sys.executable, "-m", "lab", "serve", which, "--port", port],
+                              capture_output=True, text=True, timeout=PROGRAM_TIMEOUT)
+    assert done.returncode == 2, done
+    assert done.stderr.count("\n") == 1 and "already in use" in done.stderr, done.stderr
+    assert done.stderr.startswith("lab: error:"), done.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["serve", "tcp", "--host", "192.0.2.1"], "not an address of this machine"),
+    (["serve", "tcp", "--host", "no such host!"], "not a usable address"),
+    (["serve", "sctp"], "sctp"),
+    (["serve", "udp", "--port", "70000"], "65535"),
+])
+def test_lab_serve_bad_values_exit_2(args: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True,
+                          timeout=PROGRAM_TIMEOUT)
+    assert done.returncode == 2 and message in done.stderr, done
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("variant", ["selectors", "socketserver"])
+def test_machine_entry_point_json(variant: str) -> None:
+    with process("-m", "lab.endpoints.server", "both", "--port", "0", "--variant", variant) as proc:
+        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        assert ready["ready"] is True and ready["tcp"][0] == "127.0.0.1", ready
+        echo_both(tuple(ready["tcp"]), tuple(ready["udp"]))
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=PROGRAM_TIMEOUT)
+    assert proc.returncode == 0, (out, err)
+    stats = json.loads(out.strip().splitlines()[-1])["stats"]
+    assert stats["accepted"] == 1 and stats["datagrams_in"] == 1, stats
+
+
+def test_machine_entry_point_single_kind_and_failure() -> None:
+    with process("-m", "lab.endpoints.server", "udp") as proc:
+        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        assert ready["tcp"] is None and ready["udp"][1] > 0, ready
+        proc.send_signal(signal.SIGINT)
+        proc.wait(PROGRAM_TIMEOUT)
+    assert proc.returncode == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        done = subprocess.run([sys.executable, "-m", "lab.endpoints.server", "udp", "--port",
+                               str(taken.getsockname()[1])], capture_output=True, text=True,
+                              timeout=PROGRAM_TIMEOUT)
+    assert done.returncode == 2 and json.loads(done.stdout)["ready"] is False, done
