@@ -1,0 +1,409 @@
+"""The impaired link as a Python API: `open_link(loss="10%") as link`, `link.run("udp")`, `lab link`.
+
+A `Link` owns a `Topology` (namespaces + TUN devices) and a `Forwarder` process. Its two `End`s run
+anything inside a namespace: a command (`popen`/`run`: the child is forked from a thread that
+entered the namespace, so it inherits it) or a Python callable (`call`: a forked child enters the
+namespace, runs it, and pickles the result or exception back). `run()` measures the lab's own
+echo protocol end to end and returns a `Result` with the link's and the kernel's counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lab.errors import ConfigError, EndpointError, LabError
+from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
+from lab.records import Result, TrafficPlan
+
+T = TypeVar("T")
+
+ECHO_PORT = 7007  # the lab's echo port (see lab.cli.DEFAULT_PORT)
+SERVER_READY_TIMEOUT_S = 15.0
+_FRAME = struct.Struct("!I")  # length prefix of a pickled message from a forked child
+
+
+# --- running code inside a namespace ---------------------------------------------------------------
+def _send_frame(fd: int, obj: Any) -> None:
+    data = pickle.dumps(obj)
+    view = memoryview(_FRAME.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _child_main(ns: str, wfd: int, fn: Callable[..., Any], args: Sequence[Any],
+                kwargs: Mapping[str, Any], with_progress: bool) -> None:
+    """Body of the forked child: enter `ns`, run fn, send ("result", ok, value). Never returns."""
+    status = 0
+    try:
+        enter_netns(ns)
+        if with_progress:
+            kwargs = dict(kwargs, progress=lambda done, total: _send_frame(wfd, ("progress", done, total)))
+        try:
+            message: tuple[Any, ...] = ("result", True, fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the parent, which re-raises it
+            message = ("result", False, exc)
+        try:
+            _send_frame(wfd, message)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            _send_frame(wfd, ("result", False, LabError(f"result of {fn!r} cannot be pickled: {exc}")))
+    except BaseException:
+        status = 1
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(status)
+
+
+def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
+                  kwargs: Mapping[str, Any] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> T:
+    """Run fn(*args, **kwargs) in a forked child inside namespace `ns`; return or raise its outcome."""
+    kwargs = kwargs or {}
+    for stream in (sys.stdout, sys.stderr):  # or the child would print our buffered output again
+        with contextlib.suppress(Exception):
+            stream.flush()
+    rfd, wfd = os.pipe()
+    try:
+        pid = os.fork()
+    except BaseException:
+        os.close(rfd)
+        os.close(wfd)
+        raise
+    if pid == 0:  # pragma: no cover - the child leaves through os._exit
+        os.close(rfd)
+        _child_main(ns, wfd, fn, args, kwargs, progress is not None)
+    os.close(wfd)
+    outcome: tuple[Any, ...] | None = None
+    try:
+        while outcome is None:
+            header = _read_exact(rfd, _FRAME.size)
+            if header is None:
+                break
+            body = _read_exact(rfd, _FRAME.unpack(header)[0])
+            if body is None:
+                break
+            message = pickle.loads(body)
+            if message[0] == "progress":
+                if progress is not None:
+                    progress(message[1], message[2])
+            else:
+                outcome = message
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        os.close(rfd)
+        _, status = os.waitpid(pid, 0)
+    if outcome is None:
+        raise LabError(f"the child running {getattr(fn, '__name__', fn)!r} in {ns} died "
+                       f"(wait status {status})")
+    if outcome[1]:
+        return outcome[2]
+    raise outcome[2]
+
+
+class End:
+    """One end of the link: run a user's own command or callable inside its namespace."""
+
+    def __init__(self, ns: str, address: str) -> None:
+        self.ns = ns
+        self.address = address
+        self._processes: list[subprocess.Popen[Any]] = []
+
+    def __repr__(self) -> str:
+        return f"End(ns={self.ns!r}, address={self.address!r})"
+
+    def popen(self, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start `argv` inside the namespace; it is killed when the link closes."""
+        process = in_netns_thread(self.ns, lambda: subprocess.Popen(list(argv), **popen_kwargs))
+        self._processes.append(process)
+        return process
+
+    def run(self, argv: Sequence[str], **run_kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        """Run `argv` inside the namespace to completion (subprocess.run's keywords)."""
+        return in_netns_thread(self.ns, lambda: subprocess.run(list(argv), **run_kwargs))
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs) in a child process inside the namespace; its result or exception."""
+        return call_in_netns(self.ns, fn, args, kwargs)
+
+    def close(self) -> None:
+        """Stop every process started with `popen` (SIGTERM, then SIGKILL)."""
+        for process in self._processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self._processes:
+            try:
+                process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        self._processes.clear()
+
+
+# --- the link --------------------------------------------------------------------------------------
+class Link:
+    """A live impaired link between `client_ns` (198.18.0.1) and `server_ns` (198.18.0.2)."""
+
+    client_address = CLIENT_ADDRESS
+    server_address = SERVER_ADDRESS
+
+    def __init__(self, config: Any, *, name: str | None, mtu: int, capture: Path | None) -> None:
+        self.config = config
+        self.capture = capture
+        self._topology = Topology(name, mtu=mtu)
+        self.name = self._topology.name
+        self.client_ns = self._topology.client_ns
+        self.server_ns = self._topology.server_ns
+        self.client = End(self.client_ns, CLIENT_ADDRESS)
+        self.server = End(self.server_ns, SERVER_ADDRESS)
+        self._forwarder: Any = None
+        self._echo: subprocess.Popen[str] | None = None
+        self._echo_port: int | None = None
+        self._closed = False
+        self.final_counters: dict[str, dict[str, int]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Link(name={self.name!r}, config={self.config.to_dict()!r})"
+
+    def _open(self, options: Mapping[str, object]) -> None:
+        from lab.link.forwarder import Forwarder
+
+        try:
+            self._topology.open()
+            fds = self._topology.release_fds()
+            try:
+                self._forwarder = Forwarder.start(
+                    fds, name=self.name, options=options, direction=self.config.direction,
+                    seed=self.config.seed, capture=self.capture,
+                )
+            finally:
+                for fd in fds:  # the forwarder holds them now; the devices live as long as it does
+                    os.close(fd)
+            self._topology.track(self._forwarder.pid)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Link:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop everything this link started and remove its namespaces; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for end in (self.client, self.server):
+                with contextlib.suppress(Exception):
+                    end.close()
+            if self._echo is not None:
+                with contextlib.suppress(Exception):
+                    _stop(self._echo)
+            if self._forwarder is not None:
+                self.final_counters = self._forwarder.stop()
+        finally:
+            self._topology.close()
+
+    # --- impairment and counters ---
+    def set(self, **impairment: object) -> None:
+        """Change the running link's impairment (keys of LinkConfig.from_options)."""
+        self._check_open()
+        new = self.config.with_options(impairment)  # validates before anything changes
+        self._forwarder.set(impairment, self.config.direction)
+        self.config = new
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """The forwarder's per-direction counters: {"forward": {...}, "reverse": {...}}."""
+        if self._closed:
+            if self.final_counters is None:
+                raise LabError("the link is closed and its forwarder left no final counters")
+            return self.final_counters
+        return self._forwarder.counters()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LabError(f"link {self.name} is closed")
+
+    # --- measuring ---
+    def echo_port(self) -> int:
+        """Start the lab's echo server (TCP and UDP) in the server namespace once; its port."""
+        self._check_open()
+        if self._echo is not None and self._echo.poll() is None and self._echo_port is not None:
+            return self._echo_port
+        argv = [sys.executable, "-m", "lab.endpoints.server", "both",
+                "--host", SERVER_ADDRESS, "--port", str(ECHO_PORT)]
+        process = in_netns_thread(self.server_ns, lambda: subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
+        self._echo = process
+        line = _read_line(process, SERVER_READY_TIMEOUT_S)
+        try:
+            ready = json.loads(line)
+        except ValueError:
+            ready = {"ready": False, "error": line.strip() or f"exited with {process.poll()}"}
+        if not ready.get("ready"):
+            raise EndpointError(f"echo server in {self.server_ns} did not start: {ready.get('error')}")
+        self._echo_port = int(ready["udp"][1])
+        return self._echo_port
+
+    def run(self, protocol: str, plan: TrafficPlan | None = None, *,
+            progress: Callable[[int, int], None] | None = None, **plan_kwargs: Any) -> Result:
+        """Measure `protocol` through the link against the lab's echo server; a full Result."""
+        from lab.endpoints.client import run_client
+        from lab.kernel import counter_deltas, read_counters
+        from lab.metrics import compute_result
+
+        if plan is not None and plan_kwargs:
+            raise ConfigError("give either a TrafficPlan or its keywords (count=, rate=...), not both")
+        plan = plan if plan is not None else TrafficPlan(**plan_kwargs)
+        port = self.echo_port()
+        kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
+        link_before = self.counters()
+        record = call_in_netns(self.client_ns, run_client, (protocol, (SERVER_ADDRESS, port), plan),
+                               progress=progress)
+        link_after = self.counters()
+        kernel_after = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
+        result = compute_result(record, expected_loss_ratio=self.config.expected_loss_ratio())
+        result.link = {
+            d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()} for d in link_after
+        }
+        result.kernel = {
+            side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after
+        }
+        result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
+        return result
+
+
+def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """First stdout line of `process`, or '' after `timeout` s or at its exit."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline() if ready else ""
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def open_link(*, name: str | None = None, seed: int = 1, direction: str = "both", mtu: int = 1500,
+              capture: Path | None = None, **impairment: object) -> Link:
+    """Validate the impairment, then bring up a link (needs CAP_NET_ADMIN); close it when done."""
+    from lab.link.models import LinkConfig
+    from lab.privileges import CAP_NET_ADMIN, require
+
+    config = LinkConfig.from_options(impairment, direction=direction, seed=seed)
+    require(CAP_NET_ADMIN)
+    link = Link(config, name=name, mtu=mtu, capture=Path(capture) if capture else None)
+    link._open(impairment)
+    return link
+
+
+class LinkFactory:
+    """What the `impaired_link` fixture yields: call it to open links; `close_all` at teardown."""
+
+    def __init__(self, seed: int = 1, name_hint: str = "") -> None:
+        self.seed = seed
+        self.name_hint = name_hint  # only for messages: names stay short and unique (ifname limits)
+        self.links: list[Link] = []
+
+    def __call__(self, **impairment: Any) -> Link:
+        """Open a link with these impairment options (plus seed=, direction=, mtu=, capture=)."""
+        impairment.setdefault("seed", self.seed)
+        link = open_link(**impairment)
+        self.links.append(link)
+        return link
+
+    def close_all(self) -> None:
+        """Close every link this factory opened (newest first)."""
+        errors: list[BaseException] = []
+        while self.links:
+            try:
+                self.links.pop().close()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+# --- `lab link` ------------------------------------------------------------------------------------
+def link_command(name: str, impairment: dict[str, str], direction: str, seed: int, mtu: int,
+                 capture: Path | None) -> int:
+    """`lab link`: bring the link up, explain how to use it, wait for Ctrl-C/SIGTERM, tear down."""
+    link = open_link(name=name, seed=seed, direction=direction, mtu=mtu, capture=capture, **impairment)
+    try:
+        described = link.config.to_dict()
+        print(f"link {link.name} is up (seed {seed}, mtu {mtu})", flush=True)
+        print(f"  client namespace  {link.client_ns:<24} {CLIENT_ADDRESS}")
+        print(f"  server namespace  {link.server_ns:<24} {SERVER_ADDRESS}")
+        print(f"  client->server    {_describe(described['forward'])}")
+        print(f"  server->client    {_describe(described['reverse'])}")
+        if capture:
+            print(f"  capture           {capture}")
+        print("run anything through it, e.g.:")
+        print(f"  ip netns exec {link.server_ns} lab serve both --host {SERVER_ADDRESS}")
+        print(f"  ip netns exec {link.client_ns} lab send udp {SERVER_ADDRESS} 7007 --count 1000")
+        print("press Ctrl-C to stop", flush=True)
+        _wait_for_signal()
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exc:  # SIGTERM, raised by the topology's signal guard
+        if exc.code not in (128 + signal.SIGTERM, 0, None):
+            raise
+    finally:
+        link.close()
+    print("final counters:")
+    for direction_name, values in (link.final_counters or {}).items():
+        shown = ", ".join(f"{k}={v}" for k, v in values.items() if v)
+        print(f"  {direction_name}: {shown or 'nothing passed'}")
+    print(f"link {link.name} removed", flush=True)
+    return 0
+
+
+def _describe(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in values.items()) or "no impairment"
+
+
+def _wait_for_signal() -> None:
+    """Sleep until a signal handler raises (KeyboardInterrupt / SystemExit)."""
+    while True:
+        time.sleep(3600)  # bounded per iteration; signals interrupt the sleep at once
