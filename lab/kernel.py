@@ -80,7 +80,7 @@ def read_counters() -> dict[str, int]:
     """Counters of /proc/net/snmp and /proc/net/netstat in this process's namespace.
 
     Keys are the table prefix plus the field: "UdpInCsumErrors", "TcpRetransSegs",
-    "TcpExtTCPSACKRecovery", "IpExtInOctets"...
+    "TcpExtTCPSackRecovery", "IpExtInOctets"... (the kernel's own spelling)
     """
     counters: dict[str, int] = {}
     for path in (SNMP_PATH, NETSTAT_PATH):

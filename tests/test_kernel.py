@@ -32,7 +32,7 @@ def test_parse_table_prefixes_fields() -> None:
 def test_read_counters_has_snmp_and_netstat_keys() -> None:
     counters = read_counters()
     for key in ("UdpInCsumErrors", "UdpNoPorts", "TcpRetransSegs", "TcpInCsumErrors",
-                "TcpExtTCPSACKRecovery", "IpExtInOctets"):
+                "TcpExtTCPSackRecovery", "IpExtInOctets"):
         assert key in counters, sorted(counters)[:40]
     assert all(isinstance(v, int) for v in counters.values())
 
