@@ -114,7 +114,8 @@ class EchoDatagramHandler(socketserver.DatagramRequestHandler):
             self.dropped = True
             return
         self.dropped = False
-        counters.add(datagrams_in=1, bytes_in=len(data))
+        # Counted before the echo leaves (as in server.py): its receiver already sees it counted.
+        counters.add(datagrams_in=1, bytes_in=len(data), datagrams_out=1, bytes_out=len(data))
         self.wfile.write(data)
 
     def finish(self) -> None:
@@ -123,9 +124,8 @@ class EchoDatagramHandler(socketserver.DatagramRequestHandler):
         try:
             super().finish()  # sendto(wfile contents, client_address)
         except OSError:
-            self.server.counters.add(errors=1)
-            return
-        self.server.counters.add(datagrams_out=1, bytes_out=len(self.wfile.getvalue()))
+            size = len(self.wfile.getvalue())
+            self.server.counters.add(datagrams_out=-1, bytes_out=-size, errors=1)
 
 
 class ClassicUDPServer(socketserver.UDPServer):

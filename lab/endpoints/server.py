@@ -49,7 +49,12 @@ COUNTER_NAMES = (
 
 
 class Counters:
-    """The servers' counters; written by the serving thread(s), read as a snapshot from any thread."""
+    """The servers' counters; written by the serving thread(s), read as a snapshot from any thread.
+
+    Input and UDP output are counted before the echo leaves, so a client holding a reply sees it
+    counted; TCP `bytes_out` moves once the kernel took the bytes, just after the client may see them.
+    `paused` is a gauge (connections stopped by back-pressure now), `active` too; the rest only grow.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -383,19 +388,20 @@ class EchoServer:
                 # e.g. ECONNREFUSED: an ICMP port-unreachable for an earlier echo to a gone client
                 self._counters.add(errors=1)
                 continue
-            if len(data) > self.max_datagram:
-                self._counters.add(datagrams_in=1, bytes_in=len(data), datagrams_dropped=1)
+            size = len(data)
+            if size > self.max_datagram:
+                self._counters.add(datagrams_in=1, bytes_in=size, datagrams_dropped=1)
                 continue
+            # Count the echo *before* sending it, so whoever receives it already sees it counted
+            # (tests and probes compare counters right after a reply); undone if the send fails.
+            self._counters.add(datagrams_in=1, bytes_in=size, datagrams_out=1, bytes_out=size)
             try:
                 sock.sendto(data, peer)
             except (BlockingIOError, InterruptedError):
                 # Send buffer full: UDP may drop, and an echo server must not block for one peer.
-                self._counters.add(datagrams_in=1, bytes_in=len(data), datagrams_dropped=1)
-                continue
+                self._counters.add(datagrams_out=-1, bytes_out=-size, datagrams_dropped=1)
             except OSError:
-                self._counters.add(datagrams_in=1, bytes_in=len(data), errors=1)
-                continue
-            self._counters.add(datagrams_in=1, bytes_in=len(data), datagrams_out=1, bytes_out=len(data))
+                self._counters.add(datagrams_out=-1, bytes_out=-size, errors=1)
 
     def _close_all(self) -> None:
         with self._close_lock:
