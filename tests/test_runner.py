@@ -1,0 +1,151 @@
+"""The runner on real loopback sockets: loopback and relay modes, linked mode (privileged), Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lab.runner as runner
+from lab.records import Arrival, RunRecord, Send, TrafficPlan
+from lab.scenario import parse_scenario
+
+QUICK = """
+[traffic]
+count = 60
+rate = 300
+timeout = 0.5
+"""
+
+
+def scenario(extra: str = ""):
+    return parse_scenario(QUICK + extra, source="quick.toml", default_name="quick")
+
+
+@pytest.fixture
+def unprivileged(monkeypatch):
+    """Run as an unprivileged user would (mode choice only: sockets stay real)."""
+    monkeypatch.setattr(runner, "has_link_privileges", lambda: False)
+
+
+def test_timeline_from_record():
+    ms = 1_000_000
+    record = RunRecord(
+        protocol="udp",
+        plan=TrafficPlan(count=3, timeout=0.1),
+        started_ns=0,
+        ended_ns=500 * ms,
+        sends=[Send(seq=i, intended_ns=10 * i * ms, sent_ns=10 * i * ms, size=64) for i in range(3)],
+        arrivals=[
+            Arrival(seq=0, recv_ns=5 * ms),
+            Arrival(seq=0, recv_ns=6 * ms),
+            Arrival(seq=2, recv_ns=400 * ms),
+        ],
+    )
+    # seq 0 answered in 5 ms (its duplicate ignored), 1 lost, 2 answered after the 100 ms timeout
+    assert runner.timeline_from_record(record) == [[0, 0.0, 5.0], [1, 10.0, None], [2, 20.0, None]]
+    assert len(runner.timeline_from_record(record, max_points=2)) == 2
+
+
+def test_loopback_mode_runs_both(unprivileged, tmp_path):
+    outcome = runner.run_scenario(
+        scenario("[expect.tcp]\nloss_ratio = 0\n[expect.udp]\nloss_ratio = 0\n"), out=tmp_path
+    )
+    (point,) = outcome.points
+    assert point.mode == "loopback" and set(point.results) == {"tcp", "udp"}
+    for proto, result in point.results.items():
+        assert result.sent == 60 and result.received == 60, (proto, result.to_dict())
+        assert len(result.extras["timeline"]) == 60
+    assert not outcome.failed_checks
+    payload = json.loads((tmp_path / "result.json").read_text())
+    assert payload["points"][0]["mode"] == "loopback" and not payload["interrupted"]
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
+
+
+def test_relay_mode_impairs_udp_and_skips_tcp(unprivileged):
+    plan = scenario('[link]\nloss = "20%"\n[expect.udp]\nloss_ratio = "within_ci"\n')
+    outcome = runner.run_scenario(plan)
+    (point,) = outcome.points
+    assert point.mode == "relay"
+    assert "tcp" in point.skipped and "CAP_NET_ADMIN" in point.skipped["tcp"]
+    udp = point.results["udp"]
+    assert udp.expected_loss_ratio == pytest.approx(1 - 0.8 * 0.8)
+    assert udp.link, "relay counters recorded"
+    assert point.checks["udp"][0].passed, point.checks["udp"][0].message
+
+
+def test_privileged_scenario_skips_without_link(unprivileged):
+    outcome = runner.run_scenario(scenario('[scenario]\nprivileged = true\n[link]\nloss = "1%"\n'))
+    assert outcome.points[0].mode == "skipped"
+    assert set(outcome.points[0].skipped) == {"tcp", "udp"}
+
+
+def test_ctrl_c_keeps_measured_points(unprivileged, tmp_path, monkeypatch):
+    plan = scenario("[sweep]\ncount = [20, 30, 40]\n")
+    real = runner.run_point
+    calls = []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_point", interrupt_second)
+    outcome = runner.run_scenario(plan, out=tmp_path)
+    assert outcome.interrupted and [p.point.id for p in outcome.points] == ["count=20"]
+    payload = json.loads((tmp_path / "result.json").read_text())
+    assert payload["interrupted"] is True and len(payload["points"]) == 1
+    assert "interrupted" in (tmp_path / "report.html").read_text()
+
+
+def test_lab_run_sigint_writes_partial_result(tmp_path):
+    """A real SIGINT to `lab run` mid-sweep: exit 130, result.json marked interrupted."""
+    path = tmp_path / "scenarios" / "slowish.toml"
+    path.parent.mkdir()
+    path.write_text("[traffic]\ncount = 200\nrate = 100\ntimeout = 0.5\n[sweep]\nsize = [64, 65, 66, 67]\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "COLUMNS": "100"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab", "run", str(path), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        time.sleep(3.5)  # each point takes about 2 s: interrupt during the second or third
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    payload = json.loads((out / "result.json").read_text())
+    assert payload["interrupted"] is True
+    assert 1 <= len(payload["points"]) < 4, [p["id"] for p in payload["points"]]
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.privileged
+def test_linked_mode_runs_both_over_one_link(tmp_path):
+    plan = scenario(
+        '[link]\nloss = "10%"\ndelay = "2ms"\n[expect.tcp]\nloss_ratio = 0\n'
+        '[expect.udp]\nloss_ratio = "within_ci"\n'
+    )
+    outcome = runner.run_scenario(plan, out=tmp_path)
+    (point,) = outcome.points
+    assert point.mode == "link" and set(point.results) == {"tcp", "udp"}
+    for result in point.results.values():
+        assert result.expected_loss_ratio == pytest.approx(0.19)
+        assert result.link is not None
+        assert result.extras.get("timeline"), "per-probe timeline for the report"
+    assert not outcome.failed_checks, [c.message for _, _, c in outcome.failed_checks]
+    assert Path(tmp_path / "report.html").is_file()

@@ -1,0 +1,313 @@
+"""Scenario parsing (valid, invalid, generated) and expectation evaluation. Pure: no network."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from lab.errors import ScenarioError
+from lab.records import TrafficPlan
+from lab.scenario import (
+    Expectation,
+    evaluate,
+    fragments_per_datagram,
+    load_scenario,
+    loss_interval,
+    measured_value,
+    parse_scenario,
+)
+
+F = "scenarios/x.toml: "
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def parse(text: str):
+    return parse_scenario(text, source="scenarios/x.toml", default_name="x")
+
+
+def error_of(text: str) -> str:
+    with pytest.raises(ScenarioError) as info:
+        parse(text)
+    return str(info.value)
+
+
+# --- valid files ----------------------------------------------------------------------------------
+def test_minimal_file_gets_defaults():
+    s = parse("")
+    assert s.name == "x"
+    assert s.protocols == ("tcp", "udp")
+    assert [p.id for p in s.points] == ["base"]
+    assert s.points[0].traffic == TrafficPlan()
+    assert not s.points[0].impaired
+    assert not s.slow
+
+
+def test_full_file():
+    s = parse(
+        """
+        [scenario]
+        name = "full"
+        description = "d"
+        protocols = ["udp"]
+        seed = 7
+        mtu = 1400
+        slow = true
+        [traffic]
+        count = 10
+        size = 100
+        rate = 50
+        timeout = 0.5
+        streams = 2
+        [link]
+        loss = "5%"
+        delay = "10ms"
+        direction = "forward"
+        [expect.udp]
+        loss_ratio = "within_ci"
+        rtt_p50_ms = { min = 20, max = 25 }
+        duplicates = 0
+        """
+    )
+    assert (s.name, s.protocols, s.seed, s.mtu, s.slow) == ("full", ("udp",), 7, 1400, True)
+    point = s.points[0]
+    assert point.traffic == TrafficPlan(count=10, size=100, rate=50.0, timeout=0.5, streams=2)
+    assert point.link_options() == {"loss": "5%", "delay": "10ms"}
+    assert point.direction == "forward" and point.impaired and point.seed == 7 and point.mtu == 1400
+    kinds = [(e.metric, e.kind) for e in point.expectations["udp"]]
+    assert kinds == [("loss_ratio", "within_ci"), ("rtt_p50_ms", "range"), ("duplicates", "equal")]
+
+
+def test_duration_becomes_count():
+    s = parse("[traffic]\nrate = 200\nduration = 1.5\n")
+    assert s.points[0].traffic.count == 300
+
+
+def test_sweep_is_cartesian_in_file_order():
+    s = parse(
+        """
+        [sweep]
+        loss = ["0%", "5%"]
+        delay = ["1ms", "2ms", "3ms"]
+        traffic.rate = [10, 20.5]
+        """
+    )
+    ids = [p.id for p in s.points]
+    assert len(ids) == 12
+    assert ids[0] == "loss=0%,delay=1ms,traffic.rate=10"
+    assert ids[1] == "loss=0%,delay=1ms,traffic.rate=20.5"
+    assert ids[-1] == "loss=5%,delay=3ms,traffic.rate=20.5"
+    assert s.points[1].traffic.rate == 20.5 and s.points[1].link == {"loss": "0%", "delay": "1ms"}
+
+
+def test_sweep_link_rate_and_traffic_count():
+    s = parse('[sweep]\nlink.rate = ["1mbit", "2mbit"]\ncount = [5]\n')
+    assert [p.id for p in s.points] == ["link.rate=1mbit,count=5", "link.rate=2mbit,count=5"]
+    assert s.points[0].link == {"rate": "1mbit"} and s.points[0].traffic.count == 5
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_scenarios_parse(path):
+    s = load_scenario(path)
+    assert s.name == path.stem
+    assert s.description
+    assert s.points and all(p.expectations for p in s.points)
+
+
+# --- invalid files: exact messages naming file and key ----------------------------------------------
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[link]\nloss = "150%"', "scenarios/x.toml: [link] loss: must be between 0% and 100%, got 150%"),
+        (
+            '[link]\ndelay = "20"',
+            "scenarios/x.toml: [link] delay: must be a duration with a unit (s, ms, us, ns) such as '20ms', "
+            "got '20'",
+        ),
+        (
+            '[link]\nspeed = "1mbit"',
+            F + "[link] speed: unknown key; allowed: loss, delay, jitter, distribution, reorder, "
+            "duplicate, corrupt, rate, limit, direction",
+        ),
+        (
+            '[link]\ndirection = "up"',
+            "scenarios/x.toml: [link] direction: must be both, forward or reverse, got 'up'",
+        ),
+        (
+            "[traffic]\ncount = 0",
+            "scenarios/x.toml: [traffic] count: count must be between 1 and 10000000, got 0",
+        ),
+        ('[traffic]\ncount = "5"', "scenarios/x.toml: [traffic] count: must be an integer, got '5'"),
+        (
+            "[traffic]\nduration = 2",
+            "scenarios/x.toml: [traffic] duration: needs a rate (count = rate * duration)",
+        ),
+        (
+            "[sweep]\nrate = [1, 2]",
+            F + "[sweep] rate: ambiguous: write link.rate (bandwidth) or traffic.rate (probes/s)",
+        ),
+        ("[sweep]\nloss = []", "scenarios/x.toml: [sweep] loss: must be a non-empty list of values, got []"),
+        (
+            '[sweep]\nloss = ["1%", "200%"]',
+            "scenarios/x.toml: [sweep] point loss=200%: [link] loss: must be between 0% and 100%, got 200%",
+        ),
+        (
+            '[scenario]\nprotocols = ["sctp"]',
+            F + "[scenario] protocols: must be a non-empty list of distinct names from tcp, udp, "
+            "got ['sctp']",
+        ),
+        (
+            "[scenario]\nmtu = 100",
+            "scenarios/x.toml: [scenario] mtu: must be an integer in 576..65535, got 100",
+        ),
+        ("[scenario]\nslow = 1", "scenarios/x.toml: [scenario] slow: must be true or false, got 1"),
+        (
+            "[expect.quic]\nloss_ratio = 0",
+            "scenarios/x.toml: [expect.quic]: not one of this scenario's protocols (tcp, udp)",
+        ),
+        (
+            "[expect.udp]\nrtt_p50_ms = { min = 5, max = 1 }",
+            "scenarios/x.toml: [expect.udp] rtt_p50_ms: min (5) is greater than max (1)",
+        ),
+        (
+            "[results]\nx = 1",
+            F + "results: unknown table; allowed: [scenario], [traffic], [link], [sweep], [expect]",
+        ),
+    ],
+)
+def test_invalid_files_name_file_and_key(text, message):
+    assert error_of(text) == message
+
+
+def test_unknown_metric_lists_the_vocabulary():
+    message = error_of("[expect.udp]\nlatency = 3")
+    assert message.startswith("scenarios/x.toml: [expect.udp] latency: unknown metric; allowed: loss_ratio,")
+    assert "rtt_p99_ms" in message
+
+
+def test_within_ci_only_for_loss():
+    message = error_of('[expect.udp]\nrtt_p50_ms = "within_ci"')
+    assert message.startswith("scenarios/x.toml: [expect.udp] rtt_p50_ms: unknown expectation 'within_ci';")
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    assert error_of("[link\n").startswith("scenarios/x.toml: not valid TOML:")
+    with pytest.raises(ScenarioError, match="no such scenario file"):
+        load_scenario(tmp_path / "nope.toml")
+
+
+def test_reorder_needs_delay_names_the_link():
+    assert "reorder needs a delay" in error_of('[link]\nreorder = "10%"')
+
+
+# --- generated values -------------------------------------------------------------------------------
+@given(st.floats(min_value=0, max_value=100, allow_nan=False).map(lambda v: round(v, 3)))
+@example(0.0)
+@example(100.0)
+def test_any_valid_percent_parses(value):
+    """Property: every percentage in 0..100 % is a valid loss and lands in the point's link options."""
+    s = parse(f'[link]\nloss = "{value}%"')
+    assert s.points[0].link["loss"] == f"{value}%"
+
+
+@given(st.floats(min_value=100.001, max_value=1e6, allow_nan=False))
+def test_any_percent_over_100_is_refused_naming_the_key(value):
+    """Property: a loss over 100 % always fails with the file and `[link] loss` in the message."""
+    assert error_of(f'[link]\nloss = "{value}%"').startswith("scenarios/x.toml: [link] loss: ")
+
+
+@given(st.integers(min_value=0, max_value=60_000), st.sampled_from(["ms", "us", "s"]))
+def test_durations(value, unit):
+    """Property: a duration within the link's 60 s bound parses; beyond it the error names delay."""
+    seconds = value * {"ms": 1e-3, "us": 1e-6, "s": 1.0}[unit]
+    text = f'[link]\ndelay = "{value}{unit}"'
+    if seconds <= 60:
+        assert parse(text).points[0].link["delay"] == f"{value}{unit}"
+    else:
+        assert error_of(text).startswith("scenarios/x.toml: [link] delay: ")
+
+
+@given(
+    st.lists(st.integers(min_value=1, max_value=1000), min_size=1, max_size=6, unique=True),
+    st.lists(st.sampled_from(["0%", "1%", "2.5%", "50%"]), min_size=1, max_size=4, unique=True),
+)
+def test_sweep_product(counts, losses):
+    """Property: a sweep yields len(a) * len(b) points, unique ids, each with its own values, in order."""
+    s = parse(f"[sweep]\ncount = {counts}\nloss = {losses}\n".replace("'", '"'))
+    assert len(s.points) == len(counts) * len(losses)
+    assert len({p.id for p in s.points}) == len(s.points)
+    assert [p.traffic.count for p in s.points] == [c for c in counts for _ in losses]
+    assert [p.link["loss"] for p in s.points] == [loss for _ in counts for loss in losses]
+
+
+# --- expectations (pure) -----------------------------------------------------------------------------
+def result(**overrides):
+    base = {
+        "protocol": "udp",
+        "sent": 1000,
+        "received": 810,
+        "lost": 190,
+        "loss_ratio": 0.19,
+        "duplicates": 0,
+        "rtt_us": {"p50": 41_000.0, "p99": 43_000.0},
+        "jitter_us": 500.0,
+        "size": 64,
+        "expected_loss_ratio": 0.19,
+        "tcp_info": None,
+    }
+    base.update(overrides)
+    return base
+
+
+def test_equal_and_range():
+    assert evaluate(Expectation(metric="duplicates", kind="equal", value=0), result()).passed
+    check = evaluate(Expectation(metric="loss_ratio", kind="equal", value=0), result())
+    assert not check.passed and check.message == "loss_ratio = 0.19, expected 0"
+    rng = Expectation(metric="rtt_p50_ms", kind="range", min=40, max=45)
+    assert evaluate(rng, result()).passed
+    assert evaluate(rng, result()).measured == 41.0
+    assert not evaluate(rng, result(rtt_us={"p50": 46_000.0})).passed
+    assert evaluate(Expectation(metric="rtt_p99_ms", kind="range", min=40), result()).passed
+    assert evaluate(Expectation(metric="delivered_ratio", kind="equal", value=0.81), result()).passed
+
+
+def test_missing_measurement_fails_with_reason():
+    check = evaluate(Expectation(metric="retransmits", kind="range", min=1), result())
+    assert not check.passed and "was not measured" in check.message
+    tcp = result(tcp_info={"total_retrans": 3, "retransmits": 0})
+    assert measured_value(tcp, "retransmits") == 3
+
+
+def test_loss_interval_pinned():
+    lo, hi = loss_interval(0.19, 1000)
+    # binom(1000, 0.19): P(X < 159) = 0.0048 and P(X > 223) = 0.0040, each tail within 0.5 %.
+    assert (lo, hi) == (0.159, 0.223)
+    assert loss_interval(0.0, 100) == (0.0, 0.0)
+
+
+def test_within_ci():
+    exp = Expectation(metric="loss_ratio", kind="within_ci")
+    check = evaluate(exp, result())
+    assert check.passed and check.interval == (0.159, 0.223)
+    assert "99% interval [0.1590, 0.2230]" in check.message
+    assert not evaluate(exp, result(lost=300, loss_ratio=0.3)).passed
+    assert not evaluate(exp, result(expected_loss_ratio=None)).passed
+
+
+def test_fragments():
+    assert fragments_per_datagram(4000, 1500) == 3  # 4008 bytes in 1480-byte fragments
+    assert fragments_per_datagram(1472, 1500) == 1  # exactly one full packet
+    assert fragments_per_datagram(1473, 1500) == 2
+    exp = Expectation(metric="loss_ratio", kind="within_ci_fragments")
+    e = 1 - 0.97**2
+    predicted = 1 - (1 - e) ** 3
+    lost = round(predicted * 1000)
+    check = evaluate(
+        exp, result(size=4000, lost=lost, loss_ratio=lost / 1000, expected_loss_ratio=e), mtu=1500
+    )
+    assert check.passed, check.message
+    assert math.isclose(sum(check.interval) / 2, predicted, abs_tol=0.01)
+    assert "3 fragments/datagram at MTU 1500" in check.message
