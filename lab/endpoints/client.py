@@ -183,9 +183,9 @@ class _Run:
         return now
 
     def tail_end_ns(self) -> int:
-        """When to stop listening once everything is sent."""
-        if self.plan.rate is None:
-            return self.waiting_until if self.waiting is not None else self.last_sent_ns
+        """When to stop listening once everything is sent (unless every probe is answered)."""
+        # Both modes listen for one timeout after the last send, so stragglers of ping-pong
+        # (late replies of earlier probes) are recorded too.
         return self.last_sent_ns + self.timeout_ns
 
     def done(self, now: int) -> bool:

@@ -1,0 +1,418 @@
+"""Measuring clients on real loopback sockets, against stdlib echo servers written here and the lab's.
+
+The misbehaving servers below (dropping, delaying, duplicating, corrupting, closing) are real
+servers on real sockets; they are how the client's bookkeeping of loss, lateness and corruption
+is checked end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import re
+import select
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lab.endpoints.client import _frame, check_lab_target, run_client
+from lab.errors import ConfigError, EndpointError, TargetRefusedError
+from lab.metrics import compute_result
+from lab.protocols import PROTOCOLS, get_protocol
+from lab.records import RunRecord, TrafficPlan
+from lab.wire import HEADER_SIZE, Probe, encode
+
+Reply = Callable[[int, bytes], list[tuple[float, bytes]]]  # (datagram index, data) -> [(delay, out)]
+
+
+def seq_of(data: bytes) -> int:
+    return struct.unpack_from("!Q", data, 8)[0] if len(data) >= 16 else -1
+
+
+def echo(i: int, data: bytes) -> list[tuple[float, bytes]]:
+    return [(0.0, data)]
+
+
+class UdpTestServer:
+    """A stdlib UDP server in a thread whose replies (and their delays) a test decides."""
+
+    def __init__(self, reply: Reply = echo, host: str = "127.0.0.1") -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.address = self.sock.getsockname()[:2]
+        self.reply = reply
+        self.peers: set[tuple] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> UdpTestServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+    def _serve(self) -> None:
+        pending: list[tuple[float, int, bytes, tuple]] = []
+        order = itertools.count()
+        received = 0
+        while not self._stop.is_set():
+            wait = 0.05 if not pending else min(0.05, max(0.0, pending[0][0] - time.monotonic()))
+            if select.select([self.sock], [], [], wait)[0]:
+                data, peer = self.sock.recvfrom(70000)
+                self.peers.add(peer)
+                for delay, out in self.reply(received, data):
+                    heapq.heappush(pending, (time.monotonic() + delay, next(order), out, peer))
+                received += 1
+            while pending and pending[0][0] <= time.monotonic():
+                _, _, out, peer = heapq.heappop(pending)
+                self.sock.sendto(out, peer)
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.server.connections += 1  # type: ignore[attr-defined]
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class _TcpServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, handler: type[socketserver.BaseRequestHandler], host: str = "127.0.0.1") -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.connections = 0
+        super().__init__((host, 0), handler)
+
+
+@contextlib.contextmanager
+def tcp_server(handler: type[socketserver.BaseRequestHandler] = _Echo,
+               host: str = "127.0.0.1") -> Iterator[_TcpServer]:
+    server = _TcpServer(handler, host)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def addr(server: _TcpServer) -> tuple[str, int]:
+    return server.server_address[:2]  # type: ignore[return-value]
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf
+
+
+def _sends_are_consistent(record: RunRecord, plan: TrafficPlan) -> None:
+    assert [s.seq for s in record.sends] == list(range(len(record.sends)))
+    assert all(s.sent_ns >= s.intended_ns for s in record.sends)
+    assert all(s.size == plan.size and s.stream == s.seq % plan.streams for s in record.sends)
+
+
+# --- against plain stdlib echo servers -------------------------------------------------------------
+@pytest.mark.parametrize("rate", [None, 2000.0], ids=["ping-pong", "open-loop"])
+def test_udp_against_stdlib_echo(rate: float | None) -> None:
+    plan = TrafficPlan(count=200, size=100, rate=rate, timeout=1.0)
+    with UdpTestServer() as server:
+        record = run_client("udp", server.address, plan)
+    _sends_are_consistent(record, plan)
+    result = compute_result(record)
+    assert (result.sent, result.received, result.lost, result.corrupted) == (200, 200, 0, 0), result
+    assert result.rtt_us["min"] > 0 and (result.rtt_uncorrected_us is not None) == (rate is not None)
+
+
+@pytest.mark.parametrize("rate", [None, 2000.0], ids=["ping-pong", "open-loop"])
+def test_tcp_against_stdlib_echo(rate: float | None) -> None:
+    plan = TrafficPlan(count=200, size=100, rate=rate, timeout=1.0)
+    with tcp_server() as server:
+        record = run_client("tcp", addr(server), plan)
+    _sends_are_consistent(record, plan)
+    result = compute_result(record)
+    assert (result.sent, result.received, result.lost) == (200, 200, 0), result
+    assert result.tcp_info is not None and result.tcp_info["rtt_us"] > 0
+    assert result.tcp_info["bytes_acked"] >= 200 * 100
+
+
+def test_open_loop_paces_on_schedule() -> None:
+    plan = TrafficPlan(count=100, rate=500.0, timeout=0.5)
+    with UdpTestServer() as server:
+        record = run_client("udp", server.address, plan)
+    spacing = [s.intended_ns - record.started_ns for s in record.sends]
+    assert spacing == [round(i * 1e9 / 500) for i in range(100)]
+    nominal = 99 / 500
+    duration = (record.ended_ns - record.started_ns) / 1e9
+    # Tolerance: the last reply's RTT plus scheduling noise on a loaded 2-core CI machine.
+    assert nominal <= duration <= nominal + 0.5, f"rate=500 count=100: took {duration:.3f}s"
+
+
+def test_udp_streams_use_one_socket_each() -> None:
+    plan = TrafficPlan(count=30, streams=3)
+    with UdpTestServer() as server:
+        record = run_client("udp", server.address, plan)
+    assert len(server.peers) == 3
+    assert {a.stream for a in record.arrivals} == {0, 1, 2}
+    assert all(a.stream == a.seq % 3 for a in record.arrivals)
+
+
+def test_tcp_streams_share_one_connection() -> None:
+    plan = TrafficPlan(count=40, streams=4, rate=4000.0)
+    with tcp_server() as server:
+        record = run_client("tcp", addr(server), plan)
+        assert server.connections == 1
+    assert {a.stream for a in record.arrivals} == {0, 1, 2, 3}
+    assert compute_result(record).received == 40
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_ipv6_loopback(protocol: str) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("::1 is not configured here")
+    plan = TrafficPlan(count=20)
+    if protocol == "udp":
+        with UdpTestServer(host="::1") as server:
+            record = run_client("udp", server.address, plan)
+    else:
+        with tcp_server(host="::1") as server:
+            record = run_client("tcp", addr(server), plan)
+    assert compute_result(record).received == 20
+
+
+# --- loss, lateness, duplicates, corruption from real misbehaving servers ---------------------------
+def drop_every_third(i: int, data: bytes) -> list[tuple[float, bytes]]:
+    return [] if i % 3 == 2 else [(0.0, data)]
+
+
+@pytest.mark.parametrize("rate", [None, 300.0], ids=["ping-pong", "open-loop"])
+def test_udp_loss_from_a_dropping_server(rate: float | None) -> None:
+    plan = TrafficPlan(count=30, rate=rate, timeout=0.1)
+    with UdpTestServer(drop_every_third) as server:
+        result = compute_result(run_client("udp", server.address, plan))
+    figures = result.to_dict()
+    assert (result.sent, result.received, result.lost, result.late) == (30, 20, 10, 0), figures
+    lo, hi = result.loss_ci95
+    assert lo < 1 / 3 < hi and result.loss_ratio == pytest.approx(1 / 3)
+    # Lost probes are censored at the 0.1 s timeout = 100000 µs (HdrHistogram: 3 significant digits).
+    assert result.rtt_censored_us["max"] == pytest.approx(1e5)
+    assert result.rtt_censored_us["p90"] == pytest.approx(1e5, rel=1e-3)
+    assert result.rtt_us["max"] < 1e5
+
+
+def delay_seq_one(i: int, data: bytes) -> list[tuple[float, bytes]]:
+    return [(0.15 if seq_of(data) == 1 else 0.0, data)]
+
+
+def test_udp_late_reply_is_recorded_and_lost() -> None:
+    plan = TrafficPlan(count=6, timeout=0.1)
+    with UdpTestServer(delay_seq_one) as server:
+        record = run_client("udp", server.address, plan)
+    # Ping-pong moved on after 0.1 s; seq 1's reply still arrived (0.15 s), after later seqs,
+    # while the client listened for one timeout after its last send.
+    seqs = [a.seq for a in record.arrivals]
+    assert sorted(seqs) == list(range(6)) and seqs.index(1) > seqs.index(2)
+    result = compute_result(record)
+    assert (result.received, result.lost, result.late, result.reordered) == (5, 1, 1, 0), result
+
+
+def test_udp_duplicates_are_counted_not_received_twice() -> None:
+    plan = TrafficPlan(count=20, rate=1000.0, timeout=0.2)
+    with UdpTestServer(lambda i, d: [(0.0, d), (0.001, d)]) as server:
+        result = compute_result(run_client("udp", server.address, plan))
+    assert (result.received, result.lost) == (20, 0)
+    # The run may stop once all are answered, before the last copies land.
+    assert 15 <= result.duplicates <= 20, result
+
+
+def corrupting(i: int, data: bytes) -> list[tuple[float, bytes]]:
+    seq = seq_of(data)
+    if seq == 2:
+        return [(0.0, data[:-1] + bytes([data[-1] ^ 0xFF]))]  # payload bit flips: CRC fails
+    if seq == 3:
+        return [(0.0, b"junk")]  # not even a header
+    return [(0.0, data)]
+
+
+def test_udp_corruption_is_counted() -> None:
+    plan = TrafficPlan(count=6, timeout=0.1)
+    with UdpTestServer(corrupting) as server:
+        record = run_client("udp", server.address, plan)
+    assert [a.seq for a in record.arrivals if not a.intact] == [2]
+    assert record.unattributed_corrupt == 1
+    result = compute_result(record)
+    assert (result.corrupted, result.received, result.lost) == (2, 4, 2), result
+
+
+class _CorruptSecond(socketserver.BaseRequestHandler):
+    size = 64
+
+    def handle(self) -> None:
+        while message := _read_exact(self.request, self.size):
+            if seq_of(message) == 2:
+                message = message[:-1] + bytes([message[-1] ^ 0xFF])
+            self.request.sendall(message)
+
+
+def test_tcp_corruption_is_counted_and_stream_goes_on() -> None:
+    plan = TrafficPlan(count=5, size=64)
+    with tcp_server(_CorruptSecond) as server:
+        record = run_client("tcp", addr(server), plan)
+    assert [(a.seq, a.intact) for a in record.arrivals] == [
+        (0, True), (1, True), (2, False), (3, True), (4, True)]
+    assert compute_result(record).corrupted == 1
+
+
+class _CloseAfterFive(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        for _ in range(5):
+            self.request.sendall(_read_exact(self.request, 64))
+
+
+def test_tcp_server_closing_midway_ends_the_run_with_a_note() -> None:
+    plan = TrafficPlan(count=50, size=64)
+    with tcp_server(_CloseAfterFive) as server:
+        record = run_client("tcp", addr(server), plan)
+    assert len(record.arrivals) == 5
+    assert "connection_ended" in record.extras
+    assert compute_result(record).received == 5
+
+
+class _Garbage(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(100)
+        self.request.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n" + b"x" * 40)
+
+
+class _Hangup(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        pass  # accept, then close at once (like a server over its connection limit)
+
+
+@pytest.mark.parametrize(("handler", "why"), [(_Garbage, "unreadable"), (_Hangup, "closed")])
+def test_tcp_not_an_echo_server_is_an_endpoint_error(handler: type, why: str) -> None:
+    with tcp_server(handler) as server, pytest.raises(EndpointError, match=why):
+        run_client("tcp", addr(server), TrafficPlan(count=5, timeout=1.0))
+
+
+# --- bounds and errors -------------------------------------------------------------------------------
+def test_deadline_bounds_a_run_against_a_silent_server() -> None:
+    plan = TrafficPlan(count=100, timeout=1.0)
+    with UdpTestServer(lambda i, d: []) as server:
+        t0 = time.monotonic()
+        record = run_client("udp", server.address, plan, deadline_s=0.3)
+        took = time.monotonic() - t0
+    assert record.extras.get("deadline_hit") is True
+    assert 1 <= len(record.sends) < 100 and took < 2.0, f"deadline 0.3 s, took {took:.2f} s"
+
+
+def test_progress_reports_and_ends_complete() -> None:
+    calls: list[tuple[int, int]] = []
+    with UdpTestServer() as server:
+        run_client("udp", server.address, TrafficPlan(count=50), progress=lambda d, t: calls.append((d, t)))
+    assert calls and calls[-1] == (50, 50)
+    assert all(t == 50 for _, t in calls)
+
+
+def _closed_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_connection_refused_is_a_clear_endpoint_error() -> None:
+    port = _closed_port(socket.SOCK_STREAM)
+    with pytest.raises(EndpointError) as info:
+        run_client("tcp", ("127.0.0.1", port), TrafficPlan(count=3))
+    assert str(info.value) == f"no echo server answering at 127.0.0.1:{port} over TCP (connection refused)"
+
+
+def test_udp_port_unreachable_is_a_clear_endpoint_error() -> None:
+    port = _closed_port(socket.SOCK_DGRAM)
+    with pytest.raises(EndpointError, match=re.escape(f"127.0.0.1:{port} over UDP")):
+        run_client("udp", ("127.0.0.1", port), TrafficPlan(count=3, timeout=0.5))
+
+
+def test_frame_is_wire_encode() -> None:
+    payload = b"abc" * 10
+    import zlib
+
+    assert _frame(7, 2, 123, payload, zlib.crc32(payload)) == encode(
+        Probe(seq=7, send_ns=123, payload=payload, stream=2))
+    assert len(_frame(0, 0, 0, b"", 0)) == HEADER_SIZE
+
+
+@pytest.mark.parametrize(
+    ("host", "ip"),
+    [("127.0.0.1", "127.0.0.1"), ("127.9.8.7", "127.9.8.7"), ("::1", "::1"), ("[::1]", "::1"),
+     ("localhost", "127.0.0.1"), ("LOCALHOST", "127.0.0.1"), ("198.18.0.2", "198.18.0.2"),
+     ("198.19.255.254", "198.19.255.254"), ("::ffff:127.0.0.1", "::ffff:7f00:1")],
+)
+def test_lab_targets_are_allowed(host: str, ip: str) -> None:
+    assert check_lab_target(host) == ip
+
+
+@pytest.mark.parametrize(
+    "host", ["8.8.8.8", "10.0.0.1", "192.168.1.1", "198.17.255.255", "198.20.0.1", "0.0.0.0", "::",
+             "fe80::1", "2001:db8::1", "::ffff:8.8.8.8", "example.com", "", "127.0.0.1.evil.com"],
+)
+def test_other_targets_are_refused(host: str) -> None:
+    with pytest.raises(TargetRefusedError, match="loopback"):
+        check_lab_target(host)
+
+
+# --- protocol registry ---------------------------------------------------------------------------------
+def test_registry_has_tcp_and_udp() -> None:
+    assert set(PROTOCOLS) >= {"tcp", "udp"}
+    for name, proto in PROTOCOLS.items():
+        assert proto.name == name and proto.server_kind in ("tcp", "udp", "both")
+
+
+def test_unknown_protocol_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="known protocols are tcp, udp"):
+        get_protocol("sctp")
+
+
+def test_protocol_run_goes_through_the_registry() -> None:
+    with UdpTestServer() as server:
+        record = get_protocol("udp").run(server.address, TrafficPlan(count=5))
+    assert record.protocol == "udp" and len(record.arrivals) == 5
+
+
+# --- against the lab's own echo servers (pytest plugin fixtures) -----------------------------------------
+@pytest.mark.parametrize("rate", [None, 2000.0], ids=["ping-pong", "open-loop"])
+def test_against_lab_udp_server(udp_echo_server, rate: float | None) -> None:
+    plan = TrafficPlan(count=200, rate=rate)
+    result = compute_result(run_client("udp", udp_echo_server.address, plan))
+    assert (result.received, result.lost) == (200, 0), result
+    assert udp_echo_server.stats["datagrams_in"] >= 200
+
+
+@pytest.mark.parametrize("rate", [None, 2000.0], ids=["ping-pong", "open-loop"])
+def test_against_lab_tcp_server(tcp_echo_server, rate: float | None) -> None:
+    plan = TrafficPlan(count=200, rate=rate, size=1000, streams=2)
+    result = compute_result(run_client("tcp", tcp_echo_server.address, plan))
+    assert (result.received, result.lost) == (200, 0), result
+    assert result.tcp_info and result.tcp_info["total_retrans"] == 0
