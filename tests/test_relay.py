@@ -21,8 +21,8 @@ SEQ = struct.Struct("!Q")
 P_MIN = 0.001  # binomial p-value threshold (fixed seed: deterministic unless the kernel drops)
 QUIET_S = 0.3  # stop collecting replies after this long without one
 DEADLINE_S = 10.0  # hard bound on any send/collect loop
-BATCH = 25  # datagrams sent before waiting for replies (far below any socket buffer's capacity)
-BATCH_QUIET_S = 0.01  # ... until none came for this long (late ones are still counted later)
+WINDOW = 25  # unanswered datagrams allowed in flight (far below any socket buffer's capacity)
+WINDOW_QUIET_S = 0.01  # a full window silent this long is written off (late replies still count)
 
 
 def client_socket() -> socket.socket:
@@ -32,8 +32,14 @@ def client_socket() -> socket.socket:
 
 
 def exchange(address: tuple[str, int], count: int, *, payload: bytes = b"") -> list[tuple[int, bytes]]:
-    """Send `count` numbered datagrams in small paced batches; return every reply (seq, data)."""
+    """Send `count` numbered datagrams, at most WINDOW unanswered at a time; return replies (seq, data).
+
+    The window keeps socket buffers far from overflowing, so every datagram that does not come back
+    was dropped by the relay's model, not by the kernel; a window that stays silent for
+    WINDOW_QUIET_S is written off as lost.
+    """
     replies: list[tuple[int, bytes]] = []
+    written_off = 0
     deadline = time.monotonic() + DEADLINE_S
     with client_socket() as sock:
         sock.setblocking(False)
@@ -48,8 +54,9 @@ def exchange(address: tuple[str, int], count: int, *, payload: bytes = b"") -> l
 
         for seq in range(count):
             sock.sendto(SEQ.pack(seq) + payload, address)
-            if seq % BATCH == BATCH - 1:  # keep few in flight: a socket buffer overflow is not "loss"
-                drain(BATCH_QUIET_S)
+            while seq + 1 - len(replies) - written_off >= WINDOW and time.monotonic() < deadline:
+                if not drain(WINDOW_QUIET_S):
+                    written_off = seq + 1 - len(replies)
         while time.monotonic() < deadline and drain(QUIET_S):
             pass
     return replies

@@ -24,10 +24,12 @@ from __future__ import annotations
 import contextlib
 import heapq
 import ipaddress
-import multiprocessing
+import os
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -87,7 +89,7 @@ class UdpRelay:
         self._upstream = (_require_loopback(upstream[0], "upstream"), port)
         self._host = _require_loopback(host, "relay address")
         self._config = config
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one request/reply on the pipe at a time
         self._final: dict[str, dict[str, int]] | None = None
@@ -99,24 +101,36 @@ class UdpRelay:
         return self._config
 
     def __enter__(self) -> UdpRelay:
-        # spawn, not fork: the measuring process has threads (echo servers, xdist) whose locks a
-        # forked child would inherit in whatever state they were.
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        process = context.Process(
-            target=_relay_main, args=(child, self._config, self._upstream, self._host),
-            name="lab-udp-relay", daemon=True,
-        )
-        self._process, self._conn = process, parent
+        # A fresh interpreter (`python -m lab.link.relay`), not fork: the measuring process has
+        # threads (echo servers, xdist) whose locks a forked child would inherit mid-use; and not
+        # multiprocessing's spawn, which re-imports the caller's __main__ (breaks scripts without a
+        # `__main__` guard and code fed on stdin). The control channel is a socketpair.
+        ours, theirs = socket.socketpair()
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         try:
-            process.start()
-            child.close()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "lab.link.relay", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
+            )
+        except OSError as exc:
+            ours.close()
+            raise EndpointError(f"cannot start the UDP relay process: {exc}") from exc
+        finally:
+            theirs.close()
+        self._conn = parent = Connection(ours.detach())
+        try:
+            parent.send((self._config, self._upstream, self._host))
             if not parent.poll(READY_TIMEOUT_S):
                 raise EndpointError(f"the UDP relay did not start within {READY_TIMEOUT_S:g}s")
             kind, value = parent.recv()
             if kind != "ready":
                 raise EndpointError(f"the UDP relay could not start: {value}")
             self.address = tuple(value)[:2]  # type: ignore[assignment]
+        except (EOFError, OSError) as exc:
+            self._shutdown()
+            raise EndpointError(f"the UDP relay process exited while starting ({exc})") from exc
         except BaseException:
             self._shutdown()
             raise
@@ -130,7 +144,7 @@ class UdpRelay:
         """Send one control message and wait for its reply."""
         with self._lock:
             conn = self._conn
-            if conn is None or self._process is None or not self._process.is_alive():
+            if conn is None or self._process is None or self._process.poll() is not None:
                 raise EndpointError("the UDP relay is not running")
             try:
                 conn.send(message)
@@ -158,20 +172,17 @@ class UdpRelay:
         process, conn = self._process, self._conn
         if conn is not None:
             with contextlib.suppress(LabError):
-                if process is not None and process.is_alive():
+                if process is not None and process.poll() is None:
                     self._final = self._request(("stop",))
             with self._lock:
                 conn.close()
                 self._conn = None
         if process is not None:
-            process.join(STOP_TIMEOUT_S)
-            if process.is_alive():
-                process.terminate()
-                process.join(STOP_TIMEOUT_S)
-            if process.is_alive():
+            try:
+                process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
                 process.kill()
-                process.join()
-            process.close()
+                process.wait()
             self._process = None
 
     @property
@@ -340,3 +351,19 @@ def relay_counters_total(counters: Mapping[str, Mapping[str, int]]) -> dict[str,
         for key, value in direction.items():
             total[key] = total.get(key, 0) + value
     return total
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m lab.link.relay FD`: read (config, upstream, host) from the socketpair FD, serve."""
+    conn = Connection(int(argv[1]))
+    try:
+        config, upstream, host = conn.recv()
+    except (EOFError, OSError):
+        conn.close()
+        return 1
+    _relay_main(conn, config, upstream, host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv))
