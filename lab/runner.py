@@ -191,17 +191,38 @@ def _run_linked(
     with open_link(
         seed=point.seed, direction=point.direction, mtu=point.mtu, capture=capture, **point.link_options()
     ) as link:
-        config = getattr(link, "config", None)
-        outcome.link_config = config.to_dict() if config is not None and hasattr(config, "to_dict") else None
+        outcome.link_config = link.config.to_dict()
         for proto in protocols:
-            result = link.run(proto, point.traffic, progress=progress(proto))
-            if "timeline" not in result.extras and isinstance(result.extras.get("record"), dict):
-                result.extras["timeline"] = timeline_from_record(
-                    RunRecord.from_dict(result.extras.pop("record"))
-                )
+            result = _run_on_link(link, proto, point, progress(proto))
             outcome.results[proto] = result
             on_result(outcome)
     return outcome
+
+
+def _run_on_link(link: Any, protocol: str, point: SweepPoint, progress: Progress | None) -> Result:
+    """What `Link.run` does, keeping the client's RunRecord so the report gets a per-probe timeline.
+
+    (`Link.run` returns only the Result; if it ever carries extras["timeline"], call it instead.)
+    """
+    from lab.endpoints.client import run_client
+    from lab.kernel import counter_deltas, read_counters
+    from lab.link.session import call_in_netns
+    from lab.metrics import compute_result
+
+    port = link.echo_port()
+    kernel_before = {"client": link.client.call(read_counters), "server": link.server.call(read_counters)}
+    link_before = link.counters()
+    record = call_in_netns(
+        link.client_ns, run_client, (protocol, (link.server_address, port), point.traffic), progress=progress
+    )
+    link_after = link.counters()
+    kernel_after = {"client": link.client.call(read_counters), "server": link.server.call(read_counters)}
+    result = compute_result(record, expected_loss_ratio=link.config.expected_loss_ratio())
+    result.link = {d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()} for d in link_after}
+    result.kernel = {side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after}
+    result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
+    result.extras["timeline"] = timeline_from_record(record)
+    return result
 
 
 def _run_loopback(
@@ -349,8 +370,11 @@ class _Display:
                 self._live = None
 
     def progress_for(self, point: SweepPoint) -> Callable[[str], Progress | None]:
+        from rich.markup import escape
+
         def for_protocol(proto: str) -> Progress:
-            task = self.bars.add_task(f"{point.id} {proto.upper()}", total=point.traffic.count)
+            label = self.scenario.name if point.id == "base" else point.id
+            task = self.bars.add_task(f"{escape(label)} {proto.upper()}", total=point.traffic.count)
 
             def report(sent: int, total: int) -> None:
                 self.bars.update(task, completed=sent, total=total)
@@ -381,7 +405,9 @@ def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
     from lab.report.summary import side_by_side
 
     data = outcome.to_dict()
-    title = f"{scenario.name} [{outcome.point.id}]  ({outcome.mode})"
+    from rich.markup import escape
+
+    title = escape(f"{scenario.name} [{outcome.point.id}]  ({outcome.mode})")
     table = Table(title=title, title_justify="left")
     table.add_column("")
     styles = {"tcp": "bold blue", "udp": "bold red"}
@@ -400,18 +426,21 @@ def _console() -> Any:
 
 
 def _print_outcome(console: Any, outcome: RunOutcome) -> None:
+    from rich.markup import escape
+
     from lab.report.summary import what_happened
 
     data = outcome.payload()
     for point_id, text in what_happened(data):
-        console.print(f"[bold]{point_id}[/bold]: {text}")
+        label = outcome.scenario.name if point_id == "base" else point_id
+        console.print(f"[bold]{escape(label)}[/bold]: {escape(text)}")
     for point in outcome.points:
         for proto, reason in point.skipped.items():
-            console.print(f"[yellow]{point.point.id} {proto} skipped[/yellow]: {reason}")
+            console.print(f"[yellow]{escape(point.point.id)} {proto} skipped[/yellow]: {escape(reason)}")
     for point_id, proto, check in outcome.failed_checks:
-        console.print(f"[red]expectation failed[/red] {point_id} {proto}: {check.message}")
+        console.print(f"[red]expectation failed[/red] {escape(point_id)} {proto}: {escape(check.message)}")
     if "html" in outcome.paths:
-        console.print(f"report: {outcome.paths['html']}")
+        console.print(f"report: {escape(str(outcome.paths['html']))}")
 
 
 def run_command(scenario: Path, out: Path | None, seed: int | None, capture: bool) -> int:
