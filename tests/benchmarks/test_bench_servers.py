@@ -1,0 +1,69 @@
+"""Echo server throughput, selectors loop vs socketserver: one ping-pong round trip per call.
+
+Each server runs in its own process (the GIL of the measuring process must not slow the server,
+DESIGN.md) via `python -m lab.endpoints.server`; the client is plain blocking socket code.
+Run with `make bench`; msgs/s = 1 / mean.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+MESSAGE = b"m" * 64  # a small probe-sized message: measures per-message cost, not bandwidth
+START_TIMEOUT = 15.0  # seconds for the server process to print its ready line
+IO_TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="module", params=["selectors", "socketserver"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, list]]]:
+    proc = subprocess.Popen([sys.executable, "-m", "lab.endpoints.server", "both", "--variant",
+                             request.param], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+        assert ready["ready"], ready
+        yield request.param, ready
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
+def test_echo_tcp(benchmark, server) -> None:  # type: ignore[no-untyped-def]
+    variant, ready = server
+    benchmark.group = "echo-tcp"
+    benchmark.name = f"tcp-{variant}"
+    with socket.create_connection(tuple(ready["tcp"]), timeout=IO_TIMEOUT) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def round_trip() -> None:
+            sock.sendall(MESSAGE)
+            got = 0
+            while got < len(MESSAGE):
+                got += len(sock.recv(65536))
+
+        benchmark(round_trip)
+
+
+def test_echo_udp(benchmark, server) -> None:  # type: ignore[no-untyped-def]
+    variant, ready = server
+    benchmark.group = "echo-udp"
+    benchmark.name = f"udp-{variant}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.connect(tuple(ready["udp"]))
+
+        def round_trip() -> None:
+            sock.send(MESSAGE)
+            sock.recv(65536)
+
+        benchmark(round_trip)
