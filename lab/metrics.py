@@ -19,9 +19,11 @@ Definitions (each function below implements one):
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 from lab.records import RTT_KEYS, Arrival, Result, RunRecord, Send
@@ -75,17 +77,27 @@ def classify(record: RunRecord) -> Classified:
 
 
 def wilson_interval(lost: int, sent: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of the loss ratio lost/sent at `confidence` ([0, 1] when sent is 0)."""
+    """Wilson score interval of the loss ratio lost/sent at `confidence` ([0, 1] when sent is 0).
+
+    The closed form of Wilson (1927), the same as scipy's
+    ``binomtest(lost, sent).proportion_ci(confidence, method="wilson")`` (the tests check they
+    agree) without importing scipy, which costs a second of `lab send`'s start-up.
+    """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if sent < 0 or not 0 <= lost <= sent:
         raise ValueError(f"need 0 <= lost <= sent, got lost={lost} sent={sent}")
     if sent == 0:
         return (0.0, 1.0)
-    from scipy.stats import binomtest  # lazy: scipy costs ~0.3 s to import
-
-    ci = binomtest(lost, sent).proportion_ci(confidence_level=confidence, method="wilson")
-    return (max(0.0, float(ci.low)), min(1.0, float(ci.high)))
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = lost / sent
+    z2n = z * z / sent
+    denom = 1 + z2n
+    center = (p + z2n / 2) / denom
+    half = z * math.sqrt(p * (1 - p) / sent + z2n / (4 * sent)) / denom
+    lo = 0.0 if lost == 0 else max(0.0, center - half)
+    hi = 1.0 if lost == sent else min(1.0, center + half)
+    return (lo, hi)
 
 
 @dataclass(slots=True)

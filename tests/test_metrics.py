@@ -135,6 +135,15 @@ def test_wilson_matches_closed_form(lost: int, sent: int) -> None:
     assert lo99 <= lo and hi <= hi99
 
 
+@pytest.mark.parametrize(("lost", "sent"), [(0, 1), (0, 10), (2, 5), (10, 10), (37, 1000), (999, 1000)])
+@pytest.mark.parametrize("confidence", [0.95, 0.99])
+def test_wilson_agrees_with_scipy(lost: int, sent: int, confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    ci = binomtest(lost, sent).proportion_ci(confidence_level=confidence, method="wilson")
+    assert wilson_interval(lost, sent, confidence) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
 def test_wilson_rejects_nonsense() -> None:
     assert wilson_interval(0, 0, 0.95) == (0.0, 1.0)
     for args in [(3, 2, 0.95), (-1, 2, 0.95), (1, 2, 1.0), (1, 2, 0.0)]:
