@@ -1,0 +1,257 @@
+"""The malformed-packet atlas: catalogue shape, pure verdicts, target refusal, and the real thing.
+
+Privileged tests run the atlas in its private namespace (a child process with a TUN device and the
+lab's echo servers) — real packets, real kernel verdicts, no mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lab.errors import ConfigError, TargetRefusedError
+from lab.probes import verdict as V
+from lab.probes.catalogue import CASES, LAYERS, select
+from lab.probes.targets import DEFAULT_ADDRESS, plan_target
+
+FOREIGN_TARGETS = ["8.8.8.8", "10.0.0.1", "192.168.1.1", "example.com", "2001:db8::1"]
+REQUIRED_FIELDS = ("name", "layer", "defect", "expected_verdict", "verdict", "matches_expected",
+                   "reply", "counters", "server_alive")
+
+
+# --- catalogue ------------------------------------------------------------------------------------
+def test_catalogue_has_40_unique_cases_over_every_layer() -> None:
+    names = [case.name for case in CASES]
+    assert len(names) >= 40
+    assert len(set(names)) == len(names)
+    assert {case.layer for case in CASES} == set(LAYERS)
+
+
+def test_every_case_names_an_existing_builder() -> None:
+    from lab.probes import builders
+
+    missing = [case.name for case in CASES if not callable(getattr(builders, case.build, None))]
+    assert missing == []
+
+
+@pytest.mark.parametrize("needed", [
+    "ip-bad-header-checksum", "ip-ihl-below-5", "ip-total-length-larger", "ip-total-length-smaller",
+    "ip-bad-version", "ip-ttl-zero", "ip-frag-in-order", "ip-frag-out-of-order", "ip-frag-overlapping",
+    "ip-frag-missing-last", "ip-frag-tiny-first", "ip-options-bad-length", "udp-bad-checksum",
+    "udp-zero-checksum", "udp-length-larger", "udp-length-smaller", "udp-length-below-8",
+    "udp-zero-payload", "udp-max-size", "udp-closed-port", "tcp-syn-closed-port", "tcp-bad-checksum",
+    "tcp-syn-fin", "tcp-null-open-port", "tcp-xmas-open-port", "tcp-data-without-handshake",
+    "tcp-out-of-window-data", "tcp-blind-rst-in-window", "tcp-exact-rst", "tcp-syn-flood",
+    "app-udp-garbage", "app-tcp-garbage", "app-tcp-truncated-header", "app-tcp-length-4gib",
+    "app-tcp-header-stream",
+])
+def test_issue_5_cases_are_catalogued(needed: str) -> None:
+    assert select([needed])[0].name == needed
+
+
+def test_unknown_case_suggests_close_matches() -> None:
+    with pytest.raises(ConfigError, match="did you mean ip-frag-overlapping"):
+        select(["ip-frag-overlap"])
+
+
+def test_layer_filter() -> None:
+    assert {case.layer for case in select(layer="udp")} == {"udp"}
+    with pytest.raises(ConfigError, match="layer must be one of"):
+        select(layer="eth")
+
+
+# --- pure verdicts ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("obs", "expected"), [
+    (V.Observation(mode="wire", counters={"UdpInCsumErrors": 1, "UdpInErrors": 1}), V.UDP_CSUM),
+    (V.Observation(mode="wire", counters={"IpExtInCsumErrors": 1, "IpInHdrErrors": 1}), V.IP_CSUM),
+    (V.Observation(mode="wire", replies=[{"kind": "icmp", "type": 3, "code": 3, "summary": "x"}]),
+     V.ICMP_PORT),
+    (V.Observation(mode="wire", replies=[{"kind": "tcp", "flags": "RA", "summary": "x"}]), V.RST),
+    (V.Observation(mode="conn", connection="alive", counters={"TcpExtTCPChallengeACK": 1, "TcpInErrs": 1},
+                   replies=[{"kind": "tcp", "flags": "A", "summary": "x"}]), V.CHALLENGE),
+    (V.Observation(mode="conn", connection="reset"), V.RESET),
+    (V.Observation(mode="wire", echo_seen=True, counters={"IpReasmOKs": 1}), V.REASSEMBLED),
+    (V.Observation(mode="wire", app_saw_data=True), V.DELIVERED),
+    (V.Observation(mode="wire"), V.IGNORED),
+    (V.Observation(mode="app-tcp", app={"sent": 4, "echoed": 4, "match": True}), V.ECHOED),
+    (V.Observation(mode="app-tcp", app={"sent": 4, "echoed": 0, "closed": True}), V.APP_CLOSED),
+])
+def test_derive_verdict_from_observation(obs: V.Observation, expected: str) -> None:
+    assert V.derive(obs)[0] == expected
+
+
+def test_evidence_quotes_counters() -> None:
+    obs = V.Observation(mode="wire", counters={"UdpInCsumErrors": 1, "UdpInErrors": 1})
+    found, evidence = V.derive(obs)
+    assert f"{found} ({evidence})" == (
+        "dropped by the kernel: UDP checksum (UdpInCsumErrors +1, UdpInErrors +1)"
+    )
+
+
+# --- safety: a refused target builds nothing ----------------------------------------------------------
+@pytest.mark.parametrize("target", FOREIGN_TARGETS)
+def test_foreign_target_is_refused_before_any_packet(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.probes import runner, sandbox
+
+    started: list[object] = []
+    monkeypatch.setattr(sandbox.Sandbox, "__enter__", lambda self: started.append(self) or self)
+    with pytest.raises(TargetRefusedError, match="refusing target"):
+        runner.run_atlas(target=target)
+    with pytest.raises(TargetRefusedError):
+        runner.probe_command(False, [], None, target, list_cases=False)
+    assert started == []
+
+
+def test_refused_target_never_loads_scapy_or_the_sandbox() -> None:
+    """In a fresh interpreter: after the refusal neither scapy nor the sandbox was ever imported."""
+    code = (
+        "import sys\n"
+        "from lab.errors import TargetRefusedError\n"
+        "from lab.probes.runner import probe_command\n"
+        "try:\n"
+        "    probe_command(True, [], None, '8.8.8.8', False)\n"
+        "except TargetRefusedError:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('scapy', 'lab.probes.'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    loaded = json.loads(out.stdout.replace("'", '"'))
+    assert not any(m.startswith("scapy") for m in loaded), loaded
+    assert "lab.probes.sandbox" not in loaded and "lab.probes.builders" not in loaded, loaded
+
+
+def test_cli_refuses_foreign_target_with_one_line() -> None:
+    out = subprocess.run([sys.executable, "-m", "lab", "probe", "--target", "8.8.8.8"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "refusing target 8.8.8.8" in out.stderr
+
+
+def test_lab_targets_plan_the_sandbox() -> None:
+    assert plan_target(None).address == DEFAULT_ADDRESS
+    assert plan_target("127.0.0.1").address == DEFAULT_ADDRESS  # loopback: the sandbox's own TUN
+    planned = plan_target("198.19.7.1")
+    assert (planned.address, planned.peer) == ("198.19.7.1", "198.19.7.2")
+    with pytest.raises(ConfigError, match="network or broadcast"):
+        plan_target("198.18.3.255")
+
+
+def test_cli_list_is_cheap_and_complete() -> None:
+    out = subprocess.run([sys.executable, "-m", "lab", "probe", "--list", "--json"],
+                         capture_output=True, text=True, timeout=30, check=True)
+    listed = json.loads(out.stdout)
+    assert [c["name"] for c in listed] == [c.name for c in CASES]
+
+
+# --- the real atlas (root) -------------------------------------------------------------------------------
+def _table(results: list[dict[str, Any]]) -> str:
+    return "\n".join(
+        f"  {r['name']}: got {r['verdict_detail']!r}, expected {r['expected_verdict']}, "
+        f"reply {r['reply']!r}, alive {r['server_alive']}, error {r['error']}, counters {r['counters']}"
+        for r in results
+    )
+
+
+@pytest.mark.privileged
+def test_every_case_runs_matches_and_the_server_survives() -> None:
+    """Every catalogued case runs; its observed verdict is one of the expected (documented) ones;
+    the server echoes after each case and after all of them; results carry the contract fields.
+
+    One test for the whole atlas (~7 s), so xdist never runs it twice.
+    """
+    from lab.probes.runner import run_atlas
+
+    atlas = run_atlas()
+    kernel = subprocess.run(["uname", "-r"], capture_output=True, text=True).stdout.strip()
+    assert [r["name"] for r in atlas] == [c.name for c in CASES]
+    for result in atlas:
+        assert set(REQUIRED_FIELDS) <= set(result), result
+        json.dumps(result)  # JSON-able as is
+    dead = [r for r in atlas if not r["server_alive"]]
+    assert dead == [], f"server dead after (kernel {kernel}):\n{_table(dead)}"
+    assert all(r["alive_after_all"] for r in atlas)
+    errors = [r for r in atlas if r["error"]]
+    assert errors == [], f"cases that failed to run (kernel {kernel}):\n{_table(errors)}"
+    mismatched = [r for r in atlas if not r["matches_expected"]]
+    assert mismatched == [], f"verdicts not as expected (kernel {kernel}):\n{_table(mismatched)}"
+    # RFC 5961, beyond the verdict phrase: the connection's fate is observed, not inferred.
+    by_name = {r["name"]: r for r in atlas}
+    blind, exact = by_name["tcp-blind-rst-in-window"], by_name["tcp-exact-rst"]
+    assert blind["counters"].get("TcpExtTCPChallengeACK", 0) >= 1 and blind["connection"] == "alive", blind
+    assert exact["connection"] == "reset" and exact["counters"].get("TcpEstabResets", 0) >= 1, exact
+
+
+@pytest.mark.privileged
+def test_a_lab_address_target_owns_that_address() -> None:
+    from lab.probes.runner import run_atlas
+
+    (result,) = run_atlas(["udp-closed-port"], target="198.19.7.1")
+    assert result["target"] == "198.19.7.1"
+    assert result["verdict"] == V.ICMP_PORT, result
+
+
+@pytest.mark.privileged
+def test_cli_json_has_the_contract_fields() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "lab", "probe", "--json", "--case", "udp-bad-checksum", "--case",
+         "udp-closed-port"], capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert [r["name"] for r in results] == ["udp-bad-checksum", "udp-closed-port"]
+    for result in results:
+        assert set(REQUIRED_FIELDS) <= set(result)
+    assert results[0]["counters"].get("UdpInCsumErrors") == 1, results[0]
+    assert results[1]["reply"].startswith("ICMP 3/3"), results[1]
+
+
+# --- fuzzing IPv4/UDP headers into the TUN (root) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Any]:
+    from lab.privileges import CAP_NET_ADMIN, CAP_NET_RAW, explain
+
+    if explain(CAP_NET_ADMIN, CAP_NET_RAW):
+        pytest.skip(explain(CAP_NET_ADMIN, CAP_NET_RAW))
+    from lab.probes.sandbox import Sandbox
+
+    with Sandbox(plan_target(None), seed=2) as box:
+        yield box
+    assert box._proc is None  # the child (and with it the namespace) is gone
+
+
+_u8 = st.integers(0, 0xFF)
+_u16 = st.integers(0, 0xFFFF)
+
+
+@pytest.mark.privileged
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    version=st.integers(0, 15), ihl=st.integers(0, 15), tos=_u8, ip_len=st.none() | _u16, ident=_u16,
+    flags=st.integers(0, 7), frag=st.integers(0, 0x1FFF), ttl=_u8,
+    proto=st.sampled_from([17, 6, 1]) | _u8, ip_chksum=st.none() | _u16,
+    sport=_u16, dport=st.sampled_from(["echo", "closed"]) | _u16, udp_len=st.none() | _u16,
+    udp_chksum=st.none() | _u16, payload=st.binary(max_size=64),
+)
+def test_server_survives_fuzzed_ipv4_udp_headers(sandbox: Any, version: int, ihl: int, tos: int,
+                                                  ip_len: int | None, ident: int, flags: int, frag: int,
+                                                  ttl: int, proto: int, ip_chksum: int | None,
+                                                  sport: int, dport: int | str, udp_len: int | None,
+                                                  udp_chksum: int | None, payload: bytes) -> None:
+    """Property: whatever the IPv4 and UDP header fields say, the echo servers keep echoing."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.packet import Raw
+
+    port = {"echo": sandbox.info["udp_port"], "closed": 9}.get(dport, dport)  # type: ignore[call-overload]
+    packet = IP(version=version, ihl=ihl, tos=tos, len=ip_len, id=ident, flags=flags, frag=frag, ttl=ttl,
+                proto=proto, chksum=ip_chksum, src=sandbox.info["peer"], dst=sandbox.info["address"]) / UDP(
+        sport=sport, dport=port, len=udp_len, chksum=udp_chksum) / Raw(payload)
+    outcome = sandbox.inject([bytes(packet)])
+    assert outcome["server_alive"], f"server died after {packet!r}: {outcome}"
