@@ -255,3 +255,42 @@ def test_server_survives_fuzzed_ipv4_udp_headers(sandbox: Any, version: int, ihl
         sport=sport, dport=port, len=udp_len, chksum=udp_chksum) / Raw(payload)
     outcome = sandbox.inject([bytes(packet)])
     assert outcome["server_alive"], f"server died after {packet!r}: {outcome}"
+
+
+@pytest.mark.privileged
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    flags=st.integers(0, 0xFF), seq=st.integers(0, 2**32 - 1), ack=st.integers(0, 2**32 - 1),
+    dataofs=st.none() | st.integers(0, 15), window=_u16, urgptr=_u16, tcp_chksum=st.none() | _u16,
+    dport=st.sampled_from(["echo", "closed"]) | _u16, payload=st.binary(max_size=64),
+)
+def test_server_survives_fuzzed_tcp_headers(sandbox: Any, flags: int, seq: int, ack: int,
+                                            dataofs: int | None, window: int, urgptr: int,
+                                            tcp_chksum: int | None, dport: int | str, payload: bytes) -> None:
+    """Property: whatever the TCP header fields say, the echo servers keep echoing."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.packet import Raw
+
+    port = {"echo": sandbox.info["tcp_port"], "closed": 9}.get(dport, dport)  # type: ignore[call-overload]
+    packet = IP(src=sandbox.info["peer"], dst=sandbox.info["address"]) / TCP(
+        sport=41000, dport=port, flags=flags, seq=seq, ack=ack, dataofs=dataofs, window=window,
+        urgptr=urgptr, chksum=tcp_chksum) / Raw(payload)
+    outcome = sandbox.inject([bytes(packet)])
+    assert outcome["server_alive"], f"server died after {packet!r}: {outcome}"
+
+
+def test_missing_privileges_name_what_is_needed() -> None:
+    """Without CAP_NET_ADMIN/CAP_NET_RAW (dropped with setpriv) `lab probe` says what it needs."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    out = subprocess.run(
+        ["setpriv", "--bounding-set=-net_admin,-net_raw", "--inh-caps=-net_admin,-net_raw",
+         sys.executable, "-m", "lab", "probe", "--case", "udp-closed-port"],
+        capture_output=True, text=True, timeout=30,
+    )
+    if "setpriv" in out.stderr:  # not root: setpriv itself may not change the bounding set
+        pytest.skip(f"setpriv could not drop capabilities: {out.stderr.strip()}")
+    assert out.returncode == 2, out
+    assert "CAP_NET_ADMIN" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
