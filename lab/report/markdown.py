@@ -40,7 +40,14 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         counters = counters_rows(point)
         if counters:
             lines += ["", "Counters:", ""]
-            lines += [f"- {proto} {source}: `{text}`" for proto, source, text in counters]
+            for proto, source, text in counters:
+                lines += [
+                    f"- {proto} {source}:",
+                    "",
+                    "  ```",
+                    *[f"  {t}" for t in text.splitlines()],
+                    "  ```",
+                ]
         lines.append("")
     env = payload.get("environment") or {}
     if env:

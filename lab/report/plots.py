@@ -152,35 +152,43 @@ def loss(payload: Mapping[str, Any]) -> str:
 
 
 def arrival_timeline(payload: Mapping[str, Any]) -> str:
-    """Sequence number vs receive time per point: UDP shows gaps, TCP shows stalls."""
+    """Sequence number vs receive time, one panel per point and protocol: UDP gaps, TCP stalls."""
     plt = _pyplot()
     points = payload.get("points", [])
-    protocols = protocols_of(payload)
-    fig, axes = _grid(plt, len(points) or 1)
-    for ax, point in zip(axes, points, strict=False):
-        for proto, result in results_by_protocol(point).items():
+    protocols = protocols_of(payload) or ["-"]
+    rows, cols = max(1, len(points)), len(protocols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * 1.2 * cols, PANEL_H * rows), squeeze=False)
+    for r, point in enumerate(points):
+        by_proto = results_by_protocol(point)
+        for c, proto in enumerate(protocols):
+            ax = axes[r][c]
+            result = by_proto.get(proto)
+            ax.set_title(f"{point['id']} · {proto.upper()}", fontsize=9)
+            ax.set_xlabel("time since start (s)")
+            ax.set_ylabel("sequence number")
+            if result is None:
+                ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="#999")
+                continue
             entries = _timeline(result)
-            got = [((t + r) / MS_PER_S, s) for s, t, r in entries if r is not None]
-            lost = [(t / MS_PER_S, s) for s, t, r in entries if r is None]
-            c = color(proto, protocols)
+            got = [((t + rtt) / MS_PER_S, s) for s, t, rtt in entries if rtt is not None]
+            lost = [(t / MS_PER_S, s) for s, t, rtt in entries if rtt is None]
+            shade = color(proto, protocols)
             if got:
                 ax.scatter(
-                    *zip(*got, strict=True), s=3, color=c, label=f"{proto.upper()} reply", linewidths=0
+                    *zip(*got, strict=True), s=3, color=shade, label="reply (at receive time)", linewidths=0
                 )
             if lost:
                 ax.scatter(
                     *zip(*lost, strict=True),
-                    s=14,
+                    s=12,
                     marker="x",
-                    color=c,
-                    alpha=0.6,
-                    linewidths=0.8,
-                    label=f"{proto.upper()} lost (at send time)",
+                    color="#222",
+                    alpha=0.7,
+                    linewidths=0.7,
+                    label=f"lost ({len(lost)}, at send time)",
                 )
-        ax.set_title(point["id"], fontsize=9)
-        ax.set_xlabel("time since start (s)")
-        ax.set_ylabel("sequence number")
-        ax.legend(loc="upper left", fontsize=6, markerscale=2)
+            if got or lost:
+                ax.legend(loc="upper left", fontsize=6, markerscale=2)
     fig.suptitle(
         "Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses", fontsize=10
     )

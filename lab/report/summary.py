@@ -133,7 +133,8 @@ def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for point in points:
         sentences = _point_sentence(point, baseline if point is not baseline else None)
-        out.append((point["id"], " ".join(sentences) or "Nothing was measured."))
+        label = link_description(point) if point["id"] == "base" else point["id"]
+        out.append((label, " ".join(sentences) or "Nothing was measured."))
     if payload.get("interrupted"):
         out.append(("interrupted", "The run was interrupted (Ctrl-C); these are the points measured so far."))
     return out
@@ -158,9 +159,10 @@ def counters_rows(point: Mapping[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def _flatten(data: Any, prefix: str = "") -> str:
+    """Nested counters as `a.b=1` lines; zero counters left out (they are the majority)."""
     if isinstance(data, Mapping):
         parts = [_flatten(v, f"{prefix}{k}.") for k, v in data.items()]
-        return " ".join(p for p in parts if p)
-    if isinstance(data, list):
-        return f"{prefix[:-1]}={data}"
+        return "\n".join(p for p in parts if p)
+    if data == 0 or data is None:
+        return ""
     return f"{prefix[:-1]}={data}"
