@@ -25,7 +25,7 @@ from lab.wire import Probe, decode_untrusted_datagram, encode
 
 TUN_NAME = "wlprobe0"
 QUIET_S = 0.06  # stop reading replies after this long without one (answers take < 1 ms)
-LIVENESS_TIMEOUT_S = 1.0  # an echo round trip inside one namespace takes well under a millisecond
+LIVENESS_TIMEOUT_S = 2.0  # an echo round trip here takes < 1 ms; generous for a loaded CI machine
 HANDSHAKE_TIMEOUT_S = 1.0
 FLOOD_MAX_S = 2.0  # bound on the flood's duration, whatever FLOOD_SYNS says
 APP_MAX_S = 5.0  # bound on any application exchange
@@ -72,6 +72,7 @@ class Env:
         self.tun_fd = -1
         self.server: Any = None
         self.barrier_cost: dict[str, int] = {}
+        self.sysctls: dict[str, bool] = {}
         self.liveness_cost: dict[str, int] = {}
 
     # --- set-up and teardown (the namespace itself dies with the process) ---------------------------
@@ -82,7 +83,7 @@ class Env:
             sysnet.unshare_network()
             self.tun_fd = sysnet.open_tun(TUN_NAME)
             self._stack.callback(os.close, self.tun_fd)
-            sysnet.configure(TUN_NAME, self.addresses.address, self.addresses.prefixlen)
+            self.sysctls = sysnet.configure(TUN_NAME, self.addresses.address, self.addresses.prefixlen)
             self.server = self._stack.enter_context(running_server("both", host=self.addresses.address))
             self._calibrate()
         except BaseException:
@@ -97,7 +98,8 @@ class Env:
         """Where things are, for the report."""
         return {"address": self.addresses.address, "peer": self.addresses.peer, "tun": TUN_NAME,
                 "tcp_port": self.server.tcp_address[1], "udp_port": self.server.udp_address[1],
-                "kernel": os.uname().release}
+                "kernel": os.uname().release, "sysctls": dict(sysnet.SANDBOX_SYSCTLS),
+                "sysctls_applied": self.sysctls}
 
     def _calibrate(self) -> None:
         """Measure what one liveness check costs in counters, to subtract it from each case."""

@@ -38,6 +38,7 @@ def run_atlas(cases: list[str] | None = None, layer: str | None = None, *,
             result = sandbox.run_case(case.name)
             result["duration_s"] = round(time.monotonic() - started, 3)
             result["target"] = addresses.address
+            result["kernel"] = sandbox.info.get("kernel", "")
             results.append(result)
         after_all = sandbox.inject([])["server_alive"] if chosen else True
     for result in results:

@@ -68,12 +68,11 @@ def write_sysctl(key: str, value: str) -> bool:
     return True
 
 
-def configure(tun_name: str, address: str, prefixlen: int) -> None:
-    """Bring lo and the TUN up, address the TUN, keep IPv6 chatter off it."""
+def configure(tun_name: str, address: str, prefixlen: int) -> dict[str, bool]:
+    """Bring lo and the TUN up, address the TUN, keep IPv6 chatter off it; which sysctls took."""
     from pyroute2 import IPRoute
 
-    for key, value in SANDBOX_SYSCTLS.items():
-        write_sysctl(key, value)
+    applied = {key: write_sysctl(key, value) for key, value in SANDBOX_SYSCTLS.items()}
     write_sysctl(f"net/ipv6/conf/{tun_name}/disable_ipv6", "1")
     with IPRoute() as ipr:
         (lo,) = ipr.link_lookup(ifname="lo")
@@ -81,6 +80,7 @@ def configure(tun_name: str, address: str, prefixlen: int) -> None:
         (tun,) = ipr.link_lookup(ifname=tun_name)
         ipr.addr("add", index=tun, address=address, prefixlen=prefixlen)
         ipr.link("set", index=tun, state="up", mtu=LINK_MTU)
+    return applied
 
 
 def frame(packet: bytes) -> bytes:
