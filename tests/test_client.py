@@ -416,3 +416,20 @@ def test_against_lab_tcp_server(tcp_echo_server, rate: float | None) -> None:
     result = compute_result(run_client("tcp", tcp_echo_server.address, plan))
     assert (result.received, result.lost) == (200, 0), result
     assert result.tcp_info and result.tcp_info["total_retrans"] == 0
+
+
+ROUTE_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+DEFAULT_ROUTE = "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+LAB_ROUTE = "wl0\t000012C6\t00000000\t0001\t0\t0\t0\tFCFFFFFF\t0\t0\t0\n"  # 198.18.0.0/30
+
+
+def test_lab_address_behind_the_default_route_is_refused(tmp_path) -> None:
+    from lab.endpoints.client import _lab_route_missing
+
+    routes = tmp_path / "route"
+    routes.write_text(ROUTE_HEADER + DEFAULT_ROUTE)
+    assert "default route via eth0" in (_lab_route_missing("198.18.0.2", str(routes)) or "")
+    routes.write_text(ROUTE_HEADER + DEFAULT_ROUTE + LAB_ROUTE)
+    assert _lab_route_missing("198.18.0.2", str(routes)) is None
+    assert "default route" in (_lab_route_missing("198.18.0.9", str(routes)) or "")  # outside the /30
+    assert _lab_route_missing("198.18.0.2", str(tmp_path / "missing")) is None

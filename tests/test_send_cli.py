@@ -64,6 +64,9 @@ def test_send_open_loop_summary(udp_echo_server) -> None:
         (["udp", "127.0.0.1", "{closed}"], "over UDP"),
         (["udp", "8.8.8.8", "7"], "refusing target 8.8.8.8"),
         (["tcp", "example.com", "7"], "refusing target"),
+        # No lab link in this namespace: refused if only the default route leads there, else
+        # unreachable (a machine without a default route).
+        (["udp", "198.18.0.2", "7007"], "198.18.0.2"),
         (["udp", "127.0.0.1", "{port}", "--timeout", "0"], "--timeout"),
         (["udp", "127.0.0.1", "{port}", "--size", "10"], "size"),
         (["udp", "127.0.0.1", "{port}", "--count", "0"], "count"),

@@ -101,6 +101,41 @@ def check_lab_target(host: str) -> str:
     )
 
 
+def ip_in_lab_network(ip: str) -> bool:
+    """True for addresses of the lab's own links (198.18.0.0/15)."""
+    addr = ipaddress.ip_address(ip)
+    return addr.version == 4 and addr in LAB_NETWORK
+
+
+def _lab_route_missing(ip: str, routes_path: str = "/proc/net/route") -> str | None:
+    """Why a 198.18.0.0/15 target would leave through the default route (None if it would not).
+
+    Such an address belongs inside a lab link's namespaces; from anywhere else the only route to
+    it is the default one, towards a real network that must not see lab traffic.
+    """
+    target = int(ipaddress.IPv4Address(ip))
+    best_mask = -1
+    best_iface = ""
+    try:
+        with open(routes_path, encoding="ascii") as table:
+            next(table, None)  # header line
+            for line in table:
+                fields = line.split()
+                if len(fields) < 8:
+                    continue
+                # /proc/net/route prints addresses as host-order (little-endian) hex.
+                dest = int.from_bytes(bytes.fromhex(fields[1]), "little")
+                mask = int.from_bytes(bytes.fromhex(fields[7]), "little")
+                if target & mask == dest and mask.bit_count() > best_mask:
+                    best_mask, best_iface = mask.bit_count(), fields[0]
+    except (OSError, ValueError):
+        return None  # cannot tell; connect() will fail if there is no route at all
+    if best_mask == 0:
+        return (f"{ip} is only reachable through the default route via {best_iface} here; lab "
+                "addresses are used inside a lab link (`ip netns exec NAME-client lab send ...`)")
+    return None
+
+
 def _family(host: str) -> socket.AddressFamily:
     try:
         return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -525,6 +560,8 @@ def send_command(protocol: str, host: str, port: int, plan: TrafficPlan, as_json
 
     get_protocol(protocol)  # unknown protocol: a ConfigError listing the known ones
     ip = check_lab_target(host)
+    if ip_in_lab_network(ip) and (why := _lab_route_missing(ip)):
+        raise TargetRefusedError(f"refusing target {ip}: {why}")
     record = run_client(protocol, (ip, port), plan)
     result = compute_result(record)
     if as_json:
