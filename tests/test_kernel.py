@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import subprocess
+import sys
 import time
+
+import pytest
 
 from lab.kernel import (
     TCP_INFO_LAYOUT,
@@ -96,3 +102,24 @@ def test_parse_tcp_info_of_an_older_shorter_struct() -> None:
     info = parse_tcp_info(bytes(104))  # what a 2.6-era kernel copies: up to total_retrans
     assert "total_retrans" in info and "rtt_us" in info
     assert "bytes_acked" not in info and "delivered" not in info
+
+
+@pytest.mark.privileged
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_counters_are_per_network_namespace() -> None:
+    # A fresh, anonymous namespace (gone when the child exits): loopback is down, and
+    # sending to a closed port there counts in that namespace only, never in ours.
+    code = (
+        "import json, socket; from lab.kernel import read_counters, counter_deltas\n"
+        "before = read_counters()\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "try: s.sendto(b'x', ('127.0.0.1', 9))\n"
+        "except OSError as e: print(json.dumps({'error': e.errno}))\n"
+        "print(json.dumps({'before': before['UdpNoPorts'], 'opens': before['TcpActiveOpens']}))\n"
+    )
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    # A brand-new namespace starts from zero, whatever this one has counted.
+    assert last == {"before": 0, "opens": 0}, proc.stdout
