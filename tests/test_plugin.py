@@ -40,7 +40,7 @@ def test_needs_root():
 
 def test_echo_fixtures_serve_real_sockets(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_echo=ECHO_TESTS)
-    result = pytester.runpytest("-p", "no:randomly")
+    result = pytester.runpytest()
     result.assert_outcomes(passed=3)
 
 

@@ -488,13 +488,18 @@ def running_server(kind: str, *, host: str = "127.0.0.1", port: int = 0, variant
 
 
 # --- command line ----------------------------------------------------------------------------------
-def _serve_until_signal(server: _Serving) -> None:
-    """Serve in this (main) thread until SIGINT/SIGTERM, then restore the old handlers."""
+def _serve_until_signal(server: _Serving, announce: Callable[[], None]) -> None:
+    """Serve in this (main) thread until SIGINT/SIGTERM, then restore the old handlers.
+
+    `announce` runs once the handlers are in place: whoever reacts to it by signalling us must
+    find a clean shutdown, not Python's default KeyboardInterrupt.
+    """
     def stop(signum: int, frame: object) -> None:
         server.shutdown()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        announce()
         server.serve_forever()
     finally:
         for sig, handler in previous.items():
@@ -514,11 +519,13 @@ def serve_command(which: str, host: str, port: int, max_conns: int, idle_timeout
     emit = out or (lambda line: print(line, flush=True))
     server = make_server(which, host=host, port=port, variant=variant, max_conns=max_conns,
                          idle_timeout=idle_timeout, max_datagram=max_datagram)
-    for proto, address in (("tcp", server.tcp_address), ("udp", server.udp_address)):
-        if address is not None:
-            emit(f"echo {proto} listening on {format_address(address)}")
-    emit("press Ctrl-C to stop")
-    _serve_until_signal(server)
+    def announce() -> None:
+        for proto, address in (("tcp", server.tcp_address), ("udp", server.udp_address)):
+            if address is not None:
+                emit(f"echo {proto} listening on {format_address(address)}")
+        emit("press Ctrl-C to stop")
+
+    _serve_until_signal(server, announce)
     emit(format_stats(server.stats))
     return 0
 
@@ -544,8 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = {"ready": True,
              "tcp": list(server.tcp_address) if server.tcp_address else None,
              "udp": list(server.udp_address) if server.udp_address else None}
-    print(json.dumps(ready), flush=True)
-    _serve_until_signal(server)
+    _serve_until_signal(server, lambda: print(json.dumps(ready), flush=True))
     print(json.dumps({"stats": server.stats}), flush=True)
     return 0
 
