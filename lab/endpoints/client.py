@@ -68,6 +68,7 @@ SPIN_NS = 100_000
 PR_SET_TIMERSLACK = 29
 PR_GET_TIMERSLACK = 30
 FINE_TIMER_SLACK_NS = 1
+FD_SETSIZE = 1024  # sys/select.h: select(2) handles descriptors below this
 PROGRESS_INTERVAL_NS = 100_000_000  # report progress at most 10 times a second
 
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking range, the lab's links
@@ -148,11 +149,14 @@ def _where(address: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _selector() -> selectors.BaseSelector:
+def _selector(socks: list[socket.socket]) -> selectors.BaseSelector:
     # select(2) takes a timeout in µs; epoll and poll round it up to whole milliseconds, which
     # would make a paced sender wake up to 1 ms late and book that as latency. We watch at most
-    # a few dozen sockets, where select(2) costs nothing extra.
-    return selectors.SelectSelector()
+    # a few dozen sockets, where select(2) costs nothing extra — but it cannot watch a descriptor
+    # numbered FD_SETSIZE or above (a process with many files open), so fall back then.
+    if max(s.fileno() for s in socks) < FD_SETSIZE:
+        return selectors.SelectSelector()
+    return selectors.DefaultSelector()
 
 
 @contextlib.contextmanager
@@ -338,7 +342,7 @@ def run_udp(
     """Probes as UDP datagrams, one connected socket per logical stream."""
     host, port = address[0], int(address[1])
     socks: list[socket.socket] = []
-    sel = _selector()
+    sel: selectors.BaseSelector | None = None
     try:
         for _ in range(plan.streams):
             sock = socket.socket(_family(host), socket.SOCK_DGRAM)
@@ -353,6 +357,8 @@ def run_udp(
                 sock.connect((host, port))
             except OSError as exc:
                 raise _unreachable((host, port), "UDP", exc) from exc
+        sel = _selector(socks)
+        for sock in socks:
             sel.register(sock, selectors.EVENT_READ)
         now = time.monotonic_ns()
         run = _Run("udp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
@@ -360,7 +366,8 @@ def run_udp(
             _udp_loop(run, socks, sel, (host, port))
         return run.record(time.monotonic_ns())
     finally:
-        sel.close()
+        if sel is not None:
+            sel.close()
         for sock in socks:
             sock.close()
 
@@ -441,8 +448,7 @@ def run_tcp(
         sock = socket.create_connection((host, port), timeout=connect_timeout)
     except OSError as exc:
         raise _unreachable((host, port), "TCP", exc) from exc
-    sel = _selector()
-    try:
+    with sock, _selector([sock]) as sel:
         # Latency is what we measure: do not let Nagle hold a probe back waiting for an ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
@@ -456,9 +462,6 @@ def run_tcp(
         with contextlib.suppress(OSError):
             run.extras["tcp_info"] = tcp_info(sock)
         return run.record(ended)
-    finally:
-        sel.close()
-        sock.close()
 
 
 def _tcp_loop(
