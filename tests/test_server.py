@@ -232,10 +232,15 @@ def test_abrupt_reset_closes_only_that_connection(tcp_server: Any) -> None:
 
 def test_client_that_never_reads_gets_backpressure_others_served(tcp_server: Any, variant: str) -> None:
     """A client that writes but never reads: the server stops reading it (bounded), serves others."""
+
+    def held_back(stats: dict[str, int]) -> bool:
+        # The server holds echo it could not send; the selectors loop also says it paused reading.
+        return stats["bytes_in"] > stats["bytes_out"] and (variant != "selectors" or stats["paused"] == 1)
+
     hog = socket.create_connection(tcp_server.address)
     hog.setblocking(False)
     sent, chunk = 0, b"z" * 65536
-    limit, deadline = 256 << 20, time.monotonic() + IO_TIMEOUT  # bounded in bytes and time
+    limit, deadline = 256 << 20, time.monotonic() + 2 * IO_TIMEOUT  # bounded in bytes and time
     stalled_since = None
     try:
         while sent < limit and time.monotonic() < deadline:
@@ -243,23 +248,20 @@ def test_client_that_never_reads_gets_backpressure_others_served(tcp_server: Any
                 sent += hog.send(chunk)
                 stalled_since = None
             except BlockingIOError:
-                # Full everywhere: wait until it stays full for a moment (the server has stopped).
+                # Windows full everywhere: done once it stays full and the server shows why.
                 stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 0.3:
+                if time.monotonic() - stalled_since > 0.3 and held_back(tcp_server.stats):
                     break
                 time.sleep(0.01)
         stats = tcp_server.stats
         assert sent < limit, f"sent {sent} bytes without the window ever closing: no back-pressure"
-        # The server holds back what it could not echo, and has not read everything we sent.
-        assert stats["bytes_in"] > stats["bytes_out"], stats
-        assert stats["bytes_in"] < sent, (sent, stats)
+        assert held_back(stats) and stats["bytes_in"] < sent, (variant, sent, stats)
         if variant == "selectors":
-            assert stats["paused"] == 1 and stats["backpressure_pauses"] >= 1, stats
+            assert stats["backpressure_pauses"] >= 1, stats
         assert tcp_roundtrip(tcp_server.address, b"others are served") == b"others are served"
     finally:
         hog.close()
-    wait_for(lambda: tcp_server.stats["active"] == 0, what="the hog's connection to be dropped")
-    assert tcp_server.stats["paused"] == 0
+    stats_settle(tcp_server, active=0, paused=0)
 
 
 @pytest.mark.parametrize("which", VARIANTS)
