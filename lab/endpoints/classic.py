@@ -201,8 +201,8 @@ class ClassicEchoServer:
     def serve_forever(self) -> None:
         """Serve (one thread per socketserver) until `shutdown()`; then close everything."""
         with self._lock:
-            if self._closed:
-                raise ConfigError("this echo server was closed; create a new one")
+            if self._closed or self._stop.is_set():
+                return  # shut down before it began, as EchoServer.serve_forever
             self._threads = [
                 threading.Thread(target=s.serve_forever, args=(POLL_INTERVAL_S,), daemon=True,
                                  name=f"classic-{type(s).__name__}")

@@ -194,6 +194,7 @@ class EchoServer:
         self._closed = False
         self._close_lock = threading.Lock()
         self._accept_paused_until = 0.0
+        self._loop_thread: threading.Thread | None = None
         self._idle_check_at = 0.0  # when the oldest-idle connection may time out (0 = no check due)
 
     # --- public ------------------------------------------------------------------------------------
@@ -208,12 +209,18 @@ class EchoServer:
         return self._counters.snapshot()
 
     def serve_forever(self) -> None:
-        """Run the loop until `shutdown()`; closes every socket on the way out."""
-        if self._closed:
-            raise EndpointError("this echo server was closed; create a new one")
-        self._serving = True
-        try:
+        """Run the loop until `shutdown()`; closes every socket on the way out.
+
+        Returns at once if the server was already shut down or closed (a thread started just
+        before `close()` must not find half-closed sockets).
+        """
+        with self._close_lock:
+            if self._closed or self._stop.is_set():
+                return
+            self._serving = True
+            self._loop_thread = threading.current_thread()
             self._register()
+        try:
             while not self._stop.is_set():
                 self._step()
         finally:
@@ -227,9 +234,11 @@ class EchoServer:
             self._wake_w.send(b"x")
 
     def close(self) -> None:
-        """Stop serving (waiting briefly for the loop) and close every socket."""
+        """Stop serving and close every socket (idempotent; waits briefly for a running loop)."""
         self.shutdown()
-        if self._serving:
+        with self._close_lock:
+            serving = self._serving
+        if serving and threading.current_thread() is not self._loop_thread:
             self._done.wait(timeout=5.0)  # the loop closes everything itself as it exits
         self._close_all()
 
@@ -519,6 +528,7 @@ def serve_command(which: str, host: str, port: int, max_conns: int, idle_timeout
     emit = out or (lambda line: print(line, flush=True))
     server = make_server(which, host=host, port=port, variant=variant, max_conns=max_conns,
                          idle_timeout=idle_timeout, max_datagram=max_datagram)
+
     def announce() -> None:
         for proto, address in (("tcp", server.tcp_address), ("udp", server.udp_address)):
             if address is not None:
