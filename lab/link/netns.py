@@ -168,19 +168,25 @@ def _gone(pid: int) -> bool:
 _signal_lock = threading.Lock()
 _signal_depth = 0
 _saved_handlers: dict[int, Any] = {}
+_guard_pid = 0
 
 
 def _raise_exit(signum: int, frame: object) -> None:
+    if os.getpid() != _guard_pid:
+        # a forked child (ours, or pyroute2's netns helpers) inherited the handler: unwinding it
+        # would run the parent's code (pytest, the CLI) in the child, so die as SIGTERM would
+        os._exit(128 + signum)
     raise SystemExit(128 + signum)
 
 
 def _install_signal_guard() -> bool:
     """Make SIGTERM/SIGINT unwind the main thread (so `finally` tears down); nestable."""
-    global _signal_depth
+    global _signal_depth, _guard_pid
     if threading.current_thread() is not threading.main_thread():
         return False  # only the main thread may set handlers; its owner handles signals then
     with _signal_lock:
         if _signal_depth == 0:
+            _guard_pid = os.getpid()
             _saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
             previous = signal.getsignal(signal.SIGINT)
             # keep a caller's own SIGINT handler; replace only "ignore"/"default kill"
