@@ -116,6 +116,9 @@ def serve(spec: Mapping[str, Any]) -> None:
                         packet = read(fd, MAX_PACKET)
                     except BlockingIOError:
                         break
+                    except OSError:  # the device went away (namespace deleted): stop reading it
+                        poller.unregister(fd)
+                        break
                     if packet[0] >> 4 != 4:
                         state.ignored += 1  # IPv6 noise; the lab's link is IPv4
                         continue

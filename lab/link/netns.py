@@ -266,6 +266,8 @@ class Topology:
         self.extra_pids: list[int] = []
         self._starts: dict[str, int | None] = {}
         self._guarded = False
+        self._recorded = False
+        self._created: list[str] = []  # only these are ours to remove (a same-named one may be live)
         self._opened = False
         self._closed = False
 
@@ -297,8 +299,10 @@ class Topology:
                     f"{self.name}` is running, or a killed run left it (remove it with `lab cleanup`)"
                 )
             self._record()  # marker first: a crash after this point is always cleanable
+            self._recorded = True
             for ns in self.namespaces:
                 netns.create(ns)
+                self._created.append(ns)
             self.client_fd = self._make_end(self.client_ns, CLIENT_ADDRESS, "c")
             self.server_fd = self._make_end(self.server_ns, SERVER_ADDRESS, "s")
         except BaseException:
@@ -364,10 +368,11 @@ class Topology:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self.client_fd = self.server_fd = None
-            for ns in self.namespaces:
+            for ns in self._created:
                 remove_namespace(ns)
-            with contextlib.suppress(FileNotFoundError):
-                _state_path(self.name).unlink()
+            if self._recorded:
+                with contextlib.suppress(FileNotFoundError):
+                    _state_path(self.name).unlink()
         finally:
             if self._guarded:
                 self._guarded = False
