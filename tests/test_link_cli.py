@@ -1,0 +1,107 @@
+"""`lab link` and `lab cleanup` as a user runs them: real subprocesses, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lab.link import netns
+
+pytestmark = pytest.mark.privileged
+
+UP_TIMEOUT_S = 20.0
+
+
+def _lab(*args: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _wait_up(process: subprocess.Popen[str]) -> str:
+    """Output printed until 'press Ctrl-C to stop' (bounded by UP_TIMEOUT_S)."""
+    fd = process.stdout.fileno()  # raw reads: a buffered readline would hide data from select
+    text = ""
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while time.monotonic() < deadline and "press Ctrl-C" not in text:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            text += chunk.decode()
+    if "press Ctrl-C" in text:
+        return text
+    process.kill()
+    raise AssertionError(f"`lab link` did not come up: {text!r} {process.stderr.read()}")
+
+
+def _leftovers(name: str, pids: list[int]) -> list[str]:
+    spaces = [ns for ns in os.listdir(netns.NETNS_DIR) if ns.startswith(f"{name}-")]
+    procs = [str(p) for p in pids if not netns._gone(p)]
+    state = [str(netns._state_path(name))] if netns._state_path(name).exists() else []
+    return spaces + procs + state
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_lab_link_signal_leaves_nothing(signum: int) -> None:
+    """`lab link` stopped with SIGINT/SIGTERM prints final counters and removes everything."""
+    name = f"c{secrets.token_hex(3)}"
+    process = _lab("link", "--name", name, "--loss", "5%", "--delay", "1ms")
+    try:
+        text = _wait_up(process)
+        assert f"{name}-client" in text and "198.18.0.2" in text and "loss 5%" in text, text
+        state = json.loads(netns._state_path(name).read_text())
+        pids = list(state["pids"])
+        ping = subprocess.run(  # the link really carries traffic while it is up
+            [sys.executable, "-c", "from lab.link.session import call_in_netns; import socket; "
+             f"print(call_in_netns('{name}-client', socket.gethostname))"],
+            capture_output=True, text=True, timeout=20)
+        assert ping.returncode == 0, ping.stderr
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=15)
+        out = text + out
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "final counters" in out and f"link {name} removed" in out, out
+    assert _leftovers(name, pids) == []
+
+
+def test_lab_cleanup_after_sigkill() -> None:
+    """A SIGKILLed `lab link` leaves namespaces; `lab cleanup` removes them (and only them)."""
+    name = f"c{secrets.token_hex(3)}"
+    process = _lab("link", "--name", name)
+    try:
+        _wait_up(process)
+        pids = list(json.loads(netns._state_path(name).read_text())["pids"])
+        process.kill()
+        process.communicate(timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert f"{name}-client" in os.listdir(netns.NETNS_DIR)
+    done = subprocess.run([sys.executable, "-m", "lab", "cleanup"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert f"removed namespace {name}-client" in done.stdout, done.stdout
+    assert _leftovers(name, pids) == []
+
+
+def test_lab_link_bad_value_is_one_line() -> None:
+    """A bad impairment value is one `lab: error:` line, exit 2, nothing created."""
+    name = f"c{secrets.token_hex(3)}"
+    done = subprocess.run([sys.executable, "-m", "lab", "link", "--name", name, "--loss", "150%"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.startswith("lab: error:") and "loss" in done.stderr and "Traceback" not in done.stderr
+    assert _leftovers(name, []) == []
