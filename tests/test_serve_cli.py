@@ -114,3 +114,25 @@ def test_machine_entry_point_single_kind_and_failure() -> None:
                                str(taken.getsockname()[1])], capture_output=True, text=True,
                               timeout=PROGRAM_TIMEOUT)
     assert done.returncode == 2 and json.loads(done.stdout)["ready"] is False, done
+
+
+def test_lab_serve_ipv6_prints_bracketed_address() -> None:
+    from lab.endpoints.server import format_address
+
+    assert format_address(("::1", 7007)) == "[::1]:7007"
+    assert format_address(("127.0.0.1", 7007)) == "127.0.0.1:7007"
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+    with process("-m", "lab", "serve", "udp", "--host", "::1", "--port", "0") as proc:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        match = re.match(r"echo udp listening on \[::1\]:(\d+)$", line.strip())
+        assert match, line
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(IO_TIMEOUT)
+            sock.sendto(b"six", ("::1", int(match.group(1))))
+            assert sock.recv(10) == b"six"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=PROGRAM_TIMEOUT)
+    assert proc.returncode == 0
