@@ -213,7 +213,10 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode, click *returns* the code of a `typer.Exit` instead of raising it.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # bad option values, unknown commands, missing args
