@@ -293,6 +293,13 @@ def run_scenario(
         )
     outcome = RunOutcome(scenario=scenario, points=[], started_at=_now())
     display = _Display(console, scenario) if console is not None else None
+    partial: list[PointOutcome] = []  # the point in progress, so Ctrl-C keeps its finished protocols
+
+    def on_result(point_outcome: PointOutcome) -> None:
+        partial[:] = [point_outcome]
+        if display:
+            display.update(point_outcome)
+
     try:
         with display.live() if display else _nothing():
             for index, point in enumerate(scenario.points):
@@ -301,21 +308,30 @@ def run_scenario(
                     Path(out).mkdir(parents=True, exist_ok=True)
                     name = "link.pcapng" if len(scenario.points) == 1 else f"link-{index + 1}.pcapng"
                     pcap = Path(out) / name
+                partial.clear()
                 result = run_point(
                     scenario,
                     point,
                     capture=pcap,
                     progress=display.progress_for(point) if display else None,
-                    on_result=display.update if display else None,
+                    on_result=on_result,
                 )
                 result.evaluate()
                 outcome.points.append(result)
+                partial.clear()
                 if display:
                     display.update(result)
             if scenario.atlas:
                 outcome.atlas = _atlas()
     except KeyboardInterrupt:
         outcome.interrupted = True
+        for unfinished in partial:
+            if unfinished.results:
+                for proto in scenario.protocols:
+                    if proto not in unfinished.results and proto not in unfinished.skipped:
+                        unfinished.skipped[proto] = "not measured: the run was interrupted (Ctrl-C)"
+                unfinished.evaluate()
+                outcome.points.append(unfinished)
     outcome.finished_at = _now()
     if out is not None:
         from lab.report import write_report

@@ -1,11 +1,13 @@
 """pytest collection of `scenarios/*.toml`: each sweep point x protocol is one test item.
 
-Node ids read `scenarios/loss-sweep.toml::loss-sweep[loss=5%]::udp`. An item runs its point (all
-the scenario's protocols over one link, as `lab run` does) and asserts the expectations of its
-protocol. Points are cached per process, so the tcp and udp items of a point that land on the same
-xdist worker share one run; every run binds port 0 and gets its own namespaces, so workers never
-collide. Scenarios with `slow = true` are marked `slow`; items that need the real link are marked
-`privileged` (skipped with the reason where CAP_NET_ADMIN is missing).
+Node ids read `scenarios/loss-sweep.toml::loss-sweep[loss=5%]::udp`. An item runs its point for
+its own protocol (a fresh link with the point's seed, so every protocol meets the same link
+decisions) and asserts that protocol's expectations. Runs are cached per process and point, so
+asking twice costs nothing. Why not one run per point for all protocols, as `lab run` does:
+pytest-xdist's default scheduling spreads a point's tcp and udp items over both workers, and each
+would then run the whole point, doubling the time. Every run binds port 0 and gets its own
+namespaces, so workers never collide. Scenarios with `slow = true` are marked `slow`; items that
+need the real link are marked `privileged` (skipped with the reason where CAP_NET_ADMIN is missing).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from lab.errors import LabError, ScenarioError
 from lab.scenario import Check, Scenario, SweepPoint, load_scenario
 
-_CACHE: dict[tuple[str, str, int], Any] = {}  # (file, point id, seed) -> PointOutcome, per process
+_CACHE: dict[tuple[str, str, int, str], Any] = {}  # (file, point id, seed, protocol) -> PointOutcome
 
 
 class ExpectationFailed(AssertionError):
@@ -81,9 +83,9 @@ class ScenarioItem(pytest.Item):
     def _outcome(self) -> Any:
         from lab.runner import run_point
 
-        key = (str(self.path), self.point.id, self.point.seed)
+        key = (str(self.path), self.point.id, self.point.seed, self.protocol)
         if key not in _CACHE:
-            outcome = run_point(self.scenario, self.point)
+            outcome = run_point(self.scenario, self.point, protocols=(self.protocol,))
             outcome.evaluate()
             _CACHE[key] = outcome
         return _CACHE[key]

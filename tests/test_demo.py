@@ -26,12 +26,12 @@ def test_lab_demo_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"report: {out / 'report.html'}" in proc.stdout.replace("\n", "")
-    assert "TCP delivered all 600 probes" in proc.stdout.replace("\n", " ")
+    assert "TCP delivered all 500 probes" in proc.stdout.replace("\n", " ")
     payload = json.loads((out / "result.json").read_text())
     (point,) = payload["points"]
     results = {r["protocol"]: r for r in point["results"]}
     assert point["mode"] == "link" and set(results) == {"tcp", "udp"}
-    assert results["tcp"]["received"] == results["tcp"]["sent"] == 600
+    assert results["tcp"]["received"] == results["tcp"]["sent"] == 500
     udp = results["udp"]
     print(f"demo: udp loss {udp['loss_ratio']:.4f}, expected {udp['expected_loss_ratio']:.4f}")
     assert all(c["passed"] for checks in point["checks"].values() for c in checks), point["checks"]

@@ -120,7 +120,7 @@ def test_lab_run_sigint_writes_partial_result(tmp_path):
         env=env,
     )
     try:
-        time.sleep(3.5)  # each point takes about 2 s: interrupt during the second or third
+        time.sleep(3.5)  # each protocol takes 2-3 s: interrupt well before the 4 points are done
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -130,7 +130,9 @@ def test_lab_run_sigint_writes_partial_result(tmp_path):
     assert proc.returncode == 130, stderr
     payload = json.loads((out / "result.json").read_text())
     assert payload["interrupted"] is True
-    assert 1 <= len(payload["points"]) < 4, [p["id"] for p in payload["points"]]
+    assert len(payload["points"]) < 4, [p["id"] for p in payload["points"]]
+    for point in payload["points"]:  # a point cut short keeps the protocols it finished
+        assert point["results"] and all(r["sent"] == 200 for r in point["results"])
     assert (out / "report.html").is_file()
 
 
