@@ -447,6 +447,7 @@ def _print_outcome(console: Any, outcome: RunOutcome) -> None:
     from lab.report.summary import what_happened
 
     data = outcome.payload()
+    console.print()
     for point_id, text in what_happened(data):
         label = outcome.scenario.name if point_id == "base" else point_id
         console.print(f"[bold]{escape(label)}[/bold]: {escape(text)}")

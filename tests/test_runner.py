@@ -105,6 +105,16 @@ def test_ctrl_c_keeps_measured_points(unprivileged, tmp_path, monkeypatch):
     assert "interrupted" in (tmp_path / "report.html").read_text()
 
 
+@pytest.mark.parametrize("expect, code", [("loss_ratio = 0", 0), ("loss_ratio = { min = 0.5 }", 1)])
+def test_run_command_exit_code_follows_expectations(unprivileged, tmp_path, expect, code, capsys):
+    path = tmp_path / "s.toml"
+    path.write_text(QUICK + f'[scenario]\nprotocols = ["udp"]\n[expect.udp]\n{expect}\n')
+    assert runner.run_command(path, tmp_path / "out", None, False) == code
+    printed = capsys.readouterr().out
+    assert f"report: {tmp_path / 'out' / 'report.html'}" in printed.replace("\n", "")
+    assert ("expectation failed" in printed) == bool(code)
+
+
 def test_lab_run_sigint_writes_partial_result(tmp_path):
     """A real SIGINT to `lab run` mid-sweep: exit 130, result.json marked interrupted."""
     path = tmp_path / "scenarios" / "slowish.toml"

@@ -7,7 +7,8 @@ from typing import Any
 
 # Columns of the side-by-side table: (header, function of a Result dict -> display string).
 US_PER_MS = 1000.0
-TAIL_GROWTH_NOTABLE = 1.5  # a p99 at least 1.5x the p50 is worth a sentence about the tail
+TAIL_GROWTH_NOTABLE = 1.5  # a p99 at least 1.5x the p50 is worth a sentence about the tail...
+TAIL_ABS_NOTABLE_US = 5000.0  # ...if it is also 5 ms longer (sub-ms loopback noise is not a story)
 
 
 def fmt_ms(us: float | None) -> str:
@@ -100,11 +101,16 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
             rexmit = retransmits(result)
             base = results_by_protocol(baseline).get(proto) if baseline else None
             base_p99 = ((base or {}).get("rtt_us") or {}).get("p99")
-            if base_p99 and p99 and p99 > TAIL_GROWTH_NOTABLE * base_p99:
+            if (
+                base_p99
+                and p99
+                and p99 > TAIL_GROWTH_NOTABLE * base_p99
+                and p99 - base_p99 > TAIL_ABS_NOTABLE_US
+            ):
                 text += f", but its p99 RTT grew from {fmt_ms(base_p99)} ms to {fmt_ms(p99)} ms"
                 if rexmit:
                     text += f" because {rexmit} lost segments were retransmitted"
-            elif p50 and p99 and p99 > TAIL_GROWTH_NOTABLE * p50:
+            elif p50 and p99 and p99 > TAIL_GROWTH_NOTABLE * p50 and p99 - p50 > TAIL_ABS_NOTABLE_US:
                 text += f"; its p99 RTT ({fmt_ms(p99)} ms) is well above its median ({fmt_ms(p50)} ms)"
                 if rexmit:
                     text += f", the cost of {rexmit} retransmitted segments"
