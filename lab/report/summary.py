@@ -82,6 +82,15 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
     return rows
 
 
+def longest_loss_run(result: Mapping[str, Any]) -> int:
+    """Most consecutive sequence numbers lost, from the per-probe timeline (0 without one)."""
+    longest = run = 0
+    for _seq, _t, rtt in (result.get("extras") or {}).get("timeline") or []:
+        run = run + 1 if rtt is None else 0
+        longest = max(longest, run)
+    return longest
+
+
 def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> list[str]:
     sentences = []
     by_proto = results_by_protocol(point)
@@ -93,9 +102,11 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
         p50, p99 = rtt.get("p50"), rtt.get("p99")
         if lost:
             predicted = f" (the link predicted {fmt_pct(expected)})" if expected is not None else ""
-            sentences.append(
-                f"{name} lost {fmt_pct(result['loss_ratio'])} of probes ({lost} of {sent}){predicted}."
-            )
+            text = f"{name} lost {fmt_pct(result['loss_ratio'])} of probes ({lost} of {sent}){predicted}"
+            burst = longest_loss_run(result)
+            if burst > 1:
+                text += f"; the longest run of consecutive losses was {burst} probes"
+            sentences.append(text + ".")
         else:
             text = f"{name} delivered all {sent} probes"
             rexmit = retransmits(result)
