@@ -134,6 +134,14 @@ def test_lab_report_cli(run_dir, tmp_path):
 def test_longest_loss_run():
     from lab.report.summary import longest_loss_run
 
-    timeline = [[0, 0, 1.0], [1, 1, None], [2, 2, None], [3, 3, 1.0], [4, 4, None], [5, 5, None], [6, 6, None]]
+    timeline = [
+        [0, 0, 1.0],
+        [1, 1, None],
+        [2, 2, None],
+        [3, 3, 1.0],
+        [4, 4, None],
+        [5, 5, None],
+        [6, 6, None],
+    ]
     assert longest_loss_run({"extras": {"timeline": timeline}}) == 3
     assert longest_loss_run({"extras": {}}) == 0
