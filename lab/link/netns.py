@@ -300,9 +300,10 @@ class Topology:
                 )
             self._record()  # marker first: a crash after this point is always cleanable
             self._recorded = True
-            for ns in self.namespaces:
-                netns.create(ns)
-                self._created.append(ns)
+            with _netns_create_lock():
+                for ns in self.namespaces:
+                    netns.create(ns)
+                    self._created.append(ns)
             self.client_fd = self._make_end(self.client_ns, CLIENT_ADDRESS, "c")
             self.server_fd = self._make_end(self.server_ns, SERVER_ADDRESS, "s")
         except BaseException:
@@ -377,6 +378,23 @@ class Topology:
             if self._guarded:
                 self._guarded = False
                 _remove_signal_guard()
+
+
+@contextlib.contextmanager
+def _netns_create_lock() -> Iterator[None]:
+    """Serialise namespace creation across processes.
+
+    pyroute2's `netns.create` (like iproute2's) bind-mounts /run/netns onto itself the first time;
+    two runs doing that at once (pytest-xdist workers on a fresh machine) stack two mounts, and
+    the namespace files made under the first one vanish from view.
+    """
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "netns-create.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def remove_namespace(ns: str) -> bool:
