@@ -13,8 +13,10 @@ Definitions (each function below implements one):
 * **Reordering** is RFC 4737 over received replies in arrival order, duplicates removed first.
 * **Corrupted** counts replies whose CRC failed plus replies too damaged to attribute.
 * **Goodput** is 8 x bytes of distinct intact replies (late ones included: they were delivered)
-  / run duration. A probe's bytes are its whole message (header + payload): from the transport's
-  point of view all of it is application data.
+  / the delivery span: from the first send to the last of those replies. Not the run's duration,
+  which ends one timeout after the last send when probes are missing — that wait would make a
+  lossy protocol's goodput look smaller than what it delivered. A probe's bytes are its whole
+  message (header + payload): from the transport's point of view all of it is application data.
 """
 
 from __future__ import annotations
@@ -212,6 +214,14 @@ def goodput_bps(delivered_bytes: int, duration_s: float) -> float:
     return 8 * delivered_bytes / duration_s if duration_s > 0 else 0.0
 
 
+def delivery_span_s(sends: Sequence[Send], delivered: Sequence[Arrival]) -> float:
+    """Seconds from the first send to the last delivered reply (0 when nothing was delivered)."""
+    if not sends or not delivered:
+        return 0.0
+    first = min(s.sent_ns for s in sends)
+    return max(0, max(a.recv_ns for a in delivered) - first) / NS_PER_S
+
+
 def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = None) -> Result:
     """Every figure of the DESIGN.md result object, from one client run."""
     plan = record.plan
@@ -228,7 +238,9 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
     uncorrected = summarize_us(rtts_us(c.received, sends, corrected=False)) if plan.rate else None
     order = reordering([a.seq for a in c.received])
     duration_s = max(0, record.ended_ns - record.started_ns) / NS_PER_S
-    delivered = sum(sends[a.seq].size for a in (*c.received, *c.late))
+    delivered_arrivals = (*c.received, *c.late)
+    delivered = sum(sends[a.seq].size for a in delivered_arrivals)
+    span_s = delivery_span_s(record.sends, delivered_arrivals)
 
     extras: dict[str, Any] = {"unknown_seq": c.unknown}
     clamped = rtt.clamped + censored.clamped + (uncorrected.clamped if uncorrected else 0)
@@ -254,7 +266,7 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
         rtt_censored_us=censored.summary,
         rtt_uncorrected_us=uncorrected.summary if uncorrected else None,
         jitter_us=jitter_us(c.received, sends),
-        goodput_bps=goodput_bps(delivered, duration_s),
+        goodput_bps=goodput_bps(delivered, span_s),
         duration_s=duration_s,
         size=plan.size,
         rate=plan.rate,

@@ -70,8 +70,9 @@ def test_hand_record_pinned() -> None:
     assert r.rtt_uncorrected_us is None  # ping-pong
     # RFC 3550: D1 = 2.2 ms - 2 ms = 200 µs -> J = 12.5 µs; D2 = 0.2 ms + 1 ms -> J += (1200 - 12.5)/16
     assert r.jitter_us == pytest.approx(12.5 + (1200 - 12.5) / 16)
-    # Distinct intact replies: seqs 0, 1, 2 and late 4 -> 4 x 64 bytes over 5 s.
-    assert r.goodput_bps == pytest.approx(4 * 64 * 8 / 5)
+    # Distinct intact replies: seqs 0, 1, 2 and late 4 -> 4 x 64 bytes over the delivery span,
+    # from the first send (0) to the last of them (seq 4 at 2.004 s) — not the 5 s run.
+    assert r.goodput_bps == pytest.approx(4 * 64 * 8 / 2.004)
     assert r.duration_s == 5.0 and r.size == 64 and r.timeout_s == 1.0 and r.rate is None
 
 
