@@ -200,27 +200,8 @@ def _run_linked(
 
 
 def _run_on_link(link: Any, protocol: str, point: SweepPoint, progress: Progress | None) -> Result:
-    """What `Link.run` does, keeping the client's RunRecord so the report gets a per-probe timeline.
-
-    (`Link.run` returns only the Result; if it ever carries extras["timeline"], call it instead.)
-    """
-    from lab.endpoints.client import run_client
-    from lab.kernel import counter_deltas, read_counters
-    from lab.link.session import call_in_netns
-    from lab.metrics import compute_result
-
-    port = link.echo_port()
-    kernel_before = {"client": link.client.call(read_counters), "server": link.server.call(read_counters)}
-    link_before = link.counters()
-    record = call_in_netns(
-        link.client_ns, run_client, (protocol, (link.server_address, port), point.traffic), progress=progress
-    )
-    link_after = link.counters()
-    kernel_after = {"client": link.client.call(read_counters), "server": link.server.call(read_counters)}
-    result = compute_result(record, expected_loss_ratio=link.config.expected_loss_ratio())
-    result.link = {d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()} for d in link_after}
-    result.kernel = {side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after}
-    result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
+    """`Link.measure`, plus the per-probe timeline the report plots."""
+    record, result = link.measure(protocol, point.traffic, progress=progress)
     result.extras["timeline"] = timeline_from_record(record)
     return result
 

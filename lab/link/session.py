@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from lab.errors import ConfigError, EndpointError, LabError
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
-from lab.records import Result, TrafficPlan
+from lab.records import Result, RunRecord, TrafficPlan
 
 T = TypeVar("T")
 
@@ -281,6 +281,12 @@ class Link:
     def run(self, protocol: str, plan: TrafficPlan | None = None, *,
             progress: Callable[[int, int], None] | None = None, **plan_kwargs: Any) -> Result:
         """Measure `protocol` through the link against the lab's echo server; a full Result."""
+        return self.measure(protocol, plan, progress=progress, **plan_kwargs)[1]
+
+    def measure(self, protocol: str, plan: TrafficPlan | None = None, *,
+                progress: Callable[[int, int], None] | None = None,
+                **plan_kwargs: Any) -> tuple[RunRecord, Result]:
+        """Like `run`, but also hand back the client's raw RunRecord (per-probe timeline)."""
         from lab.endpoints.client import run_client
         from lab.kernel import counter_deltas, read_counters
         from lab.metrics import compute_result
@@ -303,7 +309,7 @@ class Link:
             side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after
         }
         result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
-        return result
+        return record, result
 
 
 def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
