@@ -193,6 +193,7 @@ def _run_linked(
     ) as link:
         outcome.link_config = link.config.to_dict()
         for proto in protocols:
+            link.reseed()  # every protocol meets the same sequence of seeded link decisions
             result = _run_on_link(link, proto, point, progress(proto))
             outcome.results[proto] = result
             on_result(outcome)

@@ -89,6 +89,18 @@ def test_loss_tcp_delivers_everything_with_retransmissions(lossy_link) -> None:
     assert r.kernel["client"].get("TcpRetransSegs", 0) > 0, _figures(r)
 
 
+def test_reseed_replays_the_same_link_decisions(impaired_link) -> None:
+    """After reseed() the link drops exactly the same probes again (same seed, same packets)."""
+    link = impaired_link(loss="10%", seed=3)
+    runs = []
+    for _ in range(2):
+        link.reseed()
+        record, result = link.measure("udp", count=400, rate=2000, size=64, timeout=0.3)
+        runs.append((result.lost, sorted({a.seq for a in record.arrivals})))
+    assert runs[0][0] > 0, runs[0]
+    assert runs[0] == runs[1], f"lost {runs[0][0]} then {runs[1][0]}"
+
+
 def test_delay_rtt_p50(impaired_link) -> None:
     """delay=20ms each way: ping-pong RTT p50 within [40 ms, 42 ms]."""
     link = impaired_link(delay="20ms")

@@ -9,6 +9,7 @@ does). A null impairment takes a fast path: read, write, count.
 Control protocol (SOCK_SEQPACKET, one JSON object per message, one reply each):
   {"op": "counters"}                            -> {"forward": {...}, "reverse": {...}}
   {"op": "set", "options": {...}, "direction": D} -> {"ok": true} | {"error": "..."}
+  {"op": "reseed"}                              -> {"ok": true} (random decisions restart from the seeds)
   {"op": "stop"}                                -> final counters, then the process exits
 End of file on the control socket (the owner died) also stops the forwarder.
 """
@@ -197,6 +198,10 @@ def _handle_control(
             dirs[i].model.update(impairment)
             dirs[i].fast = impairment.is_null and not capture_on
         return {"ok": True, "_config": new}, False
+    if op == "reseed":
+        for direction, seed in zip(dirs, (config.forward_seed, config.reverse_seed), strict=True):
+            direction.model.reseed(seed)
+        return {"ok": True}, False
     return {"error": f"unknown op {op!r}"}, False
 
 
@@ -296,6 +301,12 @@ class Forwarder:
         reply = self.request({"op": "set", "options": dict(options), "direction": direction})
         if "error" in reply:
             raise ConfigError(reply["error"])
+
+    def reseed(self) -> None:
+        """Restart both directions' random decisions from the link's seeds."""
+        reply = self.request({"op": "reseed"})
+        if "error" in reply:
+            raise LabError(reply["error"])
 
     def stop(self) -> dict[str, dict[str, int]] | None:
         """Stop the forwarder, returning its final counters (None if it could not answer)."""

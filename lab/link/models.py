@@ -348,6 +348,16 @@ class DirectionModel:
         self._null = impairment.is_null
         self._holds = bool(impairment.delay_s or impairment.jitter_s or impairment.rate_bps)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random decisions from `seed` (Gilbert-Elliott back to Good, no jitter memory).
+
+        Counters and packets already held carry on. The runner reseeds before each protocol of a
+        sweep point, so TCP and UDP meet the same sequence of link decisions.
+        """
+        self._rng = random.Random(seed)
+        self._bad = False
+        self._last_offset = 0.0
+
     def _lost(self) -> bool:
         imp = self._imp
         ge = imp.gemodel

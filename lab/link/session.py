@@ -245,6 +245,11 @@ class Link:
         self._forwarder.set(impairment, self.config.direction)
         self.config = new
 
+    def reseed(self) -> None:
+        """Restart the link's random decisions from its seed (same drops for the next run)."""
+        self._check_open()
+        self._forwarder.reseed()
+
     def counters(self) -> dict[str, dict[str, int]]:
         """The forwarder's per-direction counters: {"forward": {...}, "reverse": {...}}."""
         if self._closed:
