@@ -186,10 +186,14 @@ def demo(
 @app.command()
 def probe(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of case results."),
-    case: list[str] | None = typer.Option(None, "--case", help="Run only this case (repeatable)."),
+    case: list[str] | None = typer.Option(None, "--case", metavar="NAME",
+                                          help="Run only this case (repeatable; --list shows them)."),
     layer: Layer | None = typer.Option(None, help="Run only cases of this layer."),
-    target: str | None = typer.Option(None, help="Target address; only loopback or the lab's "
-                                      "198.18.0.0/15 namespaces are allowed."),
+    target: str | None = typer.Option(
+        None, metavar="HOST",
+        help="Address the sandbox's servers own: a 198.18.0.0/15 address, or loopback (crafted "
+             "packets then still go to 198.18.0.2 — a wire cannot carry 127/8 — and only the "
+             "application cases use loopback). Anything else is refused.  [default: 198.18.0.2]"),
     list_cases: bool = typer.Option(False, "--list", help="List the catalogue and exit."),
 ) -> None:
     """Fire the malformed-packet catalogue at the lab's servers; show the kernel's verdicts."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lab.errors import ConfigError, TargetRefusedError
@@ -65,6 +65,9 @@ def test_layer_filter() -> None:
     assert {case.layer for case in select(layer="udp")} == {"udp"}
     with pytest.raises(ConfigError, match="layer must be one of"):
         select(layer="eth")
+    # Named cases that the layer filters out entirely: an error, not an empty (passing) run.
+    with pytest.raises(ConfigError, match="none of the cases udp-closed-port is of layer 'tcp'"):
+        select(["udp-closed-port"], layer="tcp")
 
 
 # --- pure verdicts ----------------------------------------------------------------------------------
@@ -79,12 +82,110 @@ def test_layer_filter() -> None:
     (V.Observation(mode="conn", connection="reset"), V.RESET),
     (V.Observation(mode="wire", echo_seen=True, counters={"IpReasmOKs": 1}), V.REASSEMBLED),
     (V.Observation(mode="wire", app_saw_data=True), V.DELIVERED),
-    (V.Observation(mode="wire"), V.IGNORED),
+    (V.Observation(mode="wire", counters={"IpInReceives": 1}), V.IGNORED),
+    (V.Observation(mode="wire"), V.NOT_SEEN),  # no reply, no counter: not even proof it arrived
+    (V.Observation(mode="wire", wire_in=1), V.IGNORED),
+    (V.Observation(mode="wire", wire_in=0, counters={"IpInReceives": 3}), V.NOT_SEEN),
     (V.Observation(mode="app-tcp", app={"sent": 4, "echoed": 4, "match": True}), V.ECHOED),
     (V.Observation(mode="app-tcp", app={"sent": 4, "echoed": 0, "closed": True}), V.APP_CLOSED),
 ])
 def test_derive_verdict_from_observation(obs: V.Observation, expected: str) -> None:
     assert V.derive(obs)[0] == expected
+
+
+_ICMP_PORT = {"kind": "icmp", "type": 3, "code": 3, "quoted_id": 7, "summary": "ICMP 3/3"}
+_ACK = {"kind": "tcp", "flags": "A", "dport": 40001, "ack": 1000, "summary": "TCP [A]"}
+
+
+@pytest.mark.parametrize(("obs", "expected"), [
+    # An ICMP error quoting someone else's packet, a RST to another flow: not this case's answer.
+    (V.Observation(mode="wire", ip_ids=[8], sports=[40001], replies=[_ICMP_PORT],
+                   counters={"IpInReceives": 1}), V.IGNORED),
+    (V.Observation(mode="wire", ip_ids=[7], sports=[40001], replies=[_ICMP_PORT]), V.ICMP_PORT),
+    (V.Observation(mode="wire", sports=[40001], counters={"IpInReceives": 1},
+                   replies=[{"kind": "tcp", "flags": "RA", "dport": 40002, "summary": "TCP [RA]"}]),
+     V.IGNORED),
+    # "Connection survives" is observed: a connection that no longer answers is not a challenge ACK.
+    (V.Observation(mode="conn", connection="no answer", counters={"TcpExtTCPChallengeACK": 1},
+                   replies=[_ACK]), V.CONN_LOST),
+    # A duplicate ACK acknowledges what it already had; an ACK of anything else is not one.
+    (V.Observation(mode="conn", connection="alive", conn_ack=1000, replies=[_ACK],
+                   counters={"IpInReceives": 1}), V.DUPACK),
+    (V.Observation(mode="conn", connection="alive", conn_ack=999, replies=[_ACK],
+                   counters={"IpInReceives": 1}), V.IGNORED),
+    # "Data discarded" is observed: if the application got it, it was delivered.
+    (V.Observation(mode="conn", connection="alive", app_saw_data=True, replies=[_ACK]), V.DELIVERED),
+    (V.Observation(mode="flood", real_client_ok=True, synacks=0), V.FLOOD_SILENT),
+    (V.Observation(mode="flood", real_client_ok=True, synacks=3), V.FLOOD_OK),
+    (V.Observation(mode="flood", real_client_ok=False, synacks=3), V.FLOOD_BAD),
+    (V.Observation(mode="wire", write_errors=["write: Invalid argument"]), V.REFUSED_BY_TUN),
+    (V.Observation(mode="wire", error="RuntimeError: x", echo_seen=True), V.ERROR),
+])
+def test_verdicts_need_this_cases_own_evidence(obs: V.Observation, expected: str) -> None:
+    assert V.derive(obs)[0] == expected
+
+
+_REPLY = st.one_of(
+    st.fixed_dictionaries({"kind": st.just("icmp"), "type": st.sampled_from([3, 11, 12]),
+                           "code": st.integers(0, 3), "quoted_id": st.integers(0, 3),
+                           "summary": st.just("ICMP")}),
+    st.fixed_dictionaries({"kind": st.just("tcp"), "flags": st.sampled_from(["A", "R", "RA", "SA", "PA"]),
+                           "dport": st.integers(40000, 40003), "ack": st.integers(0, 2),
+                           "summary": st.just("TCP")}),
+    st.fixed_dictionaries({"kind": st.just("udp"), "dport": st.integers(40000, 40003),
+                           "len": st.integers(0, 9), "summary": st.just("UDP echo")}),
+)
+_OBSERVATION = st.builds(
+    V.Observation, mode=st.sampled_from(["wire", "conn", "flood"]),
+    replies=st.lists(_REPLY, max_size=4),
+    counters=st.dictionaries(st.sampled_from([n for n, _ in V.DROP_COUNTERS]
+                                             + ["IpInReceives", "IpReasmOKs", "TcpExtTCPChallengeACK"]),
+                             st.integers(-1, 2), max_size=4),
+    app_saw_data=st.booleans(), connection=st.sampled_from([None, "alive", "reset", "no answer"]),
+    synacks=st.integers(0, 2), real_client_ok=st.sampled_from([None, True, False]),
+    ip_ids=st.lists(st.integers(0, 3), max_size=2), sports=st.lists(st.integers(40000, 40003), max_size=2),
+    conn_ack=st.none() | st.integers(0, 2), wire_in=st.none() | st.integers(0, 2),
+)
+
+
+@given(_OBSERVATION)
+@example(V.Observation(mode="conn", connection="alive", counters={"TcpExtTCPChallengeACK": 1},
+                       replies=[_ACK], sports=[40001], conn_ack=1000))  # challenge ACK
+@example(V.Observation(mode="wire", counters={"IpInReceives": 1}))  # silently ignored
+@example(V.Observation(mode="wire", sports=[40001],
+                       replies=[{"kind": "tcp", "flags": "SA", "dport": 40001, "summary": "SA"}]))
+def test_no_verdict_without_the_observation_behind_it(obs: V.Observation) -> None:
+    """Property: each verdict phrase implies the observation that backs it — a reply that answers
+    this case's own packets, the counter it names, an echo, or the connection's observed fate."""
+    verdict, _ = V.derive(obs)
+    ours = [r for r in obs.replies if V.related(obs, r)]
+    c = obs.counters
+    drops = dict((v, n) for n, v in reversed(V.DROP_COUNTERS))
+    if verdict in drops:
+        assert c.get(drops[verdict], 0) > 0
+    if verdict in V.ICMP_VERDICTS.values():
+        (key,) = [k for k, v in V.ICMP_VERDICTS.items() if v == verdict]
+        assert any(r["kind"] == "icmp" and (r["type"], r["code"]) == key for r in ours)
+    if verdict == V.RST:
+        assert any(r["kind"] == "tcp" and "R" in r["flags"] for r in ours)
+    if verdict == V.SYNACK:
+        assert any(r["kind"] == "tcp" and r["flags"] == "SA" for r in ours)
+    if verdict in (V.CHALLENGE, V.DUPACK):
+        assert obs.connection == "alive" and not obs.app_saw_data
+        assert any(r["kind"] == "tcp" and "A" in r["flags"] and obs.conn_ack in (None, r["ack"])
+                   for r in ours)
+        assert (c.get("TcpExtTCPChallengeACK", 0) > 0) == (verdict == V.CHALLENGE)
+    if verdict == V.RESET:
+        assert obs.connection == "reset"
+    if verdict in (V.DELIVERED, V.REASSEMBLED):
+        assert obs.app_saw_data or any(r["kind"] == "udp" for r in ours)
+    if verdict == V.REASSEMBLED:
+        assert c.get("IpReasmOKs", 0) > 0
+    if verdict == V.IGNORED:
+        arrived = obs.wire_in if obs.wire_in is not None else c.get("IpInReceives", 0)
+        assert arrived > 0 and not any(r["kind"] in ("icmp", "tcp", "udp") for r in ours)
+    if verdict == V.FLOOD_OK:
+        assert obs.mode == "flood" and obs.real_client_ok and obs.synacks > 0
 
 
 def test_evidence_quotes_counters() -> None:
@@ -137,7 +238,13 @@ def test_cli_refuses_foreign_target_with_one_line() -> None:
 
 def test_lab_targets_plan_the_sandbox() -> None:
     assert plan_target(None).address == DEFAULT_ADDRESS
-    assert plan_target("127.0.0.1").address == DEFAULT_ADDRESS  # loopback: the sandbox's own TUN
+    assert plan_target(None).app_target == DEFAULT_ADDRESS
+    # Loopback: crafted packets still go to the TUN address (a wire cannot carry 127/8), the
+    # application cases to servers on the loopback address itself; the plan says so in words.
+    loop = plan_target("127.0.0.1")
+    assert (loop.address, loop.app_target) == (DEFAULT_ADDRESS, "127.0.0.1")
+    assert "martian" in loop.describe() and "127.0.0.1" in loop.describe()
+    assert plan_target("localhost").app_target == "127.0.0.1"
     planned = plan_target("198.19.7.1")
     assert (planned.address, planned.peer) == ("198.19.7.1", "198.19.7.2")
     with pytest.raises(ConfigError, match="network or broadcast"):
@@ -187,6 +294,22 @@ def test_every_case_runs_matches_and_the_server_survives() -> None:
     blind, exact = by_name["tcp-blind-rst-in-window"], by_name["tcp-exact-rst"]
     assert blind["counters"].get("TcpExtTCPChallengeACK", 0) >= 1 and blind["connection"] == "alive", blind
     assert exact["connection"] == "reset" and exact["counters"].get("TcpEstabResets", 0) >= 1, exact
+    # The SYN flood: bounded in count and time, it filled the SYN queue (SYN cookies took over, or,
+    # with net.ipv4.tcp_syncookies=0, SYNs were dropped), and a real client still connected.
+    from lab.probes.builders import FLOOD_SYNS
+    from lab.probes.execute import FLOOD_MAX_S
+
+    flood = by_name["tcp-syn-flood"]
+    assert "a real client connected and echoed" in flood["evidence"], flood
+    assert sum(r.get("flags") == "SA" for r in flood["replies"]) <= FLOOD_SYNS
+    assert flood["duration_s"] < 2 * FLOOD_MAX_S + 3 * 2.0, flood  # flood + drain + liveness bounds
+    c = flood["counters"]
+    assert c.get("TcpExtTCPReqQFullDoCookies", 0) + c.get("TcpExtListenDrops", 0) > 0, flood
+    # Every crafted case went through the TUN to the sandbox's address; app cases to a real server.
+    assert {r["target"] for r in atlas} == {DEFAULT_ADDRESS}
+    assert all(r["path"].startswith("real") == (r["layer"] == "app") for r in atlas)
+    # Verdicts rest on this case's own replies: nothing unaccounted for came back.
+    assert [r["name"] for r in atlas if r["unrelated_replies"]] == []
 
 
 @pytest.mark.privileged
@@ -196,6 +319,29 @@ def test_a_lab_address_target_owns_that_address() -> None:
     (result,) = run_atlas(["udp-closed-port"], target="198.19.7.1")
     assert result["target"] == "198.19.7.1"
     assert result["verdict"] == V.ICMP_PORT, result
+
+
+@pytest.mark.privileged
+def test_loopback_target_sends_application_cases_to_loopback() -> None:
+    """With --target 127.0.0.1 the app cases really talk to servers on 127.0.0.1 (the address the
+    echo came from); crafted packets keep the TUN address, and each result says where it went."""
+    from lab.probes.runner import run_atlas
+
+    results = run_atlas(["app-udp-garbage", "app-tcp-garbage", "udp-closed-port"], target="127.0.0.1")
+    assert [r["target"] for r in results] == ["127.0.0.1", "127.0.0.1", DEFAULT_ADDRESS], results
+    assert all(r["matches_expected"] and r["server_alive"] for r in results), _table(results)
+    assert results[2]["path"].startswith("crafted packets written into TUN")
+
+
+@pytest.mark.privileged
+def test_cli_table_says_where_the_packets_went() -> None:
+    out = subprocess.run([sys.executable, "-m", "lab", "probe", "--target", "127.0.0.1", "--case",
+                          "udp-closed-port"], capture_output=True, text=True, timeout=60,
+                         env={**__import__("os").environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "private network namespace" in out.stdout and "198.18.0.2" in out.stdout, out.stdout
+    assert "echo servers on 127.0.0.1" in out.stdout, out.stdout
+    assert "1/1 verdicts as expected" in out.stdout, out.stdout
 
 
 @pytest.mark.privileged

@@ -339,6 +339,11 @@ def tcp_syn_flood(ctx: Ctx) -> list[bytes]:
     ]
 
 
+def flood_sports(syns: list[bytes]) -> list[int]:
+    """The source ports of the flood's SYNs (to tell their SYN-ACKs from anything else)."""
+    return [FLOOD_FIRST_SPORT + i for i in range(len(syns))]
+
+
 def _conn(ctx: Ctx) -> Conn:
     if ctx.conn is None:
         raise ValueError("this builder needs an established crafted connection")

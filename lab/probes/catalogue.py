@@ -159,4 +159,7 @@ def select(names: list[str] | None = None, layer: str | None = None) -> list[Cas
         chosen = [BY_NAME[n] for n in names]
     if layer is not None:
         chosen = [case for case in chosen if case.layer == layer]
+        if names and not chosen:
+            raise ConfigError(f"none of the cases {', '.join(names)} is of layer {layer!r}; "
+                              "drop --layer or pick cases of that layer")
     return chosen

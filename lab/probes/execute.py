@@ -29,12 +29,42 @@ LIVENESS_TIMEOUT_S = 2.0  # an echo round trip here takes < 1 ms; generous for a
 HANDSHAKE_TIMEOUT_S = 1.0
 FLOOD_MAX_S = 2.0  # bound on the flood's duration, whatever FLOOD_SYNS says
 APP_MAX_S = 5.0  # bound on any application exchange
+CLOSE_WAIT_S = 0.5  # for the echo server's FIN after our half-close (it answers at once)
 FIRST_SPORT = 40000  # crafted flows use their own source port each, counting up from here
+
+
+def _family(address: tuple[Any, ...]) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET
+
+
+def _close_orderly(sock: socket.socket) -> None:
+    """Half-close and wait for the server's FIN, so the teardown's segments are counted now and
+    not in the next case's counter window (where they would look like the case's own traffic)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(CLOSE_WAIT_S)
+        while sock.recv(4096):
+            pass
+
+
+def tun_rx_packets(name: str = TUN_NAME) -> int:
+    """Packets the TUN handed to the stack (its rx counter in /proc/net/dev, this namespace)."""
+    with open("/proc/net/dev", encoding="ascii") as table:
+        for line in table:
+            iface, _, fields = line.partition(":")
+            if iface.strip() == name:
+                return int(fields.split()[1])
+    return 0
+
+
+def _ip_ids(packets: list[bytes]) -> list[int]:
+    """The IPv4 identification fields of crafted packets (bytes 4-5 of the header, RFC 791)."""
+    return sorted({int.from_bytes(p[4:6], "big") for p in packets if len(p) >= 6})
 
 
 def _describe(packet: bytes) -> dict[str, Any] | None:
     """A JSON-able summary of one IPv4 packet the stack sent to the virtual peer."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 
     try:
         ip = IP(packet)
@@ -45,8 +75,10 @@ def _describe(packet: bytes) -> dict[str, Any] | None:
         return {**base, "kind": "frag", "summary": "IP fragment"}
     if ICMP in ip:
         icmp = ip[ICMP]
+        # An ICMP error quotes the offending packet's IP header (RFC 792): its id ties it to a case.
+        quoted = int(icmp[IPerror].id) if IPerror in icmp else None
         return {**base, "kind": "icmp", "type": int(icmp.type), "code": int(icmp.code),
-                "summary": f"ICMP {icmp.type}/{icmp.code} {icmp.sprintf('%type%')}"}
+                "quoted_id": quoted, "summary": f"ICMP {icmp.type}/{icmp.code} {icmp.sprintf('%type%')}"}
     if TCP in ip:
         tcp = ip[TCP]
         flags = str(tcp.flags)
@@ -71,6 +103,7 @@ class Env:
         self._stack = contextlib.ExitStack()
         self.tun_fd = -1
         self.server: Any = None
+        self.app_server: Any = None  # the servers application cases use (a loopback target's own)
         self.barrier_cost: dict[str, int] = {}
         self.sysctls: dict[str, bool] = {}
         self.liveness_cost: dict[str, int] = {}
@@ -85,6 +118,10 @@ class Env:
             self._stack.callback(os.close, self.tun_fd)
             self.sysctls = sysnet.configure(TUN_NAME, self.addresses.address, self.addresses.prefixlen)
             self.server = self._stack.enter_context(running_server("both", host=self.addresses.address))
+            self.app_server = self.server
+            if self.addresses.app_address is not None:
+                self.app_server = self._stack.enter_context(
+                    running_server("both", host=self.addresses.app_address))
             self._calibrate()
         except BaseException:
             self._stack.close()
@@ -98,6 +135,8 @@ class Env:
         """Where things are, for the report."""
         return {"address": self.addresses.address, "peer": self.addresses.peer, "tun": TUN_NAME,
                 "tcp_port": self.server.tcp_address[1], "udp_port": self.server.udp_address[1],
+                "app_address": self.addresses.app_target, "app_tcp_port": self.app_server.tcp_address[1],
+                "app_udp_port": self.app_server.udp_address[1], "where": self.addresses.describe(),
                 "kernel": os.uname().release, "sysctls": dict(sysnet.SANDBOX_SYSCTLS),
                 "sysctls_applied": self.sysctls}
 
@@ -160,22 +199,24 @@ class Env:
         return out
 
     # --- liveness: real sockets, from inside the namespace --------------------------------------------
-    def udp_alive(self) -> bool:
-        """A real probe echoed by the UDP server, intact."""
+    def udp_alive(self, server: Any = None) -> bool:
+        """A real probe echoed by the UDP server (the TUN address's by default), intact."""
+        server = server or self.server
         probe = Probe(seq=self.rng.randrange(1 << 32), send_ns=time.monotonic_ns(), payload=b"alive?")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with socket.socket(_family(server.udp_address), socket.SOCK_DGRAM) as sock:
             sock.settimeout(LIVENESS_TIMEOUT_S)
             try:
-                sock.sendto(encode(probe), self.server.udp_address)
+                sock.sendto(encode(probe), server.udp_address)
                 data, _ = sock.recvfrom(65535)
                 return decode_untrusted_datagram(data) == probe
             except (OSError, ValueError, Exception):  # noqa: BLE001 - any failure means "not alive"
                 return False
 
-    def tcp_alive(self, payload: bytes = b"alive?") -> bool:
-        """A real connection whose bytes come back from the TCP server."""
+    def tcp_alive(self, payload: bytes = b"alive?", server: Any = None) -> bool:
+        """A real connection whose bytes come back from the TCP server (the TUN address's by default)."""
+        server = server or self.server
         try:
-            with socket.create_connection(self.server.tcp_address, timeout=LIVENESS_TIMEOUT_S) as sock:
+            with socket.create_connection(server.tcp_address[:2], timeout=LIVENESS_TIMEOUT_S) as sock:
                 sock.sendall(payload)
                 got = b""
                 while len(got) < len(payload):
@@ -183,6 +224,8 @@ class Env:
                     if not chunk:
                         break
                     got += chunk
+                if got == payload:
+                    _close_orderly(sock)
                 return got == payload
         except OSError:
             return False
@@ -247,20 +290,30 @@ class Env:
 
     # --- measuring one case ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def measured(self, obs: V.Observation) -> Iterator[None]:
-        """Counter and server-stat deltas around a case, net of the liveness checks that close it."""
-        c0, s0 = read_counters(), self.server.stats
+    def measured(self, obs: V.Observation, server: Any = None) -> Iterator[None]:
+        """Counter and server-stat deltas around a case, net of the liveness checks that close it.
+
+        `server` is the one the case aims at (its stats say whether the application saw data);
+        every server the sandbox runs must still echo afterwards for the case to count as survived.
+        """
+        server = server or self.server
+        c0, s0, rx0 = read_counters(), server.stats, tun_rx_packets()
         yield
         udp_ok = self.udp_alive()  # also a barrier: the server has read everything sent before it
         obs.replies += self.drain(quiet=0.01, cap=0.2)
         raw = counter_deltas(c0, read_counters())
+        obs.wire_in = tun_rx_packets() - rx0
         obs.counters = {k: v for k, v in ((k, raw.get(k, 0) - self.barrier_cost.get(k, 0))
                                           for k in set(raw) | set(self.barrier_cost)) if v}
         tcp_ok = self.tcp_alive()
-        app = counter_deltas(s0, self.server.stats)
-        net = {k: v - self.liveness_cost.get(k, 0) for k, v in app.items()}
+        app = counter_deltas(s0, server.stats)
+        cost = self.liveness_cost if server is self.server else {}
+        net = {k: v - cost.get(k, 0) for k, v in app.items()}
         obs.app_saw_data = net.get("datagrams_in", 0) > 0 or net.get("bytes_in", 0) > 0
         self._alive = udp_ok and tcp_ok
+        if self.app_server is not self.server:
+            self._alive = self._alive and self.udp_alive(self.app_server) and self.tcp_alive(
+                server=self.app_server)
 
     def run_case(self, case: Case) -> dict[str, Any]:
         """Run one catalogue case and return its JSON-able result."""
@@ -273,7 +326,12 @@ class Env:
                 self.drain(quiet=0.02)
             ctx = self.ctx(conn)
             items = getattr(builders, case.build)(ctx)
-            with self.measured(obs):
+            if not case.mode.startswith("app"):
+                obs.ip_ids = _ip_ids(items)
+                obs.sports = [ctx.sport] if case.mode != "flood" else builders.flood_sports(items)
+            if conn is not None:
+                obs.conn_ack = conn.snd_nxt
+            with self.measured(obs, self.app_server if case.mode.startswith("app") else self.server):
                 if case.mode.startswith("app"):
                     obs.app = self._app_exchange(case, items)
                 elif case.mode == "flood":
@@ -292,6 +350,9 @@ class Env:
             obs.error = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
                 self._alive = self.udp_alive() and self.tcp_alive()
+                if self.app_server is not self.server:
+                    self._alive = self._alive and self.udp_alive(self.app_server) and self.tcp_alive(
+                        server=self.app_server)
         self.drain(quiet=0.01, cap=0.2)  # leave the TUN empty for the next case
         found, evidence = V.derive(obs)
         return {
@@ -302,8 +363,21 @@ class Env:
             "reply": V.summarize_replies(obs.replies), "replies": obs.replies[:8],
             "counters": dict(sorted(obs.counters.items())), "app_saw_data": obs.app_saw_data,
             "connection": obs.connection, "server_alive": self._alive, "note": case.note,
-            "error": obs.error,
+            "error": obs.error, "target": (obs.app or {}).get("peer") or self._target(case),
+            "path": self._path(case),
+            # Replies the verdict ignored as not this case's (later fragments carry no ports).
+            "unrelated_replies": sum(1 for r in obs.replies
+                                     if r.get("kind") != "frag" and not V.related(obs, r)),
         }
+
+    def _target(self, case: Case) -> str:
+        """The address this case's packets (or connections) went to."""
+        return self.addresses.app_target if case.mode.startswith("app") else self.addresses.address
+
+    def _path(self, case: Case) -> str:
+        if case.mode.startswith("app"):
+            return f"real {case.mode[4:].upper()} socket inside the sandbox"
+        return f"crafted packets written into TUN {TUN_NAME}, from peer {self.addresses.peer}"
 
     def _collect(self, case: Case, ctx: builders.Ctx) -> list[dict[str, Any]]:
         if case.wait_s > 1.0:  # a case whose answer is slow by design (reassembly timeout)
@@ -319,9 +393,10 @@ class Env:
                 break
             if i == half:  # mid-flood, the SYN queue is full: a real client connects and echoes
                 obs.real_client_ok = self.tcp_alive(b"a real client during the flood")
+                obs.flood_client_after = i
             obs.write_errors += self.write([syn])
         obs.replies = self.drain(quiet=0.1, cap=FLOOD_MAX_S)
-        obs.synacks = sum(1 for r in obs.replies if r.get("flags") == "SA")
+        obs.synacks = sum(1 for r in obs.replies if r.get("flags") == "SA" and V.related(obs, r))
 
     def _app_exchange(self, case: Case, chunks: list[bytes]) -> dict[str, Any]:
         """Send `chunks` with a real socket and read back what the server answers (bounded)."""
@@ -333,22 +408,27 @@ class Env:
 
     def _app_udp(self, chunks: list[bytes], sent: int, deadline: float) -> dict[str, Any]:
         got = b""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answered_from = None
+        with socket.socket(_family(self.app_server.udp_address), socket.SOCK_DGRAM) as sock:
             for chunk in chunks:
-                sock.sendto(chunk, self.server.udp_address)
+                sock.sendto(chunk, self.app_server.udp_address)
             for _ in chunks:
                 sock.settimeout(max(0.01, deadline - time.monotonic()))
                 try:
-                    got += sock.recvfrom(65535)[0]
+                    data, source = sock.recvfrom(65535)
+                    got += data
+                    answered_from = source[0]
                 except OSError:
                     break
-        return {"sent": sent, "echoed": len(got), "closed": False, "match": got == b"".join(chunks)}
+        return {"sent": sent, "echoed": len(got), "closed": False, "match": got == b"".join(chunks),
+                "peer": answered_from}
 
     def _app_tcp(self, chunks: list[bytes], sent: int, deadline: float) -> dict[str, Any]:
         data = b"".join(chunks)
         got = bytearray()
         closed = False
-        with socket.create_connection(self.server.tcp_address, timeout=LIVENESS_TIMEOUT_S) as sock:
+        with socket.create_connection(self.app_server.tcp_address[:2], timeout=LIVENESS_TIMEOUT_S) as sock:
+            peer = sock.getpeername()[0]
             sock.setblocking(False)
             view = memoryview(data)
             while time.monotonic() < deadline and not closed:
@@ -371,7 +451,7 @@ class Env:
                         closed = True
                     got += chunk
         return {"sent": sent, "echoed": len(got), "closed": closed and len(got) < sent,
-                "match": bytes(got) == data}
+                "match": bytes(got) == data, "peer": peer}
 
     def inject(self, packets: list[bytes]) -> dict[str, Any]:
         """Write arbitrary packets (the fuzzer's) and report errors, replies and liveness."""
@@ -379,6 +459,8 @@ class Env:
         replies = self.drain(quiet=0.005, cap=0.2)
         self.reset_half_open(replies)
         alive = self.udp_alive() and self.tcp_alive()
+        if self.app_server is not self.server:
+            alive = alive and self.udp_alive(self.app_server) and self.tcp_alive(server=self.app_server)
         self.drain(quiet=0.002, cap=0.1)
         return {"written": len(packets) - len(errors), "errors": errors,
                 "reply": V.summarize_replies(replies), "server_alive": alive}

@@ -23,8 +23,9 @@ def run_atlas(cases: list[str] | None = None, layer: str | None = None, *,
 
     Each dict has name, layer, defect, expected_verdict, verdict, verdict_detail,
     matches_expected, reply, replies, counters, app_saw_data, connection, server_alive, note,
-    error; the last entry's `server_alive` is also checked after all cases (`alive_after_all`
-    on every entry). Raises TargetRefusedError, ConfigError, PrivilegeError, EndpointError.
+    error, target (where its packets went), path (TUN or real socket); the servers are also checked
+    after all cases (`alive_after_all` on every entry). Raises TargetRefusedError, ConfigError,
+    PrivilegeError, EndpointError.
     """
     addresses = plan_target(target)  # refuses a foreign target before anything else happens
     chosen = select(cases, layer)
@@ -32,12 +33,14 @@ def run_atlas(cases: list[str] | None = None, layer: str | None = None, *,
     from lab.probes.sandbox import Sandbox
 
     results: list[dict[str, Any]] = []
+    if not chosen:
+        return results
     with Sandbox(addresses, seed=ATLAS_SEED) as sandbox:
         for case in chosen:
             started = time.monotonic()
             result = sandbox.run_case(case.name)
             result["duration_s"] = round(time.monotonic() - started, 3)
-            result["target"] = addresses.address
+            result.setdefault("target", addresses.address)
             result["kernel"] = sandbox.info.get("kernel", "")
             results.append(result)
         after_all = sandbox.inject([])["server_alive"] if chosen else True
@@ -86,6 +89,7 @@ def probe_command(as_json: bool, cases: list[str], layer: str | None, target: st
 
             Console().print(_list_table(chosen))
         return 0
+    addresses = plan_target(target)
     started = time.monotonic()
     results = run_atlas(cases or None, layer, target=target)
     elapsed = time.monotonic() - started
@@ -93,9 +97,18 @@ def probe_command(as_json: bool, cases: list[str], layer: str | None, target: st
         print(json.dumps(results, indent=2))
     else:
         from rich.console import Console
+        from rich.markup import escape
 
         console = Console()
+        kernel = results[0].get("kernel", "") if results else ""
+        console.print(f"In a private network namespace made for this run (kernel {kernel}): "
+                      f"{escape(addresses.describe())}.", highlight=False)
         console.print(_results_table(results))
+        for r in results:
+            if not r["matches_expected"]:
+                why = f" — {r['note']}" if r["note"] else ""
+                console.print(f"[red]✗[/] {r['name']}: observed {escape(r['verdict_detail'])}; expected "
+                              f"{escape(' | '.join(r['expected_verdict']))}{escape(why)}", highlight=False)
         matched = sum(r["matches_expected"] for r in results)
         alive = all(r["server_alive"] for r in results) and all(r["alive_after_all"] for r in results)
         console.print(f"{matched}/{len(results)} verdicts as expected; server alive after every case: "

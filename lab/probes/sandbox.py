@@ -61,12 +61,15 @@ def _child_main(requests: Connection, conn: Connection, addresses: SandboxAddres
 
 
 def main() -> None:
-    """`python -m lab.probes.sandbox ADDRESS PEER SEED`: requests on stdin, answers on stdout."""
+    """`python -m lab.probes.sandbox ADDRESS PEER SEED [APP_ADDRESS]`: requests on stdin, answers on
+    stdout."""
     address, peer, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app_address = sys.argv[4] if len(sys.argv) > 4 else None
     requests = Connection(os.dup(sys.stdin.fileno()), writable=False)
     answers = Connection(os.dup(sys.stdout.fileno()), readable=False)
     sys.stdout = sys.stderr  # nothing but answers may reach the pipe
-    _child_main(requests, answers, SandboxAddresses(address=address, peer=peer), seed)
+    _child_main(requests, answers, SandboxAddresses(address=address, peer=peer, app_address=app_address),
+                seed)
 
 
 class Sandbox:
@@ -86,7 +89,7 @@ class Sandbox:
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "lab.probes.sandbox", self.addresses.address, self.addresses.peer,
-             str(self.seed)],
+             str(self.seed), *([self.addresses.app_address] if self.addresses.app_address else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None

@@ -34,6 +34,9 @@ RESET = "connection reset"
 FLOOD_OK = "answered: SYN-ACKs; a real client still connects"
 FLOOD_BAD = "SYN flood: the real client could not connect"
 IGNORED = "silently ignored: no reply, nothing delivered"
+NOT_SEEN = "never reached the stack"
+CONN_LOST = "connection stalled: no answer on it afterwards"
+FLOOD_SILENT = "SYN flood: no SYN-ACKs; a real client still connects"
 ECHOED = "echoed by the application"
 PARTIAL = "partly echoed by the application"
 APP_CLOSED = "connection closed by the application"
@@ -79,6 +82,17 @@ class Observation:
     real_client_ok: bool | None = None
     app: dict[str, Any] | None = None  # app cases: sent, echoed, closed, match
     error: str | None = None
+    # What identifies this case's own packets, so a stray reply never decides a verdict: the IPv4
+    # ids it sent (quoted back by ICMP errors) and its TCP/UDP source ports. Empty: not filtered.
+    ip_ids: list[int] = field(default_factory=list)
+    sports: list[int] = field(default_factory=list)
+    # conn: the crafted peer's snd_nxt; a duplicate or challenge ACK acknowledges exactly this
+    # (the segment under test was not accepted). None: not checked.
+    conn_ack: int | None = None
+    flood_client_after: int | None = None
+    # Crafted packets the TUN handed to the stack during the case (its rx counter): the proof that
+    # "nothing happened" happened to a packet that arrived. None: fall back on IpInReceives.
+    wire_in: int | None = None  # flood: how many SYNs were out when the client connected
 
 
 def _evidence(counters: dict[str, int], extra: str = "") -> str:
@@ -92,8 +106,24 @@ def _tcp(reply: dict[str, Any], flag: str) -> bool:
     return reply.get("kind") == "tcp" and flag in reply.get("flags", "")
 
 
+def related(obs: Observation, reply: dict[str, Any]) -> bool:
+    """True if `reply` answers this case's packets: an ICMP error quoting one of its IP ids, or a
+    TCP/UDP segment to one of its source ports (each unfiltered when the observation names none)."""
+    if reply.get("kind") == "icmp":
+        return not obs.ip_ids or reply.get("quoted_id") in obs.ip_ids
+    if reply.get("kind") in ("tcp", "udp"):
+        return not obs.sports or reply.get("dport") in obs.sports
+    return False
+
+
 def derive(obs: Observation) -> tuple[str, str]:
-    """Return (verdict, evidence) from an observation; the rules are ordered most specific first."""
+    """Return (verdict, evidence) from an observation; the rules are ordered most specific first.
+
+    Every verdict names what backs it: a reply that answers this case's own packets, a counter
+    that moved, the echo that came back, or the crafted connection's observed fate. Nothing seen
+    at all is "silently ignored" only if the TUN's rx counter (or IpInReceives) shows the packets
+    entered the stack.
+    """
     c = obs.counters
     if obs.error:
         return ERROR, obs.error
@@ -101,34 +131,58 @@ def derive(obs: Observation) -> tuple[str, str]:
         return _derive_app(obs)
     if obs.write_errors:
         return REFUSED_BY_TUN, "; ".join(obs.write_errors)
+    replies = [r for r in obs.replies if related(obs, r)]
     if obs.mode == "flood":
-        verdict = FLOOD_OK if obs.real_client_ok else FLOOD_BAD
-        return verdict, _evidence(c, f"{obs.synacks} SYN-ACKs")
+        return _derive_flood(obs)
     if obs.connection == "reset":
         return RESET, _evidence(c, "the next segment on it got a RST")
-    for reply in obs.replies:
+    if obs.mode == "conn" and obs.connection != "alive":
+        return CONN_LOST, _evidence(c, f"connection: {obs.connection}")
+    for reply in replies:
         if reply.get("kind") == "icmp":
             key = (reply.get("type"), reply.get("code"))
             return ICMP_VERDICTS.get(key, ICMP_OTHER), _evidence(c, f"ICMP type {key[0]} code {key[1]}")
-    if any(_tcp(r, "R") for r in obs.replies):
+    if any(_tcp(r, "R") for r in replies):
         return RST, _evidence(c)
-    if any(_tcp(r, "S") and _tcp(r, "A") for r in obs.replies):
+    if any(_tcp(r, "S") and _tcp(r, "A") for r in replies):
         return SYNACK, _evidence(c)
     # On a live connection an ACK answer says more than a drop counter (a SYN on an established
-    # connection counts in TcpInErrs *and* is answered with a challenge ACK).
-    if obs.mode == "conn" and any(_tcp(r, "A") for r in obs.replies):
+    # connection counts in TcpInErrs *and* is answered with a challenge ACK). "Discarded" and
+    # "survives" are observed: the application saw nothing, the connection still echoes.
+    acks = [r for r in replies if _tcp(r, "A") and obs.conn_ack in (None, r.get("ack"))]
+    if obs.mode == "conn" and not obs.app_saw_data and acks:
         if c.get("TcpExtTCPChallengeACK", 0) > 0:
-            return CHALLENGE, _evidence(c, f"connection {obs.connection}")
-        return DUPACK, _evidence(c, f"connection {obs.connection}")
+            return CHALLENGE, _evidence(c, "connection alive")
+        return DUPACK, _evidence(c, "connection alive")
     for name, verdict in DROP_COUNTERS:
         if c.get(name, 0) > 0:
             return verdict, _evidence(c)
-    if obs.app_saw_data or obs.echo_seen:
+    echoes = [r for r in replies if r.get("kind") == "udp"]
+    if obs.app_saw_data or obs.echo_seen or echoes:
         how = "echo came back" if obs.echo_seen else "server counted it"
+        if echoes:
+            sizes = sorted({r["len"] for r in echoes if "len" in r and "first fragment" not in r["summary"]})
+            how = "echo came back" + (f", {'/'.join(map(str, sizes))} B" if sizes else "")
         if c.get("IpReasmOKs", 0) > 0:
             return REASSEMBLED, _evidence(c, how)
         return DELIVERED, _evidence(c, how)
-    return IGNORED, _evidence(c)
+    if obs.wire_in is not None:
+        received, where = obs.wire_in, "received from the wire"
+    else:
+        received, where = c.get("IpInReceives", 0), "IpInReceives"
+    if received <= 0:
+        return NOT_SEEN, _evidence(c, f"{where} +0")
+    extra = f"{where} {received:+d}" + ("; connection alive" if obs.mode == "conn" else "")
+    return IGNORED, _evidence(c, extra)
+
+
+def _derive_flood(obs: Observation) -> tuple[str, str]:
+    c = obs.counters
+    if not obs.real_client_ok:
+        return FLOOD_BAD, _evidence(c, f"{obs.synacks} SYN-ACKs; the real client failed")
+    after = (f" after {obs.flood_client_after} SYNs" if obs.flood_client_after is not None else "")
+    extra = f"{obs.synacks} SYN-ACKs; a real client connected and echoed{after}"
+    return (FLOOD_OK if obs.synacks > 0 else FLOOD_SILENT), _evidence(c, extra)
 
 
 def _derive_app(obs: Observation) -> tuple[str, str]:
