@@ -65,8 +65,8 @@ def serve(
     port: int = PORT,
     max_conns: int = typer.Option(256, min=1, max=100_000, help="TCP connections at once; "
                                   "beyond it new ones are closed politely."),
-    idle_timeout: float = typer.Option(60.0, min=0.0, help="Close a TCP connection idle this "
-                                       "many seconds (0 = never)."),
+    idle_timeout: float = typer.Option(60.0, min=0.0, max=86_400.0, help="Close a TCP "
+                                       "connection idle this many seconds (0 = never)."),
     max_datagram: int = typer.Option(65507, min=0, max=65507, help="Largest UDP datagram echoed."),
 ) -> None:
     """Run RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram.

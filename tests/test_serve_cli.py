@@ -81,6 +81,8 @@ def test_lab_serve_port_in_use_exits_2_with_one_line(socktype: int, which: str) 
     (["serve", "tcp", "--host", "no such host!"], "not a usable address"),
     (["serve", "sctp"], "sctp"),
     (["serve", "udp", "--port", "70000"], "65535"),
+    (["serve", "tcp", "--idle-timeout", "inf"], "--idle-timeout"),
+    (["serve", "tcp", "--idle-timeout", "1e8"], "--idle-timeout"),
 ])
 def test_lab_serve_bad_values_exit_2(args: list[str], message: str) -> None:
     done = subprocess.run([sys.executable, "-m", "lab", *args], capture_output=True, text=True,

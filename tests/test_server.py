@@ -426,6 +426,20 @@ def test_bad_settings_are_config_errors(kwargs: dict[str, Any]) -> None:
         pass
 
 
+@pytest.mark.parametrize("idle_timeout", [float("inf"), float("nan"), 1e8, 86_400.5])
+def test_idle_timeout_beyond_what_select_can_wait_is_refused(variant: str, idle_timeout: float) -> None:
+    """A huge idle timeout used to crash the loop (OverflowError in select) at the first connection."""
+    with pytest.raises(ConfigError, match="idle timeout"), running_server("tcp", variant=variant,
+                                                                          idle_timeout=idle_timeout):
+        pass
+
+
+def test_longest_idle_timeout_serves(variant: str) -> None:
+    with running_server("tcp", variant=variant, idle_timeout=86_400) as server:
+        assert tcp_roundtrip(server.address, b"a day") == b"a day"
+        assert server.stats["errors"] == 0
+
+
 def test_shutdown_closes_every_socket(variant: str) -> None:
     """After the block: listeners gone (connect refused) and open clients see their connection end."""
     threads_before = threading.active_count()

@@ -19,6 +19,7 @@ from lab.endpoints.server import (
     RECV_CHUNK,
     Counters,
     bind_sockets,
+    check_idle_timeout,
 )
 from lab.errors import ConfigError
 
@@ -171,8 +172,7 @@ class ClassicEchoServer:
     ) -> None:
         if max_conns < 1:
             raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
-        if idle_timeout < 0:
-            raise ConfigError(f"idle_timeout must be >= 0 seconds (0 = never), got {idle_timeout}")
+        check_idle_timeout(idle_timeout)
         if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
             raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
         self.counters = Counters()

@@ -39,6 +39,9 @@ LISTEN_BACKLOG = 128
 UDP_SOCKET_BUFFER = 1 << 20  # ask for 1 MiB so a burst of max-size datagrams is not dropped at once
 BOTH_BIND_ATTEMPTS = 8  # kind="both", port=0: TCP's ephemeral port may already be taken for UDP
 ACCEPT_PAUSE_S = 0.1  # out of fds/memory: stop accepting this long instead of spinning
+# An idle timeout becomes a select/epoll timeout, which the kernel caps at INT_MAX ms (~24.8 days);
+# a day is more than any lab session needs and keeps far from that edge.
+MAX_IDLE_TIMEOUT_S = 86_400.0
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 COUNTER_NAMES = (
@@ -70,6 +73,13 @@ class Counters:
         """A consistent copy of every counter."""
         with self._lock:
             return dict(self._values)
+
+
+def check_idle_timeout(idle_timeout: float) -> None:
+    """Raise ConfigError unless 0 <= idle_timeout <= MAX_IDLE_TIMEOUT_S (NaN and inf included)."""
+    if not 0 <= idle_timeout <= MAX_IDLE_TIMEOUT_S:  # also false for NaN
+        raise ConfigError(f"idle timeout must be 0..{MAX_IDLE_TIMEOUT_S:.0f} seconds "
+                          f"(0 = never), got {idle_timeout}")
 
 
 def resolve_bind(host: str, port: int, socktype: int) -> tuple[int, tuple[Any, ...]]:
@@ -171,8 +181,7 @@ class EchoServer:
     ) -> None:
         if max_conns < 1:
             raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
-        if idle_timeout < 0:
-            raise ConfigError(f"idle_timeout must be >= 0 seconds (0 = never), got {idle_timeout}")
+        check_idle_timeout(idle_timeout)
         if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
             raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
         self.kind = kind
