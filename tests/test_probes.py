@@ -400,6 +400,7 @@ def test_server_survives_fuzzed_ipv4_udp_headers(sandbox: Any, version: int, ihl
                 proto=proto, chksum=ip_chksum, src=sandbox.info["peer"], dst=sandbox.info["address"]) / UDP(
         sport=sport, dport=port, len=udp_len, chksum=udp_chksum) / Raw(payload)
     outcome = sandbox.inject([bytes(packet)])
+    assert outcome["received"] == 1, f"the TUN never handed {packet!r} to the stack: {outcome}"
     assert outcome["server_alive"], f"server died after {packet!r}: {outcome}"
 
 
@@ -422,6 +423,7 @@ def test_server_survives_fuzzed_tcp_headers(sandbox: Any, flags: int, seq: int, 
         sport=41000, dport=port, flags=flags, seq=seq, ack=ack, dataofs=dataofs, window=window,
         urgptr=urgptr, chksum=tcp_chksum) / Raw(payload)
     outcome = sandbox.inject([bytes(packet)])
+    assert outcome["received"] == 1, f"the TUN never handed {packet!r} to the stack: {outcome}"
     assert outcome["server_alive"], f"server died after {packet!r}: {outcome}"
 
 

@@ -455,12 +455,14 @@ class Env:
 
     def inject(self, packets: list[bytes]) -> dict[str, Any]:
         """Write arbitrary packets (the fuzzer's) and report errors, replies and liveness."""
+        rx0 = tun_rx_packets()
         errors = self.write(packets)
+        received = tun_rx_packets() - rx0  # a TUN write hands the packet to the stack synchronously
         replies = self.drain(quiet=0.005, cap=0.2)
         self.reset_half_open(replies)
         alive = self.udp_alive() and self.tcp_alive()
         if self.app_server is not self.server:
             alive = alive and self.udp_alive(self.app_server) and self.tcp_alive(server=self.app_server)
         self.drain(quiet=0.002, cap=0.1)
-        return {"written": len(packets) - len(errors), "errors": errors,
+        return {"written": len(packets) - len(errors), "received": received, "errors": errors,
                 "reply": V.summarize_replies(replies), "server_alive": alive}

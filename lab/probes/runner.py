@@ -53,10 +53,10 @@ def _list_table(cases: list[Case]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"malformed-packet atlas: {len(cases)} cases", title_justify="left")
-    for column in ("case", "layer", "what is wrong", "expected"):
+    for column in ("case", "layer", "what is wrong", "expected", "why"):
         table.add_column(column, overflow="fold")
     for case in cases:
-        table.add_row(case.name, case.layer, case.defect, " | ".join(case.expected))
+        table.add_row(case.name, case.layer, case.defect, " | ".join(case.expected), case.note)
     return table
 
 

@@ -36,6 +36,8 @@ SANDBOX_SYSCTLS = {
     "net/ipv4/tcp_invalid_ratelimit": "0",
     # Half-open connections of the SYN flood retransmit SYN-ACKs 5 times (63 s); once is enough.
     "net/ipv4/tcp_synack_retries": "1",
+    # The flood case expects SYN cookies when the queue is full: the kernel's default, pinned.
+    "net/ipv4/tcp_syncookies": "1",
 }
 
 
