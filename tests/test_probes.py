@@ -258,6 +258,27 @@ def test_cli_list_is_cheap_and_complete() -> None:
     assert [c["name"] for c in listed] == [c.name for c in CASES]
 
 
+def test_atlas_results_render_as_the_report_section(tmp_path: Any) -> None:
+    """A run whose scenario asks for the atlas gets a "Malformed-packet atlas" section in report.html."""
+    from pathlib import Path
+
+    from lab.report import write_report
+
+    def render_html(payload: dict[str, Any], _plots: object) -> str:
+        out = Path(tmp_path) / ("with" if "atlas" in payload else "without")
+        return Path(write_report(out, payload)["html"]).read_text(encoding="utf-8")
+
+    payload = json.loads((Path(__file__).parent / "data" / "sample-run" / "result.json").read_text())
+    row = {"name": "udp-closed-port", "layer": "udp", "defect": "datagram to a port nobody listens on",
+           "expected_verdict": [V.ICMP_PORT], "verdict": V.ICMP_PORT, "matches_expected": True,
+           "reply": "ICMP 3/3 dest-unreach", "counters": {"UdpNoPorts": 1}, "server_alive": True}
+    html = render_html({**payload, "atlas": [row]}, {})
+    section = html[html.index('<section id="atlas">'):]
+    assert "Malformed-packet atlas" in section and "udp-closed-port" in section
+    assert V.ICMP_PORT in section[: section.index("</section>")]
+    assert '<section id="atlas">' not in render_html(payload, {})
+
+
 # --- the real atlas (root) -------------------------------------------------------------------------------
 def _table(results: list[dict[str, Any]]) -> str:
     return "\n".join(
