@@ -271,7 +271,12 @@ def test_atlas_results_render_as_the_report_section(tmp_path: Any) -> None:
     payload = json.loads((Path(__file__).parent / "data" / "sample-run" / "result.json").read_text())
     row = {"name": "udp-closed-port", "layer": "udp", "defect": "datagram to a port nobody listens on",
            "expected_verdict": [V.ICMP_PORT], "verdict": V.ICMP_PORT, "matches_expected": True,
-           "reply": "ICMP 3/3 dest-unreach", "counters": {"UdpNoPorts": 1}, "server_alive": True}
+           "verdict_detail": f"{V.ICMP_PORT} (ICMP type 3 code 3, UdpNoPorts +1)",
+           "evidence": "ICMP type 3 code 3, UdpNoPorts +1", "reply": "ICMP 3/3 dest-unreach",
+           "replies": [], "counters": {"UdpNoPorts": 1}, "app_saw_data": False, "connection": None,
+           "server_alive": True, "alive_after_all": True, "note": "", "error": None,
+           "target": DEFAULT_ADDRESS, "path": "crafted packets written into TUN wlprobe0",
+           "kernel": "6.x", "duration_s": 0.1}
     html = render_html({**payload, "atlas": [row]}, {})
     section = html[html.index('<section id="atlas">'):]
     assert "Malformed-packet atlas" in section and "udp-closed-port" in section
