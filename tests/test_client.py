@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab.endpoints.client import _frame, check_lab_target, run_client
+from lab.endpoints.client import (
+    RunInterrupted,
+    _frame,
+    check_lab_target,
+    notes,
+    run_client,
+    split_merged_reply,
+)
 from lab.errors import ConfigError, EndpointError, TargetRefusedError
 from lab.metrics import compute_result
 from lab.protocols import PROTOCOLS, get_protocol
@@ -264,6 +271,88 @@ def test_udp_corruption_is_counted() -> None:
     assert record.unattributed_corrupt == 1
     result = compute_result(record)
     assert (result.corrupted, result.received, result.lost) == (2, 4, 2), result
+
+
+class Merging:
+    """Replies two datagrams at a time glued into one, as an echo through a pipe does (socat PIPE)."""
+
+    def __init__(self, tail: Callable[[bytes], bytes] = lambda d: d) -> None:
+        self.held: bytes | None = None
+        self.tail = tail
+
+    def __call__(self, i: int, data: bytes) -> list[tuple[float, bytes]]:
+        if self.held is None:
+            self.held = data
+            return []
+        out, self.held = self.held + self.tail(data), None
+        return [(0.0, out)]
+
+
+def test_udp_merged_replies_count_as_received_with_a_note() -> None:
+    """An echo that merges datagrams returns every probe intact: received, not corrupt, but noted."""
+    plan = TrafficPlan(count=20, rate=1000.0, timeout=0.5)
+    with UdpTestServer(Merging()) as server:
+        record = run_client("udp", server.address, plan)
+    result = compute_result(record)
+    assert (result.received, result.lost, result.corrupted) == (20, 0, 0), result.to_dict()
+    assert record.extras["merged_replies"] == 10 and record.unattributed_corrupt == 0
+    assert "10 replies held several probes in one datagram" in "\n".join(notes(result))
+
+
+def test_udp_merged_reply_with_a_damaged_part() -> None:
+    """Inside a merged reply, a CRC failure is that probe's corruption; a cut-off tail is unreadable."""
+    flip = Merging(tail=lambda d: d[:-1] + bytes([d[-1] ^ 0xFF]) if seq_of(d) == 1 else d[:-1])
+    plan = TrafficPlan(count=4, rate=1000.0, timeout=0.3)
+    with UdpTestServer(flip) as server:
+        record = run_client("udp", server.address, plan)
+    # seq 0+1: 1's payload flipped (attributable corruption); seq 2+3: 3 cut short (unreadable).
+    assert sorted((a.seq, a.intact) for a in record.arrivals) == [(0, True), (1, False)], record.arrivals
+    assert record.extras["merged_replies"] == 1 and record.unattributed_corrupt == 1
+    result = compute_result(record)
+    assert (result.received, result.lost, result.corrupted) == (1, 3, 2), result.to_dict()
+
+
+def test_split_merged_reply_needs_two_whole_probes() -> None:
+    one, two = (encode(Probe(seq=i, send_ns=i, payload=b"x" * 32)) for i in (1, 2))
+    assert [(p.seq, ok) for p, ok in split_merged_reply(one + two, 32)] == [(1, True), (2, True)]
+    for data in (b"", one, one + two[:-1], one + b"junk", b"junk" + one):
+        assert split_merged_reply(data, 32) is None, data
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_ctrl_c_keeps_what_was_measured(protocol: str) -> None:
+    """Ctrl-C mid-run raises RunInterrupted (a KeyboardInterrupt) carrying the settled probes."""
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= 50:
+            raise KeyboardInterrupt
+
+    plan = TrafficPlan(count=10_000, rate=2000.0, timeout=1.0)
+    with UdpTestServer() if protocol == "udp" else tcp_server() as server:
+        where = server.address if protocol == "udp" else addr(server)
+        with pytest.raises(KeyboardInterrupt) as info:
+            run_client(protocol, where, plan, progress=interrupt)
+    assert isinstance(info.value, RunInterrupted)
+    record = info.value.record
+    result = compute_result(record)
+    # Progress reports come at most every 100 ms, so 50..~400 probes went out; every one still in
+    # its timeout window and unanswered is left out rather than counted lost.
+    assert 50 <= len(record.sends) + record.extras.get("undecided", 0) < plan.count
+    assert result.lost == 0 and result.received == len(record.sends), result.to_dict()
+    assert record.extras["interrupted"] is True
+    assert notes(result)[0].startswith("interrupted (Ctrl-C)")
+
+
+def test_notes_name_every_unusual_extra() -> None:
+    record = RunRecord(protocol="udp", plan=TrafficPlan(count=1), started_ns=0, ended_ns=1)
+    record.extras.update(deadline_hit=True, connection_ended="the echo server closed the connection",
+                         icmp_refused=2)
+    result = compute_result(record)
+    result.extras.update(rtt_clamped=3, unknown_seq=1)
+    text = "\n".join(notes(result))
+    for needle in ("deadline", "closed the connection", "2 sends drew ICMP", "3 RTT values",
+                   "clamped", "1 replies carried a sequence number"):
+        assert needle in text, text
 
 
 class _CorruptSecond(socketserver.BaseRequestHandler):

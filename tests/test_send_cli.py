@@ -144,3 +144,51 @@ def test_send_against_socat(protocol: str) -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert (data["sent"], data["received"], data["lost"], data["corrupted"]) == (200, 200, 0, 0), data
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat not installed (apt-get install socat)")
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_send_open_loop_against_socat(protocol: str) -> None:
+    """Open loop against socat: its UDP PIPE echo glues datagrams together; that is no corruption.
+
+    (Measured before the fix: 2000 probes at 2000/s gave "74 lost, 37 corrupted" — every merged
+    pair of intact probes was booked as one corrupt reply and two losses.)
+    """
+    with socat_echo(protocol) as port:
+        proc = lab("send", protocol, "127.0.0.1", str(port), "--count", "1000", "--rate", "2000", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["sent"] == 1000 and data["corrupted"] == 0 and data["extras"]["unknown_seq"] == 0, data
+    # socat may drop a datagram if a loaded machine stalls it for a buffer's worth (~0.1 s); a merged
+    # reply never costs a probe.
+    assert data["lost"] <= 10, data
+    if protocol == "tcp":
+        assert data["lost"] == 0 and "merged_replies" not in data["extras"], data
+
+
+def test_ctrl_c_prints_what_was_measured(udp_echo_server) -> None:
+    """Like ping: Ctrl-C ends `lab send` with the figures so far and exit status 130."""
+    host, port = udp_echo_server.address
+    for extra in ([], ["--json"]):
+        before = udp_echo_server.stats["datagrams_in"]
+        proc = subprocess.Popen([sys.executable, "-m", "lab", "send", "udp", host, str(port), "-c",
+                                 "100000", "--rate", "1000", *extra], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + CLI_TIMEOUT_S
+            while udp_echo_server.stats["datagrams_in"] < before + 20:  # the client is measuring
+                assert time.monotonic() < deadline and proc.poll() is None, "lab send never started"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 130 and "Traceback" not in err, (out, err)
+        if extra:
+            data = json.loads(out)
+            assert data["extras"]["interrupted"] is True and 20 <= data["sent"] < 100000, data
+            assert data["lost"] == 0, data
+        else:
+            assert "note: interrupted (Ctrl-C)" in out and " 0 lost " in out, out

@@ -69,6 +69,7 @@ PR_SET_TIMERSLACK = 29
 PR_GET_TIMERSLACK = 30
 FINE_TIMER_SLACK_NS = 1
 FD_SETSIZE = 1024  # sys/select.h: select(2) handles descriptors below this
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd program
 PROGRESS_INTERVAL_NS = 100_000_000  # report progress at most 10 times a second
 
 LAB_NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking range, the lab's links
@@ -135,6 +136,18 @@ def _lab_route_missing(ip: str, routes_path: str = "/proc/net/route") -> str | N
         return (f"{ip} is only reachable through the default route via {best_iface} here; lab "
                 "addresses are used inside a lab link (`ip netns exec NAME-client lab send ...`)")
     return None
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a client run; `.record` holds what it observed up to then.
+
+    A `KeyboardInterrupt`, so callers that stop on Ctrl-C (the runner) still do; `lab send` uses
+    the record to print what was measured, as ping does.
+    """
+
+    def __init__(self, record: RunRecord) -> None:
+        super().__init__()
+        self.record = record
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -279,8 +292,24 @@ class _Run:
             self._progress_ns = now
             self.progress(len(self.sends), self.plan.count)
 
-    def record(self, ended_ns: int) -> RunRecord:
-        self.report(ended_ns, final=True)
+    def interrupted(self, now: int) -> RunInterrupted:
+        """The exception carrying this run's record when Ctrl-C stops it at `now`.
+
+        Probes still inside their timeout window and unanswered are neither received nor lost
+        yet: they leave the record (counted in `extras["undecided"]`) instead of showing as loss.
+        """
+        open_ = {s.seq for s in self.sends
+                 if s.seq not in self.answered and now < s.sent_ns + self.timeout_ns}
+        self.sends = [s for s in self.sends if s.seq not in open_]
+        self.extras["interrupted"] = True
+        if open_:
+            self.extras["undecided"] = len(open_)
+        # No final progress report: the callback may be what raised (or is being interrupted).
+        return RunInterrupted(self.record(now, report=False))
+
+    def record(self, ended_ns: int, *, report: bool = True) -> RunRecord:
+        if report:
+            self.report(ended_ns, final=True)
         return RunRecord(
             protocol=self.protocol,
             plan=self.plan,
@@ -363,7 +392,10 @@ def run_udp(
         now = time.monotonic_ns()
         run = _Run("udp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
         with _fine_timers():
-            _udp_loop(run, socks, sel, (host, port))
+            try:
+                _udp_loop(run, socks, sel, (host, port))
+            except KeyboardInterrupt:
+                raise run.interrupted(time.monotonic_ns()) from None
         return run.record(time.monotonic_ns())
     finally:
         if sel is not None:
@@ -417,9 +449,44 @@ def _udp_drain(run: _Run, sock: socket.socket, max_payload: int, address: tuple[
             else:
                 run.unattributed += 1
         except RemoteWireError:
-            run.unattributed += 1  # too damaged to know which probe it was
+            merged = split_merged_reply(data, max_payload)
+            if merged is None:
+                run.unattributed += 1  # too damaged to know which probe it was
+                continue
+            # Several whole probes in one datagram: the echo server does not keep datagram
+            # boundaries (socat's UDP-LISTEN...PIPE passes them through a pipe). Each probe did
+            # come back, so it counts; the note tells the user the server is not RFC 862.
+            run.extras["merged_replies"] = int(run.extras.get("merged_replies", 0)) + 1  # type: ignore[call-overload]
+            for part, intact in merged:
+                run.arrived(part, recv_ns, intact=intact)
         else:
             run.arrived(probe, recv_ns, intact=True)
+
+
+def split_merged_reply(data: bytes, max_payload: int) -> list[tuple[Probe, bool]] | None:
+    """(probe, intact) for each of the 2+ whole probes back to back in `data`; None otherwise."""
+    if not data:
+        return None
+    decoder = StreamDecoder(max_payload=max_payload, max_buffer=len(data))
+    out: list[tuple[Probe, bool]] = []
+    try:
+        decoder.receive_data(data)
+        decoder.receive_data(b"")
+        while True:
+            try:
+                item = decoder.next_message()
+            except CrcMismatchError as exc:
+                if not isinstance(exc.probe, Probe):
+                    return None
+                out.append((exc.probe, False))
+                continue
+            if item is EOF:
+                break
+            assert isinstance(item, Probe)
+            out.append((item, True))
+    except RemoteWireError:
+        return None
+    return out if len(out) >= 2 else None
 
 
 def _refused(run: _Run, address: tuple[str, int], exc: OSError) -> None:
@@ -456,7 +523,10 @@ def run_tcp(
         run = _Run("tcp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
         run.extras["tcp_nodelay"] = True
         with _fine_timers():
-            _tcp_loop(run, sock, sel, (host, port))
+            try:
+                _tcp_loop(run, sock, sel, (host, port))
+            except KeyboardInterrupt:
+                raise run.interrupted(time.monotonic_ns()) from None
         ended = time.monotonic_ns()
         # If the connection is already gone, the record stands without TCP_INFO.
         with contextlib.suppress(OSError):
@@ -565,13 +635,17 @@ def send_command(protocol: str, host: str, port: int, plan: TrafficPlan, as_json
     ip = check_lab_target(host)
     if ip_in_lab_network(ip) and (why := _lab_route_missing(ip)):
         raise TargetRefusedError(f"refusing target {ip}: {why}")
-    record = run_client(protocol, (ip, port), plan)
+    code = 0
+    try:
+        record = run_client(protocol, (ip, port), plan)
+    except RunInterrupted as stopped:
+        record, code = stopped.record, EXIT_INTERRUPTED
     result = compute_result(record)
     if as_json:
         print(json.dumps(result.to_dict()))
     else:
         print(format_summary(result, _where((ip, port))))
-    return 0
+    return code
 
 
 def _fmt_us(value: float | None) -> str:
@@ -602,4 +676,31 @@ def format_summary(result: Result, where: str) -> str:
             f"tcp_info: srtt {info.get('rtt_us')} µs  rttvar {info.get('rttvar_us')} µs  "
             f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"
         )
+    lines += [f"note: {note}" for note in notes(result)]
     return "\n".join(lines)
+
+
+def notes(result: Result) -> list[str]:
+    """Sentences for what a result's extras say went unusually (nothing here goes unmentioned)."""
+    x = result.extras
+    out = []
+    if x.get("interrupted"):
+        undecided = x.get("undecided", 0)
+        out.append(f"interrupted (Ctrl-C): the figures cover the {result.sent} probes settled by then"
+                   + (f"; {undecided} still inside their timeout were left out" if undecided else ""))
+    if x.get("deadline_hit"):
+        out.append("the run hit its overall deadline before every probe was sent and settled")
+    if x.get("connection_ended"):
+        out.append(f"the connection ended early: {x['connection_ended']}")
+    if x.get("merged_replies"):
+        out.append(f"{x['merged_replies']} replies held several probes in one datagram: this echo "
+                   "server does not keep datagram boundaries (e.g. socat UDP-LISTEN with PIPE); "
+                   "their probes count as received")
+    if x.get("icmp_refused"):
+        out.append(f"{x['icmp_refused']} sends drew ICMP port unreachable: the echo server went away")
+    if x.get("unknown_seq"):
+        out.append(f"{x['unknown_seq']} replies carried a sequence number that was never sent")
+    if x.get("rtt_clamped"):
+        out.append(f"{x['rtt_clamped']} RTT values were outside HdrHistogram's range (1 µs to 1 h) "
+                   "and were clamped into it for the percentiles; min, max and mean are exact")
+    return out
