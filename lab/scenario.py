@@ -68,6 +68,7 @@ DEFAULT_MTU = 1500  # Ethernet
 MTU_RANGE = (576, 65535)  # RFC 791: every IPv4 host must accept 576-byte datagrams
 MAX_SWEEP_POINTS = 200  # a sweep beyond this is almost certainly a typo, and would run for hours
 MAX_DURATION_S = 3600.0
+MAX_SEED = 2**32 - 1  # seeds are recorded in result.json and passed on as 32-bit values
 # IPv4 header (20) + UDP header (8): what an MTU-sized packet spends before the datagram's payload.
 IPV4_UDP_OVERHEAD = 28
 IPV4_HEADER = 20
@@ -135,10 +136,12 @@ class Check:
     measured: float | None
     message: str
     interval: tuple[float, float] | None = None
+    expected: float | None = None  # statistical checks: the value the interval is centred on
+    expected_label: str = ""  # ...and where it comes from (e.g. the fragment formula)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form for result.json."""
-        return {
+        data: dict[str, Any] = {
             "expectation": self.expectation.describe(),
             "metric": self.expectation.metric,
             "passed": self.passed,
@@ -146,6 +149,10 @@ class Check:
             "interval": list(self.interval) if self.interval else None,
             "message": self.message,
         }
+        if self.expected is not None:
+            data["expected"] = self.expected
+            data["expected_label"] = self.expected_label
+        return data
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,8 +216,11 @@ class Scenario:
         }
 
     def with_seed(self, seed: int) -> Scenario:
-        """The same scenario with another seed (the `--seed` override)."""
+        """The same scenario with another seed (the `--seed` override); ScenarioError if out of range."""
         from dataclasses import replace
+
+        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+            raise ScenarioError(f"--seed: must be an integer in 0..{MAX_SEED}, got {_show(seed)}")
 
         points = tuple(replace(p, seed=seed) for p in self.points)
         return replace(self, seed=seed, points=points)
@@ -336,8 +346,8 @@ class _Parser:
                 f"got {_show(protocols)}",
             )
         seed = table.get("seed", 1)
-        if not _is_int(seed) or not 0 <= seed < 2**32:
-            raise self.fail("[scenario] seed", f"must be an integer in 0..{2**32 - 1}, got {_show(seed)}")
+        if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
+            raise self.fail("[scenario] seed", f"must be an integer in 0..{MAX_SEED}, got {_show(seed)}")
         mtu = table.get("mtu", DEFAULT_MTU)
         if not _is_int(mtu) or not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
             raise self.fail(
@@ -593,6 +603,8 @@ def evaluate(
         passed=ok,
         measured=measured,
         interval=(lo, hi),
+        expected=expected,
+        expected_label=label,
         message=(
             f"loss_ratio = {measured:.4f} ({data.get('lost')}/{data.get('sent')}), {label} = "
             f"{expected:.4f}, {CI_CONFIDENCE:.0%} interval [{lo:.4f}, {hi:.4f}]"

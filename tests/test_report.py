@@ -17,6 +17,7 @@ from lab.report import load_result, render_command, write_report
 from lab.report.summary import what_happened
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample-run"
+ATLAS = Path(__file__).resolve().parent / "data" / "sample-atlas.json"  # 3 cases from a real `lab probe`
 SECTIONS = ("what-happened", "summary", "latency", "loss", "timeline", "goodput", "counters", "environment")
 PLOTS = 5  # latency CDF, loss, arrival timeline, goodput, retransmissions
 
@@ -65,7 +66,7 @@ def test_html_report_is_complete_and_self_contained(run_dir, capsys):
     assert not re.search(r"url\(\s*['\"]?(https?:)?//|@import|@font-face", html)
     # The numbers and the story are on the page.
     assert "UDP lost 17.0% of probes (51 of 300) (the link predicted 19.0%)" in html
-    assert "TCP delivered all 300 probes, but its p99 RTT grew from 2.1 ms to 284 ms" in html
+    assert "TCP delivered all 300 probes, but its p99 RTT grew from 2.1 ms (at loss=0%) to 284 ms" in html
 
 
 def test_rerender_is_deterministic(run_dir):
@@ -145,3 +146,100 @@ def test_longest_loss_run():
     ]
     assert longest_loss_run({"extras": {"timeline": timeline}}) == 3
     assert longest_loss_run({"extras": {}}) == 0
+
+
+def _outline(html: str) -> _Outline:
+    outline = _Outline()
+    outline.feed(html)
+    outline.close()
+    return outline
+
+
+def test_atlas_section(tmp_path):
+    """A run of a scenario with `atlas = true` stores the probe rows; the report shows them."""
+    payload = json.loads((SAMPLE / "result.json").read_text(encoding="utf-8"))
+    atlas = json.loads(ATLAS.read_text(encoding="utf-8"))
+    atlas[1] = {**atlas[1], "matches_expected": False, "verdict": "delivered to the application"}
+    payload["atlas"] = atlas
+    paths = write_report(tmp_path, payload)
+    html = paths["html"].read_text(encoding="utf-8")
+    outline = _outline(html)
+    assert outline.sections == [*SECTIONS[:-1], "atlas", "environment"]
+    assert outline.svgs == PLOTS and outline.external == []
+    section = html[html.index('<section id="atlas">') : html.index('<section id="environment">')]
+    assert "2 of 3 cases behaved as expected." in section
+    for row in atlas:
+        assert f"<td>{row['name']}</td>" in section
+    # expected verdicts are a list in result.json: shown joined, never as a Python list
+    assert "[&#39;" not in section and "['" not in section
+    assert "<td style=\"text-align:left\">dropped by the kernel: IP header checksum</td>" in section
+    assert section.count('class="pass"') == 2 and section.count('class="fail"') == 1
+    assert "IpExtInCsumErrors +1" in section  # the evidence column
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert "## Malformed-packet atlas" in md and "2 of 3 cases behaved as expected." in md
+    assert "| udp-closed-port | udp |" in md and "**delivered to the application** (unexpected)" in md
+
+
+def test_no_atlas_section_without_atlas(run_dir):
+    render_command(run_dir)
+    assert 'id="atlas"' not in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+def test_fragment_prediction_is_what_the_report_shows(tmp_path):
+    """A within_ci_fragments check's prediction 1-(1-e)^k replaces the link's per-packet figure."""
+    from lab.scenario import Expectation, evaluate
+
+    payload = json.loads((SAMPLE / "result.json").read_text(encoding="utf-8"))
+    point = payload["points"][1]  # loss=10% each way: e = 0.19 per round trip
+    udp = next(r for r in point["results"] if r["protocol"] == "udp")
+    udp["size"] = 4000  # 3 fragments at MTU 1500
+    check = evaluate(Expectation(metric="loss_ratio", kind="within_ci_fragments"), udp, mtu=1500)
+    point["checks"]["udp"] = [check.to_dict()]
+    predicted = 1 - (1 - 0.19) ** 3  # 46.9 %
+    assert check.to_dict()["expected"] == pytest.approx(predicted)
+    paths = write_report(tmp_path, payload)
+    html = paths["html"].read_text(encoding="utf-8")
+    md = paths["markdown"].read_text(encoding="utf-8")
+    story = dict(what_happened(payload))["loss=10%"]
+    assert "(the link predicted 46.9%: 1-(1-0.1900)^3 for 3 fragments/datagram at MTU 1500)" in story
+    assert story in html.replace("&#39;", "'")
+    # the table: TCP keeps the link's 19.0 %, UDP shows the datagram prediction
+    assert "| expected loss | 19.0% | 46.9% |" in md
+
+
+def test_story_names_queue_drops():
+    """Bufferbloat: losses at a full queue are named as such, not compared with a 0 % random loss."""
+    point = {
+        "id": "limit=10",
+        "link": {"rate": "1mbit", "limit": 10},
+        "results": [
+            {
+                "protocol": "udp",
+                "sent": 400,
+                "received": 252,
+                "lost": 148,
+                "loss_ratio": 0.37,
+                "expected_loss_ratio": 0.0,
+                "rtt_us": {"p50": 96_300.0, "p99": 102_000.0},
+                "link": {"forward": {"dropped_queue": 148, "dropped_loss": 0}, "reverse": {}},
+            },
+            {
+                "protocol": "tcp",
+                "sent": 400,
+                "received": 400,
+                "lost": 0,
+                "loss_ratio": 0.0,
+                "expected_loss_ratio": 0.0,
+                "rtt_us": {"p50": 1_512_000.0, "p99": 2_057_000.0},
+                "tcp_info": {"total_retrans": 139},
+                "link": {"forward": {"dropped_queue": 144}, "reverse": {"dropped_queue": 83}},
+            },
+        ],
+    }
+    (story,) = [text for _, text in what_happened({"points": [point]})]
+    assert "UDP lost 37.0% of probes (148 of 400); the link's queue was full and dropped 148 packets" in story
+    assert "predicted 0.0%" not in story
+    assert (
+        "TCP delivered all 400 probes; the link's queue was full and dropped 227 packets, which it "
+        "recovered by retransmitting 139 segments (median RTT 1512 ms)."
+    ) in story

@@ -161,3 +161,51 @@ def test_linked_mode_runs_both_over_one_link(tmp_path):
         assert result.extras.get("timeline"), "per-probe timeline for the report"
     assert not outcome.failed_checks, [c.message for _, _, c in outcome.failed_checks]
     assert Path(tmp_path / "report.html").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, args, message",
+    [
+        (QUICK, ["--seed", "-1"], "lab: error: --seed: must be an integer in 0..4294967295, got -1"),
+        ('[link]\nloss = "150%"\n', [], "[link] loss: must be between 0% and 100%, got 150%"),
+        ("[traffic]\ncount = 0\n", [], "[traffic] count: count must be between 1 and 10000000, got 0"),
+    ],
+)
+def test_lab_run_refuses_bad_input_before_running(tmp_path, text, args, message):
+    """Bad scenario files and options: exit 2, one line naming the file/option and key, nothing written."""
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "run", str(path), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    if not args:
+        assert proc.stderr.startswith(f"lab: error: {path}: ")
+    assert not out.exists()
+
+
+@pytest.mark.privileged
+def test_atlas_scenario_puts_the_probe_atlas_in_the_report(tmp_path):
+    """`atlas = true`: the malformed-packet catalogue runs after the points; its rows reach every output."""
+    from html.parser import HTMLParser
+
+    plan = scenario('[scenario]\nprotocols = ["udp"]\natlas = true\n')
+    outcome = runner.run_scenario(plan, out=tmp_path)
+    assert outcome.atlas, "the atlas ran"
+    contract = {"name", "layer", "defect", "expected_verdict", "verdict", "matches_expected", "server_alive"}
+    assert all(contract <= set(row) for row in outcome.atlas)
+    payload = json.loads((tmp_path / "result.json").read_text())
+    assert [row["name"] for row in payload["atlas"]] == [row["name"] for row in outcome.atlas]
+    html = (tmp_path / "report.html").read_text()
+    HTMLParser().feed(html)
+    section = html[html.index('<section id="atlas">') : html.index('<section id="environment">')]
+    for row in outcome.atlas:
+        assert f"<td>{row['name']}</td>" in section
+    matched = sum(1 for row in outcome.atlas if row["matches_expected"])
+    assert f"{matched} of {len(outcome.atlas)} cases behaved as expected." in section
+    assert "## Malformed-packet atlas" in (tmp_path / "report.md").read_text()

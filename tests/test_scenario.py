@@ -311,3 +311,29 @@ def test_fragments():
     assert check.passed, check.message
     assert math.isclose(sum(check.interval) / 2, predicted, abs_tol=0.01)
     assert "3 fragments/datagram at MTU 1500" in check.message
+
+
+def test_statistical_check_records_its_prediction():
+    """The check carries the value its interval is centred on, so reports show that figure."""
+    frag = evaluate(
+        Expectation(metric="loss_ratio", kind="within_ci_fragments"), result(size=4000), mtu=1500
+    ).to_dict()
+    assert frag["expected"] == pytest.approx(1 - 0.81**3)
+    assert frag["expected_label"] == "1-(1-0.1900)^3 for 3 fragments/datagram at MTU 1500"
+    plain = evaluate(Expectation(metric="loss_ratio", kind="within_ci"), result()).to_dict()
+    assert plain["expected"] == pytest.approx(0.19) and plain["expected_label"] == "link's expected loss"
+    equal = evaluate(Expectation(metric="loss_ratio", kind="equal", value=0), result()).to_dict()
+    assert "expected" not in equal  # only statistical checks predict a value
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True, 1.5])
+def test_seed_override_out_of_range(seed):
+    """`--seed` is held to the same range as the file's `seed` key."""
+    with pytest.raises(ScenarioError) as info:
+        parse("").with_seed(seed)
+    assert str(info.value).startswith("--seed: must be an integer in 0..4294967295, got ")
+
+
+def test_seed_override_reaches_every_point():
+    s = parse('[sweep]\nloss = ["1%", "2%"]').with_seed(7)
+    assert s.seed == 7 and [p.seed for p in s.points] == [7, 7]

@@ -49,6 +49,31 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
                     "  ```",
                 ]
         lines.append("")
+    atlas = payload.get("atlas") or []
+    if atlas:
+        matched = sum(1 for row in atlas if row.get("matches_expected"))
+        lines += ["## Malformed-packet atlas", ""]
+        lines += [f"{matched} of {len(atlas)} cases behaved as expected.", ""]
+        lines += [_row(["case", "layer", "defect", "expected", "verdict", "server alive"])]
+        lines += [_row(["---"] * 6)]
+        for row in atlas:
+            expected = row.get("expected_verdict") or ""
+            if isinstance(expected, list):
+                expected = " or ".join(str(e) for e in expected)
+            verdict = str(row.get("verdict", ""))
+            lines.append(
+                _row(
+                    [
+                        str(row.get("name", "?")),
+                        str(row.get("layer", "")),
+                        str(row.get("defect", "")),
+                        str(expected),
+                        verdict if row.get("matches_expected") else f"**{verdict}** (unexpected)",
+                        "yes" if row.get("server_alive") else "**no**",
+                    ]
+                )
+            )
+        lines.append("")
     env = payload.get("environment") or {}
     if env:
         lines += ["## Environment", ""]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from lab.report.summary import protocols_of, results_by_protocol, retransmits
+from lab.report.summary import expected_loss, protocols_of, results_by_protocol, retransmits
 
 PROTOCOL_COLORS = {"tcp": "#1f6fb4", "udp": "#d9482b"}
 FALLBACK_COLORS = ("#2a9d4b", "#8a4fbf", "#b8860b", "#555555")
@@ -128,9 +128,10 @@ def loss(payload: Mapping[str, Any]) -> str:
             ys.append(value)
             err_lo.append(max(0.0, value - 100 * lo))
             err_hi.append(max(0.0, 100 * hi - value))
-            if result.get("expected_loss_ratio") is not None:
+            predicted = expected_loss(point, result)[0]
+            if predicted is not None:
                 exp_x.append(x)
-                exp_y.append(100 * result["expected_loss_ratio"])
+                exp_y.append(100 * predicted)
         ax.bar(
             xs,
             ys,

@@ -69,6 +69,23 @@ def results_by_protocol(point: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["protocol"]: r for r in point.get("results", [])}
 
 
+def expected_loss(point: Mapping[str, Any], result: Mapping[str, Any]) -> tuple[float | None, str]:
+    """The loss a result should show, and where that figure comes from ('' = the link's round trip).
+
+    A statistical loss expectation may predict more than the link's per-packet round-trip loss (a
+    datagram of k IPv4 fragments is lost when any fragment is: 1-(1-e)^k); its check records the
+    prediction it tested, and the report shows that one.
+    """
+    for check in (point.get("checks") or {}).get(result.get("protocol"), []):
+        if check.get("metric") == "loss_ratio" and check.get("expected") is not None:
+            label = check.get("expected_label") or ""
+            return float(check["expected"]), "" if label == LINK_LABEL else label
+    return result.get("expected_loss_ratio"), ""
+
+
+LINK_LABEL = "link's expected loss"  # lab.scenario's label for a plain within_ci check
+
+
 def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[str, list[str]]]:
     """Rows (metric, [value per protocol]) for one point; skipped protocols show 'skipped'."""
     by_proto = results_by_protocol(point)
@@ -77,9 +94,20 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
         cells = []
         for proto in protocols:
             result = by_proto.get(proto)
+            if result and header == "expected loss":
+                cells.append(fmt_pct(expected_loss(point, result)[0]))
+                continue
             cells.append(get(result) if result else "skipped" if proto in point.get("skipped", {}) else "-")
         rows.append((header, cells))
     return rows
+
+
+def queue_drops(result: Mapping[str, Any]) -> int:
+    """Packets the link's queue dropped (rate + limit) during this result's run, both directions."""
+    link = result.get("link") or {}
+    return sum(
+        int(d.get("dropped_queue", 0) or 0) for d in link.values() if isinstance(d, Mapping)
+    )
 
 
 def longest_loss_run(result: Mapping[str, Any]) -> int:
@@ -97,12 +125,18 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
     for proto, result in by_proto.items():
         name = proto.upper()
         sent, received, lost = result["sent"], result["received"], result["lost"]
-        expected = result.get("expected_loss_ratio")
+        expected, source = expected_loss(point, result)
         rtt = result.get("rtt_us") or {}
         p50, p99 = rtt.get("p50"), rtt.get("p99")
+        queued = queue_drops(result)
         if lost:
-            predicted = f" (the link predicted {fmt_pct(expected)})" if expected is not None else ""
+            predicted = ""
+            if expected is not None and (expected or not queued):  # 0% says nothing about queue drops
+                predicted = f" (the link predicted {fmt_pct(expected)}{f': {source}' if source else ''})"
             text = f"{name} lost {fmt_pct(result['loss_ratio'])} of probes ({lost} of {sent}){predicted}"
+            if queued:
+                text += f"; the link's queue was full and dropped {queued} packets"
+                text += f" (median RTT {fmt_ms(p50)} ms)"
             burst = longest_loss_run(result)
             if burst > 1:
                 text += f"; the longest run of consecutive losses was {burst} probes"
@@ -118,7 +152,10 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
                 and p99 > TAIL_GROWTH_NOTABLE * base_p99
                 and p99 - base_p99 > TAIL_ABS_NOTABLE_US
             ):
-                text += f", but its p99 RTT grew from {fmt_ms(base_p99)} ms to {fmt_ms(p99)} ms"
+                text += (
+                    f", but its p99 RTT grew from {fmt_ms(base_p99)} ms (at {baseline_label(baseline)})"
+                    f" to {fmt_ms(p99)} ms"
+                )
                 if rexmit:
                     text += f" because {rexmit} lost segments were retransmitted"
             elif p50 and p99 and p99 > TAIL_GROWTH_NOTABLE * p50 and p99 - p50 > TAIL_ABS_NOTABLE_US:
@@ -129,6 +166,11 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
                 text += f" although the link dropped packets (about {fmt_pct(expected)} of round trips)"
                 if rexmit:
                     text += f": it retransmitted {rexmit} segments"
+            if queued:
+                text += f"; the link's queue was full and dropped {queued} packets"
+                if rexmit and str(rexmit) not in text:
+                    text += f", which it recovered by retransmitting {rexmit} segments"
+                text += f" (median RTT {fmt_ms(p50)} ms)"
             sentences.append(text + ".")
         if received < sent and lost == 0 and received:
             sentences.append(f"{name} received {received} of {sent}.")
@@ -141,6 +183,13 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
     for proto, reason in (point.get("skipped") or {}).items():
         sentences.append(f"{proto.upper()} was skipped: {reason}")
     return sentences
+
+
+def baseline_label(point: Mapping[str, Any] | None) -> str:
+    """How the story names the reference point: its sweep id, or its link for a single point."""
+    if not point:
+        return "-"
+    return link_description(point) if point.get("id") == "base" else str(point["id"])
 
 
 def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
