@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,3 +171,56 @@ def test_server_out_of_file_descriptors_backs_off_and_recovers() -> None:
     assert proc.returncode == 0
     stats = json.loads(out.strip().splitlines()[-1])["stats"]
     assert stats["errors"] >= 1 and stats["active"] == 0, stats
+
+
+def _openbsd_nc() -> str | None:
+    """Path of an OpenBSD-style nc (has -N: shut down the socket at end of input), or None."""
+    nc = shutil.which("nc")
+    if nc is None:
+        return None
+    helped = subprocess.run([nc, "-h"], capture_output=True, text=True, timeout=IO_TIMEOUT)
+    return nc if "-N" in helped.stdout + helped.stderr else None
+
+
+@pytest.mark.skipif(_openbsd_nc() is None and shutil.which("socat") is None,
+                    reason="neither OpenBSD nc nor socat installed (apt-get install netcat-openbsd socat)")
+def test_lab_serve_with_real_nc_and_socat() -> None:
+    """The Done-means check: `lab serve both` answers the real nc and socat, TCP and UDP."""
+    nc, socat = _openbsd_nc(), shutil.which("socat")
+    with process("-m", "lab", "serve", "both", "--port", "0") as proc:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        match = re.match(r"echo tcp listening on 127\.0\.0\.1:(\d+)$", line.strip())
+        assert match, line
+        port = match.group(1)
+        expected = {"tcp": 0, "udp": 0}  # bytes each tool sent
+        if nc:
+            text = "typed into nc\nline two\n"
+            done = subprocess.run([nc, "-N", "127.0.0.1", port], input=text, capture_output=True,
+                                  text=True, timeout=PROGRAM_TIMEOUT)
+            assert done.stdout == text, done
+            expected["tcp"] += len(text)
+            # UDP nc never sees an end: read the echo of one line, then stop it.
+            udp = subprocess.Popen([nc, "-u", "127.0.0.1", port], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+            try:
+                udp.stdin.write("datagram via nc\n")  # type: ignore[union-attr]
+                udp.stdin.flush()  # type: ignore[union-attr]
+                assert udp.stdout.readline() == "datagram via nc\n"  # type: ignore[union-attr]
+            finally:
+                udp.kill()
+                udp.communicate(timeout=PROGRAM_TIMEOUT)
+            expected["udp"] += len("datagram via nc\n")
+        if socat:
+            for proto in ("TCP", "UDP"):
+                text = f"via socat {proto}\n"
+                done = subprocess.run([socat, "-t", "1", "-", f"{proto}:127.0.0.1:{port}"], input=text,
+                                      capture_output=True, text=True, timeout=PROGRAM_TIMEOUT)
+                assert done.stdout == text, done
+                expected[proto.lower()] += len(text)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=PROGRAM_TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in err, (out, err)
+    stats = dict(pair.split("=") for pair in out.strip().splitlines()[-1].split(":", 1)[1].split())
+    # nc -u may send a probe datagram of its own ("X") first; TCP bytes are exact.
+    assert int(stats["bytes_in"]) >= expected["tcp"] + expected["udp"] and stats["errors"] == "0", stats
+    assert stats["active"] == "0", stats
