@@ -278,3 +278,52 @@ def test_stream_garbage_raises_only_remote_wire_error(garbage: bytes, chunk: int
             pass
     except RemoteWireError:
         pass
+
+
+@st.composite
+def mangled_wire(draw: st.DrawFn) -> bytes:
+    """Valid encodings with a few bytes flipped, cut or inserted: they get past the magic check.
+
+    Random `binary()` almost never starts with b"WLAB", so on its own it only exercises the first
+    error path; these reach the version, length, truncation and CRC paths too.
+    """
+    wire = bytearray(b"".join(encode(p) for p in draw(st.lists(probes, min_size=1, max_size=3))))
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(wire)))
+        action = draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip" and at < len(wire):
+            wire[at] ^= draw(st.integers(1, 255))
+        elif action == "cut":
+            del wire[at:at + draw(st.integers(1, 40))]
+        else:
+            wire[at:at] = draw(st.binary(min_size=1, max_size=40))
+    return bytes(wire)
+
+
+@given(mangled_wire())
+def test_mangled_datagram_raises_only_remote_wire_error(data: bytes) -> None:
+    """Property: a damaged encoding decodes to a probe or raises RemoteWireError, nothing else."""
+    try:
+        probe = decode_untrusted_datagram(data, max_payload=1000)
+    except RemoteWireError:
+        return
+    assert encode(probe) == data  # whatever decodes re-encodes to exactly the bytes received
+
+
+@given(mangled_wire(), st.integers(1, 64))
+def test_mangled_stream_raises_only_remote_wire_error(data: bytes, chunk: int) -> None:
+    """Property: a damaged stream, in any chunking, yields probes that re-encode to a prefix of it,
+    and otherwise raises only RemoteWireError."""
+    decoder = StreamDecoder(max_payload=1000, max_buffer=8192)
+    decoded = b""
+    try:
+        for i in range(0, len(data), chunk):
+            decoder.receive_data(data[i : i + chunk])
+            while isinstance(item := decoder.next_message(), Probe):
+                decoded += encode(item)
+        decoder.receive_data(b"")
+        while isinstance(item := decoder.next_message(), Probe):
+            decoded += encode(item)
+    except RemoteWireError:
+        pass
+    assert data.startswith(decoded)
