@@ -132,7 +132,7 @@ def loss(payload: Mapping[str, Any]) -> str:
             if predicted is not None:
                 exp_x.append(x)
                 exp_y.append(100 * predicted)
-        ax.bar(
+        bars = ax.bar(
             xs,
             ys,
             width=width * 0.9,
@@ -140,6 +140,7 @@ def loss(payload: Mapping[str, Any]) -> str:
             alpha=0.8,
             label=f"{proto.upper()} measured",
         )
+        ax.bar_label(bars, fmt="%.1f%%", fontsize=6, padding=1)  # a 0 % bar is otherwise invisible
         ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="none", ecolor="#222", capsize=3, linewidth=1)
         ax.scatter(
             exp_x, exp_y, marker="D", color="#111", s=18, zorder=3, label="expected" if i == 0 else None
@@ -147,7 +148,7 @@ def loss(payload: Mapping[str, Any]) -> str:
     ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
     ax.set_ylabel("loss (%)")
     ax.set_title("Measured loss (bars, 95% interval) vs what the link predicts (diamonds)", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _svg(fig)
 
