@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from typing import Any
 
 SNMP_PATH = "/proc/net/snmp"
@@ -109,6 +110,22 @@ def parse_tcp_info(raw: bytes) -> dict[str, Any]:
         if offset + struct.calcsize(fmt) > len(raw):
             break
         (info[name],) = struct.unpack_from(fmt, raw, offset)
+    # Two bytes are C bitfields: `snd_wscale:4, rcv_wscale:4` and
+    # `delivery_rate_app_limited:1, fastopen_client_fail:2`. The raw byte (170 for scales 10 and
+    # 10) means nothing to a reader, so split them. GCC fills bitfields from the least
+    # significant bit on little-endian ABIs and from the most significant on big-endian ones.
+    if "wscale" in info:
+        raw_scales = info.pop("wscale")
+        if sys.byteorder == "big":
+            info["snd_wscale"], info["rcv_wscale"] = raw_scales >> 4, raw_scales & 0x0F
+        else:
+            info["snd_wscale"], info["rcv_wscale"] = raw_scales & 0x0F, raw_scales >> 4
+    if "app_limited" in info:
+        raw_flags = info["app_limited"]
+        if sys.byteorder == "big":
+            info["app_limited"], info["fastopen_client_fail"] = raw_flags >> 7, (raw_flags >> 5) & 0x03
+        else:
+            info["app_limited"], info["fastopen_client_fail"] = raw_flags & 0x01, (raw_flags >> 1) & 0x03
     # DESIGN.md's result object names these srtt_us and cwnd; keep both spellings.
     if "rtt_us" in info:
         info["srtt_us"] = info["rtt_us"]

@@ -87,6 +87,7 @@ def test_tcp_info_of_a_loopback_connection() -> None:
     for key in ("lost", "rttvar_us", "bytes_acked", "bytes_received", "delivered"):
         assert key in info, sorted(info)
     assert info["bytes_acked"] >= 500 and info["bytes_received"] >= 5
+    assert 0 <= info["snd_wscale"] <= 14 and 0 <= info["rcv_wscale"] <= 14  # RFC 7323 §2.3 cap
 
 
 def test_tcp_info_layout_matches_linux_offsets() -> None:
@@ -96,6 +97,16 @@ def test_tcp_info_layout_matches_linux_offsets() -> None:
     assert offsets["total_retrans"] == 100 and offsets["pacing_rate"] == 104
     assert offsets["bytes_acked"] == 120 and offsets["delivered"] == 192
     assert offsets["total_rto_time_ms"] == 244
+
+
+@pytest.mark.skipif(sys.byteorder != "little", reason="bitfield layout written for little-endian")
+def test_tcp_info_bitfields_are_split() -> None:
+    raw = bytearray(104)
+    raw[6] = 0x7A  # snd_wscale 10 (low nibble), rcv_wscale 7 (high nibble)
+    raw[7] = 0b101  # delivery_rate_app_limited 1, fastopen_client_fail 2
+    info = parse_tcp_info(bytes(raw))
+    assert (info["snd_wscale"], info["rcv_wscale"]) == (10, 7) and "wscale" not in info
+    assert (info["app_limited"], info["fastopen_client_fail"]) == (1, 2)
 
 
 def test_parse_tcp_info_of_an_older_shorter_struct() -> None:
