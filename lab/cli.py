@@ -112,35 +112,62 @@ def send(
 @app.command()
 def link(
     name: str = typer.Option("lab", help="Name prefix: namespaces NAME-client and NAME-server."),
-    loss: str | None = typer.Option(None, help="Loss: '5%', or Gilbert-Elliott "
-                                    "'gemodel P R [1-H [1-K]]' as in netem."),
-    delay: str | None = typer.Option(None, help="One-way delay, e.g. 20ms."),
-    jitter: str | None = typer.Option(None, help="Delay jitter, e.g. 5ms."),
-    distribution: str | None = typer.Option(None, help="Jitter distribution: uniform|normal."),
+    loss: str | None = typer.Option(None, help="Loss: '5%', or Gilbert-Elliott (bursts) "
+                                    "'gemodel P [R [1-H [1-K]]]' as in netem."),
+    delay: str | None = typer.Option(None, help="One-way delay, e.g. 20ms (RTT grows by twice it "
+                                     "with --direction both)."),
+    jitter: str | None = typer.Option(None, help="Delay jitter, e.g. 5ms (reorders packets, as "
+                                      "netem does)."),
+    distribution: str | None = typer.Option(None, help="Jitter distribution: uniform (default) or "
+                                            "normal."),
+    delay_correlation: str | None = typer.Option(None, help="Correlation of successive jitter "
+                                                 "draws, e.g. 25%."),
     reorder: str | None = typer.Option(None, help="Share sent at once while others wait, "
                                        "e.g. 10% (needs --delay)."),
     duplicate: str | None = typer.Option(None, help="Duplication probability, e.g. 1%."),
-    corrupt: str | None = typer.Option(None, help="Bit-flip probability, e.g. 0.1%."),
-    rate: str | None = typer.Option(None, help="Rate limit, e.g. 10mbit."),
-    limit: str | None = typer.Option(None, help="Queue limit in packets (tail drop), e.g. 1000."),
-    direction: Direction = typer.Option(Direction.both, help="Which way impairment applies."),
+    corrupt: str | None = typer.Option(None, help="Probability of one flipped bit in the IP "
+                                       "payload, e.g. 0.1% (the kernel's checksum drops it)."),
+    rate: str | None = typer.Option(None, help="Rate limit, e.g. 10mbit (tc units: kbit, mbit, "
+                                    "gbit; kbps/mbps are bytes/s)."),
+    limit: str | None = typer.Option(None, help="Packets the link holds (queue, tail drop), "
+                                     "default 1000."),
+    direction: Direction = typer.Option(Direction.both, help="Which way impairment applies: "
+                                        "forward = client->server."),
     seed: int = typer.Option(1, help="Seed of the impairment models (same seed, same decisions)."),
     mtu: int = typer.Option(1500, min=576, max=65535, help="MTU of the link's devices."),
     capture: Path | None = typer.Option(None, help="Write every packet entering the link to "
-                                        "this pcapng file, annotated with what the link did."),
+                                        "this pcapng file, annotated with what the link did "
+                                        "(open it in Wireshark)."),
 ) -> None:
     """Bring up an impaired link between two namespaces; stays up until Ctrl-C (needs root).
 
-    Namespaces NAME-client (198.18.0.1) and NAME-server (198.18.0.2). Run anything through it:
-    ip netns exec NAME-server iperf3 -s   and   ip netns exec NAME-client iperf3 -c 198.18.0.2
+    NAME-client (198.18.0.1) and NAME-server (198.18.0.2) are joined by TUN devices and a
+    forwarder process that applies the impairment to every IP packet (no sch_netem needed).
+    Real kernel TCP and UDP run on both ends. Values use netem's words and units.
+
+    \b
+    Examples:
+      lab link --loss 5%                          5 % loss each way
+      lab link --delay 20ms --jitter 5ms          40 ms RTT, jittered
+      lab link --loss 'gemodel 1% 30%'            loss in bursts (Gilbert-Elliott)
+      lab link --rate 10mbit --limit 100 --capture link.pcapng
+
+    \b
+    Then run anything through it from another terminal:
+      ip netns exec lab-server iperf3 -s
+      ip netns exec lab-client iperf3 -u -c 198.18.0.2 -b 10M
+
+    Ctrl-C (or SIGTERM) prints the link's counters and removes everything. After a
+    `kill -9`, `lab cleanup` removes what is left.
     """
     from lab.link.session import link_command
 
     impairment = {
         k: v
         for k, v in dict(
-            loss=loss, delay=delay, jitter=jitter, distribution=distribution, reorder=reorder,
-            duplicate=duplicate, corrupt=corrupt, rate=rate, limit=limit,
+            loss=loss, delay=delay, jitter=jitter, distribution=distribution,
+            delay_correlation=delay_correlation, reorder=reorder, duplicate=duplicate,
+            corrupt=corrupt, rate=rate, limit=limit,
         ).items()
         if v is not None
     }

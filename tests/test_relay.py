@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -199,3 +202,16 @@ def test_ipv6_loopback_relay(udp_echo_server: Any) -> None:
 def test_tcp_message_names_the_capability() -> None:
     message = tcp_needs_privileges_message()
     assert "CAP_NET_ADMIN" in message and "UDP" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv (util-linux) to drop capabilities")
+def test_tcp_message_without_capabilities_says_what_is_missing_and_what_to_do() -> None:
+    """Run with CAP_NET_ADMIN dropped, the message names it, says sudo, and that UDP still works."""
+    code = "from lab.link.relay import tcp_needs_privileges_message as m; print(m())"
+    done = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin,-net_raw,-sys_admin",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    message = done.stdout.strip()
+    assert "this process lacks CAP_NET_ADMIN" in message and "sudo" in message, message
+    assert "UDP runs impaired without root" in message, message

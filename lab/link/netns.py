@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, LabError, PrivilegeError
 
 T = TypeVar("T")
 
@@ -302,8 +302,17 @@ class Topology:
             self._recorded = True
             with _netns_create_lock():
                 for ns in self.namespaces:
-                    netns.create(ns)
-                    self._created.append(ns)
+                    try:
+                        with _signals_deferred():  # a Ctrl-C mid-create would leave an unrecorded namespace
+                            netns.create(ns)
+                            self._created.append(ns)
+                    except PermissionError as exc:
+                        # CAP_NET_ADMIN alone is not enough: the namespace is bind-mounted under /run/netns
+                        raise PrivilegeError(
+                            f"cannot create network namespace {ns} ({exc}): this needs CAP_SYS_ADMIN as "
+                            "well as CAP_NET_ADMIN (unshare and a mount under /run/netns): run as root "
+                            "(sudo); without it only UDP runs impaired, through the loopback relay"
+                        ) from exc
             self.client_fd = self._make_end(self.client_ns, CLIENT_ADDRESS, "c")
             self.server_fd = self._make_end(self.server_ns, SERVER_ADDRESS, "s")
         except BaseException:
@@ -395,6 +404,21 @@ def _netns_create_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back until the block is done (they are delivered right after it).
+
+    pyroute2's `netns.create` runs in a helper child; interrupted halfway, the namespace may exist
+    without our knowing, and teardown would leave it behind.
+    """
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def remove_namespace(ns: str) -> bool:

@@ -57,10 +57,14 @@ _FAKE_HEADER_SIZE = len(_FAKE_HEADER)
 
 def tcp_needs_privileges_message() -> str:
     """What to tell a user who asked for TCP impairment without the privileges it needs."""
-    reason = privileges.explain(privileges.CAP_NET_ADMIN) or "needs CAP_NET_ADMIN"
+    lacking = privileges.missing(privileges.CAP_NET_ADMIN)
+    why = f" (this process lacks {', '.join(lacking)})" if lacking else ""
+    # Not privileges.explain(): its setcap hint does not cover namespaces, which also need
+    # CAP_SYS_ADMIN (unshare and a bind mount under /run/netns).
     return (
-        "TCP impairment happens below TCP, on an emulated link between two network namespaces, "
-        f"which {reason}. Without it only UDP runs impaired (through the loopback UDP relay)."
+        "impairing TCP needs root: it happens below TCP, on an emulated link between two network "
+        f"namespaces, which takes CAP_NET_ADMIN and CAP_SYS_ADMIN{why}; run with sudo. "
+        "UDP runs impaired without root, through the loopback UDP relay."
     )
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -390,9 +391,10 @@ def link_command(name: str, impairment: dict[str, str], direction: str, seed: in
         print(f"  server->client    {_describe(described['reverse'])}")
         if capture:
             print(f"  capture           {capture}")
+        lab = "lab" if shutil.which("lab") else f"{sys.executable} -m lab"  # `ip netns exec` keeps PATH
         print("run anything through it, e.g.:")
-        print(f"  ip netns exec {link.server_ns} lab serve both --host {SERVER_ADDRESS}")
-        print(f"  ip netns exec {link.client_ns} lab send udp {SERVER_ADDRESS} 7007 --count 1000")
+        print(f"  ip netns exec {link.server_ns} {lab} serve both --host {SERVER_ADDRESS}")
+        print(f"  ip netns exec {link.client_ns} {lab} send udp {SERVER_ADDRESS} 7007 --count 1000")
         print("press Ctrl-C to stop", flush=True)
         _wait_for_signal()
     except KeyboardInterrupt:
@@ -405,9 +407,18 @@ def link_command(name: str, impairment: dict[str, str], direction: str, seed: in
     print("final counters:")
     for direction_name, values in (link.final_counters or {}).items():
         shown = ", ".join(f"{k}={v}" for k, v in values.items() if v)
-        print(f"  {direction_name}: {shown or 'nothing passed'}")
+        arrow = _ARROWS.get(direction_name, "")
+        dropped = values.get("dropped_loss", 0) + values.get("dropped_queue", 0)
+        packets_in = values.get("packets_in", 0)
+        share = f"; dropped {dropped / packets_in:.2%} of packets in" if packets_in else ""
+        print(f"  {direction_name} ({arrow}): {shown or 'nothing passed'}{share}")
+    if link.final_counters is None:
+        print("  (the forwarder did not answer; its counters are lost)")
     print(f"link {link.name} removed", flush=True)
     return 0
+
+
+_ARROWS = {"forward": "client->server", "reverse": "server->client"}
 
 
 def _describe(values: Mapping[str, Any]) -> str:
