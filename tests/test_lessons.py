@@ -137,6 +137,20 @@ def test_udp_server_program_port_in_use() -> None:
     assert done.returncode == 2 and "cannot listen" in done.stderr, done
 
 
+@pytest.mark.parametrize("args", [
+    ("lab.lessons.tcp_client", "127.0.0.1", "99999", "x"),
+    ("lab.lessons.tcp_client", "127.0.0.1", "abc", "x"),
+    ("lab.lessons.udp_client", "127.0.0.1", "65536", "x"),
+    ("lab.lessons.udp_server", "--port", "99999"),
+    ("lab.lessons.udp_server", "--port", "-1"),
+])
+def test_lesson_programs_refuse_bad_ports(args: tuple[str, ...]) -> None:
+    """A port outside 0..65535 is refused with a usage line, not wrapped around (99999 -> 34463)."""
+    done = _run(*args)
+    assert done.returncode == 2 and "usage:" in done.stderr and "Traceback" not in done.stderr, done
+    assert done.stdout == "", done  # in particular no "listening on ..." of a wrapped port
+
+
 def test_lessons_use_only_the_standard_library() -> None:
     """The lessons are for students: nothing but stdlib imports (checked on the source)."""
     allowed = set(sys.stdlib_module_names)

@@ -9,6 +9,7 @@ Run it against any echo server, e.g. `lab serve tcp` in another terminal:
     python -m lab.lessons.tcp_client 127.0.0.1 7007 "hello, TCP"
 """
 
+import argparse
 import socket
 import sys
 
@@ -32,10 +33,14 @@ def exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
 
 def main(argv: list[str]) -> int:
     """`python -m lab.lessons.tcp_client HOST PORT MESSAGE`: send and print the reply."""
-    if len(argv) != 3:
-        print("usage: python -m lab.lessons.tcp_client HOST PORT MESSAGE", file=sys.stderr)
-        return 2
-    host, port, message = argv[0], int(argv[1]), argv[2]
+    parser = argparse.ArgumentParser(prog="python -m lab.lessons.tcp_client")
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("message")
+    args = parser.parse_args(argv)  # a PORT that is not a number: usage message, exit status 2
+    if not 0 <= args.port <= 65535:  # ports are 16 bits; Python would quietly use 99999 % 65536
+        parser.error(f"port must be 0..65535, got {args.port}")
+    host, port, message = args.host, args.port, args.message
     try:
         reply = exchange(host, port, message.encode())
     except OSError as exc:

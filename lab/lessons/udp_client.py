@@ -38,6 +38,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("message")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:  # ports are 16 bits; Python would quietly use 99999 % 65536
+        parser.error(f"port must be 0..65535, got {args.port}")
     try:
         reply = exchange(args.host, args.port, args.message.encode(), args.timeout)
     except TimeoutError:

@@ -48,6 +48,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, required=True, help="UDP port (0 = any free)")
     args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:  # ports are 16 bits; Python would quietly use 99999 % 65536
+        parser.error(f"port must be 0..65535, got {args.port}")
     try:
         sock = make_server(args.host, args.port)
     except OSError as exc:
