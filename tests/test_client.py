@@ -32,7 +32,7 @@ from lab.endpoints.client import (
 from lab.errors import ConfigError, EndpointError, TargetRefusedError
 from lab.metrics import compute_result
 from lab.protocols import PROTOCOLS, get_protocol
-from lab.records import RunRecord, TrafficPlan
+from lab.records import RunRecord, Send, TrafficPlan
 from lab.wire import HEADER_SIZE, Probe, encode
 
 Reply = Callable[[int, bytes], list[tuple[float, bytes]]]  # (datagram index, data) -> [(delay, out)]
@@ -344,12 +344,14 @@ def test_ctrl_c_keeps_what_was_measured(protocol: str) -> None:
 
 
 def test_notes_name_every_unusual_extra() -> None:
-    record = RunRecord(protocol="udp", plan=TrafficPlan(count=1), started_ns=0, ended_ns=1)
+    record = RunRecord(protocol="udp", plan=TrafficPlan(count=1), started_ns=0, ended_ns=1,
+                       sends=[Send(seq=0, intended_ns=0, sent_ns=0, size=64)])
     record.extras.update(deadline_hit=True, connection_ended="the echo server closed the connection",
                          icmp_refused=2)
     result = compute_result(record)
     result.extras.update(rtt_clamped=3, unknown_seq=1)
     text = "\n".join(notes(result))
+    assert "no probe came back" in text  # one probe sent, nothing received
     for needle in ("deadline", "closed the connection", "2 sends drew ICMP", "3 RTT values",
                    "clamped", "1 replies carried a sequence number"):
         assert needle in text, text

@@ -688,6 +688,9 @@ def notes(result: Result) -> list[str]:
         undecided = x.get("undecided", 0)
         out.append(f"interrupted (Ctrl-C): the figures cover the {result.sent} probes settled by then"
                    + (f"; {undecided} still inside their timeout were left out" if undecided else ""))
+    if result.sent and not result.received and not result.late and not result.corrupted:
+        out.append("no probe came back: is an echo server (RFC 862) listening there? "
+                   "`lab serve` starts one")
     if x.get("deadline_hit"):
         out.append("the run hit its overall deadline before every probe was sent and settled")
     if x.get("connection_ended"):
