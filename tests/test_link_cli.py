@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,11 +61,15 @@ def test_lab_link_signal_leaves_nothing(signum: int) -> None:
         assert f"{name}-client" in text and "198.18.0.2" in text and "loss 5%" in text, text
         state = json.loads(netns._state_path(name).read_text())
         pids = list(state["pids"])
-        ping = subprocess.run(  # the link really carries traffic while it is up
-            [sys.executable, "-c", "from lab.link.session import call_in_netns; import socket; "
-             f"print(call_in_netns('{name}-client', socket.gethostname))"],
+        ping = subprocess.run(  # the link really carries traffic while it is up: 200 datagrams
+            [sys.executable, "-c", "from lab.link.session import call_in_netns; import socket\n"
+             "def send():\n"
+             "    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:\n"
+             "        for _ in range(200): s.sendto(b'x', ('198.18.0.2', 9))\n"
+             f"call_in_netns('{name}-client', send)"],
             capture_output=True, text=True, timeout=20)
         assert ping.returncode == 0, ping.stderr
+        time.sleep(0.1)  # 1 ms delay: let the last datagrams through before the counters are final
         process.send_signal(signum)
         out, err = process.communicate(timeout=15)
         out = text + out
@@ -74,7 +79,70 @@ def test_lab_link_signal_leaves_nothing(signum: int) -> None:
             process.communicate()
     assert process.returncode == 0, err
     assert "final counters" in out and f"link {name} removed" in out, out
+    forward = next(line for line in out.splitlines() if "forward (client->server):" in line)
+    packets_in = int(forward.split("packets_in=")[1].split(",")[0])
+    dropped = int(forward.split("dropped_loss=")[1].split(",")[0]) if "dropped_loss=" in forward else 0
+    assert packets_in >= 200 and f"dropped {dropped / packets_in:.2%} of packets in" in forward, out
     assert _leftovers(name, pids) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_lab_link_signal_during_bring_up_leaves_nothing(signum: int) -> None:
+    """A signal that lands while namespaces and devices are being made still leaves nothing behind.
+
+    The signal is sent the moment the run's state file appears (it is written just before the
+    namespaces are created), so it hits the bring-up, not the idle wait.
+    """
+    name = f"c{secrets.token_hex(3)}"
+    state = netns._state_path(name)
+    process = _lab("link", "--name", name, "--loss", "5%",
+                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a shell
+    try:
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert state.exists(), "the state file never appeared"
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode in (0, 128 + signum, -signum), (process.returncode, out, err)
+    assert "Traceback" not in err, err
+    assert _leftovers(name, []) == [], (out, err)
+
+
+def test_lab_link_help_teaches() -> None:
+    """`lab link --help` shows examples, how to run a program through the link, and cleanup."""
+    done = subprocess.run([sys.executable, "-m", "lab", "link", "--help"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for needle in ("Examples:", "lab link --loss 5%", "gemodel", "ip netns exec lab-server",
+                   "ip netns exec lab-client", "198.18.0.2", "lab cleanup", "Ctrl-C"):
+        assert needle in text, f"{needle!r} missing from:\n{text}"
+    for option in ("--loss", "--delay", "--jitter", "--distribution", "--delay-correlation", "--reorder",
+                   "--duplicate", "--corrupt", "--rate", "--limit", "--direction", "--seed", "--mtu",
+                   "--capture"):
+        assert option in text, f"{option} missing from:\n{text}"
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux) to drop capabilities")
+@pytest.mark.parametrize(("dropped", "named"), [
+    ("-net_admin,-net_raw,-sys_admin", "CAP_NET_ADMIN"),  # an ordinary user
+    ("-sys_admin", "CAP_SYS_ADMIN"),  # what `setcap cap_net_admin` alone would give
+])
+def test_lab_link_without_privileges_is_one_line_naming_what_is_missing(dropped: str, named: str) -> None:
+    """Without the capabilities a link needs: one `lab: error:` line naming them, exit 2, nothing left."""
+    name = f"c{secrets.token_hex(3)}"
+    done = subprocess.run(["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", sys.executable,
+                           "-m", "lab", "link", "--name", name, "--loss", "5%"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("lab: error:") and named in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert _leftovers(name, []) == []
 
 
 def test_lab_cleanup_after_sigkill() -> None:
