@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -231,3 +232,12 @@ def test_capture_pcapng_with_comments(impaired_link, tmp_path: Path) -> None:
     assert all(comments), comments[:5]
     assert any("dropped (loss)" in c for c in comments), comments[:20]
     assert any(c.startswith("delayed") for c in comments), comments[:20]
+    tshark = shutil.which("tshark")
+    if tshark is not None:  # optional: the same file as Wireshark's own reader sees it
+        done = subprocess.run([tshark, "-r", str(path), "-T", "fields", "-e", "frame.interface_name",
+                               "-e", "frame.comment"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rows = [line.split("\t", 1) for line in done.stdout.splitlines()]
+        assert len(rows) == entered, done.stdout[:500]
+        assert {r[0] for r in rows} == {"client->server", "server->client"}, rows[:5]
+        assert [r[1] for r in rows] == comments, rows[:5]
