@@ -8,6 +8,7 @@ Run with `make bench`; msgs/s = 1 / mean.
 from __future__ import annotations
 
 import json
+import selectors
 import signal
 import socket
 import subprocess
@@ -67,3 +68,47 @@ def test_echo_udp(benchmark, server) -> None:  # type: ignore[no-untyped-def]
             sock.recv(65536)
 
         benchmark(round_trip)
+
+
+# --- many clients at once: where a loop and a thread per connection differ -------------------------
+FAN_OUT = 16  # clients with one message in flight each; msgs/s = FAN_OUT / mean
+
+
+def _fan_out_round(socks: list[socket.socket], sel: selectors.BaseSelector) -> None:
+    """Every client sends one message; return once every echo is back."""
+    for sock in socks:
+        sock.send(MESSAGE)
+    missing = {sock: len(MESSAGE) for sock in socks}
+    while missing:
+        events = sel.select(IO_TIMEOUT)
+        assert events, f"{len(missing)} echoes missing after {IO_TIMEOUT}s"
+        for key, _ in events:
+            sock = key.fileobj
+            if sock in missing:
+                missing[sock] -= len(sock.recv(65536))  # type: ignore[union-attr]
+                if missing[sock] <= 0:
+                    del missing[sock]
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_echo_fan_out(benchmark, server, proto: str) -> None:  # type: ignore[no-untyped-def]
+    variant, ready = server
+    benchmark.group = f"echo-{proto}-{FAN_OUT}-clients"
+    benchmark.name = f"{proto}-{variant}-x{FAN_OUT}"
+    benchmark.extra_info["messages_per_round"] = FAN_OUT
+    socks: list[socket.socket] = []
+    with selectors.DefaultSelector() as sel:
+        try:
+            for _ in range(FAN_OUT):
+                if proto == "tcp":
+                    sock = socket.create_connection(tuple(ready["tcp"]), timeout=IO_TIMEOUT)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                else:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    sock.connect(tuple(ready["udp"]))
+                socks.append(sock)
+                sel.register(sock, selectors.EVENT_READ)
+            benchmark(_fan_out_round, socks, sel)
+        finally:
+            for sock in socks:
+                sock.close()
