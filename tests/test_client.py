@@ -25,6 +25,7 @@ from lab.endpoints.client import (
     RunInterrupted,
     _frame,
     check_lab_target,
+    format_summary,
     notes,
     run_client,
     split_merged_reply,
@@ -227,6 +228,7 @@ def test_udp_loss_from_a_dropping_server(rate: float | None) -> None:
     assert result.rtt_censored_us["max"] == pytest.approx(1e5)
     assert result.rtt_censored_us["p90"] == pytest.approx(1e5, rel=1e-3)
     assert result.rtt_us["max"] < 1e5
+    assert "rtt µs with the 10 lost at the 0.1 s timeout: p50 " in format_summary(result, "here")
 
 
 def delay_seq_one(i: int, data: bytes) -> list[tuple[float, bytes]]:

@@ -75,3 +75,26 @@ def test_marker_registered_and_option_in_help(pytester: pytest.Pytester) -> None
 def test_lab_seed_option(pytester: pytest.Pytester, args: tuple[str, ...], expected: int) -> None:
     pytester.makepyfile(test_seed=f"def test_seed(lab_seed):\n    assert lab_seed == {expected}\n")
     pytester.runpytest(*args).assert_outcomes(passed=1)
+
+
+TEARDOWN_TESTS = """
+import socket
+import pytest
+
+seen = {}
+
+def test_first(tcp_echo_server, udp_echo_server):
+    seen["tcp"], seen["udp"] = tcp_echo_server.address, udp_echo_server.address
+
+def test_then_gone():
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(seen["tcp"], timeout=5).close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # the port is free again
+        sock.bind(seen["udp"])
+"""
+
+
+def test_echo_fixtures_close_their_servers(pytester: pytest.Pytester) -> None:
+    """After a test, its servers are gone: the TCP port refuses, the UDP port can be bound."""
+    pytester.makepyfile(test_teardown=TEARDOWN_TESTS)
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=2)

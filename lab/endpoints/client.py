@@ -661,6 +661,11 @@ def format_summary(result: Result, where: str) -> str:
         f"{result.lost} lost ({100 * result.loss_ratio:.2f}%, 95% CI {100 * lo:.2f}-{100 * hi:.2f}%)",
         "rtt µs: " + "  ".join(f"{k} {_fmt_us(rtt.get(k))}" for k in RTT_KEYS),
     ]
+    if result.lost and result.rtt_censored_us:
+        # Lost probes stay in the latency picture, each counted as waiting the whole timeout.
+        cen = result.rtt_censored_us
+        lines.append(f"rtt µs with the {result.lost} lost at the {result.timeout_s:g} s timeout: "
+                     + "  ".join(f"{k} {_fmt_us(cen.get(k))}" for k in ("p50", "p90", "p99")))
     if result.rtt_uncorrected_us is not None:
         unc = result.rtt_uncorrected_us
         lines.append("rtt µs from actual send (uncorrected): " + "  ".join(
