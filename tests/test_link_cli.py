@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -11,12 +12,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from lab.link import netns
 
 pytestmark = pytest.mark.privileged
+
+CLEANUP_LOCK = "/tmp/wirelab-tests-cleanup.lock"  # shared by test_netns and test_link_cli
+
+
+@pytest.fixture
+def cleanup_turn() -> Iterator[None]:
+    """One cleanup test at a time across xdist workers: a cleanup reaps *every* dead run's leftovers,
+    so a concurrent one would take this test's leftovers (and the removal message) away."""
+    with open(CLEANUP_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 UP_TIMEOUT_S = 20.0
 
@@ -145,7 +158,7 @@ def test_lab_link_without_privileges_is_one_line_naming_what_is_missing(dropped:
     assert _leftovers(name, []) == []
 
 
-def test_lab_cleanup_after_sigkill() -> None:
+def test_lab_cleanup_after_sigkill(cleanup_turn: None) -> None:
     """A SIGKILLed `lab link` leaves namespaces; `lab cleanup` removes them (and only them)."""
     name = f"c{secrets.token_hex(3)}"
     process = _lab("link", "--name", name)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,6 +18,17 @@ from lab.link.netns import Topology, cleanup_leftovers, in_netns_thread, process
 from lab.link.session import open_link
 
 pytestmark = pytest.mark.privileged
+
+CLEANUP_LOCK = "/tmp/wirelab-tests-cleanup.lock"  # shared by test_netns and test_link_cli
+
+
+@pytest.fixture
+def cleanup_turn() -> Iterator[None]:
+    """One cleanup test at a time across xdist workers: a cleanup reaps *every* dead run's leftovers,
+    so a concurrent one would take this test's leftovers (and the removal message) away."""
+    with open(CLEANUP_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _namespaces() -> set[str]:
@@ -121,7 +134,7 @@ def test_sigterm_in_main_thread_tears_down() -> None:
     _assert_gone(name, [forwarder])
 
 
-def test_cleanup_leftovers_of_a_killed_run() -> None:
+def test_cleanup_leftovers_of_a_killed_run(cleanup_turn: None) -> None:
     """SIGKILL leaves namespaces behind; cleanup_leftovers removes them and nothing else."""
     code = (
         "import sys, time\n"
