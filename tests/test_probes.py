@@ -154,6 +154,8 @@ _OBSERVATION = st.builds(
 @example(V.Observation(mode="wire", counters={"IpInReceives": 1}))  # silently ignored
 @example(V.Observation(mode="wire", sports=[40001],
                        replies=[{"kind": "tcp", "flags": "SA", "dport": 40001, "summary": "SA"}]))
+@example(V.Observation(mode="wire", ip_ids=[0], wire_in=1,  # a bare ACK answered: not "ignored"
+                       replies=[{"kind": "tcp", "flags": "A", "dport": 40000, "ack": 0, "summary": "A"}]))
 def test_no_verdict_without_the_observation_behind_it(obs: V.Observation) -> None:
     """Property: each verdict phrase implies the observation that backs it — a reply that answers
     this case's own packets, the counter it names, an echo, or the connection's observed fate."""

@@ -33,6 +33,7 @@ DUPACK = "answered: duplicate ACK; data discarded"
 RESET = "connection reset"
 FLOOD_OK = "answered: SYN-ACKs; a real client still connects"
 FLOOD_BAD = "SYN flood: the real client could not connect"
+TCP_OTHER = "answered: another TCP segment"
 IGNORED = "silently ignored: no reply, nothing delivered"
 NOT_SEEN = "never reached the stack"
 CONN_LOST = "connection stalled: no answer on it afterwards"
@@ -154,6 +155,10 @@ def derive(obs: Observation) -> tuple[str, str]:
         if c.get("TcpExtTCPChallengeACK", 0) > 0:
             return CHALLENGE, _evidence(c, "connection alive")
         return DUPACK, _evidence(c, "connection alive")
+    others = [r for r in replies if r.get("kind") == "tcp"]
+    if others:  # a segment answered this case's packets, but none of the shapes above
+        flags = "/".join(sorted({str(r.get("flags", "?")) for r in others}))
+        return TCP_OTHER, _evidence(c, f"TCP {flags}")
     for name, verdict in DROP_COUNTERS:
         if c.get(name, 0) > 0:
             return verdict, _evidence(c)
