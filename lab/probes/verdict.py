@@ -155,10 +155,6 @@ def derive(obs: Observation) -> tuple[str, str]:
         if c.get("TcpExtTCPChallengeACK", 0) > 0:
             return CHALLENGE, _evidence(c, "connection alive")
         return DUPACK, _evidence(c, "connection alive")
-    others = [r for r in replies if r.get("kind") == "tcp"]
-    if others:  # a segment answered this case's packets, but none of the shapes above
-        flags = "/".join(sorted({str(r.get("flags", "?")) for r in others}))
-        return TCP_OTHER, _evidence(c, f"TCP {flags}")
     for name, verdict in DROP_COUNTERS:
         if c.get(name, 0) > 0:
             return verdict, _evidence(c)
@@ -171,6 +167,10 @@ def derive(obs: Observation) -> tuple[str, str]:
         if c.get("IpReasmOKs", 0) > 0:
             return REASSEMBLED, _evidence(c, how)
         return DELIVERED, _evidence(c, how)
+    others = [r for r in replies if r.get("kind") == "tcp"]
+    if others:  # a segment answered this case's packets, but none of the shapes above
+        flags = "/".join(sorted({str(r.get("flags", "?")) for r in others}))
+        return TCP_OTHER, _evidence(c, f"TCP {flags}")
     if obs.wire_in is not None:
         received, where = obs.wire_in, "received from the wire"
     else:
