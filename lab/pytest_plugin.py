@@ -20,8 +20,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="lab_seed",
         metavar="N",
         type=int,
-        default=1,
-        help="seed of the impairment models used by lab fixtures and scenarios (default: 1)",
+        default=None,
+        help="seed of the impairment models of the lab fixtures; when given, it also overrides "
+        "every scenario file's own seed (default: 1)",
     )
 
 
@@ -61,7 +62,8 @@ def udp_echo_server() -> Iterator[Any]:
 @pytest.fixture
 def lab_seed(request: pytest.FixtureRequest) -> int:
     """The seed given with --lab-seed (default 1)."""
-    return int(request.config.getoption("lab_seed"))
+    seed = request.config.getoption("lab_seed")
+    return 1 if seed is None else int(seed)
 
 
 @pytest.fixture

@@ -33,6 +33,9 @@ class ScenarioFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Collector]:
         scenario = load_scenario(Path(self.path))
+        seed = self.config.getoption("lab_seed", None)
+        if seed is not None:  # --lab-seed N replays every scenario with another seed
+            scenario = scenario.with_seed(seed)
         for point in scenario.points:
             yield ScenarioPoint.from_parent(
                 self, name=f"{scenario.name}[{point.id}]", scenario=scenario, point=point
