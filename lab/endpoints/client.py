@@ -19,11 +19,12 @@ import selectors
 import socket
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lab.errors import CrcMismatchError, EndpointError, RemoteWireError, TargetRefusedError
 from lab.records import RTT_KEYS, Arrival, Result, RunRecord, Send, TrafficPlan
+from lab.timing import fine_timers
 from lab.wire import (
     EOF,
     HEADER,
@@ -64,10 +65,6 @@ CONNECT_TIMEOUT_MAX_S = 10.0
 # A paced sender sleeps until this long before a probe is due, then polls: waking from a sleep
 # costs tens of µs in Python, which would otherwise be booked as latency of every probe.
 SPIN_NS = 100_000
-# prctl(2) options from linux/prctl.h; the kernel's default slack of 50 µs delays every wake-up.
-PR_SET_TIMERSLACK = 29
-PR_GET_TIMERSLACK = 30
-FINE_TIMER_SLACK_NS = 1
 FD_SETSIZE = 1024  # sys/select.h: select(2) handles descriptors below this
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C'd program
 PROGRESS_INTERVAL_NS = 100_000_000  # report progress at most 10 times a second
@@ -170,24 +167,6 @@ def _selector(socks: list[socket.socket]) -> selectors.BaseSelector:
     if max(s.fileno() for s in socks) < FD_SETSIZE:
         return selectors.SelectSelector()
     return selectors.DefaultSelector()
-
-
-@contextlib.contextmanager
-def _fine_timers() -> Iterator[None]:
-    """Shrink this thread's timer slack (default 50 µs) while a paced sender runs."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        previous = libc.prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
-        changed = previous > 0 and libc.prctl(PR_SET_TIMERSLACK, FINE_TIMER_SLACK_NS, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # not Linux, or no libc: run with the default slack
-        changed = False
-    try:
-        yield
-    finally:
-        if changed:
-            libc.prctl(PR_SET_TIMERSLACK, previous, 0, 0, 0)
 
 
 def _frame(seq: int, stream: int, send_ns: int, payload: bytes, crc: int) -> bytes:
@@ -391,7 +370,7 @@ def run_udp(
             sel.register(sock, selectors.EVENT_READ)
         now = time.monotonic_ns()
         run = _Run("udp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
-        with _fine_timers():
+        with fine_timers():
             try:
                 _udp_loop(run, socks, sel, (host, port))
             except KeyboardInterrupt:
@@ -522,7 +501,7 @@ def run_tcp(
         now = time.monotonic_ns()
         run = _Run("tcp", plan, _deadline_ns(plan, deadline_s, now), progress, start_ns=now)
         run.extras["tcp_nodelay"] = True
-        with _fine_timers():
+        with fine_timers():
             try:
                 _tcp_loop(run, sock, sel, (host, port))
             except KeyboardInterrupt:
