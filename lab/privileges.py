@@ -40,10 +40,9 @@ def explain(*caps: int) -> str:
     if not lacking:
         return ""
     parts = [f"{_NAMES[c]} ({_WHY[c]})" for c in lacking]
-    return (
-        f"needs {' and '.join(parts)}: run as root (sudo), or grant the capability, "
-        "e.g. `sudo setcap cap_net_admin,cap_net_raw+ep $(readlink -f .venv/bin/python)`"
-    )
+    # Only root really works: named namespaces also need CAP_SYS_ADMIN (bind mounts), and setcap on
+    # the venv's python would land on the shared system interpreter.
+    return f"needs {' and '.join(parts)}: run it as root, e.g. `sudo .venv/bin/lab ...` or `sudo make test`"
 
 
 def require(*caps: int) -> None:

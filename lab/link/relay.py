@@ -59,8 +59,8 @@ def tcp_needs_privileges_message() -> str:
     """What to tell a user who asked for TCP impairment without the privileges it needs."""
     lacking = privileges.missing(privileges.CAP_NET_ADMIN)
     why = f" (this process lacks {', '.join(lacking)})" if lacking else ""
-    # Not privileges.explain(): its setcap hint does not cover namespaces, which also need
-    # CAP_SYS_ADMIN (unshare and a bind mount under /run/netns).
+    # Says more than privileges.explain(): namespaces also need CAP_SYS_ADMIN (unshare and a bind
+    # mount under /run/netns), and UDP still works without any of it.
     return (
         "impairing TCP needs root: it happens below TCP, on an emulated link between two network "
         f"namespaces, which takes CAP_NET_ADMIN and CAP_SYS_ADMIN{why}; run with sudo. "
