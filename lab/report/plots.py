@@ -199,7 +199,7 @@ def arrival_timeline(payload: Mapping[str, Any]) -> str:
 
 
 def goodput(payload: Mapping[str, Any]) -> str:
-    """Goodput (echoed payload bits/s) per point and protocol."""
+    """Goodput (bits/s of probes echoed back intact) per point and protocol."""
     plt = _pyplot()
     points = payload.get("points", [])
     protocols = protocols_of(payload)
@@ -215,7 +215,7 @@ def goodput(payload: Mapping[str, Any]) -> str:
         ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=proto.upper())
     ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
     ax.set_ylabel("goodput (kbit/s)")
-    ax.set_title("Goodput: payload bits echoed back per second", fontsize=10)
+    ax.set_title("Goodput: bits of probes echoed back intact, per second", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _svg(fig)
