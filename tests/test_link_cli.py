@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
@@ -12,24 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from lab.link import netns
 
 pytestmark = pytest.mark.privileged
-
-CLEANUP_LOCK = "/tmp/wirelab-tests-cleanup.lock"  # shared by test_netns and test_link_cli
-
-
-@pytest.fixture
-def cleanup_turn() -> Iterator[None]:
-    """One cleanup test at a time across xdist workers: a cleanup reaps *every* dead run's leftovers,
-    so a concurrent one would take this test's leftovers (and the removal message) away."""
-    with open(CLEANUP_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 UP_TIMEOUT_S = 20.0
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,17 +16,6 @@ from lab.link.netns import Topology, cleanup_leftovers, in_netns_thread, process
 from lab.link.session import open_link
 
 pytestmark = pytest.mark.privileged
-
-CLEANUP_LOCK = "/tmp/wirelab-tests-cleanup.lock"  # shared by test_netns and test_link_cli
-
-
-@pytest.fixture
-def cleanup_turn() -> Iterator[None]:
-    """One cleanup test at a time across xdist workers: a cleanup reaps *every* dead run's leftovers,
-    so a concurrent one would take this test's leftovers (and the removal message) away."""
-    with open(CLEANUP_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def _namespaces() -> set[str]:

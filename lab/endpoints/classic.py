@@ -14,14 +14,12 @@ import threading
 from typing import Any
 
 from lab.endpoints.server import (
-    MAX_UDP6_PAYLOAD,
     MAX_UDP_PAYLOAD,
     RECV_CHUNK,
     Counters,
     bind_sockets,
-    check_idle_timeout,
+    check_limits,
 )
-from lab.errors import ConfigError
 
 POLL_INTERVAL_S = 0.05  # socketserver's serve_forever polls for shutdown this often (default 0.5)
 
@@ -170,11 +168,7 @@ class ClassicEchoServer:
         idle_timeout: float = 60.0,
         max_datagram: int = MAX_UDP_PAYLOAD,
     ) -> None:
-        if max_conns < 1:
-            raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
-        check_idle_timeout(idle_timeout)
-        if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
-            raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
+        check_limits(max_conns, idle_timeout, max_datagram)
         self.counters = Counters()
         tcp_sock, udp_sock = bind_sockets(kind, host, port)
         self._servers: list[socketserver.BaseServer] = []

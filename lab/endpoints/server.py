@@ -82,6 +82,15 @@ def check_idle_timeout(idle_timeout: float) -> None:
                           f"(0 = never), got {idle_timeout}")
 
 
+def check_limits(max_conns: int, idle_timeout: float, max_datagram: int) -> None:
+    """Validate a server's limits (shared by both server variants); ConfigError names the bad one."""
+    if max_conns < 1:
+        raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
+    check_idle_timeout(idle_timeout)
+    if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
+        raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
+
+
 def resolve_bind(host: str, port: int, socktype: int) -> tuple[int, tuple[Any, ...]]:
     """(family, sockaddr) to bind `host`:`port`; raises EndpointError on a bad address or port."""
     if not 0 <= port <= 65535:
@@ -179,11 +188,7 @@ class EchoServer:
         idle_timeout: float = 60.0,
         max_datagram: int = MAX_UDP_PAYLOAD,
     ) -> None:
-        if max_conns < 1:
-            raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
-        check_idle_timeout(idle_timeout)
-        if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
-            raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
+        check_limits(max_conns, idle_timeout, max_datagram)
         self.kind = kind
         self.max_conns = max_conns
         self.idle_timeout = idle_timeout
