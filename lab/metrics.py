@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -274,3 +274,18 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
         tcp_info=tcp,
         extras=extras,
     )
+
+
+def retransmitted_segments(result: Mapping[str, Any]) -> int | None:
+    """TCP segments retransmitted by both ends of a run (None for a protocol without TCP_INFO).
+
+    The client's own count comes from its TCP_INFO (`total_retrans`); the echo server's — replies
+    lost on the way back — from the `TcpRetransSegs` delta of the server's namespace, which a linked
+    run measures (`result["kernel"]["server"]`). On loopback only the client's count exists.
+    """
+    info = result.get("tcp_info") or {}
+    client = info.get("total_retrans", info.get("retransmits"))
+    if client is None:
+        return None
+    server = ((result.get("kernel") or {}).get("server") or {}).get("TcpRetransSegs", 0)
+    return int(client) + int(server)

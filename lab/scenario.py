@@ -92,7 +92,7 @@ METRICS: dict[str, str] = {
     "rtt_mean_ms": "RTT mean, ms",
     "jitter_ms": "RFC 3550 interarrival jitter, ms",
     "goodput_bps": "echoed payload bits per second",
-    "retransmits": "TCP retransmitted segments (tcp_info)",
+    "retransmits": "TCP segments retransmitted by both ends (client TCP_INFO + server namespace)",
 }
 STATISTICAL = ("within_ci", "within_ci_fragments")
 EXPECTATION_DOC = (
@@ -525,8 +525,9 @@ def measured_value(result: Result | Mapping[str, Any], metric: str) -> float | N
         value = data.get("jitter_us")
         return None if value is None else value / 1000.0
     if metric == "retransmits":
-        info = data.get("tcp_info") or {}
-        value = info.get("total_retrans", info.get("retransmits"))
+        from lab.metrics import retransmitted_segments
+
+        value = retransmitted_segments(data)
         return None if value is None else float(value)
     value = data.get(metric)
     return None if value is None else float(value)

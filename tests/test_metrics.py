@@ -254,3 +254,13 @@ def test_reordering_bounds(seqs: list[int]) -> None:
     assert 0 <= got.reordered <= max(0, distinct - 1)
     assert 0 <= got.extent_max < max(1, distinct)
     assert reordering(sorted(set(seqs))).reordered == 0
+
+
+def test_retransmitted_segments_counts_both_ends() -> None:
+    """Client TCP_INFO plus the server namespace's TcpRetransSegs; None without TCP_INFO."""
+    from lab.metrics import retransmitted_segments
+
+    assert retransmitted_segments({"tcp_info": None}) is None
+    assert retransmitted_segments({"tcp_info": {"total_retrans": 7}}) == 7
+    linked = {"tcp_info": {"total_retrans": 7}, "kernel": {"server": {"TcpRetransSegs": 5}}}
+    assert retransmitted_segments(linked) == 12

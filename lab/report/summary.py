@@ -35,10 +35,10 @@ def fmt_rate(bps: float | None) -> str:
 
 
 def retransmits(result: Mapping[str, Any]) -> int | None:
-    """TCP retransmitted segments from tcp_info (None for protocols without it)."""
-    info = result.get("tcp_info") or {}
-    value = info.get("total_retrans", info.get("retransmits"))
-    return None if value is None else int(value)
+    """TCP segments retransmitted by both ends (None for protocols without TCP_INFO)."""
+    from lab.metrics import retransmitted_segments
+
+    return retransmitted_segments(result)
 
 
 COLUMNS: tuple[tuple[str, Any], ...] = (
