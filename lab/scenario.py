@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,19 +278,23 @@ class _Parser:
             if key not in LINK_KEYS:
                 raise self.fail(f"[link] {key}", f"unknown key; allowed: {', '.join(LINK_KEYS)}")
         sweep = self.sweep_table(data.get("sweep", {}))
-        expectations = self.expect_table(data.get("expect", {}), meta["protocols"])
+        names = [name for name, _, _ in sweep]
+        combos = list(itertools.product(*[values for _, _, values in sweep])) if sweep else [()]
+        ids = [
+            ",".join(f"{name}={_label(value)}" for name, value in zip(names, combo, strict=True)) or "base"
+            for combo in combos
+        ]
+        if len(set(ids)) != len(ids):
+            raise self.fail("[sweep]", "two sweep values give the same point id; make values distinct")
+        expectations = self.expect_table(data.get("expect", {}), meta["protocols"], ids if sweep else [])
 
         points = []
-        names = [name for name, _, _ in sweep]
-        for combo in itertools.product(*[values for _, _, values in sweep]) if sweep else [()]:
+        for point_id, combo in zip(ids, combos, strict=True):
             point_link = dict(link)
             point_traffic = dict(traffic)
-            labels = []
-            for (name, (table, key), _), value in zip(sweep, combo, strict=True):
+            for (_, (table, key), _), value in zip(sweep, combo, strict=True):
                 (point_link if table == "link" else point_traffic)[key] = value
-                labels.append(f"{name}={_label(value)}")
-            point_id = ",".join(labels) if labels else "base"
-            where = f"[sweep] point {point_id}: " if labels else ""
+            where = f"[sweep] point {point_id}: " if sweep else ""
             plan = self.traffic_plan(point_traffic, where)
             self.validate_link(point_link, meta["seed"], where)
             points.append(
@@ -298,14 +302,11 @@ class _Parser:
                     id=point_id,
                     link=point_link,
                     traffic=plan,
-                    expectations=expectations,
+                    expectations=expectations(point_id),
                     seed=meta["seed"],
                     mtu=meta["mtu"],
                 )
             )
-        ids = [p.id for p in points]
-        if len(set(ids)) != len(ids):
-            raise self.fail("[sweep]", "two sweep values give the same point id; make values distinct")
         return Scenario(
             name=meta["name"],
             description=meta["description"],
@@ -410,21 +411,49 @@ class _Parser:
         return list(values)
 
     def expect_table(
-        self, table: dict[str, Any], protocols: tuple[str, ...]
-    ) -> dict[str, tuple[Expectation, ...]]:
-        out: dict[str, tuple[Expectation, ...]] = {}
-        for proto, metrics in table.items():
-            if proto not in protocols:
-                raise self.fail(
-                    f"[expect.{proto}]", f"not one of this scenario's protocols ({', '.join(protocols)})"
-                )
-            if not isinstance(metrics, dict):
-                raise self.fail(f"[expect.{proto}]", "must be a table of metric = expectation")
-            out[proto] = tuple(self.expectation(proto, m, v) for m, v in metrics.items())
-        return out
+        self, table: dict[str, Any], protocols: tuple[str, ...], point_ids: list[str]
+    ) -> Callable[[str], dict[str, tuple[Expectation, ...]]]:
+        """point id -> {protocol: expectations}: `[expect.PROTO]` at every point, and at one point
+        `[expect."ID".PROTO]` on top, replacing the general expectation of the same metric."""
+        general: dict[str, dict[str, Expectation]] = {}
+        specific: dict[str, dict[str, dict[str, Expectation]]] = {}
+        for key, value in table.items():
+            if key in protocols:
+                general[key] = self.expectations(f"[expect.{key}]", value)
+                continue
+            where = f"[expect.{_toml_key(key)}]"
+            if key not in point_ids:
+                allowed = f"not one of this scenario's protocols ({', '.join(protocols)})"
+                if point_ids:
+                    allowed += f" nor one of its sweep point ids ({', '.join(point_ids)})"
+                raise self.fail(where, allowed)
+            if not isinstance(value, dict):
+                raise self.fail(where, f"must hold a table per protocol, e.g. {where[:-1]}.udp]")
+            for proto, metrics in value.items():
+                if proto not in protocols:
+                    hint = f"; a metric goes in {where[:-1]}.PROTOCOL]" if proto in METRICS else ""
+                    raise self.fail(
+                        f"{where[:-1]}.{_toml_key(proto)}]",
+                        f"not one of this scenario's protocols ({', '.join(protocols)}){hint}",
+                    )
+                specific.setdefault(key, {})[proto] = self.expectations(f"{where[:-1]}.{proto}]", metrics)
 
-    def expectation(self, proto: str, metric: str, value: Any) -> Expectation:
-        where = f"[expect.{proto}] {metric}"
+        def at(point_id: str) -> dict[str, tuple[Expectation, ...]]:
+            merged = {proto: dict(by_metric) for proto, by_metric in general.items()}
+            for proto, by_metric in specific.get(point_id, {}).items():
+                merged.setdefault(proto, {}).update(by_metric)  # same metric: the point's replaces
+            return {proto: tuple(by_metric.values()) for proto, by_metric in merged.items()}
+
+        return at
+
+    def expectations(self, where: str, metrics: Any) -> dict[str, Expectation]:
+        """One `[expect...PROTO]` table: metric -> Expectation."""
+        if not isinstance(metrics, dict):
+            raise self.fail(where, "must be a table of metric = expectation")
+        return {m: self.expectation(where, m, v) for m, v in metrics.items()}
+
+    def expectation(self, table: str, metric: str, value: Any) -> Expectation:
+        where = f"{table} {metric}"
         if metric not in METRICS:
             raise self.fail(where, f"unknown metric; allowed: {', '.join(METRICS)}")
         if isinstance(value, str):
@@ -641,6 +670,13 @@ def _show(value: Any) -> str:
         if isinstance(value, str)
         else str(value).replace("True", "true").replace("False", "false")
     )
+
+
+def _toml_key(key: str) -> str:
+    """`udp` -> `udp`, `limit=10` -> `"limit=10"`: a key as it is written in a TOML table header."""
+    if key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key):
+        return key
+    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _label(value: Any) -> str:
