@@ -33,6 +33,14 @@ Format (every table but `[scenario]` is optional)::
     [expect.tcp]
     loss_ratio = 0
     rtt_p50_ms = { min = 40, max = 45 }
+    [expect."loss=0%,traffic.rate=10".udp]    # only at the sweep point with exactly this id
+    loss_ratio = 0                 # replaces the general loss_ratio there; the other metrics stay
+
+A key under [expect] is a protocol (its table applies at every sweep point) or a sweep point id,
+as pytest ids and `lab run` show it (`key=value` per sweep key, in [sweep] order, joined by `,`;
+quoted in TOML). A point's table holds one table per protocol; a metric it names replaces the
+general expectation of that metric at that point only. Anything else is an error listing the
+scenario's protocols and point ids.
 """
 
 from __future__ import annotations
