@@ -17,12 +17,15 @@ Definitions (each function below implements one):
   which ends one timeout after the last send when probes are missing — that wait would make a
   lossy protocol's goodput look smaller than what it delivered. A probe's bytes are its whole
   message (header + payload): from the transport's point of view all of it is application data.
+* **Head-of-line blocking** (runs with several logical streams): a reply delayed well past the base
+  RTT that waited behind an earlier, delayed probe of *another* stream — see `head_of_line`.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -40,6 +43,14 @@ HDR_SIGNIFICANT_DIGITS = 3
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
 # RFC 3550 §6.4.1: J(i) = J(i-1) + (|D(i-1,i)| - J(i-1)) / 16 — the gain 1/16 is the RFC's.
 JITTER_GAIN_DIVISOR = 16
+NS_PER_MS = 1_000_000
+# Head-of-line blocking (`head_of_line`): the base RTT is the 10th percentile of answered probes'
+# RTTs (the unimpeded round trip, robust to a few fast outliers); a reply is *delayed* when its RTT
+# exceeds both 2x the base and the base + 10 ms — a retransmission costs at least one more round
+# trip, while scheduler noise on a loaded host stays well below 10 ms.
+HOL_BASE_PERCENTILE = 10
+HOL_DELAY_FACTOR = 2
+HOL_DELAY_MARGIN_NS = 10 * NS_PER_MS
 
 
 @dataclass(slots=True, kw_only=True)
@@ -222,6 +233,93 @@ def delivery_span_s(sends: Sequence[Send], delivered: Sequence[Arrival]) -> floa
     return max(0, max(a.recv_ns for a in delivered) - first) / NS_PER_S
 
 
+@dataclass(slots=True, kw_only=True)
+class HeadOfLine:
+    """Head-of-line blocking figures of one run (see `head_of_line`). Times in ns."""
+
+    streams: int
+    base_rtt_ns: int
+    threshold_ns: int
+    delayed: int  # answered probes whose RTT exceeded the threshold
+    blocked: int  # of those, the ones that waited behind another stream's delayed probe
+    in_stream: int  # of those, the ones that waited behind a delayed probe of their own stream
+
+    def to_extras(self, sent: int) -> dict[str, Any]:
+        """The `result.extras["hol"]` form (µs, plus the share of sent probes blocked)."""
+        return {
+            "streams": self.streams,
+            "base_rtt_us": self.base_rtt_ns / NS_PER_US,
+            "threshold_us": self.threshold_ns / NS_PER_US,
+            "delayed": self.delayed,
+            "blocked": self.blocked,
+            "in_stream": self.in_stream,
+            "blocked_ratio": self.blocked / sent if sent else 0.0,
+        }
+
+
+def head_of_line(record: RunRecord, received: Sequence[Arrival] | None = None) -> HeadOfLine:
+    """Probes held back by another stream's loss: head-of-line blocking, counted from the record.
+
+    Head-of-line blocking is what an ordered byte stream does to independent messages multiplexed
+    over it: one lost segment holds back everything sent after it until the retransmission arrives
+    (RFC 8095 §3.1; QUIC's streams exist to avoid it, RFC 9000 §2.2: "a loss on one stream does
+    not delay data on other streams"). From the client's record alone:
+
+    * base RTT = the 10th percentile (nearest rank) of answered probes' RTTs (from intended send);
+      a probe is **delayed** if answered in time with RTT > max(2 x base, base + 10 ms).
+    * a delayed probe q **waited behind** an earlier-sent delayed probe p when p's reply had not
+      arrived by the time q's would have without hindrance (q's intended send + base) and came
+      no later than q's: q was released only once p was. Its **blocker** is the earliest-sent such
+      p — the probe whose loss opened the stall (a stall's own first probe has none).
+    * q is **blocked** (head-of-line) when its blocker belongs to another stream, and
+      **in_stream** when it belongs to q's own stream (that wait an ordered stream imposes anyway).
+
+    Never-answered probes block nothing: only a recovered loss can hold later data back. Separate
+    UDP flows therefore count ~0 — a probe lost on one flow delays no other — while one TCP
+    connection counts the victims of every retransmission. Limits, stated: a second loss inside a
+    stall is attributed to the stall's first probe; a stall of the whole path (the client or the
+    forwarder descheduled for longer than the margin) would look the same.
+    """
+    sends = {s.seq: s for s in record.sends}
+    if received is None:
+        received = classify(record).received
+    rtts = sorted(a.recv_ns - sends[a.seq].intended_ns for a in received)
+    if not rtts:
+        return HeadOfLine(streams=record.plan.streams, base_rtt_ns=0, threshold_ns=0, delayed=0, blocked=0,
+                          in_stream=0)
+    base = rtts[max(0, math.ceil(len(rtts) * HOL_BASE_PERCENTILE / 100) - 1)]
+    threshold = max(HOL_DELAY_FACTOR * base, base + HOL_DELAY_MARGIN_NS)
+    delayed = sorted(
+        ((sends[a.seq], a.recv_ns) for a in received if a.recv_ns - sends[a.seq].intended_ns > threshold),
+        key=lambda pair: (pair[0].intended_ns, pair[0].seq),
+    )
+    window_ns = round(record.plan.timeout * NS_PER_S)
+    blocked = in_stream = 0
+    # Earlier delayed probes that may still hold later ones back, in send order. An answered reply
+    # came within the window of its send, so one sent more than a window before q's due time
+    # cannot have been outstanding then (due times only grow: q goes in send order).
+    pending: deque[tuple[Send, int]] = deque()
+    for send, recv in delayed:
+        due = send.intended_ns + base
+        while pending and pending[0][0].sent_ns + window_ns < due:
+            pending.popleft()
+        blocker = next((p for p, p_recv in pending if due < p_recv <= recv), None)
+        if blocker is not None:
+            if blocker.stream != send.stream:
+                blocked += 1
+            else:
+                in_stream += 1
+        pending.append((send, recv))
+    return HeadOfLine(
+        streams=record.plan.streams,
+        base_rtt_ns=base,
+        threshold_ns=threshold,
+        delayed=len(delayed),
+        blocked=blocked,
+        in_stream=in_stream,
+    )
+
+
 def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = None) -> Result:
     """Every figure of the DESIGN.md result object, from one client run."""
     plan = record.plan
@@ -246,6 +344,8 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
     clamped = rtt.clamped + censored.clamped + (uncorrected.clamped if uncorrected else 0)
     if clamped:
         extras["rtt_clamped"] = clamped
+    if plan.streams > 1:
+        extras["hol"] = head_of_line(record, c.received).to_extras(sent)
     extras.update(record.extras)
     tcp = extras.pop("tcp_info", None)
     return Result(

@@ -113,7 +113,11 @@ class RunOutcome:
 
 # --- per-probe timeline ---------------------------------------------------------------------------
 def timeline_from_record(record: RunRecord, max_points: int = TIMELINE_MAX_POINTS) -> list[list[Any]]:
-    """[[seq, t_ms, rtt_ms | None]] per probe: intended send time since start, RTT if answered in time."""
+    """[[seq, t_ms, rtt_ms | None, stream]] per probe: intended send since start, RTT if answered in time.
+
+    The stream (4th column, added later: readers accept 3-column rows of older result.json files
+    as stream 0) lets the report colour a multi-stream run by stream.
+    """
     timeout_ns = int(record.plan.timeout * 1e9)
     first: dict[int, int] = {}
     for arrival in record.arrivals:
@@ -124,7 +128,8 @@ def timeline_from_record(record: RunRecord, max_points: int = TIMELINE_MAX_POINT
         recv = first.get(send.seq)
         rtt_ns = None if recv is None else recv - send.intended_ns
         rtt = round(rtt_ns / NS_PER_MS, 3) if rtt_ns is not None and 0 <= rtt_ns <= timeout_ns else None
-        rows.append([send.seq, round((send.intended_ns - record.started_ns) / NS_PER_MS, 3), rtt])
+        t_ms = round((send.intended_ns - record.started_ns) / NS_PER_MS, 3)
+        rows.append([send.seq, t_ms, rtt, send.stream])
     if len(rows) > max_points:
         stride = -(-len(rows) // max_points)  # ceil: never more than max_points rows
         rows = rows[::stride]

@@ -49,7 +49,7 @@ def test_timeline_from_record():
         ],
     )
     # seq 0 answered in 5 ms (its duplicate ignored), 1 lost, 2 answered after the 100 ms timeout
-    assert runner.timeline_from_record(record) == [[0, 0.0, 5.0], [1, 10.0, None], [2, 20.0, None]]
+    assert runner.timeline_from_record(record) == [[0, 0.0, 5.0, 0], [1, 10.0, None, 0], [2, 20.0, None, 0]]
     assert len(runner.timeline_from_record(record, max_points=2)) == 2
 
 

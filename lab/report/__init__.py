@@ -9,8 +9,9 @@
                  "skipped": {protocol: reason}, "checks": {protocol: [check dicts]}}],
      "atlas": [...] (optional)}
 
-Each Result may carry `extras["timeline"]`: [[seq, t_ms, rtt_ms | null], ...] (t_ms: intended send
-time since the run started; rtt null = lost), downsampled to at most TIMELINE_MAX_POINTS entries.
+Each Result may carry `extras["timeline"]`: [[seq, t_ms, rtt_ms | null, stream], ...] (t_ms: intended
+send time since the run started; rtt null = lost; stream absent in older files = 0), downsampled to at
+most TIMELINE_MAX_POINTS entries; a multi-stream run also `extras["hol"]` (lab.metrics.head_of_line).
 """
 
 from __future__ import annotations

@@ -8,10 +8,22 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from lab.report.summary import expected_loss, protocols_of, results_by_protocol, retransmits
+from lab.report.summary import (
+    expected_loss,
+    protocols_of,
+    results_by_protocol,
+    retransmits,
+    stream_count,
+    timeline_rows,
+)
 
 PROTOCOL_COLORS = {"tcp": "#1f6fb4", "udp": "#d9482b"}
 FALLBACK_COLORS = ("#2a9d4b", "#8a4fbf", "#b8860b", "#555555")
+# One colour per logical stream in the arrival timeline (matplotlib's tab10 order, which stays
+# distinguishable for colour-blind readers better than a ramp); more streams reuse them.
+STREAM_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+)
 MAX_COLUMNS = 3
 PANEL_W, PANEL_H = 4.2, 2.8  # inches per small-multiple panel
 US_PER_MS = 1000.0
@@ -69,10 +81,6 @@ def _grid(plt: Any, n: int, *, sharey: bool = False) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
-def _timeline(result: Mapping[str, Any]) -> list[list[Any]]:
-    return list((result.get("extras") or {}).get("timeline") or [])
-
-
 def latency_cdf(payload: Mapping[str, Any]) -> str:
     """RTT CDF per sweep point, one line per protocol (from the per-probe timeline)."""
     plt = _pyplot()
@@ -81,7 +89,7 @@ def latency_cdf(payload: Mapping[str, Any]) -> str:
     fig, axes = _grid(plt, len(points) or 1)
     for ax, point in zip(axes, points, strict=False):
         for proto, result in results_by_protocol(point).items():
-            rtts = sorted(e[2] for e in _timeline(result) if e[2] is not None)
+            rtts = sorted(rtt for _s, _t, rtt, _stream in timeline_rows(result) if rtt is not None)
             if not rtts:
                 quant = result.get("rtt_us") or {}
                 pairs = [
@@ -171,14 +179,26 @@ def arrival_timeline(payload: Mapping[str, Any]) -> str:
             if result is None:
                 ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="#999")
                 continue
-            entries = _timeline(result)
-            got = [((t + rtt) / MS_PER_S, s) for s, t, rtt in entries if rtt is not None]
-            lost = [(t / MS_PER_S, s) for s, t, rtt in entries if rtt is None]
-            shade = color(proto, protocols)
-            if got:
-                ax.scatter(
-                    *zip(*got, strict=True), s=3, color=shade, label="reply (at receive time)", linewidths=0
-                )
+            entries = timeline_rows(result)
+            lost = [(t / MS_PER_S, s) for s, t, rtt, _stream in entries if rtt is None]
+            streams = stream_count(result)
+            # Several streams: one colour each, so a stall that holds every stream back at once
+            # (one ordered connection) looks different from a gap in one flow (separate flows).
+            groups = (
+                [(f"stream {n}", STREAM_COLORS[n % len(STREAM_COLORS)], n) for n in range(streams)]
+                if streams > 1
+                else [("reply (at receive time)", color(proto, protocols), None)]
+            )
+            got_any = False
+            for label, shade, stream in groups:
+                got = [
+                    ((t + rtt) / MS_PER_S, s)
+                    for s, t, rtt, st in entries
+                    if rtt is not None and (stream is None or st == stream)
+                ]
+                if got:
+                    got_any = True
+                    ax.scatter(*zip(*got, strict=True), s=3, color=shade, label=label, linewidths=0)
             if lost:
                 ax.scatter(
                     *zip(*lost, strict=True),
@@ -189,7 +209,7 @@ def arrival_timeline(payload: Mapping[str, Any]) -> str:
                     linewidths=0.7,
                     label=f"lost ({len(lost)}, at send time)",
                 )
-            if got or lost:
+            if got_any or lost:
                 ax.legend(loc="upper left", fontsize=6, markerscale=2)
     fig.suptitle(
         "Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses", fontsize=10

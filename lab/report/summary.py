@@ -110,10 +110,25 @@ def queue_drops(result: Mapping[str, Any]) -> int:
     )
 
 
+def timeline_rows(result: Mapping[str, Any]) -> list[tuple[int, float, float | None, int]]:
+    """The per-probe timeline as (seq, t_ms, rtt_ms | None, stream); 3-column rows of older
+    result.json files (before the stream column) read as stream 0."""
+    rows = (result.get("extras") or {}).get("timeline") or []
+    return [(row[0], row[1], row[2], row[3] if len(row) > 3 else 0) for row in rows]
+
+
+def stream_count(result: Mapping[str, Any]) -> int:
+    """Logical streams of a run: from its head-of-line figures, else from its timeline (1 if neither)."""
+    hol = (result.get("extras") or {}).get("hol") or {}
+    if hol.get("streams"):
+        return int(hol["streams"])
+    return 1 + max((row[3] for row in timeline_rows(result)), default=0)
+
+
 def longest_loss_run(result: Mapping[str, Any]) -> int:
     """Most consecutive sequence numbers lost, from the per-probe timeline (0 without one)."""
     longest = run = 0
-    for _seq, _t, rtt in (result.get("extras") or {}).get("timeline") or []:
+    for _seq, _t, rtt, _stream in timeline_rows(result):
         run = run + 1 if rtt is None else 0
         longest = max(longest, run)
     return longest
@@ -180,9 +195,41 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
         ]
         if extras:
             sentences.append(f"{name} saw {', '.join(extras)}.")
+    hol = head_of_line_sentence(point)
+    if hol:
+        sentences.append(hol)
     for proto, reason in (point.get("skipped") or {}).items():
         sentences.append(f"{proto.upper()} was skipped: {reason}")
     return sentences
+
+
+def head_of_line_sentence(point: Mapping[str, Any]) -> str:
+    """How many probes of each protocol waited behind another stream's loss ('' for one stream)."""
+    figures = [
+        (proto.upper(), result["sent"], (result.get("extras") or {}).get("hol"))
+        for proto, result in results_by_protocol(point).items()
+    ]
+    figures = [(name, sent, hol) for name, sent, hol in figures if hol]
+    if not figures:
+        return ""
+    streams = max(hol["streams"] for _name, _sent, hol in figures)
+    blocking = [(name, sent, hol) for name, sent, hol in figures if hol["blocked"]]
+    if not blocking:
+        counts = ", ".join(f"{name}: 0" for name, _sent, _hol in figures)
+        return (
+            f"Head-of-line blocking ({streams} streams): no probe waited behind another stream's loss"
+            f" ({counts})."
+        )
+    parts = [
+        f"{hol['blocked']} of {sent} {name} probes waited behind another stream's retransmission"
+        for name, sent, hol in blocking
+    ]
+    parts += [f"{name}: 0" for name, _sent, hol in figures if not hol["blocked"]]
+    return (
+        f"Head-of-line blocking ({streams} streams): a loss on one stream stalled the others: "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def baseline_label(point: Mapping[str, Any] | None) -> str:
