@@ -161,56 +161,110 @@ def loss(payload: Mapping[str, Any]) -> str:
     return _svg(fig)
 
 
+def _stream_groups(
+    result: Mapping[str, Any], proto: str, protocols: list[str]
+) -> list[tuple[str, str, int | None]]:
+    """(label, colour, stream | None = all) per series: one per stream when there are several."""
+    streams = stream_count(result)
+    if streams > 1:
+        return [(f"stream {n}", STREAM_COLORS[n % len(STREAM_COLORS)], n) for n in range(streams)]
+    return [("reply (at receive time)", color(proto, protocols), None)]
+
+
+def _arrivals_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str]) -> None:
+    """Sequence number vs receive time; lost probes as crosses at their send time."""
+    entries = timeline_rows(result)
+    groups = _stream_groups(result, proto, protocols)
+    multi = groups[0][2] is not None
+    lost_total = sum(1 for row in entries if row[2] is None)
+    for label, shade, stream in groups:
+        mine = [row for row in entries if stream is None or row[3] == stream]
+        got = [((t + rtt) / MS_PER_S, s) for s, t, rtt, _st in mine if rtt is not None]
+        lost = [(t / MS_PER_S, s) for s, t, rtt, _st in mine if rtt is None]
+        if got:
+            ax.scatter(*zip(*got, strict=True), s=3, color=shade, label=label, linewidths=0)
+        if lost:
+            # One stream's losses in its own colour: separate flows lose probes one flow at a time.
+            ax.scatter(
+                *zip(*lost, strict=True),
+                s=12,
+                marker="x",
+                color=shade if multi else "#222",
+                alpha=0.8,
+                linewidths=0.7,
+                label=None if multi else f"lost ({lost_total}, at send time)",
+            )
+    if multi and lost_total:
+        label = f"lost ({lost_total}, at send time)"
+        ax.scatter([], [], s=12, marker="x", color="#222", linewidths=0.7, label=label)
+    if entries:
+        ax.legend(loc="upper left", fontsize=6, markerscale=2)
+
+
+def _delays_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str]) -> None:
+    """RTT vs send time per stream: a head-of-line stall is a spike every stream shares."""
+    entries = timeline_rows(result)
+    hol = (result.get("extras") or {}).get("hol") or {}
+    threshold = (hol.get("threshold_us") or 0) / US_PER_MS
+    answered = [rtt for _s, _t, rtt, _st in entries if rtt is not None]
+    top = max([*answered, threshold, 1.0]) * 1.08  # lost probes drawn here, above every reply
+    for _label, shade, stream in _stream_groups(result, proto, protocols):
+        mine = [row for row in entries if stream is None or row[3] == stream]
+        got = [(t / MS_PER_S, rtt) for _s, t, rtt, _st in mine if rtt is not None]
+        lost = [t / MS_PER_S for _s, t, rtt, _st in mine if rtt is None]
+        if got:
+            ax.scatter(*zip(*got, strict=True), s=4, color=shade, linewidths=0)
+        if lost:
+            ax.scatter(lost, [top] * len(lost), s=12, marker="x", color=shade, linewidths=0.7)
+    notes = []
+    if threshold:
+        ax.axhline(threshold, color="#777", linestyle="--", linewidth=0.7)
+        notes.append(f"dashed: delayed (RTT > {threshold:.0f} ms)")
+        ax.set_title(
+            f"{ax.get_title()}: {hol.get('blocked', 0)} held back by another stream", fontsize=9
+        )
+    if any(row[2] is None for row in entries):
+        notes.append("x: lost")
+    if notes:
+        ax.text(0.99, 0.97, " · ".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=6)
+    ax.set_ylim(0, top * 1.3)
+
+
 def arrival_timeline(payload: Mapping[str, Any]) -> str:
-    """Sequence number vs receive time, one panel per point and protocol: UDP gaps, TCP stalls."""
+    """Sequence number vs receive time, one panel per point and protocol: UDP gaps, TCP stalls.
+
+    A point with several logical streams colours them apart and adds a row of RTT vs send time
+    per stream, where head-of-line blocking shows as spikes all streams share at once.
+    """
     plt = _pyplot()
     points = payload.get("points", [])
     protocols = protocols_of(payload) or ["-"]
-    rows, cols = max(1, len(points)), len(protocols)
-    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_W * 1.2 * cols, PANEL_H * rows), squeeze=False)
-    for r, point in enumerate(points):
+    rows: list[tuple[Mapping[str, Any], str]] = []
+    for point in points:
+        rows.append((point, "arrivals"))
+        if any(stream_count(r) > 1 for r in point.get("results", [])):
+            rows.append((point, "delays"))
+    cols = len(protocols)
+    fig, axes = plt.subplots(
+        max(1, len(rows)), cols, figsize=(PANEL_W * 1.2 * cols, PANEL_H * max(1, len(rows))), squeeze=False
+    )
+    for r, (point, kind) in enumerate(rows):
         by_proto = results_by_protocol(point)
         for c, proto in enumerate(protocols):
             ax = axes[r][c]
             result = by_proto.get(proto)
-            ax.set_title(f"{point['id']} · {proto.upper()}", fontsize=9)
-            ax.set_xlabel("time since start (s)")
-            ax.set_ylabel("sequence number")
+            if kind == "arrivals":
+                ax.set_title(f"{point['id']} · {proto.upper()}", fontsize=9)
+                ax.set_xlabel("time since start (s)")
+                ax.set_ylabel("sequence number")
+            else:
+                ax.set_title(f"{point['id']} · {proto.upper()} RTT per stream", fontsize=9)
+                ax.set_xlabel("send time since start (s)")
+                ax.set_ylabel("RTT (ms)")
             if result is None:
                 ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="#999")
                 continue
-            entries = timeline_rows(result)
-            lost = [(t / MS_PER_S, s) for s, t, rtt, _stream in entries if rtt is None]
-            streams = stream_count(result)
-            # Several streams: one colour each, so a stall that holds every stream back at once
-            # (one ordered connection) looks different from a gap in one flow (separate flows).
-            groups = (
-                [(f"stream {n}", STREAM_COLORS[n % len(STREAM_COLORS)], n) for n in range(streams)]
-                if streams > 1
-                else [("reply (at receive time)", color(proto, protocols), None)]
-            )
-            got_any = False
-            for label, shade, stream in groups:
-                got = [
-                    ((t + rtt) / MS_PER_S, s)
-                    for s, t, rtt, st in entries
-                    if rtt is not None and (stream is None or st == stream)
-                ]
-                if got:
-                    got_any = True
-                    ax.scatter(*zip(*got, strict=True), s=3, color=shade, label=label, linewidths=0)
-            if lost:
-                ax.scatter(
-                    *zip(*lost, strict=True),
-                    s=12,
-                    marker="x",
-                    color="#222",
-                    alpha=0.7,
-                    linewidths=0.7,
-                    label=f"lost ({len(lost)}, at send time)",
-                )
-            if got_any or lost:
-                ax.legend(loc="upper left", fontsize=6, markerscale=2)
+            (_arrivals_panel if kind == "arrivals" else _delays_panel)(ax, result, proto, protocols)
     fig.suptitle(
         "Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses", fontsize=10
     )
