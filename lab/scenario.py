@@ -101,6 +101,7 @@ METRICS: dict[str, str] = {
     "jitter_ms": "RFC 3550 interarrival jitter, ms",
     "goodput_bps": "echoed payload bits per second",
     "retransmits": "TCP segments retransmitted by both ends (client TCP_INFO + server namespace)",
+    "hol_blocked": "probes held back by another stream's delayed probe (streams > 1, metrics.head_of_line)",
 }
 STATISTICAL = ("within_ci", "within_ci_fragments")
 EXPECTATION_DOC = (
@@ -561,6 +562,9 @@ def measured_value(result: Result | Mapping[str, Any], metric: str) -> float | N
     if metric == "jitter_ms":
         value = data.get("jitter_us")
         return None if value is None else value / 1000.0
+    if metric == "hol_blocked":
+        value = ((data.get("extras") or {}).get("hol") or {}).get("blocked")
+        return None if value is None else float(value)
     if metric == "retransmits":
         from lab.metrics import retransmitted_segments
 
