@@ -1,4 +1,5 @@
-"""Scenario parsing (valid, invalid, generated) and expectation evaluation. Pure: no network."""
+"""Scenario parsing (valid, invalid, generated) and expectation evaluation. Pure: no network, but
+for one pytester run of a tiny scenario on loopback (per-point expectations end to end)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from hypothesis import strategies as st
 from lab.errors import ScenarioError
 from lab.records import TrafficPlan
 from lab.scenario import (
+    EXPECTATION_DOC,
+    METRICS,
     Expectation,
     evaluate,
+    evaluate_all,
     fragments_per_datagram,
     load_scenario,
     loss_interval,
     measured_value,
     parse_scenario,
 )
+
+pytest_plugins = ["pytester"]
 
 F = "scenarios/x.toml: "
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -337,3 +343,157 @@ def test_seed_override_out_of_range(seed):
 def test_seed_override_reaches_every_point():
     s = parse('[sweep]\nloss = ["1%", "2%"]').with_seed(7)
     assert s.seed == 7 and [p.seed for p in s.points] == [7, 7]
+
+
+# --- per-sweep-point expectations ---------------------------------------------------------------------
+POINTS = """
+[sweep]
+loss = ["0%", "5%"]
+delay = ["1ms"]
+[expect.udp]
+loss_ratio = "within_ci"
+duplicates = 0
+[expect."loss=0%,delay=1ms".udp]
+loss_ratio = 0
+rtt_p99_ms = { max = 20 }
+[expect."loss=5%,delay=1ms".tcp]
+rtt_p99_ms = { min = 2 }
+"""
+
+
+def described(point, protocol):
+    return [e.describe() for e in point.expectations.get(protocol, ())]
+
+
+def test_point_expectations_replace_the_general_metric_at_that_point_only():
+    clean, lossy = parse(POINTS).points
+    # The point's loss_ratio takes the general one's place; duplicates still applies; rtt is added.
+    assert described(clean, "udp") == ["loss_ratio == 0", "duplicates == 0", "rtt_p99_ms in [-inf, 20]"]
+    assert described(lossy, "udp") == ["loss_ratio within_ci (99%)", "duplicates == 0"]
+    # A protocol with no general table gets expectations only where a point names it.
+    assert described(clean, "tcp") == [] and described(lossy, "tcp") == ["rtt_p99_ms in [2, inf]"]
+
+
+def test_general_only_file_applies_alike_everywhere():
+    """Backward compatible: without point tables every point holds the same expectations."""
+    s = parse('[sweep]\nlimit = [10, 300]\n[expect.udp]\nloss_ratio = "within_ci"\n[expect.tcp]\nlost = 0')
+    assert [dict(p.expectations) for p in s.points] == [dict(s.points[0].expectations)] * 2
+    assert described(s.points[1], "tcp") == ["lost == 0"]
+
+
+def test_point_expectations_survive_the_seed_override():
+    s = parse(POINTS).with_seed(9)
+    assert described(s.points[0], "udp")[0] == "loss_ratio == 0"
+
+
+def test_evaluate_all_uses_each_points_own_set():
+    clean, lossy = parse(POINTS).points
+    lossless = result(lost=0, received=1000, loss_ratio=0.0, expected_loss_ratio=0.0)
+    lossy_run = result(expected_loss_ratio=0.2)  # 19% lost: inside the 99% interval around 20%
+    assert [c.passed for c in evaluate_all(clean, "udp", lossless)] == [True, True, False]  # p99 43 ms
+    assert [c.expectation.describe() for c in evaluate_all(clean, "udp", lossless)][0] == "loss_ratio == 0"
+    assert [c.passed for c in evaluate_all(lossy, "udp", lossy_run)] == [True, True]
+    # The same 19% loss fails at the clean point, where loss_ratio = 0 replaced within_ci.
+    assert not evaluate_all(clean, "udp", lossy_run)[0].passed
+    assert evaluate_all(clean, "tcp", lossless) == []
+
+
+SWEEP = "[sweep]\nlimit = [10, 300]\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            SWEEP + '[expect."limit=20".udp]\nlost = 0',
+            F + '[expect."limit=20"]: not one of this scenario\'s protocols (tcp, udp) nor one of its '
+            "sweep point ids (limit=10, limit=300)",
+        ),
+        (
+            SWEEP + "[expect.quic]\nlost = 0",
+            F + "[expect.quic]: not one of this scenario's protocols (tcp, udp) nor one of its "
+            "sweep point ids (limit=10, limit=300)",
+        ),
+        (
+            SWEEP + '[expect."limit=10".quic]\nlost = 0',
+            F + '[expect."limit=10".quic]: not one of this scenario\'s protocols (tcp, udp)',
+        ),
+        (
+            SWEEP + '[expect."limit=10"]\nlost = 0',
+            F + '[expect."limit=10".lost]: not one of this scenario\'s protocols (tcp, udp); '
+            'a metric goes in [expect."limit=10".PROTOCOL]',
+        ),
+        (
+            SWEEP + '[expect]\n"limit=10" = 3',
+            F + '[expect."limit=10"]: must hold a table per protocol, e.g. [expect."limit=10".udp]',
+        ),
+        (
+            SWEEP + '[expect."limit=10".udp]\nlatency = 0',
+            F + '[expect."limit=10".udp] latency: unknown metric; allowed: ' + ", ".join(METRICS),
+        ),
+        (
+            SWEEP + '[expect."limit=10".udp]\nrtt_p50_ms = { min = 5, max = 1 }',
+            F + '[expect."limit=10".udp] rtt_p50_ms: min (5) is greater than max (1)',
+        ),
+        (
+            SWEEP + '[expect."limit=10".udp]\nloss_ratio = "yes"',
+            F + "[expect.\"limit=10\".udp] loss_ratio: unknown expectation 'yes'; " + EXPECTATION_DOC,
+        ),
+        (  # without a [sweep] the only point is `base`, and there is nothing to single out
+            "[expect.base.udp]\nlost = 0",
+            F + "[expect.base]: not one of this scenario's protocols (tcp, udp)",
+        ),
+    ],
+)
+def test_invalid_point_expectations_name_file_key_and_what_is_allowed(text, message):
+    assert error_of(text) == message
+
+
+def test_multi_key_point_id_must_match_exactly():
+    """A point id names every sweep key, in [sweep] order: a partial or reordered id is refused."""
+    for key in ("loss=0%", "delay=1ms,loss=0%"):
+        message = error_of(POINTS.replace("loss=0%,delay=1ms", key))
+        assert "sweep point ids (loss=0%,delay=1ms, loss=5%,delay=1ms)" in message
+
+
+def test_shipped_sweeps_single_out_points():
+    """bandwidth-queue and loss-sweep hold different expectations at different points."""
+    queue = {p.id: p for p in load_scenario(SCENARIOS / "bandwidth-queue.toml").points}
+    assert "loss_ratio in [0.25, 0.5]" in described(queue["limit=10"], "udp")
+    assert "loss_ratio == 0" in described(queue["limit=300"], "udp")
+    sweep = {p.id: p for p in load_scenario(SCENARIOS / "loss-sweep.toml").points}
+    assert described(sweep["loss=0%"], "udp") != described(sweep["loss=5%"], "udp")
+
+
+def test_pytest_failure_names_the_point_whose_own_expectation_failed(pytester, monkeypatch):
+    """End to end on loopback: only the point with the impossible expectation fails, and says so."""
+    monkeypatch.setenv("COLUMNS", "200")
+    pytester.mkdir("scenarios")
+    pytester.path.joinpath("scenarios", "tiny.toml").write_text(
+        '[scenario]\nname = "tiny"\nprotocols = ["udp"]\n'
+        "[traffic]\ncount = 20\nrate = 400\ntimeout = 0.5\n"
+        "[sweep]\nsize = [64, 100]\n"
+        "[expect.udp]\nloss_ratio = 0\n"
+        '[expect."size=100".udp]\nloss_ratio = { min = 0.5 }   # nothing is lost on loopback\n'
+    )
+    result = pytester.runpytest_subprocess("scenarios", "-p", "no:randomly", "-p", "no:xdist")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*tiny[[]size=100[]]::udp: 1 of 1 expectation(s) failed for udp:*",
+            "*loss_ratio in [[]0.5, inf[]]: loss_ratio = 0, expected loss_ratio in [[]0.5, inf[]]*",
+        ]
+    )
+    assert "size=64]::udp: " not in result.stdout.str()
+
+
+def test_readme_scenario_example_parses_as_documented():
+    """README's "Scenario files" example is a valid file, and its point tables do what it says."""
+    readme = (SCENARIOS.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Scenario files") :]
+    start = section.index("```toml\n") + len("```toml\n")
+    points = {p.id: p for p in parse(section[start : section.index("```", start)]).points}
+    assert described(points["loss=0%"], "udp") == ["loss_ratio == 0"]
+    assert described(points["loss=5%"], "udp") == ["loss_ratio within_ci (99%)"]
+    assert described(points["loss=20%"], "tcp") == ["loss_ratio == 0", "rtt_p50_ms in [10, inf]"]
+    assert described(points["loss=10%"], "tcp") == ["loss_ratio == 0", "rtt_p50_ms in [10, 15]"]
