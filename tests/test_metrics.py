@@ -264,3 +264,68 @@ def test_retransmitted_segments_counts_both_ends() -> None:
     assert retransmitted_segments({"tcp_info": {"total_retrans": 7}}) == 7
     linked = {"tcp_info": {"total_retrans": 7}, "kernel": {"server": {"TcpRetransSegs": 5}}}
     assert retransmitted_segments(linked) == 12
+
+
+# --- head-of-line blocking -----------------------------------------------------------------------
+def _streams_record(rtts_ms: list[float | None], *, streams: int = 4, gap_ms: int = 5) -> RunRecord:
+    """Probe i on stream i % streams, sent i x gap_ms; answered after rtts_ms[i] (None = lost)."""
+    plan = TrafficPlan(count=len(rtts_ms), size=64, rate=1000 / gap_ms, timeout=1.0, streams=streams)
+    sends = [Send(seq=i, intended_ns=i * gap_ms * MS, sent_ns=i * gap_ms * MS, size=64, stream=i % streams)
+             for i in range(len(rtts_ms))]
+    arrivals = sorted(
+        (Arrival(seq=i, recv_ns=round(i * gap_ms * MS + rtt * MS), stream=i % streams)
+         for i, rtt in enumerate(rtts_ms) if rtt is not None),
+        key=lambda a: a.recv_ns,
+    )
+    return RunRecord(protocol="tcp", plan=plan, started_ns=0, ended_ns=10 * S, sends=sends,
+                     arrivals=arrivals)
+
+
+def test_head_of_line_ordered_stall_blocks_other_streams() -> None:
+    """One ordered connection: probe 10 (stream 2) lost and retransmitted, released at 120 ms with
+    everything sent behind it. Base RTT 20 ms, threshold 40 ms: probes 11..15 (sent 55..75 ms) come
+    back at 120 ms too (RTT 65..45 ms), 16 (80 ms, RTT 40 ms) is not delayed, the rest on time.
+    11, 12, 13, 15 (streams 3, 0, 1, 3) waited behind stream 2: blocked; 14 (stream 2): in-stream."""
+    from lab.metrics import head_of_line
+
+    rtts: list[float | None] = [20.0] * 30
+    for i in range(10, 17):
+        rtts[i] = 120.0 - 5 * i if i > 10 else 70.0  # all released at 120 ms
+    hol = head_of_line(_streams_record(rtts))
+    assert (hol.base_rtt_ns, hol.threshold_ns) == (20 * MS, 40 * MS), hol
+    assert (hol.delayed, hol.blocked, hol.in_stream) == (6, 4, 1), hol  # 10..15 delayed; 10 is the root
+
+
+def test_head_of_line_independent_flows_block_nothing() -> None:
+    """Separate flows: losses never come back, so nothing waits behind them; a delayed probe of
+    one flow that comes back *before* an earlier delayed one was not held back by it."""
+    from lab.metrics import head_of_line
+
+    rtts: list[float | None] = [20.0] * 30
+    rtts[5] = rtts[9] = rtts[10] = None  # lost on streams 1, 1, 2
+    rtts[12] = 90.0  # stream 0, back at 150 ms
+    rtts[13] = 50.0  # stream 1, sent later, back at 115 ms: before 12, so not behind it
+    hol = head_of_line(_streams_record(rtts))
+    assert (hol.delayed, hol.blocked, hol.in_stream) == (2, 0, 0), hol
+
+
+def test_head_of_line_in_result_extras_only_with_streams() -> None:
+    """extras["hol"] (µs, ratio of sent) only for plan.streams > 1."""
+    rtts: list[float | None] = [20.0] * 30
+    for i in range(10, 17):
+        rtts[i] = 120.0 - 5 * i if i > 10 else 70.0
+    hol = compute_result(_streams_record(rtts)).extras["hol"]
+    assert hol == {"streams": 4, "base_rtt_us": 20_000.0, "threshold_us": 40_000.0, "delayed": 6,
+                   "blocked": 4, "in_stream": 1, "blocked_ratio": pytest.approx(4 / 30)}
+    assert "hol" not in compute_result(_streams_record(rtts, streams=1)).extras
+
+
+def test_head_of_line_threshold_margin_on_fast_links() -> None:
+    """A 1 ms base: the threshold is base + 10 ms (not 2 ms), so sub-10 ms noise is not a stall."""
+    from lab.metrics import head_of_line
+
+    rtts: list[float | None] = [1.0] * 20
+    rtts[4], rtts[5] = 8.0, 7.0  # stream 0 then 1, both well under 11 ms
+    hol = head_of_line(_streams_record(rtts))
+    assert (hol.threshold_ns, hol.delayed, hol.blocked) == (11 * MS, 0, 0), hol
+    assert head_of_line(_streams_record([None] * 4)).delayed == 0  # nothing answered: no base

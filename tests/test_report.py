@@ -243,3 +243,61 @@ def test_story_names_queue_drops():
         "TCP delivered all 400 probes; the link's queue was full and dropped 227 packets, which it "
         "recovered by retransmitting 139 segments (median RTT 1512 ms)."
     ) in story
+
+
+HOL_SAMPLE = Path(__file__).resolve().parent / "data" / "sample-hol"  # a real head-of-line run, seed 1
+
+
+def test_multi_stream_report_shows_head_of_line(tmp_path):
+    """4 streams: the timeline has a legend entry per stream, the text explains the colours, and
+    the story gives both protocols' head-of-line figures."""
+    target = tmp_path / "hol"
+    shutil.copytree(HOL_SAMPLE, target)
+    assert render_command(target) == 0
+    html = (target / "report.html").read_text(encoding="utf-8")
+    timeline = html[html.index('<section id="timeline">') : html.index('<section id="goodput">')]
+    for n in range(4):
+        assert f"<!-- stream {n} -->" in timeline, f"no legend entry for stream {n}"
+    assert "<!-- stream 4 -->" not in timeline
+    assert "each colour is one of the 4 logical streams" in timeline
+    assert "39 held back by another stream" in timeline  # the RTT-per-stream panel's title
+    assert (
+        "Head-of-line blocking (4 streams): a loss on one stream stalled the others: 39 of 300 TCP"
+        " probes waited behind another stream&#39;s retransmission; UDP: 0." in html
+    )
+    assert "Head-of-line blocking (4 streams)" in (target / "report.md").read_text(encoding="utf-8")
+
+
+def test_single_stream_report_has_no_head_of_line_text(run_dir):
+    """One stream (and 3-column timeline rows of an older result.json): no stream legend, no HOL text."""
+    render_command(run_dir)
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "<!-- stream 0 -->" not in html
+    assert "logical streams" not in html and "Head-of-line" not in html
+
+
+def test_head_of_line_sentence():
+    from lab.report.summary import head_of_line_sentence
+
+    def result(proto, blocked):
+        hol = {"streams": 3, "blocked": blocked}
+        return {"protocol": proto, "sent": 90, "extras": {"hol": hol}}
+
+    assert head_of_line_sentence({"results": [result("tcp", 0), result("udp", 0)]}) == (
+        "Head-of-line blocking (3 streams): no probe waited behind another stream's loss (TCP: 0, UDP: 0)."
+    )
+    assert head_of_line_sentence({"results": [result("tcp", 7), result("udp", 0)]}) == (
+        "Head-of-line blocking (3 streams): a loss on one stream stalled the others: 7 of 90 TCP probes"
+        " waited behind another stream's retransmission; UDP: 0."
+    )
+    assert head_of_line_sentence({"results": [{"protocol": "tcp", "sent": 9, "extras": {}}]}) == ""
+
+
+def test_timeline_rows_read_old_and_new_rows():
+    from lab.report.summary import stream_count, timeline_rows
+
+    old = {"extras": {"timeline": [[0, 0.0, 1.0], [1, 1.0, None]]}}
+    new = {"extras": {"timeline": [[0, 0.0, 1.0, 0], [1, 1.0, None, 1], [2, 2.0, 3.0, 2]]}}
+    assert timeline_rows(old) == [(0, 0.0, 1.0, 0), (1, 1.0, None, 0)]
+    assert stream_count(old) == 1 and stream_count(new) == 3
+    assert stream_count({"extras": {"hol": {"streams": 4}, "timeline": []}}) == 4
