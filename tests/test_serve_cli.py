@@ -224,3 +224,28 @@ def test_lab_serve_with_real_nc_and_socat() -> None:
     # nc -u may send a probe datagram of its own ("X") first; TCP bytes are exact.
     assert int(stats["bytes_in"]) >= expected["tcp"] + expected["udp"] and stats["errors"] == "0", stats
     assert stats["active"] == "0", stats
+
+
+def test_spawn_server_process_ready_and_failure() -> None:
+    """The shared spawner returns a serving process; a port in use is an EndpointError, no process left."""
+    import socket as _socket
+
+    from lab.endpoints.server import server_process, spawn_server_process, stop_server_process
+    from lab.errors import EndpointError
+
+    with server_process("udp") as ready:
+        host, port = ready["udp"]
+        with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.sendto(b"ping", (host, port))
+            assert sock.recv(16) == b"ping"
+        spawned: list[subprocess.Popen[str]] = []
+
+        def recording_popen(argv: list[str], **kwargs: object) -> subprocess.Popen[str]:
+            spawned.append(subprocess.Popen(argv, **kwargs))  # type: ignore[call-overload]
+            return spawned[-1]
+
+        with pytest.raises(EndpointError, match="did not start"):
+            spawn_server_process("udp", host=host, port=port, popen=recording_popen)
+        assert spawned and spawned[0].poll() is not None  # stopped and reaped, not left running
+        stop_server_process(spawned[0])  # idempotent on a finished process

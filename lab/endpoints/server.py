@@ -16,9 +16,11 @@ import argparse
 import contextlib
 import errno
 import json
+import select
 import selectors
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -552,6 +554,65 @@ def serve_command(which: str, host: str, port: int, max_conns: int, idle_timeout
     _serve_until_signal(server, announce)
     emit(format_stats(server.stats))
     return 0
+
+
+SERVER_READY_TIMEOUT_S = 15.0  # a fresh interpreter importing lab on a loaded 2-core box
+SERVER_STOP_TIMEOUT_S = 2.0
+
+
+def spawn_server_process(
+    kind: str = "both",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    variant: str = "selectors",
+    popen: Callable[..., subprocess.Popen[str]] = subprocess.Popen,
+    ready_timeout: float = SERVER_READY_TIMEOUT_S,
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Start `python -m lab.endpoints.server` in its own process; (process, its JSON ready line).
+
+    Its own process because a server measured for speed must not share the caller's GIL
+    (DESIGN.md). `popen` lets the caller start it elsewhere, e.g. inside a network namespace.
+    Raises EndpointError (after stopping the process) if it does not announce readiness in time.
+    """
+    argv = [sys.executable, "-m", "lab.endpoints.server", kind, "--host", host, "--port", str(port),
+            "--variant", variant]
+    process = popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    readable, _, _ = select.select([process.stdout], [], [], ready_timeout)
+    line = process.stdout.readline() if readable else ""
+    try:
+        ready = json.loads(line)
+    except ValueError:
+        ready = {"ready": False, "error": line.strip()
+                 or f"no ready line within {ready_timeout:.0f} s (exit status {process.poll()})"}
+    if not ready.get("ready"):
+        stop_server_process(process)
+        raise EndpointError(f"echo server process did not start: {ready.get('error')}")
+    return process, ready
+
+
+def stop_server_process(process: subprocess.Popen[Any], timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
+    """SIGTERM a server process (it prints its stats and exits 0), SIGKILL it if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@contextlib.contextmanager
+def server_process(kind: str = "both", **options: Any) -> Iterator[dict[str, Any]]:
+    """`spawn_server_process` as a context manager yielding the ready line; stopped on exit."""
+    process, ready = spawn_server_process(kind, **options)
+    try:
+        yield ready
+    finally:
+        stop_server_process(process)
 
 
 def main(argv: list[str] | None = None) -> int:

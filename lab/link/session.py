@@ -10,10 +10,8 @@ echo protocol end to end and returns a `Result` with the link's and the kernel's
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pickle
-import select
 import shutil
 import signal
 import struct
@@ -31,7 +29,6 @@ from lab.records import Result, RunRecord, TrafficPlan
 T = TypeVar("T")
 
 ECHO_PORT = 7007  # the lab's echo port (see lab.cli.DEFAULT_PORT)
-SERVER_READY_TIMEOUT_S = 15.0
 _FRAME = struct.Struct("!I")  # length prefix of a pickled message from a forked child
 
 
@@ -231,8 +228,10 @@ class Link:
                 with contextlib.suppress(Exception):
                     end.close()
             if self._echo is not None:
+                from lab.endpoints.server import stop_server_process
+
                 with contextlib.suppress(Exception):
-                    _stop(self._echo)
+                    stop_server_process(self._echo)
             if self._forwarder is not None:
                 self.final_counters = self._forwarder.stop()
         finally:
@@ -269,18 +268,16 @@ class Link:
         self._check_open()
         if self._echo is not None and self._echo.poll() is None and self._echo_port is not None:
             return self._echo_port
-        argv = [sys.executable, "-m", "lab.endpoints.server", "both",
-                "--host", SERVER_ADDRESS, "--port", str(ECHO_PORT)]
-        process = in_netns_thread(self.server_ns, lambda: subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True))
-        self._echo = process
-        line = _read_line(process, SERVER_READY_TIMEOUT_S)
+        from lab.endpoints.server import spawn_server_process
+
+        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+            return in_netns_thread(self.server_ns, lambda: subprocess.Popen(argv, **kwargs))
+
         try:
-            ready = json.loads(line)
-        except ValueError:
-            ready = {"ready": False, "error": line.strip() or f"exited with {process.poll()}"}
-        if not ready.get("ready"):
-            raise EndpointError(f"echo server in {self.server_ns} did not start: {ready.get('error')}")
+            self._echo, ready = spawn_server_process(
+                "both", host=SERVER_ADDRESS, port=ECHO_PORT, popen=popen_inside)
+        except EndpointError as exc:
+            raise EndpointError(f"in {self.server_ns}: {exc}") from exc
         self._echo_port = int(ready["udp"][1])
         return self._echo_port
 
@@ -316,25 +313,6 @@ class Link:
         }
         result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
         return record, result
-
-
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    """First stdout line of `process`, or '' after `timeout` s or at its exit."""
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], timeout)
-    return process.stdout.readline() if ready else ""
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 def open_link(*, name: str | None = None, seed: int = 1, direction: str = "both", mtu: int = 1500,

@@ -14,21 +14,17 @@ measured rounds (`benchmark.pedantic`), so neither gets a longer calibration or 
 
 from __future__ import annotations
 
-import json
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from lab.endpoints.server import server_process
 from lab.wire import NEED_DATA, Probe, StreamDecoder, decode_untrusted_datagram, encode, make_payload
 
 PROBE_SIZE = 64  # bytes on the wire, the lab's default probe
 IO_TIMEOUT_S = 5.0  # a lost reply on an unimpaired path means something broke: fail, do not hang
-STOP_TIMEOUT_S = 10.0
 WARMUP_ROUNDS = 300  # caches, neighbour entries, the server's first accept/recv paths
 ROUNDS = 5000  # the same for both protocols: medians over equal samples
 
@@ -38,21 +34,8 @@ Connect = Callable[[Callable[[], socket.socket]], socket.socket]
 @pytest.fixture(scope="module")
 def echo_server() -> Iterator[dict]:
     """The lab's echo server (TCP and UDP, ephemeral port) in a child process; stopped after the module."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.endpoints.server", "both"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        ready = json.loads(line) if line else {"ready": False}
-        assert ready.get("ready"), f"echo server did not start: {line!r}"
+    with server_process("both") as ready:
         yield {"tcp": tuple(ready["tcp"]), "udp": tuple(ready["udp"]), "make": lambda factory: factory()}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 @pytest.fixture(scope="module")

@@ -7,36 +7,22 @@ Run with `make bench`; msgs/s = 1 / mean.
 
 from __future__ import annotations
 
-import json
 import selectors
-import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
+from lab.endpoints.server import server_process
+
 MESSAGE = b"m" * 64  # a small probe-sized message: measures per-message cost, not bandwidth
-START_TIMEOUT = 15.0  # seconds for the server process to print its ready line
 IO_TIMEOUT = 5.0
 
 
 @pytest.fixture(scope="module", params=["selectors", "socketserver"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, list]]]:
-    proc = subprocess.Popen([sys.executable, "-m", "lab.endpoints.server", "both", "--variant",
-                             request.param], stdout=subprocess.PIPE, text=True)
-    try:
-        ready = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
-        assert ready["ready"], ready
+    with server_process("both", variant=request.param) as ready:
         yield request.param, ready
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 def test_echo_tcp(benchmark, server) -> None:  # type: ignore[no-untyped-def]
