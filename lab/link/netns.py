@@ -187,10 +187,11 @@ def _install_signal_guard() -> bool:
     with _signal_lock:
         if _signal_depth == 0:
             _guard_pid = os.getpid()
-            _saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
-            previous = signal.getsignal(signal.SIGINT)
-            # keep a caller's own SIGINT handler; replace only "ignore"/"default kill"
-            if previous in (signal.SIG_DFL, signal.SIG_IGN, None):
+            # keep a caller's own handlers (`lab run` turns SIGTERM into an interrupt that keeps
+            # what was measured); replace only "ignore"/"default kill"
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+                _saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
+            if signal.getsignal(signal.SIGINT) in (signal.SIG_DFL, signal.SIG_IGN, None):
                 _saved_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
         _signal_depth += 1
     return True
