@@ -13,6 +13,58 @@ from typing import Any
 
 from lab.errors import ConfigError
 
+# Every run must end and fit in memory. A probe costs about 510-560 bytes while it is recorded and
+# measured (its Send and Arrival records plus the metrics' working copies: `lab send` of 200 000
+# probes peaked 90 MB above one of 20 000); 600 leaves a margin.
+PROBE_MEMORY_BYTES = 600
+MAX_COUNT = 10_000_000
+MAX_RATE = 1_000_000.0
+DEFAULT_MAX_RUN_SECONDS = 3600.0
+DEFAULT_MAX_RUN_MB = 1024
+MAX_RUN_SECONDS_ENV = "WIRELAB_MAX_RUN_SECONDS"
+MAX_RUN_MB_ENV = "WIRELAB_MAX_RUN_MB"
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """How long one protocol run may last and how much memory its records may take."""
+
+    seconds: float = DEFAULT_MAX_RUN_SECONDS
+    megabytes: int = DEFAULT_MAX_RUN_MB
+
+    @property
+    def max_probes(self) -> int:
+        """The most probes whose records fit in `megabytes`."""
+        return self.megabytes * 1024 * 1024 // PROBE_MEMORY_BYTES
+
+
+def run_limits() -> RunLimits:
+    """The limits in force: the defaults, or WIRELAB_MAX_RUN_SECONDS / WIRELAB_MAX_RUN_MB."""
+    import math
+    import os
+
+    seconds, megabytes = DEFAULT_MAX_RUN_SECONDS, DEFAULT_MAX_RUN_MB
+    if raw := os.environ.get(MAX_RUN_SECONDS_ENV, "").strip():
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"{MAX_RUN_SECONDS_ENV} must be a positive number of seconds, got {raw!r}")
+    if raw := os.environ.get(MAX_RUN_MB_ENV, "").strip():
+        if not raw.isdigit() or int(raw) < 1:
+            raise ConfigError(f"{MAX_RUN_MB_ENV} must be a whole number of megabytes >= 1, got {raw!r}")
+        megabytes = int(raw)
+    return RunLimits(seconds, megabytes)
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.3g} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.3g} h"
+    return f"{seconds:.3g} s"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrafficPlan:
@@ -23,6 +75,10 @@ class TrafficPlan:
     `size` is the whole message on the wire (32-byte probe header + payload). `streams` > 1
     spreads probes round-robin over that many logical streams (one TCP connection carries them
     all; UDP gives each its own socket) — the head-of-line experiment.
+
+    A plan must be able to end within `run_limits()`: a paced plan's count/rate may not exceed the
+    time limit and its records may not exceed the memory limit (ping-pong has no schedule: its run
+    is stopped at the time limit instead, see `deadline_s`).
     """
 
     count: int = 100
@@ -32,10 +88,13 @@ class TrafficPlan:
     streams: int = 1
 
     def __post_init__(self) -> None:
+        import math
+
         from lab.wire import DEFAULT_MAX_PAYLOAD, HEADER_SIZE
 
-        if not isinstance(self.count, int) or self.count < 1 or self.count > 10_000_000:
-            raise ConfigError(f"count must be between 1 and 10000000, got {self.count!r}")
+        count_ok = isinstance(self.count, int) and not isinstance(self.count, bool)
+        if not count_ok or not 1 <= self.count <= MAX_COUNT:
+            raise ConfigError(f"count must be between 1 and {MAX_COUNT}, got {self.count!r}")
         if not isinstance(self.size, int) or not HEADER_SIZE <= self.size <= (
             HEADER_SIZE + DEFAULT_MAX_PAYLOAD
         ):
@@ -43,12 +102,46 @@ class TrafficPlan:
                 f"size must be between {HEADER_SIZE} (the probe header) and "
                 f"{HEADER_SIZE + DEFAULT_MAX_PAYLOAD} bytes, got {self.size!r}"
             )
-        if self.rate is not None and not (0 < self.rate <= 1_000_000):
-            raise ConfigError(f"rate must be > 0 and <= 1000000 messages/s, got {self.rate!r}")
-        if not 0 < self.timeout <= 3600:
+        if self.rate is not None and not (
+            isinstance(self.rate, int | float) and math.isfinite(self.rate) and 0 < self.rate <= MAX_RATE
+        ):
+            raise ConfigError(f"rate must be > 0 and <= {MAX_RATE:.0f} messages/s, got {self.rate!r}")
+        if not (isinstance(self.timeout, int | float) and 0 < self.timeout <= 3600):
             raise ConfigError(f"timeout must be > 0 and <= 3600 seconds, got {self.timeout!r}")
         if not isinstance(self.streams, int) or not 1 <= self.streams <= 64:
             raise ConfigError(f"streams must be between 1 and 64, got {self.streams!r}")
+        limits = run_limits()
+        if self.count > limits.max_probes:
+            raise ConfigError(
+                f"count {self.count} needs about {self.count * PROBE_MEMORY_BYTES / 1e9:.2g} GB to record "
+                f"(~{PROBE_MEMORY_BYTES} bytes a probe), over the {limits.megabytes} MB limit of one run "
+                f"(at most {limits.max_probes} probes); set {MAX_RUN_MB_ENV} to raise it"
+            )
+        if self.rate is not None and (nominal := self.count / self.rate) > limits.seconds:
+            raise ConfigError(
+                f"rate {self.rate:g}/s with count {self.count} takes {_human_seconds(nominal)}, over the "
+                f"{limits.seconds:g} s limit of one run; send fewer probes, faster, or set "
+                f"{MAX_RUN_SECONDS_ENV} to raise it"
+            )
+
+    def deadline_s(self) -> float:
+        """How long a client may run this plan before its overall deadline stops it.
+
+        Open loop: its schedule with room to catch up, plus one timeout for the last replies.
+        Ping-pong: every probe timing out in turn, but never past the run time limit.
+        """
+        limits = run_limits()
+        if self.rate is None:
+            nominal = min(self.count * self.timeout, limits.seconds)
+        else:
+            nominal = DEADLINE_SLACK * self.count / self.rate + self.timeout
+        return nominal + DEADLINE_MARGIN_S
+
+
+# Extra time allowed beyond a run's nominal length before the overall deadline stops it.
+DEADLINE_MARGIN_S = 5.0
+# An open-loop sender that fell behind may need this much longer than count/rate to catch up.
+DEADLINE_SLACK = 1.5
 
 
 @dataclass(slots=True, kw_only=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 from lab import privileges
 from lab.errors import LabError, PrivilegeError
+from lab.interrupts import exit_status, interrupt_on_signals, signal_name
 from lab.records import Result, RunRecord
 from lab.scenario import Check, Scenario, SweepPoint, evaluate_all, load_scenario
 
@@ -47,10 +48,19 @@ class PointOutcome:
     skipped: dict[str, str] = field(default_factory=dict)
     link_config: dict[str, Any] | None = None
     checks: dict[str, list[Check]] = field(default_factory=dict)
+    interrupted: bool = False  # a stop signal or an error cut this point short
 
     def evaluate(self) -> None:
-        """Evaluate the point's expectations against every result."""
-        self.checks = {p: evaluate_all(self.point, p, r) for p, r in self.results.items()}
+        """Evaluate the point's expectations against every complete result.
+
+        A protocol run cut short (its result's extras say `interrupted`) is kept and shown, but
+        judging it against expectations meant for the whole run would only mislead.
+        """
+        self.checks = {
+            p: evaluate_all(self.point, p, r)
+            for p, r in self.results.items()
+            if not r.extras.get("interrupted")
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """One entry of result.json's `points`."""
@@ -63,6 +73,7 @@ class PointOutcome:
             "traffic": asdict(self.point.traffic),
             "seed": self.point.seed,
             "mode": self.mode,
+            "interrupted": self.interrupted,
             "results": [r.to_dict() for r in self.results.values()],
             "skipped": dict(self.skipped),
             "checks": {p: [c.to_dict() for c in checks] for p, checks in self.checks.items()},
@@ -78,6 +89,9 @@ class RunOutcome:
     started_at: str
     finished_at: str = ""
     interrupted: bool = False
+    interrupted_by: str = ""  # "Ctrl-C", "SIGTERM", "SIGHUP"
+    exit_status: int = 0  # what a command should exit with after the interrupt (130, 143, 129)
+    error: dict[str, str] | None = None  # {"point": id, "message": ...} when a point failed
     atlas: list[dict[str, Any]] | None = None
     paths: dict[str, Path] = field(default_factory=dict)
 
@@ -106,6 +120,10 @@ class RunOutcome:
             "environment": environment(),
             "points": [p.to_dict() for p in self.points],
         }
+        if self.interrupted_by:
+            data["interrupted_by"] = self.interrupted_by
+        if self.error is not None:
+            data["error"] = dict(self.error)
         if self.atlas is not None:
             data["atlas"] = self.atlas
         return data
@@ -143,13 +161,35 @@ def _measure(
     progress: Progress | None,
     expected_loss_ratio: float | None,
 ) -> Result:
+    from lab.endpoints.client import RunInterrupted
     from lab.metrics import compute_result
     from lab.protocols import get_protocol
 
-    record = get_protocol(protocol).run(address, point.traffic, progress=progress)
+    try:
+        record = get_protocol(protocol).run(address, point.traffic, progress=progress)
+    except RunInterrupted as stopped:  # keep the partial run; the caller stores it, then re-raises
+        stopped.result = compute_result(stopped.record, expected_loss_ratio=expected_loss_ratio)
+        stopped.result.extras["timeline"] = timeline_from_record(stopped.record)
+        raise
     result = compute_result(record, expected_loss_ratio=expected_loss_ratio)
     result.extras["timeline"] = timeline_from_record(record)
     return result
+
+
+@contextmanager
+def _keeping_partial(outcome: PointOutcome, protocol: str,
+                     on_result: Callable[[PointOutcome], None]) -> Iterator[None]:
+    """Store the result of a protocol run that a stop signal cut short, then let the stop go on."""
+    from lab.endpoints.client import RunInterrupted
+
+    try:
+        yield
+    except RunInterrupted as stopped:
+        if stopped.result is not None:
+            outcome.results[protocol] = stopped.result
+            outcome.interrupted = True
+            on_result(outcome)
+        raise
 
 
 # --- one point -------------------------------------------------------------------------------------
@@ -199,15 +239,23 @@ def _run_linked(
         outcome.link_config = link.config.to_dict()
         for proto in protocols:
             link.reseed()  # every protocol meets the same sequence of seeded link decisions
-            result = _run_on_link(link, proto, point, progress(proto))
+            with _keeping_partial(outcome, proto, on_result):
+                result = _run_on_link(link, proto, point, progress(proto))
             outcome.results[proto] = result
             on_result(outcome)
     return outcome
 
 
 def _run_on_link(link: Any, protocol: str, point: SweepPoint, progress: Progress | None) -> Result:
-    """`Link.measure`, plus the per-probe timeline the report plots."""
-    record, result = link.measure(protocol, point.traffic, progress=progress)
+    """`Link.measure`, plus the per-probe timeline the report plots (also of an interrupted run)."""
+    from lab.endpoints.client import RunInterrupted
+
+    try:
+        record, result = link.measure(protocol, point.traffic, progress=progress)
+    except RunInterrupted as stopped:
+        if stopped.result is not None:
+            stopped.result.extras["timeline"] = timeline_from_record(stopped.record)
+        raise
     result.extras["timeline"] = timeline_from_record(record)
     return result
 
@@ -223,7 +271,8 @@ def _run_loopback(
 
     outcome = PointOutcome(point=point, mode="loopback")
     for proto in protocols:
-        with running_server(get_protocol(proto).server_kind) as server:
+        with running_server(get_protocol(proto).server_kind) as server, \
+                _keeping_partial(outcome, proto, on_result):
             outcome.results[proto] = _measure(proto, server.address, point, progress(proto), None)
         on_result(outcome)
     return outcome
@@ -235,6 +284,7 @@ def _run_relayed(
     progress: Callable[[str], Progress | None],
     on_result: Callable[[PointOutcome], None],
 ) -> PointOutcome:
+    from lab.endpoints.client import RunInterrupted
     from lab.endpoints.server import running_server
     from lab.link.models import LinkConfig
     from lab.link.relay import UdpRelay, tcp_needs_privileges_message
@@ -249,8 +299,14 @@ def _run_relayed(
             on_result(outcome)
             continue
         # A fresh relay per protocol restarts the seeded models, so each protocol meets the same decisions.
-        with running_server(protocol.server_kind) as server, UdpRelay(config, server.address) as relay:
-            result = _measure(proto, relay.address, point, progress(proto), config.expected_loss_ratio())
+        with running_server(protocol.server_kind) as server, UdpRelay(config, server.address) as relay, \
+                _keeping_partial(outcome, proto, on_result):
+            try:
+                result = _measure(proto, relay.address, point, progress(proto), config.expected_loss_ratio())
+            except RunInterrupted as stopped:
+                if stopped.result is not None:
+                    stopped.result.link = relay.counters()
+                raise
             result.link = relay.counters()
         outcome.results[proto] = result
         on_result(outcome)
@@ -278,21 +334,25 @@ def run_scenario(
         raise PrivilegeError(
             f"--capture records the real link, which {privileges.explain(privileges.CAP_NET_ADMIN)}"
         )
+    if out is not None:
+        prepare_out_dir(Path(out))
     outcome = RunOutcome(scenario=scenario, points=[], started_at=_now())
     display = _Display(console, scenario) if console is not None else None
-    partial: list[PointOutcome] = []  # the point in progress, so Ctrl-C keeps its finished protocols
+    partial: list[PointOutcome] = []  # the point in progress, so a stop keeps its finished protocols
+    current: list[SweepPoint] = []
 
     def on_result(point_outcome: PointOutcome) -> None:
         partial[:] = [point_outcome]
         if display:
             display.update(point_outcome)
 
+    failure: BaseException | None = None
     try:
         with display.live() if display else _nothing():
             for index, point in enumerate(scenario.points):
+                current[:] = [point]
                 pcap = None
                 if capture and out is not None:
-                    Path(out).mkdir(parents=True, exist_ok=True)
                     name = "link.pcapng" if len(scenario.points) == 1 else f"link-{index + 1}.pcapng"
                     pcap = Path(out) / name
                 partial.clear()
@@ -306,25 +366,85 @@ def run_scenario(
                 result.evaluate()
                 outcome.points.append(result)
                 partial.clear()
+                current.clear()
                 if display:
                     display.update(result)
             if scenario.atlas:
                 outcome.atlas = _atlas()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM/SIGHUP inside interrupt_on_signals
         outcome.interrupted = True
-        for unfinished in partial:
-            if unfinished.results:
-                for proto in scenario.protocols:
-                    if proto not in unfinished.results and proto not in unfinished.skipped:
-                        unfinished.skipped[proto] = "not measured: the run was interrupted (Ctrl-C)"
-                unfinished.evaluate()
-                outcome.points.append(unfinished)
+        outcome.interrupted_by = signal_name(stop)
+        outcome.exit_status = exit_status(stop)
+        _keep_unfinished(outcome, partial, f"not measured: the run was interrupted ({signal_name(stop)})")
+    except Exception as exc:  # a point failed: keep every point measured before it, then report
+        failure = exc
+        failed = current[0].id if current else "?"
+        outcome.error = {"point": failed, "message": str(exc) or type(exc).__name__}
+        _keep_unfinished(outcome, partial, f"not measured: point {failed} failed ({exc})")
     outcome.finished_at = _now()
     if out is not None:
         from lab.report import write_report
 
         outcome.paths = write_report(Path(out), outcome.payload())
+    if failure is not None:
+        kept = f"; the {len(outcome.points)} point(s) measured are in {out}" if out is not None else ""
+        if isinstance(failure, LabError):
+            raise LabError(f"point {outcome.error['point']} failed: {failure}{kept}") from failure
+        raise failure
     return outcome
+
+
+def _keep_unfinished(outcome: RunOutcome, partial: list[PointOutcome], reason: str) -> None:
+    """Append the point in progress (if it measured anything), naming what it did not measure."""
+    for unfinished in partial:
+        if unfinished.results:
+            unfinished.interrupted = True
+            for proto in outcome.scenario.protocols:
+                if proto not in unfinished.results and proto not in unfinished.skipped:
+                    unfinished.skipped[proto] = reason
+            unfinished.evaluate()
+            outcome.points.append(unfinished)
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Make sure the report can be written to `out` before anything is measured.
+
+    Creates the folder, and refuses (one line, before any measuring) a path that is a file or a
+    folder this user cannot write in, e.g. reports/demo left by an earlier `sudo make demo`. (The
+    report files are replaced by rename, so only the folder's permission matters.)
+    """
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise LabError(f"output folder {out}: exists and is not a directory; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise LabError(
+            f"output folder {out}: cannot write there ({exc.strerror or exc}){_owner_hint(out)}; "
+            "choose another --out"
+        ) from None
+
+
+def _owner_hint(path: Path) -> str:
+    import os
+    import pwd
+
+    for candidate in (path, *path.parents):
+        try:
+            owner = candidate.stat().st_uid
+        except OSError:
+            continue
+        if owner != os.getuid():
+            try:
+                name = pwd.getpwuid(owner).pw_name
+            except KeyError:
+                name = f"uid {owner}"
+            return f": {candidate} belongs to {name} (made by an earlier `sudo` run?)"
+        return ""
+    return ""
 
 
 def _atlas() -> list[dict[str, Any]]:
@@ -450,11 +570,12 @@ def run_command(scenario: Path, out: Path | None, seed: int | None, capture: boo
     plan = load_scenario(scenario)
     out = out or REPORTS_DIR / plan.name
     console = _console()
-    outcome = run_scenario(plan, out=out, seed=seed, capture=capture, console=console)
-    _print_outcome(console, outcome)
-    if outcome.interrupted:
-        console.print("interrupted: wrote what was measured so far")
-        return EXIT_INTERRUPTED
+    with interrupt_on_signals():  # SIGTERM/SIGHUP keep what was measured, as Ctrl-C does
+        outcome = run_scenario(plan, out=out, seed=seed, capture=capture, console=console)
+        _print_outcome(console, outcome)
+        if outcome.interrupted:
+            console.print(f"interrupted ({outcome.interrupted_by}): wrote what was measured so far")
+            return outcome.exit_status
     return EXIT_EXPECTATION_FAILED if outcome.failed_checks else EXIT_OK
 
 
@@ -479,10 +600,13 @@ def demo_command(out: Path) -> int:
         raise LabError(f"{DEMO_SCENARIO}: demo scenario missing; reinstall wirelab from its source tree")
     console = _console()
     started = time.monotonic()
-    outcome = run_scenario(DEMO_SCENARIO, out=out, console=console)
-    _print_outcome(console, outcome)
-    console.print()
-    tcp_ran = any("tcp" in point.results for point in outcome.points)
-    console.print(DEMO_EXPLANATION if tcp_ran else DEMO_EXPLANATION_UDP_ONLY)
-    console.print(f"(took {time.monotonic() - started:.0f} s)")
-    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_OK
+    with interrupt_on_signals():  # SIGTERM/SIGHUP keep what was measured, as Ctrl-C does
+        outcome = run_scenario(DEMO_SCENARIO, out=out, console=console)
+        _print_outcome(console, outcome)
+        console.print()
+        tcp_ran = any("tcp" in point.results for point in outcome.points)
+        console.print(DEMO_EXPLANATION if tcp_ran else DEMO_EXPLANATION_UDP_ONLY)
+        if outcome.interrupted:
+            console.print(f"interrupted ({outcome.interrupted_by}): wrote what was measured so far")
+        console.print(f"(took {time.monotonic() - started:.0f} s)")
+    return outcome.exit_status if outcome.interrupted else EXIT_OK

@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lab.errors import CrcMismatchError, EndpointError, RemoteWireError, TargetRefusedError
 from lab.records import RTT_KEYS, Arrival, Result, RunRecord, Send, TrafficPlan
@@ -41,10 +42,6 @@ from lab.wire import (
 Progress = Callable[[int, int], None]
 
 NS_PER_S = 1_000_000_000
-# Extra time allowed beyond a run's nominal length before the overall deadline stops it.
-DEADLINE_MARGIN_S = 5.0
-# An open-loop sender that fell behind may need this much longer than count/rate to catch up.
-DEADLINE_SLACK = 1.5
 # Sends in one burst before the loop drains replies again (keeps the receive buffer from filling
 # while a late sender catches up).
 MAX_BURST = 32
@@ -142,9 +139,14 @@ class RunInterrupted(KeyboardInterrupt):
     the record to print what was measured, as ping does.
     """
 
-    def __init__(self, record: RunRecord) -> None:
+    def __init__(self, record: RunRecord, result: Result | None = None) -> None:
         super().__init__()
         self.record = record
+        self.result = result  # set by whoever measured the record (e.g. a link, with its counters)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # It crosses a process boundary (a client run inside a namespace): keep the record.
+        return (type(self), (self.record, self.result))
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -303,14 +305,21 @@ class _Run:
 
 def _deadline_ns(plan: TrafficPlan, deadline_s: float | None, now: int) -> int:
     if deadline_s is None:
-        if plan.rate is None:
-            nominal = plan.count * plan.timeout  # ping-pong's worst case: every probe times out
-        else:
-            nominal = DEADLINE_SLACK * plan.count / plan.rate + plan.timeout
-        deadline_s = nominal + DEADLINE_MARGIN_S
+        deadline_s = plan.deadline_s()
     if deadline_s <= 0:
         raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
     return now + round(deadline_s * NS_PER_S)
+
+
+def connect_timeout_s(plan: TrafficPlan, round_trip_s: float = 0.0) -> float:
+    """How long a TCP handshake may take: the usual 3-10 s, plus room for a slow path.
+
+    A SYN and its SYN-ACK cross the path once each; the kernel resends a lost SYN after 1 s, 3 s,
+    7 s..., so three round trips on top of the usual bound let a lossy, slow link (`delay = "2s"`)
+    complete the handshake instead of reporting "no echo server answering".
+    """
+    usual = min(max(plan.timeout, CONNECT_TIMEOUT_MIN_S), CONNECT_TIMEOUT_MAX_S)
+    return usual + 3 * max(0.0, round_trip_s)
 
 
 def _unreachable(address: tuple[str, int], proto: str, exc: OSError) -> EndpointError:
@@ -332,11 +341,14 @@ def run_client(
     *,
     progress: Progress | None = None,
     deadline_s: float | None = None,
+    round_trip_s: float = 0.0,
 ) -> RunRecord:
     """Run one measuring client of `protocol` ("tcp", "udp", ...) against an echo server."""
     from lab.protocols import get_protocol
 
-    return get_protocol(protocol).client(address, plan, progress=progress, deadline_s=deadline_s)
+    return get_protocol(protocol).client(
+        address, plan, progress=progress, deadline_s=deadline_s, round_trip_s=round_trip_s
+    )
 
 
 # --- UDP -----------------------------------------------------------------------------------------
@@ -346,6 +358,7 @@ def run_udp(
     *,
     progress: Progress | None = None,
     deadline_s: float | None = None,
+    round_trip_s: float = 0.0,  # unused: UDP has no handshake (the protocols share one signature)
 ) -> RunRecord:
     """Probes as UDP datagrams, one connected socket per logical stream."""
     host, port = address[0], int(address[1])
@@ -482,12 +495,17 @@ def run_tcp(
     *,
     progress: Progress | None = None,
     deadline_s: float | None = None,
+    round_trip_s: float = 0.0,
 ) -> RunRecord:
-    """Probes framed back to back on one TCP connection; logical streams share it."""
+    """Probes framed back to back on one TCP connection; logical streams share it.
+
+    `round_trip_s` is the path's known round-trip delay (a lab link's), so the handshake gets time
+    to cross it (see `connect_timeout_s`).
+    """
     from lab.kernel import tcp_info
 
     host, port = address[0], int(address[1])
-    connect_timeout = min(max(plan.timeout, CONNECT_TIMEOUT_MIN_S), CONNECT_TIMEOUT_MAX_S)
+    connect_timeout = connect_timeout_s(plan, round_trip_s)
     if deadline_s is not None:
         connect_timeout = min(connect_timeout, deadline_s)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import shutil
 import signal
 import struct
@@ -40,15 +41,32 @@ def _send_frame(fd: int, obj: Any) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_exact(fd: int, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
+class _FrameReader:
+    """Length-prefixed pickled messages from a forked child, buffered so an interrupt between two
+    reads loses no byte (the parent keeps reading after a Ctrl-C, for what the child measured)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def next(self, timeout_s: float | None = None) -> tuple[Any, ...] | None:
+        """The next message; None at end of file or when `timeout_s` passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if len(self.buffer) >= _FRAME.size:
+                size = _FRAME.unpack_from(self.buffer)[0]
+                if len(self.buffer) >= _FRAME.size + size:
+                    body = bytes(self.buffer[_FRAME.size:_FRAME.size + size])
+                    del self.buffer[:_FRAME.size + size]
+                    return pickle.loads(body)
+            if deadline is not None:
+                ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
 
 
 def _child_main(ns: str, wfd: int, fn: Callable[..., Any], args: Sequence[Any],
@@ -63,6 +81,8 @@ def _child_main(ns: str, wfd: int, fn: Callable[..., Any], args: Sequence[Any],
             message: tuple[Any, ...] = ("result", True, fn(*args, **kwargs))
         except BaseException as exc:  # handed to the parent, which re-raises it
             message = ("result", False, exc)
+        # The parent may forward a Ctrl-C it got too: it must not cut off the answer it waits for.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             _send_frame(wfd, message)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -95,26 +115,29 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
         os.close(rfd)
         _child_main(ns, wfd, fn, args, kwargs, progress is not None)
     os.close(wfd)
+    reader = _FrameReader(rfd)
     outcome: tuple[Any, ...] | None = None
     try:
         while outcome is None:
-            header = _read_exact(rfd, _FRAME.size)
-            if header is None:
+            message = reader.next()
+            if message is None:
                 break
-            body = _read_exact(rfd, _FRAME.unpack(header)[0])
-            if body is None:
-                break
-            message = pickle.loads(body)
             if message[0] == "progress":
                 if progress is not None:
                     progress(message[1], message[2])
             else:
                 outcome = message
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C (or SIGTERM turned into one by the caller): the child's run keeps what it measured
+        # and hands it back as a RunInterrupted; wait briefly for it instead of killing the child.
+        stopped = _outcome_after_interrupt(pid, reader)
+        if stopped is not None and not stopped[1] and isinstance(stopped[2], KeyboardInterrupt):
+            raise stopped[2] from interrupt  # the cause says which signal stopped us
         raise
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            if outcome is None:
+                os.kill(pid, signal.SIGKILL)
         os.close(rfd)
         _, status = os.waitpid(pid, 0)
     if outcome is None:
@@ -123,6 +146,26 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
     if outcome[1]:
         return outcome[2]
     raise outcome[2]
+
+
+INTERRUPT_GRACE_S = 0.3  # a Ctrl-C at the terminal reaches the child too; let it answer first
+INTERRUPT_WAIT_S = 3.0  # then interrupt the child ourselves (SIGTERM reached only us) and wait
+
+
+def _outcome_after_interrupt(pid: int, reader: _FrameReader) -> tuple[Any, ...] | None:
+    """The child's ("result", ...) message after we were interrupted; None if it gave none in time."""
+    for wait_s, nudge in ((INTERRUPT_GRACE_S, False), (INTERRUPT_WAIT_S, True)):
+        if nudge:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            message = reader.next(left)
+            if message is None:
+                break
+            if message[0] == "result":
+                return message
+    return None
 
 
 class End:
@@ -175,9 +218,13 @@ class Link:
     client_address = CLIENT_ADDRESS
     server_address = SERVER_ADDRESS
 
-    def __init__(self, config: Any, *, name: str | None, mtu: int, capture: Path | None) -> None:
+    def __init__(self, config: Any, *, name: str | None, mtu: int, capture: Path | None,
+                 capture_limit: int | None = None) -> None:
+        from lab.link.pcapng import DEFAULT_CAPTURE_LIMIT
+
         self.config = config
         self.capture = capture
+        self.capture_limit = capture_limit if capture_limit is not None else DEFAULT_CAPTURE_LIMIT
         self._topology = Topology(name, mtu=mtu)
         self.name = self._topology.name
         self.client_ns = self._topology.client_ns
@@ -202,7 +249,7 @@ class Link:
             try:
                 self._forwarder = Forwarder.start(
                     fds, name=self.name, options=options, direction=self.config.direction,
-                    seed=self.config.seed, capture=self.capture,
+                    seed=self.config.seed, capture=self.capture, capture_limit=self.capture_limit,
                 )
             finally:
                 for fd in fds:  # the forwarder holds them now; the devices live as long as it does
@@ -262,6 +309,17 @@ class Link:
         if self._closed:
             raise LabError(f"link {self.name} is closed")
 
+    @property
+    def forwarder_alive(self) -> bool:
+        """True while the link's forwarder process runs (False once closed, or if it died)."""
+        return not self._closed and self._forwarder is not None and self._forwarder.alive
+
+    def wait_forwarder(self) -> str:
+        """Block until the forwarder process ends (signals still interrupt); how it ended."""
+        self._check_open()
+        self._forwarder.process.wait()
+        return self._forwarder.exit_description()
+
     # --- measuring ---
     def echo_port(self) -> int:
         """Start the lab's echo server (TCP and UDP) in the server namespace once; its port."""
@@ -290,7 +348,7 @@ class Link:
                 progress: Callable[[int, int], None] | None = None,
                 **plan_kwargs: Any) -> tuple[RunRecord, Result]:
         """Like `run`, but also hand back the client's raw RunRecord (per-probe timeline)."""
-        from lab.endpoints.client import run_client
+        from lab.endpoints.client import RunInterrupted, run_client
         from lab.kernel import counter_deltas, read_counters
         from lab.metrics import compute_result
 
@@ -300,8 +358,14 @@ class Link:
         port = self.echo_port()
         kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
         link_before = self.counters()
-        record = call_in_netns(self.client_ns, run_client, (protocol, (SERVER_ADDRESS, port), plan),
-                               progress=progress)
+        forward, reverse = self.config.forward, self.config.reverse
+        round_trip_s = forward.delay_s + forward.jitter_s + reverse.delay_s + reverse.jitter_s
+        stopped: RunInterrupted | None = None
+        try:
+            record = call_in_netns(self.client_ns, run_client, (protocol, (SERVER_ADDRESS, port), plan),
+                                   {"round_trip_s": round_trip_s}, progress=progress)
+        except RunInterrupted as exc:  # Ctrl-C/SIGTERM: finish the partial result, then re-raise
+            stopped, record = exc, exc.record
         link_after = self.counters()
         kernel_after = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
         result = compute_result(record, expected_loss_ratio=self.config.expected_loss_ratio())
@@ -312,20 +376,56 @@ class Link:
             side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after
         }
         result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
+        if stopped is not None:
+            stopped.result = result
+            raise stopped
         return record, result
 
 
 def open_link(*, name: str | None = None, seed: int = 1, direction: str = "both", mtu: int = 1500,
-              capture: Path | None = None, **impairment: object) -> Link:
-    """Validate the impairment, then bring up a link (needs CAP_NET_ADMIN); close it when done."""
+              capture: Path | None = None, capture_limit: int | str | None = None,
+              **impairment: object) -> Link:
+    """Validate the impairment (and capture file), then bring up a link (needs CAP_NET_ADMIN).
+
+    `capture_limit` (bytes, or a size such as '64mb'; default 256mb) stops the capture there.
+    Close the link when done.
+    """
     from lab.link.models import LinkConfig
     from lab.privileges import CAP_NET_ADMIN, require
 
     config = LinkConfig.from_options(impairment, direction=direction, seed=seed)
+    limit = parse_capture_limit(capture_limit)
+    capture_path = check_capture_path(Path(capture)) if capture else None  # before any namespace exists
     require(CAP_NET_ADMIN)
-    link = Link(config, name=name, mtu=mtu, capture=Path(capture) if capture else None)
+    link = Link(config, name=name, mtu=mtu, capture=capture_path, capture_limit=limit)
     link._open(impairment)
     return link
+
+
+def parse_capture_limit(value: int | str | None) -> int:
+    """A capture size limit in bytes ('256mb', 65536...); None -> the default (256 MiB)."""
+    from lab.link.params import parse_size
+    from lab.link.pcapng import DEFAULT_CAPTURE_LIMIT, MAX_CAPTURE_LIMIT, MIN_CAPTURE_LIMIT
+
+    if value is None:
+        return DEFAULT_CAPTURE_LIMIT
+    return parse_size(value, key="capture_limit", minimum=MIN_CAPTURE_LIMIT, maximum=MAX_CAPTURE_LIMIT)
+
+
+def check_capture_path(path: Path) -> Path:
+    """ConfigError (one line) unless `path` can be a capture file: a new or regular file in a
+    writable directory. Checked before the link exists, so a typo costs nothing."""
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"capture {path}: is a directory; give a file name such as {path / 'link.pcapng'}")
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is not a directory"
+        raise ConfigError(f"capture {path}: the folder {parent} {what}; create it first")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"capture {path}: exists and is not a regular file (a pcapng file is written there)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"capture {path}: not writable by this user")
+    return path
 
 
 class LinkFactory:
