@@ -568,7 +568,7 @@ def _print_outcome(console: Any, outcome: RunOutcome) -> None:
 def run_command(scenario: Path, out: Path | None, seed: int | None, capture: bool) -> int:
     """`lab run`: run a scenario, write result.json/report.html/report.md; exit 1 if an expectation failed."""
     plan = load_scenario(scenario)
-    out = out or REPORTS_DIR / plan.name
+    out = out or REPORTS_DIR / plan.slug  # the name as written may be "..": never a path
     console = _console()
     with interrupt_on_signals():  # SIGTERM/SIGHUP keep what was measured, as Ctrl-C does
         outcome = run_scenario(plan, out=out, seed=seed, capture=capture, console=console)

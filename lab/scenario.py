@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import reprlib
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ MTU_RANGE = (576, 65535)  # RFC 791: every IPv4 host must accept 576-byte datagr
 MAX_SWEEP_POINTS = 200  # a sweep beyond this is almost certainly a typo, and would run for hours
 MAX_DURATION_S = 3600.0
 MAX_SEED = 2**32 - 1  # seeds are recorded in result.json and passed on as 32-bit values
+SCENARIO_FILE_LIMIT = 1024 * 1024  # the shipped scenarios are under 4 KiB; a bigger file is a mistake
+MAX_NESTING = 16  # a valid scenario nests at most 6 deep ([expect."ID".udp] rtt_p50_ms = {min = 1})
+MAX_NAME = 100  # characters of [scenario] name
+SLUG_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_SLUG = 64
 # IPv4 header (20) + UDP header (8): what an MTU-sized packet spends before the datagram's payload.
 IPV4_UDP_OVERHEAD = 28
 IPV4_HEADER = 20
@@ -208,6 +214,11 @@ class Scenario:
     sweep_keys: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def slug(self) -> str:
+        """The name as a safe file name: the default output directory is reports/SLUG."""
+        return safe_name(self.name)
+
     def to_dict(self) -> dict[str, Any]:
         """What result.json records about the scenario."""
         return {
@@ -237,14 +248,23 @@ class Scenario:
 
 # --- loading ------------------------------------------------------------------------------------
 def load_scenario(path: Path | str) -> Scenario:
-    """Read and validate a scenario file; ScenarioError names the file, the key and what is allowed."""
+    """Read and validate a scenario file; ScenarioError names the file, the key and what is allowed.
+
+    Only a regular file of at most SCENARIO_FILE_LIMIT bytes is read (`lab run /dev/zero` would
+    otherwise grow without bound).
+    """
+    from lab.files import read_limited
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_limited(path, SCENARIO_FILE_LIMIT, "a scenario file", ScenarioError)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ScenarioError(f"{path}: no such scenario file (see scenarios/ for examples)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read scenario file: {exc}") from exc
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario file: not UTF-8 (byte {exc.start})") from None
     return parse_scenario(text, source=str(path), default_name=path.stem, path=path)
 
 
@@ -254,8 +274,13 @@ def parse_scenario(
     """Parse scenario TOML text into a Scenario (errors are prefixed with `source`)."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: not valid TOML: {exc}") from exc
+    except RecursionError:
+        raise ScenarioError(f"{source}: not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, and int() of a number over 4300 digits
+        raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
+    where = _too_deep(data, MAX_NESTING)
+    if where is not None:
+        raise ScenarioError(_one_line(f"{source}: {where}: nested deeper than {MAX_NESTING} levels"))
     return _Parser(source, default_name, path).parse(data)
 
 
@@ -266,7 +291,7 @@ class _Parser:
         self.path = path
 
     def fail(self, where: str, message: str) -> ScenarioError:
-        return ScenarioError(f"{self.source}: {where}: {message}")
+        return ScenarioError(_one_line(f"{self.source}: {where}: {message}"))
 
     def parse(self, data: dict[str, Any]) -> Scenario:
         for key in data:
@@ -337,8 +362,15 @@ class _Parser:
             if key not in SCENARIO_KEYS:
                 raise self.fail(f"[scenario] {key}", f"unknown key; allowed: {', '.join(SCENARIO_KEYS)}")
         name = table.get("name", self.default_name)
-        if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise self.fail("[scenario] name", f"must be letters, digits, '-', '_' or '.', got {_show(name)}")
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= MAX_NAME
+            or not all(c.isalnum() or c in "-_." for c in name)
+        ):
+            raise self.fail(
+                "[scenario] name",
+                f"must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.', got {_show(name)}",
+            )
         description = table.get("description", "")
         if not isinstance(description, str):
             raise self.fail("[scenario] description", f"must be a string, got {_show(description)}")
@@ -676,12 +708,50 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def safe_name(name: str) -> str:
+    """`name` as a file name that stays where it is put: only [A-Za-z0-9._-] (others become '-'),
+    no leading '.' or '-' (so never `.`, `..` nor an option), at most MAX_SLUG characters, never empty.
+    """
+    slug = "".join(c if c in SLUG_CHARS else "-" for c in name).lstrip(".-")[:MAX_SLUG]
+    return slug or "scenario"
+
+
+def _too_deep(value: Any, limit: int) -> str | None:
+    """The key path of the first value nested deeper than `limit` (None if none is). Iterative: the
+    checks after this one recurse, and the file may nest thousands of levels."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if isinstance(node, dict | list) and depth >= limit:
+            return where or "document"
+        if isinstance(node, dict):
+            stack.extend((v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(node))
+    return None
+
+
+_REPR = reprlib.Repr()  # Python 3.11's takes no keyword arguments
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 80, 80, 6, 6
+
+
 def _show(value: Any) -> str:
-    return (
-        repr(value)
-        if isinstance(value, str)
-        else str(value).replace("True", "true").replace("False", "false")
-    )
+    """A value as an error message shows it: short, one line, TOML words for booleans."""
+    if isinstance(value, str):
+        return _REPR.repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return _REPR.repr(value).replace("True", "true").replace("False", "false")
+    return _one_line(str(value)[:80])
+
+
+def _one_line(text: str) -> str:
+    """`text` with every unprintable character (newline, escape...) written as its Python escape:
+    an error is one line on the terminal, whatever the file's keys hold."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _toml_key(key: str) -> str:
