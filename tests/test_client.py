@@ -461,7 +461,7 @@ def test_frame_is_wire_encode() -> None:
     ("host", "ip"),
     [("127.0.0.1", "127.0.0.1"), ("127.9.8.7", "127.9.8.7"), ("::1", "::1"), ("[::1]", "::1"),
      ("localhost", "127.0.0.1"), ("LOCALHOST", "127.0.0.1"), ("198.18.0.2", "198.18.0.2"),
-     ("198.19.255.254", "198.19.255.254"), ("::ffff:127.0.0.1", "::ffff:7f00:1")],
+     ("198.19.255.254", "198.19.255.254"), ("::ffff:127.0.0.1", "127.0.0.1")],
 )
 def test_lab_targets_are_allowed(host: str, ip: str) -> None:
     assert check_lab_target(host) == ip
@@ -525,7 +525,8 @@ def test_lab_address_behind_the_default_route_is_refused(tmp_path) -> None:
     routes.write_text(ROUTE_HEADER + DEFAULT_ROUTE + LAB_ROUTE)
     assert _lab_route_missing("198.18.0.2", str(routes)) is None
     assert "default route" in (_lab_route_missing("198.18.0.9", str(routes)) or "")  # outside the /30
-    assert _lab_route_missing("198.18.0.2", str(tmp_path / "missing")) is None
+    missing = _lab_route_missing("198.18.0.2", str(tmp_path / "missing"))
+    assert "cannot read the routing table" in (missing or "")  # fails closed
 
 
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])

@@ -69,18 +69,23 @@ def tcp_needs_privileges_message() -> str:
 
 
 def _require_loopback(host: str, what: str) -> str:
-    """Resolve `host` locally and refuse anything that is not a loopback address."""
+    """The normalised loopback address `host` names; TargetRefusedError for anything else.
+
+    Checked with the clients' own normalisation (no DNS lookup; ::ffff:127.0.0.1 is 127.0.0.1),
+    so the relay never forwards anywhere a client could not send itself.
+    """
+    from lab.endpoints.client import check_lab_target
+
     try:
-        infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_DGRAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise TargetRefusedError(f"{what} {host!r} is not a usable address ({exc})") from exc
-    addresses = {info[4][0] for info in infos}
-    if not addresses or not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        address = check_lab_target(host)
+    except TargetRefusedError:
+        address = None
+    if address is None or not ipaddress.ip_address(address).is_loopback:
         raise TargetRefusedError(
-            f"the UDP relay only works on loopback: {what} {host!r} ({', '.join(sorted(addresses))}) "
-            "is not 127.0.0.0/8 or ::1; for a real link use `lab link` (needs CAP_NET_ADMIN)"
+            f"the UDP relay only works on loopback: {what} {host!r} is not 127.0.0.0/8 or ::1; "
+            "for a real link use `lab link` (needs CAP_NET_ADMIN)"
         )
-    return infos[0][4][0]
+    return address
 
 
 class UdpRelay:
