@@ -104,7 +104,10 @@ def test_story_mentions_retransmissions():
         (None, "result.json: not found; run `lab run SCENARIO.toml --out"),
         ("{not json", "result.json: not a readable result file"),
         ('{"format": "other", "points": []}', 'not a wirelab result (expected "format": "wirelab-result/1"'),
-        ('{"format": "wirelab-result/1", "points": [{"id": "a"}]}', "points[0] is malformed"),
+        (
+            '{"format": "wirelab-result/1", "scenario": {"name": "x"}, "points": [{"id": "a"}]}',
+            "result.json: points[0].results: missing (required)",
+        ),
     ],
 )
 def test_bad_result_files(tmp_path, content, message):

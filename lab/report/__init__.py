@@ -16,7 +16,11 @@ most TIMELINE_MAX_POINTS entries; a multi-stream run also `extras["hol"]` (lab.m
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,9 @@ from lab.errors import LabError
 
 FORMAT = "wirelab-result/1"
 RESULT_FILE = "result.json"
+# The largest result the runner writes (200 sweep points x 2 protocols x 3000 timeline rows) is
+# about 35 MB; a bigger file is not one of ours, and parsing it would cost gigabytes.
+RESULT_FILE_LIMIT = 64 * 1024 * 1024
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
 PACKAGES = (
@@ -67,45 +74,76 @@ def environment() -> dict[str, Any]:
 
 
 def load_result(directory: Path) -> dict[str, Any]:
-    """Read DIR/result.json; LabError says what is wrong with it."""
+    """Read and validate DIR/result.json (lab.report.schema); LabError says, in one line, what is wrong.
+
+    Only a regular file of at most RESULT_FILE_LIMIT bytes is read (a result.json that is a symlink
+    to /dev/zero would otherwise be read forever).
+    """
+    from lab.files import read_limited
+    from lab.report.schema import SchemaError, describe, validate
+
     path = Path(directory) / RESULT_FILE
     if not Path(directory).is_dir():
         raise LabError(f"{directory}: not a directory; give the run directory that holds {RESULT_FILE}")
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
+        data = read_limited(path, RESULT_FILE_LIMIT, "a result file")
+        payload = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise LabError(f"{path}: not found; run `lab run SCENARIO.toml --out {directory}` first") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LabError(f"{path}: not a readable result file ({exc})") from exc
-    if (
-        not isinstance(payload, dict)
-        or payload.get("format") != FORMAT
-        or not isinstance(payload.get("points"), list)
-    ):
-        raise LabError(f'{path}: not a wirelab result (expected "format": "{FORMAT}" and a points list)')
-    for i, point in enumerate(payload["points"]):
-        if not isinstance(point, dict) or "id" not in point or not isinstance(point.get("results"), list):
-            raise LabError(f"{path}: points[{i}] is malformed (needs an id and a results list)")
-        for result in point["results"]:
-            if not isinstance(result, dict) or not {
-                "protocol",
-                "sent",
-                "received",
-                "lost",
-                "loss_ratio",
-            } <= set(result):
-                raise LabError(f"{path}: points[{i}] holds a result without protocol/sent/received/lost")
+    except OSError as exc:
+        raise LabError(f"{path}: not a readable result file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise LabError(f"{path}: not a readable result file (not UTF-8: byte {exc.start})") from None
+    except RecursionError:
+        raise LabError(f"{path}: not a readable result file (JSON nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, and an integer of more than 4300 digits
+        raise LabError(f"{path}: not a readable result file ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = describe(payload.get("format")) if isinstance(payload, dict) else describe(payload)
+        raise LabError(f'{path}: not a wirelab result (expected "format": "{FORMAT}", got {got})')
+    try:
+        validate(payload, FORMAT)
+    except SchemaError as exc:
+        raise LabError(f"{path}: {exc}") from None
     return payload
 
 
 def write_report(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]:
     """Write result.json, report.html and report.md into `directory`; returns their paths."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabError(f"{directory}: cannot create the report folder ({exc.strerror or exc})") from None
     paths = {"json": directory / RESULT_FILE}
-    _atomic_write(paths["json"], json.dumps(payload, indent=1, sort_keys=False, default=str) + "\n")
+    _atomic_write(paths["json"], to_json(payload) + "\n")
     paths.update(render_files(directory, payload))
     return paths
+
+
+def to_json(payload: Mapping[str, Any]) -> str:
+    """result.json text: indented, but a list of plain values on one line (a timeline row takes ~25
+    bytes instead of ~90, so the largest run the runner can write stays far under the read limit).
+    Values JSON cannot hold become strings; NaN and infinities become null (not measured)."""
+    plain = json.loads(json.dumps(payload, default=str))  # exactly what json makes of keys and objects
+    return _json_text(plain, 0)
+
+
+def _json_text(value: Any, level: int) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "null"
+    if not isinstance(value, dict | list):
+        return json.dumps(value)
+    if not value:
+        return "{}" if isinstance(value, dict) else "[]"
+    if isinstance(value, list) and not any(isinstance(v, dict | list) for v in value):
+        return "[" + ", ".join(_json_text(v, level) for v in value) + "]"
+    pad = "\n" + " " * (level + 1)
+    if isinstance(value, dict):
+        inner = ",".join(f"{pad}{json.dumps(k)}: {_json_text(v, level + 1)}" for k, v in value.items())
+        return "{" + inner + "\n" + " " * level + "}"
+    inner = ",".join(f"{pad}{_json_text(v, level + 1)}" for v in value)
+    return "[" + inner + "\n" + " " * level + "]"
 
 
 def render_files(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]:
@@ -132,6 +170,20 @@ def render_command(directory: Path) -> int:
 
 def _atomic_write(path: Path, text: str) -> None:
     # A report half-written by a Ctrl-C would be worse than the previous one: write, then rename.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    # The temporary file has a fresh name (O_EXCL), so nothing planted in the folder is followed.
+    tmp: str | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as f:
+            tmp = f.name
+            f.write(text)
+        os.chmod(tmp, 0o644)  # NamedTemporaryFile makes 0600; reports are for reading
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise LabError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lab.report.summary import counters_rows, link_description, protocols_of, side_by_side, what_happened
+from lab.report.summary import (
+    counters_rows,
+    interrupted_by,
+    link_description,
+    protocols_of,
+    side_by_side,
+    what_happened,
+)
 
 TEMPLATE = "report.html.j2"
 
@@ -56,18 +63,40 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         )
     counters = [(p["id"], *row) for p in points for row in counters_rows(p)]
     scenario = payload.get("scenario") or {}
+    # The template gets only values computed here, each present: a key a (valid) result.json may
+    # leave out must not reach jinja2's StrictUndefined.
     return env.get_template(TEMPLATE).render(
         scenario={"name": scenario.get("name", "?"), "description": scenario.get("description", "")},
         protocols=protocols,
         seed=payload.get("seed"),
         started_at=payload.get("started_at", "?"),
         interrupted=bool(payload.get("interrupted")),
-        modes=sorted({p.get("mode", "?") for p in points}) or ["-"],
+        interrupted_by=interrupted_by(payload),
+        modes=sorted({str(p.get("mode", "?")) for p in points}) or ["-"],
         points=points,
+        streams=max([int((p.get("traffic") or {}).get("streams", 1)) for p in points], default=1),
         story=what_happened(payload),
         tables=tables,
-        plots=plots,
+        plots={name: plots.get(name, "") for name in PLOT_NAMES},
         counters=counters,
-        atlas=payload.get("atlas") or [],
+        atlas=[_atlas_row(row) for row in payload.get("atlas") or []],
         environment=_flat_environment(payload.get("environment") or {}),
     )
+
+
+PLOT_NAMES = ("latency_cdf", "loss", "timeline", "goodput", "retransmissions")
+
+
+def _atlas_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One atlas case with every column the template shows (older or edited rows may lack some)."""
+    expected = row.get("expected_verdict") or ""
+    return {
+        "name": str(row.get("name", "?")),
+        "layer": str(row.get("layer", "")),
+        "defect": str(row.get("defect", "")),
+        "expected_verdict": expected if isinstance(expected, str) else " or ".join(map(str, expected)),
+        "verdict": str(row.get("verdict", "")),
+        "evidence": str(row.get("evidence") or ""),
+        "matches_expected": bool(row.get("matches_expected")),
+        "server_alive": bool(row.get("server_alive")),
+    }

@@ -1,14 +1,51 @@
-"""report.md: the same summary as the HTML page, readable in a terminal or a pull request."""
+"""report.md: the same summary as the HTML page, readable in a terminal or a pull request.
+
+Every text taken from result.json (names, ids, messages, reasons, counters) is plain text here as it
+is in report.html: `<`, `>` and `&` are escaped (a Markdown viewer would otherwise render a
+`<script>` or `<img>` a hand-edited file holds), each value stays on its one line, and code spans
+and fences are longer than any backtick run inside them.
+"""
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from lab.report.summary import counters_rows, link_description, protocols_of, side_by_side, what_happened
+from lab.report.summary import (
+    counters_rows,
+    interrupted_by,
+    link_description,
+    protocols_of,
+    side_by_side,
+    what_happened,
+)
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_BLOCK_START = re.compile(r"^(\s*)([#>+*=|`~-]|\d+[.)])")  # would start a heading, quote, list...
+
+
+def _text(value: Any) -> str:
+    """A value as one line of Markdown text that shows exactly its characters."""
+    return html.escape(_UNPRINTABLE.sub(" ", str(value)), quote=False)
+
+
+def _paragraph(value: Any) -> str:
+    """`_text` that may begin a line: a leading `#`, `>`, `-`... is escaped, not a heading or list."""
+    return _BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2), _text(value))
+
+
+def _code(value: Any) -> str:
+    """A value as an inline code span (shown literally, so not HTML-escaped)."""
+    text = _UNPRINTABLE.sub(" ", str(value))
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _row(cells: list[str]) -> str:
+    """A table row of cells already made Markdown (data through `_text`)."""
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
@@ -16,38 +53,41 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
     """The Markdown report for one result.json payload."""
     scenario = payload.get("scenario") or {}
     protocols = protocols_of(payload)
-    lines = [f"# {scenario.get('name', '?')}", ""]
+    lines = [f"# {_text(scenario.get('name', '?'))}", ""]
     if scenario.get("description"):
-        lines += [scenario["description"], ""]
-    lines += [f"Seed {payload.get('seed')}, started {payload.get('started_at', '?')}.", ""]
+        lines += [_paragraph(scenario["description"]), ""]
+    lines += [f"Seed {_text(payload.get('seed'))}, started {_text(payload.get('started_at', '?'))}.", ""]
     if payload.get("interrupted"):
-        lines += ["**Interrupted (Ctrl-C): only the points measured before that are shown.**", ""]
+        lines += [
+            f"**Interrupted ({_text(interrupted_by(payload))}): only the points measured before that are "
+            "shown.**",
+            "",
+        ]
     lines += ["## What happened", ""]
     for point_id, text in what_happened(payload):
-        lines += [f"- **{point_id}**: {text}"]
+        lines += [f"- **{_text(point_id)}**: {_text(text)}"]
     lines += ["", "## Summary", ""]
     for point in payload.get("points", []):
-        lines += [f"### {point['id']}", "", f"Link: {link_description(point)}.", ""]
-        lines += [_row(["", *[p.upper() for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
-        lines += [_row([header, *cells]) for header, cells in side_by_side(point, protocols)]
+        lines += [f"### {_text(point['id'])}", "", f"Link: {_text(link_description(point))}.", ""]
+        lines += [_row(["", *[_text(p.upper()) for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
+        lines += [_row([header, *map(_text, cells)]) for header, cells in side_by_side(point, protocols)]
         lines.append("")
         for proto, checks in (point.get("checks") or {}).items():
             for check in checks:
                 verdict = "pass" if check["passed"] else "**FAIL**"
-                lines.append(f"- {proto}: `{check['expectation']}` {verdict}: {check['message']}")
+                lines.append(
+                    f"- {_text(proto)}: {_code(check['expectation'])} {verdict}: {_text(check['message'])}"
+                )
         for proto, reason in (point.get("skipped") or {}).items():
-            lines.append(f"- {proto} skipped: {reason}")
+            lines.append(f"- {_text(proto)} skipped: {_text(reason)}")
         counters = counters_rows(point)
         if counters:
             lines += ["", "Counters:", ""]
             for proto, source, text in counters:
-                lines += [
-                    f"- {proto} {source}:",
-                    "",
-                    "  ```",
-                    *[f"  {t}" for t in text.splitlines()],
-                    "  ```",
-                ]
+                body = [_UNPRINTABLE.sub(" ", t) for t in text.splitlines()]
+                fence = "`" * max(3, 1 + max((len(r) for t in body for r in re.findall("`+", t)), default=0))
+                lines += [f"- {_text(proto)} {source}:", "", f"  {fence}", *[f"  {t}" for t in body]]
+                lines.append(f"  {fence}")
         lines.append("")
     atlas = payload.get("atlas") or []
     if atlas:
@@ -60,14 +100,14 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
             expected = row.get("expected_verdict") or ""
             if isinstance(expected, list):
                 expected = " or ".join(str(e) for e in expected)
-            verdict = str(row.get("verdict", ""))
+            verdict = _text(row.get("verdict", ""))
             lines.append(
                 _row(
                     [
-                        str(row.get("name", "?")),
-                        str(row.get("layer", "")),
-                        str(row.get("defect", "")),
-                        str(expected),
+                        _text(row.get("name", "?")),
+                        _text(row.get("layer", "")),
+                        _text(row.get("defect", "")),
+                        _text(expected),
                         verdict if row.get("matches_expected") else f"**{verdict}** (unexpected)",
                         "yes" if row.get("server_alive") else "**no**",
                     ]
@@ -77,7 +117,7 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
     env = payload.get("environment") or {}
     if env:
         lines += ["## Environment", ""]
-        lines += [f"- {k}: {v}" for k, v in _flat(env)]
+        lines += [f"- {_text(k)}: {_text(v)}" for k, v in _flat(env)]
         lines.append("")
     return "\n".join(lines)
 

@@ -48,6 +48,9 @@ def _pyplot() -> Any:
         {
             "svg.fonttype": "path",  # glyphs as paths: the SVG needs no font installed
             "svg.hashsalt": "wirelab",  # deterministic ids, so re-rendering gives identical files
+            # Every text is plain text: a point id like `$\frac{$` is not mathtext nor LaTeX.
+            "text.parse_math": False,
+            "text.usetex": False,
             "font.size": 8,
             "axes.spines.top": False,
             "axes.spines.right": False,
@@ -104,7 +107,8 @@ def latency_cdf(payload: Mapping[str, Any]) -> str:
                         label=proto.upper(),
                     )
                 continue
-            ys = [(i + 1) / result["sent"] for i in range(len(rtts))]  # lost probes keep the CDF below 1
+            sent = max(result["sent"], len(rtts))  # a hand-edited file may say fewer were sent
+            ys = [(i + 1) / sent for i in range(len(rtts))]  # lost probes keep the CDF below 1
             ax.step(rtts, ys, where="post", color=color(proto, protocols), label=proto.upper())
         ax.set_title(point["id"], fontsize=9)
         ax.set_xlabel("RTT (ms)")
@@ -285,7 +289,7 @@ def goodput(payload: Mapping[str, Any]) -> str:
             result = results_by_protocol(point).get(proto)
             if result:
                 xs.append(j + (i - (len(protocols) - 1) / 2) * width)
-                ys.append(result.get("goodput_bps", 0.0) / 1e3)
+                ys.append((result.get("goodput_bps") or 0.0) / 1e3)
         ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=proto.upper())
     ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
     ax.set_ylabel("goodput (kbit/s)")
@@ -353,5 +357,13 @@ PLOTS = {
 
 
 def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Every report plot as an inline SVG string, keyed by section name."""
-    return {name: make(payload) for name, make in PLOTS.items()}
+    """Every report plot as an inline SVG string, keyed by section name.
+
+    matplotlib's warnings (a glyph missing from the font, a legend with no labelled artist) say
+    nothing the reader of a report can act on; they would only clutter the command's output.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {name: make(payload) for name, make in PLOTS.items()}

@@ -97,7 +97,8 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
             if result and header == "expected loss":
                 cells.append(fmt_pct(expected_loss(point, result)[0]))
                 continue
-            cells.append(get(result) if result else "skipped" if proto in point.get("skipped", {}) else "-")
+            skipped = proto in (point.get("skipped") or {})
+            cells.append(get(result) if result else "skipped" if skipped else "-")
         rows.append((header, cells))
     return rows
 
@@ -249,8 +250,18 @@ def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
         label = link_description(point) if point["id"] == "base" else point["id"]
         out.append((label, " ".join(sentences) or "Nothing was measured."))
     if payload.get("interrupted"):
-        out.append(("interrupted", "The run was interrupted (Ctrl-C); these are the points measured so far."))
+        out.append(("interrupted", f"The run was interrupted ({interrupted_by(payload)}); these are the "
+                    "points measured so far."))
+    error = payload.get("error")
+    if error:
+        out.append(("error", f"Point {error.get('point', '?')} failed: {error.get('message', '?')}; the "
+                    "points before it are shown."))
     return out
+
+
+def interrupted_by(payload: Mapping[str, Any]) -> str:
+    """What stopped an interrupted run: `Ctrl-C` (older files say nothing else), `SIGTERM`..."""
+    return str(payload.get("interrupted_by") or "Ctrl-C")
 
 
 def link_description(point: Mapping[str, Any]) -> str:
