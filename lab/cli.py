@@ -128,9 +128,11 @@ def link(
     corrupt: str | None = typer.Option(None, help="Probability of one flipped bit in the IP "
                                        "payload, e.g. 0.1% (the kernel's checksum drops it)."),
     rate: str | None = typer.Option(None, help="Rate limit, e.g. 10mbit (tc units: kbit, mbit, "
-                                    "gbit; kbps/mbps are bytes/s)."),
+                                    "gbit; kbps/mbps are bytes/s), 1kbit to 1tbit."),
     limit: str | None = typer.Option(None, help="Packets the link holds (queue, tail drop), "
-                                     "default 1000."),
+                                     "default 1000, at most 100000."),
+    limit_bytes: str | None = typer.Option(None, help="Bytes the link holds per direction (tail "
+                                           "drop), e.g. 8mb; default 32mb, at most 512mb."),
     direction: Direction = typer.Option(Direction.both, help="Which way impairment applies: "
                                         "forward = client->server."),
     seed: int = typer.Option(1, help="Seed of the impairment models (same seed, same decisions)."),
@@ -138,6 +140,8 @@ def link(
     capture: Path | None = typer.Option(None, help="Write every packet entering the link to "
                                         "this pcapng file, annotated with what the link did "
                                         "(open it in Wireshark)."),
+    capture_limit: str | None = typer.Option(None, help="Stop capturing when the file reaches this "
+                                             "size, e.g. 1gb (default 256mb)."),
 ) -> None:
     """Bring up an impaired link between two namespaces; stays up until Ctrl-C (needs root).
 
@@ -167,12 +171,12 @@ def link(
         for k, v in dict(
             loss=loss, delay=delay, jitter=jitter, distribution=distribution,
             delay_correlation=delay_correlation, reorder=reorder, duplicate=duplicate,
-            corrupt=corrupt, rate=rate, limit=limit,
+            corrupt=corrupt, rate=rate, limit=limit, limit_bytes=limit_bytes,
         ).items()
         if v is not None
     }
     raise typer.Exit(
-        link_command(name, impairment, direction.value, seed, mtu, capture)
+        link_command(name, impairment, direction.value, seed, mtu, capture, capture_limit)
     )
 
 

@@ -6,7 +6,15 @@ model delays wait in a heap ordered by release time. Per direction one `Directio
 (forward: client->server with `seed`, reverse: server->client with `seed + 1`, as `LinkConfig`
 does). A null impairment takes a fast path: read, write, count.
 
+Counters per direction: the model's decisions (packets_in, dropped_*, duplicated, delayed...) plus
+the forwarder's own: `forwarded`/`bytes_out` count packets actually written to the other TUN
+device, `queued` those the link holds right now (in the final counters `queued_at_close`: never
+delivered), `write_errors`, `ignored_non_ipv4` and, with a capture, `not_captured` (packets after
+the capture's size limit). So packets_in + duplicated = forwarded + dropped_loss + dropped_queue +
+queued + write_errors.
+
 Control protocol (SOCK_SEQPACKET, one JSON object per message, one reply each):
+  {"ready": true, "pid": N} | {"error": "..."}  <- sent once at start (error: it could not start)
   {"op": "counters"}                            -> {"forward": {...}, "reverse": {...}}
   {"op": "set", "options": {...}, "direction": D} -> {"ok": true} | {"error": "..."}
   {"op": "reseed"}                              -> {"ok": true} (random decisions restart from the seeds)
@@ -27,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,33 +47,57 @@ MAX_PACKET = 65535  # largest IPv4 datagram (RFC 791)
 CONTROL_MAX = 1 << 20  # bound on one control message
 READY_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 5.0
+EXIT_CRASHED = 70  # sysexits.h EX_SOFTWARE
+EXIT_WAIT_S = 1.0  # how long a dead forwarder's exit status is waited for (for the message)
+# Longest single wait in the loop: a release time far ahead (a slow rate) must never reach select as
+# a timeout it cannot represent (1e-8bit gave OverflowError); waking once a second costs nothing.
+MAX_WAIT_S = 1.0
 FORWARD, REVERSE = 0, 1
 DIRECTIONS = ("forward", "reverse")
-EXTRA_KEYS = ("ignored_non_ipv4", "write_errors")  # forwarder's own counters, beside the model's
+# the forwarder's own counters, beside the model's (forwarded/bytes_out are replaced by its writes)
+EXTRA_KEYS = ("queued", "ignored_non_ipv4", "write_errors", "not_captured")
 
 
 class _Direction:
     """One direction's state: model, fast-path flag and the forwarder's own counts."""
 
-    __slots__ = ("model", "fast", "fast_packets", "fast_bytes", "ignored", "write_errors")
+    __slots__ = ("model", "fast", "fast_packets", "fast_bytes", "out_packets", "out_bytes", "queued",
+                 "ignored", "write_errors", "not_captured")
 
     def __init__(self, model: Any, fast: bool) -> None:
         self.model = model
         self.fast = fast
-        self.fast_packets = 0
+        self.fast_packets = 0  # entered through the fast path (the model never saw them)
         self.fast_bytes = 0
+        self.out_packets = 0  # written to the other TUN device
+        self.out_bytes = 0
+        self.queued = 0  # in the delay heap now
         self.ignored = 0
         self.write_errors = 0
+        self.not_captured = 0
 
-    def counters(self) -> dict[str, int]:
+    def counters(self, *, final: bool = False) -> dict[str, int]:
         out = dict(self.model.counters)
-        for key in ("packets_in", "forwarded"):
-            out[key] += self.fast_packets
-        for key in ("bytes_in", "bytes_out"):
-            out[key] += self.fast_bytes
+        out["packets_in"] += self.fast_packets
+        out["bytes_in"] += self.fast_bytes
+        # the model counts a packet forwarded when it decides to release it; only a write delivers it
+        out["forwarded"] = self.out_packets
+        out["bytes_out"] = self.out_bytes
+        out["queued_at_close" if final else "queued"] = self.queued
         out["ignored_non_ipv4"] = self.ignored
         out["write_errors"] = self.write_errors
+        out["not_captured"] = self.not_captured
         return out
+
+    def write(self, fd: int, packet: bytes) -> None:
+        """Write one packet to the other TUN device, counting the outcome."""
+        try:
+            os.write(fd, packet)
+        except OSError:
+            self.write_errors += 1
+        else:
+            self.out_packets += 1
+            self.out_bytes += len(packet)
 
 
 def _build_config(spec: Mapping[str, Any]) -> Any:
@@ -79,11 +112,16 @@ def serve(spec: Mapping[str, Any]) -> None:
 
     client_fd, server_fd, control_fd = spec["fds"]
     control = socket.socket(fileno=control_fd)
-    config = _build_config(spec)
+    try:
+        config = _build_config(spec)
+        capture = _open_capture(spec.get("capture"), spec.get("capture_limit"))
+    except (OSError, LabError) as exc:  # the owner checked first; still, say why instead of a traceback
+        with contextlib.suppress(OSError):
+            control.sendall(json.dumps({"error": str(exc)}).encode())
+        return
     impairments = (config.forward, config.reverse)
     seeds = (config.seed, config.seed + 1)
     dirs = [_Direction(DirectionModel(impairments[d], seeds[d]), impairments[d].is_null) for d in (0, 1)]
-    capture = _open_capture(spec.get("capture"))
     if capture is not None:
         for d in dirs:
             d.fast = False  # every packet gets a comment: go through the model
@@ -96,15 +134,15 @@ def serve(spec: Mapping[str, Any]) -> None:
     watched = [client_fd, server_fd, control_fd]
     control.sendall(json.dumps({"ready": True, "pid": os.getpid()}).encode())
 
-    read, write, monotonic, wait = os.read, os.write, time.monotonic, select.select
+    read, monotonic, wait = os.read, time.monotonic, select.select
     try:
         while True:
-            timeout = None if not heap else max(0.0, heap[0][0] - monotonic())
+            timeout = None if not heap else min(MAX_WAIT_S, max(0.0, heap[0][0] - monotonic()))
             for fd in wait(watched, (), (), timeout)[0]:
                 if fd == control_fd:
                     reply, stop = _handle_control(control, dirs, config, capture is not None)
                     if stop or reply is None:
-                        return _finish(control, dirs, capture)
+                        return _finish(control, dirs, capture, stop and reply is not None)
                     config = reply.pop("_config", config)
                     control.sendall(json.dumps(reply).encode())
                     continue
@@ -125,50 +163,41 @@ def serve(spec: Mapping[str, Any]) -> None:
                     if state.fast:
                         state.fast_packets += 1
                         state.fast_bytes += len(packet)
-                        try:
-                            write(out, packet)
-                        except OSError:
-                            state.write_errors += 1
+                        state.write(out, packet)
                         continue
                     now = monotonic()
                     verdict = state.model.decide(packet, now)
-                    if capture is not None:
-                        capture.packet(d, time.time_ns(), packet, "; ".join(verdict.notes) or "forwarded")
+                    if capture is not None and not capture.packet(
+                            d, time.time_ns(), packet, "; ".join(verdict.notes) or "forwarded"):
+                        state.not_captured += 1
                     for release in verdict.releases:
                         if release.at <= now:
-                            try:
-                                write(out, release.packet)
-                            except OSError:
-                                state.write_errors += 1
+                            state.write(out, release.packet)
                         else:
                             order += 1
+                            state.queued += 1
                             heapq.heappush(heap, (release.at, order, d, release.packet))
             if heap:
                 now = monotonic()
                 while heap and heap[0][0] <= now:
                     _, _, d, packet = heapq.heappop(heap)
-                    try:
-                        write(out_fds[d], packet)
-                    except OSError:
-                        dirs[d].write_errors += 1
+                    dirs[d].queued -= 1
+                    dirs[d].write(out_fds[d], packet)
     finally:
         if capture is not None:
-            capture.flush()
+            capture.close()
 
 
-def _open_capture(path: str | None) -> Any:
+def _open_capture(path: str | None, limit: int | None) -> Any:
     if not path:
         return None
-    from lab.link.pcapng import PcapNgWriter
+    from lab.link.pcapng import CaptureFile
 
-    writer = PcapNgWriter(open(path, "wb"))  # noqa: SIM115 - lives as long as the loop
-    writer.add_interface("client->server")
-    writer.add_interface("server->client")
-    return writer
+    return CaptureFile(path, limit, interfaces=("client->server", "server->client"))
 
 
-def _counters(dirs: list[_Direction]) -> dict[str, dict[str, int]]:
-    return {name: dirs[i].counters() for i, name in enumerate(DIRECTIONS)}
+def _counters(dirs: list[_Direction], *, final: bool = False) -> dict[str, dict[str, int]]:
+    return {name: dirs[i].counters(final=final) for i, name in enumerate(DIRECTIONS)}
 
 
 def _handle_control(
@@ -203,11 +232,12 @@ def _handle_control(
     return {"error": f"unknown op {op!r}"}, False
 
 
-def _finish(control: socket.socket, dirs: list[_Direction], capture: Any) -> None:
+def _finish(control: socket.socket, dirs: list[_Direction], capture: Any, answer: bool) -> None:
     if capture is not None:
-        capture.flush()
-    with contextlib.suppress(OSError):
-        control.sendall(json.dumps(_counters(dirs)).encode())
+        capture.close()
+    if answer:
+        with contextlib.suppress(OSError):
+            control.sendall(json.dumps(_counters(dirs, final=True)).encode())
 
 
 # --- the owner's side -------------------------------------------------------------------------
@@ -235,6 +265,7 @@ class Forwarder:
         direction: str,
         seed: int,
         capture: Path | None = None,
+        capture_limit: int | None = None,
     ) -> Forwarder:
         """Spawn the forwarder on the two TUN fds (client, server); returns when it is ready."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -245,6 +276,7 @@ class Forwarder:
             "direction": direction,
             "seed": seed,
             "capture": str(capture) if capture else None,
+            "capture_limit": capture_limit,
         }
         try:
             process = subprocess.Popen(
@@ -262,7 +294,7 @@ class Forwarder:
         try:
             ready = forwarder._receive(READY_TIMEOUT_S)
             if not ready.get("ready"):
-                raise LabError(f"the link forwarder did not start: {ready}")
+                raise LabError(f"the link forwarder did not start: {ready.get('error', ready)}")
         except BaseException:
             forwarder.kill()
             raise
@@ -275,9 +307,24 @@ class Forwarder:
         except TimeoutError:
             raise LabError(f"the link forwarder (pid {self.pid}) did not answer within {timeout} s") from None
         if not data:
-            code = self.process.poll()
-            raise LabError(f"the link forwarder (pid {self.pid}) exited (status {code}); see its stderr")
+            raise LabError(f"the link forwarder (pid {self.pid}) {self.exit_description()}; "
+                           "the link no longer carries packets (its error, if any, is above)")
         return json.loads(data)
+
+    def exit_description(self) -> str:
+        """'exited with status 1' / 'was killed by SIGKILL' / 'is still running' (for messages)."""
+        try:
+            code = self.process.wait(timeout=EXIT_WAIT_S)  # EOF comes just before the exit status
+        except subprocess.TimeoutExpired:
+            return "stopped answering (it is still running)"
+        if code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+    @property
+    def alive(self) -> bool:
+        """True while the forwarder process runs."""
+        return self.process.poll() is None
 
     def request(self, message: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
         """Send one control message and return the reply."""
@@ -337,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="link name (lets `lab cleanup` recognise us)")
     parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
+    for ignored in (signal.SIGINT, signal.SIGHUP):  # the owner decides when we stop
+        signal.signal(ignored, signal.SIG_IGN)
 
     def on_term(signum: int, frame: object) -> None:
         raise SystemExit(0)
@@ -345,8 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     from lab.timing import fine_timers
 
-    with fine_timers():  # release delayed packets on time, not up to 50 µs late
-        serve(json.loads(args.spec))
+    try:
+        with fine_timers():  # release delayed packets on time, not up to 50 µs late
+            serve(json.loads(args.spec))
+    except Exception:  # a bug: say whose, loudly (the owner notices the exit and says so too)
+        print(f"lab link {args.name}: the forwarder crashed:\n{traceback.format_exc()}", file=sys.stderr,
+              end="", flush=True)
+        return EXIT_CRASHED
     return 0
 
 

@@ -12,7 +12,8 @@ Differences from netem worth knowing:
 - a lost packet is never duplicated (netem may let one copy of a duplicated-and-lost packet through),
   so the loss rate is exactly the configured one;
 - `limit` counts every packet the link holds (waiting for the rate *or* the delay), as netem does:
-  a large delay x rate product needs a large limit;
+  a large delay x rate product needs a large limit; `limit_bytes` bounds the same packets by their
+  size (like a bfifo's limit), so a flood into a slow link cannot make the link hold gigabytes;
 - delay with jitter reorders packets (each gets its own delay), as netem does; only jitter=0
   keeps FIFO order;
 - delay correlation uses netem's approximation next = (1-c)*random + c*last, which keeps the mean
@@ -29,28 +30,39 @@ from typing import Any
 
 from lab.errors import ConfigError
 from lab.link.params import (
+    check_rate,
     format_duration,
     format_percent,
     format_rate,
+    format_size,
     parse_count,
     parse_duration,
     parse_percent,
     parse_rate,
+    parse_size,
 )
 
 DISTRIBUTIONS = ("uniform", "normal")
 DIRECTIONS = ("both", "forward", "reverse")
 OPTION_KEYS = (
     "loss", "delay", "jitter", "distribution", "delay_correlation",
-    "reorder", "duplicate", "corrupt", "rate", "limit",
+    "reorder", "duplicate", "corrupt", "rate", "limit", "limit_bytes",
 )
 COUNTER_KEYS = (
     "packets_in", "bytes_in", "forwarded", "bytes_out", "dropped_loss", "dropped_queue",
     "duplicated", "reordered", "corrupted", "delayed",
 )
 DEFAULT_LIMIT = 1000  # netem's default queue limit, packets
+MAX_LIMIT = 100_000  # packets; with Python's per-packet overhead (~200 B) at most ~20 MB of bookkeeping
+DEFAULT_LIMIT_BYTES = 32 * 2**20  # bytes the link holds per direction: 32 MiB, ~22k full 1500-byte packets
+MIN_LIMIT_BYTES = 64 * 2**10  # >= the largest IPv4 datagram, so an empty queue always takes a packet
+MAX_LIMIT_BYTES = 512 * 2**20
 _IPV4_MIN_HEADER = 20  # RFC 791
 _IPV6_HEADER = 40  # RFC 8200
+
+
+def _whole_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _check_probability(value: float, key: str) -> None:
@@ -99,6 +111,7 @@ class Impairment:
     corrupt: float = 0.0
     rate_bps: float | None = None
     limit: int = DEFAULT_LIMIT
+    limit_bytes: int = DEFAULT_LIMIT_BYTES
 
     def __post_init__(self) -> None:
         for key in ("loss", "delay_correlation", "reorder", "duplicate", "corrupt"):
@@ -114,10 +127,15 @@ class Impairment:
         if self.reorder and self.delay_s <= 0:
             raise ConfigError("reorder needs a delay (e.g. --delay 10ms --reorder 25%): "
                               "reordered packets are the ones sent without it, as in netem")
-        if self.rate_bps is not None and not self.rate_bps > 0:
-            raise ConfigError(f"rate must be above 0bit, got {self.rate_bps!r}")
-        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
-            raise ConfigError(f"limit must be a whole number of packets >= 1, got {self.limit!r}")
+        if self.rate_bps is not None:
+            check_rate(self.rate_bps)  # built in Python, not parsed: the same bounds
+        if not _whole_in(self.limit, 1, MAX_LIMIT):
+            raise ConfigError(f"limit must be a whole number of packets from 1 to {MAX_LIMIT}, "
+                              f"got {self.limit!r}")
+        if not _whole_in(self.limit_bytes, MIN_LIMIT_BYTES, MAX_LIMIT_BYTES):
+            raise ConfigError(f"limit_bytes must be a whole number of bytes from "
+                              f"{format_size(MIN_LIMIT_BYTES)} to {format_size(MAX_LIMIT_BYTES)}, "
+                              f"got {self.limit_bytes!r}")
 
     @property
     def is_null(self) -> bool:
@@ -155,6 +173,8 @@ class Impairment:
             out["rate"] = format_rate(self.rate_bps)
         if self.limit != DEFAULT_LIMIT:
             out["limit"] = str(self.limit)
+        if self.limit_bytes != DEFAULT_LIMIT_BYTES:
+            out["limit_bytes"] = format_size(self.limit_bytes)
         return out
 
 
@@ -208,7 +228,10 @@ def _fields_from_options(options: Mapping[str, object]) -> dict[str, Any]:
         elif key == "rate":
             fields["rate_bps"] = parse_rate(value, key=key)  # type: ignore[arg-type]
         elif key == "limit":
-            fields["limit"] = parse_count(value, key=key)  # type: ignore[arg-type]
+            fields["limit"] = parse_count(value, key=key, maximum=MAX_LIMIT)  # type: ignore[arg-type]
+        elif key == "limit_bytes":
+            fields["limit_bytes"] = parse_size(
+                value, key=key, minimum=MIN_LIMIT_BYTES, maximum=MAX_LIMIT_BYTES)  # type: ignore[arg-type]
         else:
             fields[key] = parse_percent(value, key=key)  # type: ignore[arg-type]
     return fields
@@ -306,6 +329,7 @@ class Verdict:
 
 _DROP_LOSS = Verdict((), ("dropped (loss)",))
 _DROP_QUEUE = Verdict((), ("dropped (queue full)",))
+_DROP_QUEUE_BYTES = Verdict((), ("dropped (queue full: byte limit)",))
 
 
 def flip_payload_bit(packet: bytes, rng: random.Random) -> tuple[bytes, int]:
@@ -334,7 +358,8 @@ class DirectionModel:
         self._bad = False  # Gilbert-Elliott state: starts Good, as netem
         self._last_offset = 0.0  # last jitter offset, for delay correlation
         self._last_departure = float("-inf")  # when the rate shaper finishes the previous packet
-        self._held: list[float] = []  # heap of release times of packets the link still holds
+        self._held: list[tuple[float, int]] = []  # heap of (release time, size) of packets still held
+        self._held_bytes = 0
         self.update(impairment)
 
     @property
@@ -423,14 +448,17 @@ class DirectionModel:
             return Verdict((Release(now, packet),), tuple(notes))
 
         held = self._held
-        while held and held[0] <= now:
-            heapq.heappop(held)
+        while held and held[0][0] <= now:
+            self._held_bytes -= heapq.heappop(held)[1]
         if len(held) >= imp.limit:
             c["dropped_queue"] += 1
             return _DROP_QUEUE
+        if self._held_bytes + size > imp.limit_bytes:
+            c["dropped_queue"] += 1
+            return _DROP_QUEUE_BYTES
         releases = []
         for copy in (packet, original)[:copies]:
-            if releases and len(held) >= imp.limit:
+            if releases and (len(held) >= imp.limit or self._held_bytes + size > imp.limit_bytes):
                 break  # no room for the duplicate: it is simply not made
             departure = now
             if imp.rate_bps:
@@ -439,7 +467,8 @@ class DirectionModel:
                 self._last_departure = departure
             at = departure + delay
             if at > now:
-                heapq.heappush(held, at)
+                heapq.heappush(held, (at, size))
+                self._held_bytes += size
             releases.append(Release(at, copy))
         if len(releases) == 2:
             c["duplicated"] += 1
@@ -462,7 +491,8 @@ def null_counters() -> dict[str, int]:
 
 
 __all__ = [
-    "COUNTER_KEYS", "DIRECTIONS", "DISTRIBUTIONS", "NULL", "OPTION_KEYS", "DirectionModel",
+    "COUNTER_KEYS", "DEFAULT_LIMIT_BYTES", "DIRECTIONS", "DISTRIBUTIONS", "MAX_LIMIT", "MAX_LIMIT_BYTES",
+    "MIN_LIMIT_BYTES", "NULL", "OPTION_KEYS", "DirectionModel",
     "GilbertElliott", "Impairment", "LinkConfig", "Release", "Verdict", "flip_payload_bit",
     "null_counters",
 ]

@@ -180,7 +180,10 @@ def _raise_exit(signum: int, frame: object) -> None:
 
 
 def _install_signal_guard() -> bool:
-    """Make SIGTERM/SIGINT unwind the main thread (so `finally` tears down); nestable."""
+    """Make SIGTERM/SIGINT/SIGHUP unwind the main thread (so `finally` tears down); nestable.
+
+    SIGHUP (the terminal closed) only where it would kill us anyway: under `nohup` it stays ignored.
+    """
     global _signal_depth, _guard_pid
     if threading.current_thread() is not threading.main_thread():
         return False  # only the main thread may set handlers; its owner handles signals then
@@ -193,6 +196,8 @@ def _install_signal_guard() -> bool:
                 _saved_handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_exit)
             if signal.getsignal(signal.SIGINT) in (signal.SIG_DFL, signal.SIG_IGN, None):
                 _saved_handlers[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+            if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+                _saved_handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_exit)
         _signal_depth += 1
     return True
 
@@ -214,9 +219,25 @@ def _state_path(name: str) -> Path:
 
 def _write_state(name: str, state: dict[str, Any]) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = _state_path(name).with_suffix(".tmp")
+    tmp = _state_path(name).with_suffix(f".{os.getpid()}.tmp")  # per process: two owners never share it
     tmp.write_text(json.dumps(state))
     tmp.replace(_state_path(name))  # atomic: cleanup never reads half a file
+
+
+def _read_state(name: str) -> dict[str, Any] | None:
+    """The state file of link `name`, None if absent or unreadable."""
+    try:
+        state = json.loads(_state_path(name).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _state_owner_alive(state: dict[str, Any]) -> bool:
+    try:
+        return process_alive(int(state.get("owner_pid", 0)), state.get("owner_start"))
+    except (TypeError, ValueError):
+        return False
 
 
 def _validate_name(name: str) -> None:
@@ -293,15 +314,12 @@ class Topology:
         self._opened = True
         self._guarded = _install_signal_guard()
         try:
-            taken = set(netns.listnetns()) & set(self.namespaces)
-            if taken:
-                raise ConfigError(
-                    f"namespace {sorted(taken)[0]} already exists: another `lab link --name "
-                    f"{self.name}` is running, or a killed run left it (remove it with `lab cleanup`)"
-                )
-            self._record()  # marker first: a crash after this point is always cleanable
-            self._recorded = True
+            # The name check, the marker and the creation happen under one lock: of two runs with
+            # the same name, exactly one wins, and the loser has made nothing (so removes nothing).
             with _netns_create_lock():
+                self._check_name_free(netns.listnetns())
+                self._record()  # marker first: a crash after this point is always cleanable
+                self._recorded = True
                 for ns in self.namespaces:
                     try:
                         with _signals_deferred():  # a Ctrl-C mid-create would leave an unrecorded namespace
@@ -320,9 +338,21 @@ class Topology:
             self.close()
             raise
 
+    def _check_name_free(self, existing: list[str]) -> None:
+        taken = set(existing) & set(self.namespaces)
+        state = _read_state(self.name)
+        if taken or (state is not None and _state_owner_alive(state)):
+            where = f"namespace {sorted(taken)[0]} exists" if taken else \
+                f"its owner, pid {state['owner_pid']}, is running"  # type: ignore[index]
+            raise ConfigError(
+                f"link {self.name} already exists ({where}): another `lab link --name {self.name}` is "
+                "running, or a killed run left it (`lab cleanup` removes a killed run's leftovers)"
+            )
+
     def _record(self, **extra: Any) -> None:
         _write_state(self.name, {
             "name": self.name,
+            "run_id": self.run_id,
             "namespaces": list(self.namespaces),
             "owner_pid": os.getpid(),
             "owner_start": _start_time(os.getpid()),
@@ -382,12 +412,21 @@ class Topology:
             for ns in self._created:
                 remove_namespace(ns)
             if self._recorded:
-                with contextlib.suppress(FileNotFoundError):
-                    _state_path(self.name).unlink()
+                self._remove_state()
         finally:
             if self._guarded:
                 self._guarded = False
                 _remove_signal_guard()
+
+
+    def _remove_state(self) -> None:
+        """Delete our state file, and only ours: a run of the same name may have written its own."""
+        with _netns_create_lock():
+            state = _read_state(self.name)
+            mine = (self.run_id, os.getpid())
+            if state is not None and (state.get("run_id"), state.get("owner_pid")) == mine:
+                with contextlib.suppress(FileNotFoundError):
+                    _state_path(self.name).unlink()
 
 
 @contextlib.contextmanager
@@ -409,12 +448,12 @@ def _netns_create_lock() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back until the block is done (they are delivered right after it).
+    """Hold SIGINT/SIGTERM/SIGHUP back until the block is done (they are delivered right after it).
 
     pyroute2's `netns.create` runs in a helper child; interrupted halfway, the namespace may exist
     without our knowing, and teardown would leave it behind.
     """
-    deferred = {signal.SIGINT, signal.SIGTERM}
+    deferred = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
     try:
         yield

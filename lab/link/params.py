@@ -4,9 +4,10 @@ Shared by the CLI, scenario files and the Python API, so a bad value gets the sa
 everywhere: it names the key, the accepted range or units, and what was given.
 
 Numbers given as numbers (from TOML or Python) are taken in base units: a fraction 0..1 for
-percentages, seconds for durations, bits/s for rates. Strings must carry their unit: netem itself
-reads a bare "5" as 5 % for loss, as microseconds for delay and as bytes/s for rate, so a bare
-string is ambiguous and refused (except "0").
+percentages, seconds for durations, bits/s for rates, bytes for sizes. Strings must carry their
+unit: netem itself reads a bare "5" as 5 % for loss, as microseconds for delay and as bytes/s for
+rate, so a bare string is ambiguous and refused (except "0"). Sizes are the exception: tc reads a
+bare size as bytes everywhere, so "65536" is 65536 bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from lab.errors import ConfigError
 
 # Upper bounds that keep a typo from turning into an hour-long run or a link that holds gigabytes.
 MAX_DURATION_S = 60.0
+# 1 kbit/s: one 1500-byte packet already takes 12 s to serialise; slower rates only hold packets
+# for minutes to hours (and 1e-8bit made the forwarder's wait overflow time_t).
+MIN_RATE_BPS = 1e3
 MAX_RATE_BPS = 1e12  # 1 tbit/s, far above anything a user-space forwarder moves
 MAX_COUNT = 10_000_000
 
@@ -37,6 +41,13 @@ _RATE_UNITS = {
     "kibit": 2.0**10, "mibit": 2.0**20, "gibit": 2.0**30, "tibit": 2.0**40,
     "bps": 8.0, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12,
     "kibps": 8 * 2.0**10, "mibps": 8 * 2.0**20, "gibps": 8 * 2.0**30, "tibps": 8 * 2.0**40,
+}
+# tc(8) "SIZES": b (or a bare number) = bytes; k/kb, m/mb, g/gb are powers of 1024 (kib... too).
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 2**10, "kb": 2**10, "kib": 2**10,
+    "m": 2**20, "mb": 2**20, "mib": 2**20,
+    "g": 2**30, "gb": 2**30, "gib": 2**30,
 }
 
 
@@ -112,13 +123,41 @@ def parse_rate(text: str | float, *, key: str) -> float:
         bps = value * _RATE_UNITS[unit]
     else:
         bps = _number(text, key=key)
-    if not 0.0 < bps <= MAX_RATE_BPS:
-        raise ConfigError(f"{key} must be above 0bit and at most 1tbit, got {text!r}")
+    check_rate(bps, key=key, given=text)
     return bps
 
 
-def parse_count(text: str | int, *, key: str) -> int:
-    """'1000' -> 1000: a whole number from 1 to MAX_COUNT."""
+def check_rate(bps: float, *, key: str = "rate", given: object = None) -> None:
+    """ConfigError unless MIN_RATE_BPS <= bps <= MAX_RATE_BPS (also for rates built in Python)."""
+    if not MIN_RATE_BPS <= bps <= MAX_RATE_BPS:  # also False for NaN
+        raise ConfigError(
+            f"{key} must be between {format_rate(MIN_RATE_BPS)} and {format_rate(MAX_RATE_BPS)}, "
+            f"got {given if given is not None else bps!r}"
+        )
+
+
+def parse_size(text: str | int, *, key: str, minimum: int, maximum: int) -> int:
+    """'32mb' / '64kb' / '65536' / 65536 -> bytes (tc units, powers of 1024), within [minimum, maximum]."""
+    if isinstance(text, str):
+        value, unit = _split(text, key=key, example="32mb")
+        if unit not in _SIZE_UNITS:
+            raise ConfigError(
+                f"{key} must be a size in bytes with a tc unit (b, kb, mb, gb; powers of 1024) "
+                f"such as '32mb', got {text!r}"
+            )
+        size = value * _SIZE_UNITS[unit]
+    else:
+        size = _number(text, key=key)
+    if not size.is_integer() or not minimum <= size <= maximum:
+        raise ConfigError(
+            f"{key} must be a whole number of bytes between {format_size(minimum)} and "
+            f"{format_size(maximum)}, got {text!r}"
+        )
+    return int(size)
+
+
+def parse_count(text: str | int, *, key: str, maximum: int = MAX_COUNT) -> int:
+    """'1000' -> 1000: a whole number from 1 to `maximum` (default MAX_COUNT)."""
     if isinstance(text, str):
         stripped = text.strip().replace("_", "")
         if not stripped.isdigit():
@@ -129,8 +168,8 @@ def parse_count(text: str | int, *, key: str) -> int:
         if isinstance(text, bool) or not is_whole:
             raise ConfigError(f"{key} must be a whole number such as 1000, got {text!r}")
         count = int(text)
-    if not 1 <= count <= MAX_COUNT:
-        raise ConfigError(f"{key} must be between 1 and {MAX_COUNT}, got {text!r}")
+    if not 1 <= count <= maximum:
+        raise ConfigError(f"{key} must be between 1 and {maximum}, got {text!r}")
     return count
 
 
@@ -152,7 +191,15 @@ def format_duration(seconds: float) -> str:
 
 def format_rate(bps: float) -> str:
     """10e6 -> '10mbit' (decimal prefixes, bits/s, as tc prints them)."""
-    for unit, scale in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+    for unit, scale in (("tbit", 1e12), ("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
         if bps >= scale:
             return f"{bps / scale:.12g}{unit}"
     return f"{bps:.12g}bit"
+
+
+def format_size(size: int) -> str:
+    """33554432 -> '32mb', 65536 -> '64kb', 1500 -> '1500b' (tc units, powers of 1024)."""
+    for unit, scale in (("gb", 2**30), ("mb", 2**20), ("kb", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}b"

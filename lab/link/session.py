@@ -422,7 +422,7 @@ def check_capture_path(path: Path) -> Path:
         what = "does not exist" if not parent.exists() else "is not a directory"
         raise ConfigError(f"capture {path}: the folder {parent} {what}; create it first")
     if path.exists() and not path.is_file():
-        raise ConfigError(f"capture {path}: exists and is not a regular file (a pcapng file is written there)")
+        raise ConfigError(f"capture {path}: exists and is not a regular file (the capture is a pcapng file)")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"capture {path}: not writable by this user")
     return path
@@ -457,9 +457,14 @@ class LinkFactory:
 
 # --- `lab link` ------------------------------------------------------------------------------------
 def link_command(name: str, impairment: dict[str, str], direction: str, seed: int, mtu: int,
-                 capture: Path | None) -> int:
-    """`lab link`: bring the link up, explain how to use it, wait for Ctrl-C/SIGTERM, tear down."""
-    link = open_link(name=name, seed=seed, direction=direction, mtu=mtu, capture=capture, **impairment)
+                 capture: Path | None, capture_limit: str | None = None) -> int:
+    """`lab link`: bring the link up, explain how to use it, wait for Ctrl-C/SIGTERM/SIGHUP, tear down.
+
+    Exit 0 after a signal; 1 if the forwarder died on its own (said on stderr: the link is down).
+    """
+    link = open_link(name=name, seed=seed, direction=direction, mtu=mtu, capture=capture,
+                     capture_limit=capture_limit, **impairment)
+    died: str | None = None
     try:
         described = link.config.to_dict()
         print(f"link {link.name} is up (seed {seed}, mtu {mtu})", flush=True)
@@ -468,32 +473,53 @@ def link_command(name: str, impairment: dict[str, str], direction: str, seed: in
         print(f"  client->server    {_describe(described['forward'])}")
         print(f"  server->client    {_describe(described['reverse'])}")
         if capture:
-            print(f"  capture           {capture}")
+            from lab.link.params import format_size
+
+            print(f"  capture           {capture} (stops at {format_size(link.capture_limit)})")
         lab = "lab" if shutil.which("lab") else f"{sys.executable} -m lab"  # `ip netns exec` keeps PATH
         print("run anything through it, e.g.:")
         print(f"  ip netns exec {link.server_ns} {lab} serve both --host {SERVER_ADDRESS}")
         print(f"  ip netns exec {link.client_ns} {lab} send udp {SERVER_ADDRESS} 7007 --count 1000")
         print("press Ctrl-C to stop", flush=True)
-        _wait_for_signal()
+        # Waiting on the forwarder itself: a signal interrupts the wait, and a forwarder that dies
+        # is noticed at once instead of leaving a link that silently carries nothing.
+        died = link.wait_forwarder()
+        print(f"lab: error: link {link.name}: the forwarder (the process that carries the packets) {died}; "
+              "the link is down and is being removed", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pass
-    except SystemExit as exc:  # SIGTERM, raised by the topology's signal guard
-        if exc.code not in (128 + signal.SIGTERM, 0, None):
+    except SystemExit as exc:  # SIGTERM/SIGHUP, raised by the topology's signal guard
+        if exc.code not in (128 + signal.SIGTERM, 128 + signal.SIGHUP, 0, None):
             raise
     finally:
         link.close()
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone; the link is already removed
+        _print_final(link)
+    return 0 if died is None else 1
+
+
+def _print_final(link: Link) -> None:
     print("final counters:")
+    not_captured = 0
     for direction_name, values in (link.final_counters or {}).items():
         shown = ", ".join(f"{k}={v}" for k, v in values.items() if v)
         arrow = _ARROWS.get(direction_name, "")
         dropped = values.get("dropped_loss", 0) + values.get("dropped_queue", 0)
         packets_in = values.get("packets_in", 0)
         share = f"; dropped {dropped / packets_in:.2%} of packets in" if packets_in else ""
+        queued = values.get("queued_at_close", 0)
+        if queued:
+            share += f"; {queued} still queued when the link closed (never delivered)"
+        not_captured += values.get("not_captured", 0)
         print(f"  {direction_name} ({arrow}): {shown or 'nothing passed'}{share}")
     if link.final_counters is None:
         print("  (the forwarder did not answer; its counters are lost)")
+    if link.capture is not None and not_captured:
+        from lab.link.params import format_size
+
+        print(f"capture {link.capture} stopped at its limit of {format_size(link.capture_limit)}: "
+              f"{not_captured} later packets not captured (raise it with --capture-limit)")
     print(f"link {link.name} removed", flush=True)
-    return 0
 
 
 _ARROWS = {"forward": "client->server", "reverse": "server->client"}
@@ -502,8 +528,3 @@ _ARROWS = {"forward": "client->server", "reverse": "server->client"}
 def _describe(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in values.items()) or "no impairment"
 
-
-def _wait_for_signal() -> None:
-    """Sleep until a signal handler raises (KeyboardInterrupt / SystemExit)."""
-    while True:
-        time.sleep(3600)  # bounded per iteration; signals interrupt the sleep at once
