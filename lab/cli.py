@@ -68,6 +68,9 @@ def serve(
     idle_timeout: float = typer.Option(60.0, min=0.0, max=86_400.0, help="Close a TCP "
                                        "connection idle this many seconds (0 = never)."),
     max_datagram: int = typer.Option(65507, min=0, max=65507, help="Largest UDP datagram echoed."),
+    udp_rate_limit: float = typer.Option(100_000.0, min=0.0, max=1e9, help="UDP answers per second "
+                                         "per source address, beyond it datagrams go unanswered "
+                                         "(0 = no limit)."),
 ) -> None:
     """Run RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram.
 
@@ -77,7 +80,8 @@ def serve(
     """
     from lab.endpoints.server import serve_command
 
-    raise typer.Exit(serve_command(which.value, host, port, max_conns, idle_timeout, max_datagram))
+    raise typer.Exit(serve_command(which.value, host, port, max_conns, idle_timeout, max_datagram,
+                                   udp_rate_limit=udp_rate_limit))
 
 
 @app.command()

@@ -11,12 +11,16 @@ import contextlib
 import socket
 import socketserver
 import threading
+import time
 from typing import Any
 
 from lab.endpoints.server import (
+    LOOP_SECONDS,
     MAX_UDP_PAYLOAD,
     RECV_CHUNK,
+    UDP_RATE_LIMIT,
     Counters,
+    UdpGuard,
     bind_sockets,
     check_limits,
 )
@@ -132,7 +136,8 @@ class ClassicUDPServer(socketserver.UDPServer):
 
     max_packet_size = RECV_CHUNK  # socketserver's default of 8192 would truncate larger datagrams
 
-    def __init__(self, sock: socket.socket, counters: Counters, max_datagram: int) -> None:
+    def __init__(self, sock: socket.socket, counters: Counters, max_datagram: int,
+                 guard: UdpGuard) -> None:
         self.address_family = sock.family
         super().__init__(sock.getsockname(), EchoDatagramHandler, bind_and_activate=False)
         self.socket.close()
@@ -140,6 +145,18 @@ class ClassicUDPServer(socketserver.UDPServer):
         sock.setblocking(True)
         self.counters = counters
         self.max_datagram = max_datagram
+        self.guard = guard
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Leave unanswered what the guard refuses (own port, low ports, rate, echo loops); count it."""
+        data = request[0]
+        if len(data) > self.max_datagram:
+            return True  # the handler counts and drops it
+        refused = self.guard.refusal(client_address, data, time.monotonic())
+        if refused:
+            self.counters.add(datagrams_in=1, bytes_in=len(data), **{refused: 1})
+            return False
+        return True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Count instead of printing a traceback."""
@@ -167,13 +184,18 @@ class ClassicEchoServer:
         max_conns: int = 256,
         idle_timeout: float = 60.0,
         max_datagram: int = MAX_UDP_PAYLOAD,
+        udp_rate_limit: float = UDP_RATE_LIMIT,
+        loop_seconds: float = LOOP_SECONDS,
     ) -> None:
-        check_limits(max_conns, idle_timeout, max_datagram)
+        check_limits(max_conns, idle_timeout, max_datagram, udp_rate_limit, loop_seconds)
         self.counters = Counters()
         tcp_sock, udp_sock = bind_sockets(kind, host, port)
         self._servers: list[socketserver.BaseServer] = []
         self._tcp = ClassicTCPServer(tcp_sock, self.counters, max_conns, idle_timeout) if tcp_sock else None
-        self._udp = ClassicUDPServer(udp_sock, self.counters, max_datagram) if udp_sock else None
+        self._udp = ClassicUDPServer(
+            udp_sock, self.counters, max_datagram,
+            UdpGuard(udp_sock.getsockname()[1], rate=udp_rate_limit, loop_seconds=loop_seconds),
+        ) if udp_sock else None
         self._servers = [s for s in (self._tcp, self._udp) if s is not None]
         self.tcp_address = tcp_sock.getsockname()[:2] if tcp_sock else None
         self.udp_address = udp_sock.getsockname()[:2] if udp_sock else None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import ipaddress
+import itertools
 import json
 import select
 import selectors
@@ -45,10 +47,24 @@ ACCEPT_PAUSE_S = 0.1  # out of fds/memory: stop accepting this long instead of s
 # a day is more than any lab session needs and keeps far from that edge.
 MAX_IDLE_TIMEOUT_S = 86_400.0
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# UDP answers per second per source address. The fastest legitimate client measured, `lab send
+# --rate 100000` on loopback, reached ~50 k/s on a 2-core machine; a paced client cannot exceed its
+# rate for longer than the bucket's depth, so this never slows a run of `--rate 100000` or less.
+UDP_RATE_LIMIT = 100_000.0
+UDP_RATE_BURST_S = 0.25  # bucket depth: a sender catching up after a 250 ms stall is still answered
+MAX_UDP_RATE_LIMIT = 1e9
+UDP_SOURCES_MAX = 4096  # per-source state kept at once (rate buckets, echo-loop tracking): bounded
+LOW_PORTS = 1024  # below: echo (7), discard (9), daytime (13), chargen (19)... never answered
+LOOP_SECONDS = 5.0  # a peer echoing our replies back this long without pause is an echo loop
+LOOP_GAP_S = 1.0  # a reflection more than this after our reply is not a loop (a person, a slow link)
+LOOP_RING = 8  # recent replies per peer compared with what it sends (several loops interleaved)
+LOOP_DIGEST_BYTES = 1024  # larger datagrams are compared by size, first and last 512 bytes
 
+UDP_REFUSALS = ("udp_refused_own_port", "udp_refused_low_port", "udp_refused_rate", "udp_refused_loop")
 COUNTER_NAMES = (
-    "accepted", "active", "refused", "closed_idle",
+    "accepted", "active", "refused", "evicted", "closed_idle",
     "bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "datagrams_dropped",
+    *UDP_REFUSALS,
     "errors", "paused", "backpressure_pauses",
 )
 
@@ -84,13 +100,118 @@ def check_idle_timeout(idle_timeout: float) -> None:
                           f"(0 = never), got {idle_timeout}")
 
 
-def check_limits(max_conns: int, idle_timeout: float, max_datagram: int) -> None:
+def check_limits(max_conns: int, idle_timeout: float, max_datagram: int,
+                 udp_rate_limit: float = UDP_RATE_LIMIT, loop_seconds: float = LOOP_SECONDS) -> None:
     """Validate a server's limits (shared by both server variants); ConfigError names the bad one."""
     if max_conns < 1:
         raise ConfigError(f"max_conns must be at least 1, got {max_conns}")
     check_idle_timeout(idle_timeout)
     if not 0 <= max_datagram <= MAX_UDP6_PAYLOAD:
         raise ConfigError(f"max_datagram must be 0..{MAX_UDP6_PAYLOAD} bytes, got {max_datagram}")
+    if not 0 <= udp_rate_limit <= MAX_UDP_RATE_LIMIT:  # also false for NaN
+        raise ConfigError(f"UDP rate limit must be 0..{MAX_UDP_RATE_LIMIT:.0e} answers/s per source "
+                          f"(0 = no limit), got {udp_rate_limit}")
+    if not 0 < loop_seconds <= MAX_IDLE_TIMEOUT_S:
+        raise ConfigError(f"loop_seconds must be > 0 and <= {MAX_IDLE_TIMEOUT_S:.0f}, got {loop_seconds}")
+
+
+class _Peer:
+    """Echo-loop tracking for one source (address, port): digests of our recent replies to it."""
+
+    __slots__ = ("ring", "slot", "streak_since", "last_reply", "refuse_until")
+
+    def __init__(self) -> None:
+        self.ring: list[int] = [0] * LOOP_RING  # hash() of the last LOOP_RING replies (0 = none yet)
+        self.slot = 0
+        self.streak_since = 0.0  # when it began sending our replies back (0: it does not)
+        self.last_reply = 0.0
+        self.refuse_until = 0.0  # a loop was found: its datagrams are refused until then
+
+
+class UdpGuard:
+    """Decides which datagrams a UDP echo server answers; shared by both server variants.
+
+    Careful echo services (inetd's built-in echo among them) never answer a datagram from their
+    own port, from any address (spoofed from the server itself, or from another echo server on
+    that port, it starts an endless echo between them), nor from a port below 1024 (echo, chargen,
+    daytime...: the same loop with the classic services). Answers are also rate-limited per source
+    address (a token bucket), so spoofed datagrams cannot aim a flood at anyone.
+
+    An echo server on a high port cannot be told from a ping-pong client by its address, only by
+    what it does: it sends our replies back, byte for byte, without pause, forever. A peer that has
+    done so for `loop_seconds` is refused (what it echoes back, for LOOP_GAP_S), which ends the loop
+    (a constant-payload ping-pong client loses one datagram every `loop_seconds`; the lab's own
+    clients never repeat a datagram).
+    State is bounded: at most UDP_SOURCES_MAX sources in each table, the older half forgotten when
+    full. About 1 µs per datagram. Not thread-safe: one serving thread calls `refusal`.
+    """
+
+    def __init__(self, own_port: int, *, rate: float = UDP_RATE_LIMIT,
+                 loop_seconds: float = LOOP_SECONDS) -> None:
+        self.own_port = own_port
+        self.rate = rate
+        self.burst = max(1.0, rate * UDP_RATE_BURST_S)
+        self.loop_seconds = loop_seconds
+        self._buckets: dict[str, list[float]] = {}  # source address -> [tokens, when counted]
+        self._peers: dict[tuple[str, int], _Peer] = {}
+
+    def refusal(self, peer: tuple[Any, ...], data: bytes, now: float) -> str | None:
+        """None if `data` from `peer` is to be answered (and is then remembered); else the counter to add."""
+        host, port = peer[0], peer[1]
+        if port == self.own_port:
+            return "udp_refused_own_port"
+        if port < LOW_PORTS:
+            return "udp_refused_low_port"
+        if host.startswith("::ffff:"):  # a dual-stack socket's view of an IPv4 peer
+            host = host[7:]
+        if self.rate:
+            bucket = self._buckets.get(host)
+            if bucket is None:
+                if len(self._buckets) >= UDP_SOURCES_MAX:
+                    _forget_oldest(self._buckets)
+                self._buckets[host] = [self.burst - 1.0, now]
+            else:
+                tokens = bucket[0] + (now - bucket[1]) * self.rate
+                if tokens > self.burst:
+                    tokens = self.burst
+                bucket[1] = now
+                if tokens < 1.0:
+                    bucket[0] = tokens
+                    return "udp_refused_rate"
+                bucket[0] = tokens - 1.0
+        key = (host, port)
+        state = self._peers.get(key)
+        if state is None:
+            if len(self._peers) >= UDP_SOURCES_MAX:
+                _forget_oldest(self._peers)
+            state = self._peers[key] = _Peer()
+        # hash() reads every byte (~20 µs for 64 KiB): a big datagram is known by its ends and size;
+        # 0 marks an empty ring slot.
+        digest = (hash(data) if len(data) <= LOOP_DIGEST_BYTES
+                  else hash((len(data), data[:LOOP_DIGEST_BYTES // 2], data[-LOOP_DIGEST_BYTES // 2:]))) or 1
+        if digest in state.ring and now - state.last_reply <= LOOP_GAP_S:
+            if now < state.refuse_until:
+                return "udp_refused_loop"
+            if not state.streak_since:
+                state.streak_since = now
+            elif now - state.streak_since >= self.loop_seconds:
+                # Refuse every datagram still going round (several loops may share this peer);
+                # each refusal ends one loop.
+                state.streak_since = 0.0
+                state.refuse_until = now + LOOP_GAP_S
+                return "udp_refused_loop"
+        else:
+            state.streak_since = 0.0
+        state.last_reply = now
+        state.ring[state.slot] = digest
+        state.slot = (state.slot + 1) % LOOP_RING
+        return None
+
+
+def _forget_oldest(table: dict[Any, Any]) -> None:
+    """Drop the older half of a full table (dicts keep insertion order): amortised O(1) per entry."""
+    for key in list(itertools.islice(table, len(table) // 2 or 1)):
+        del table[key]
 
 
 def resolve_bind(host: str, port: int, socktype: int) -> tuple[int, tuple[Any, ...]]:
@@ -189,8 +310,10 @@ class EchoServer:
         max_conns: int = 256,
         idle_timeout: float = 60.0,
         max_datagram: int = MAX_UDP_PAYLOAD,
+        udp_rate_limit: float = UDP_RATE_LIMIT,
+        loop_seconds: float = LOOP_SECONDS,
     ) -> None:
-        check_limits(max_conns, idle_timeout, max_datagram)
+        check_limits(max_conns, idle_timeout, max_datagram, udp_rate_limit, loop_seconds)
         self.kind = kind
         self.max_conns = max_conns
         self.idle_timeout = idle_timeout
@@ -199,6 +322,8 @@ class EchoServer:
         self._tcp, self._udp = bind_sockets(kind, host, port)
         self.tcp_address = self._tcp.getsockname()[:2] if self._tcp else None
         self.udp_address = self._udp.getsockname()[:2] if self._udp else None
+        self._guard = (UdpGuard(self.udp_address[1], rate=udp_rate_limit, loop_seconds=loop_seconds)
+                       if self.udp_address else None)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -431,6 +556,10 @@ class EchoServer:
             if size > self.max_datagram:
                 self._counters.add(datagrams_in=1, bytes_in=size, datagrams_dropped=1)
                 continue
+            refused = self._guard.refusal(peer, data, time.monotonic())  # type: ignore[union-attr]
+            if refused:
+                self._counters.add(datagrams_in=1, bytes_in=size, **{refused: 1})
+                continue
             # Count the echo *before* sending it, so whoever receives it already sees it counted
             # (tests and probes compare counters right after a reply); undone if the send fails.
             self._counters.add(datagrams_in=1, bytes_in=size, datagrams_out=1, bytes_out=size)
@@ -537,13 +666,38 @@ def format_stats(stats: dict[str, int]) -> str:
     return "echo stats: " + " ".join(f"{name}={stats[name]}" for name in COUNTER_NAMES if name in stats)
 
 
+def exposure_warning(addresses: list[tuple[str, int] | None]) -> str | None:
+    """A warning line if any bound address is reachable from other machines (None on loopback).
+
+    The lab's own namespaces (198.18.0.0/15) count as private: only a lab link reaches them.
+    """
+    from lab.endpoints.client import LAB_NETWORK
+
+    exposed = []
+    for address in addresses:
+        if address is None:
+            continue
+        ip = ipaddress.ip_address(address[0].split("%")[0])
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        if not (ip.is_loopback or (ip.version == 4 and ip in LAB_NETWORK)):
+            exposed.append(format_address(address))
+    if not exposed:
+        return None
+    return (f"lab: warning: listening on {', '.join(dict.fromkeys(exposed))}, not loopback: other machines "
+            "can reach these echo servers (and spoof sources to aim echoes at others); UDP answers are "
+            "limited per source (--udp-rate-limit)")
+
+
 def serve_command(which: str, host: str, port: int, max_conns: int, idle_timeout: float,
-                  max_datagram: int, *, variant: str = "selectors",
+                  max_datagram: int, *, variant: str = "selectors", udp_rate_limit: float = UDP_RATE_LIMIT,
                   out: Callable[[str], None] | None = None) -> int:
     """`lab serve`: print where it listens, serve until Ctrl-C/SIGTERM, print a stats line, 0."""
     emit = out or (lambda line: print(line, flush=True))
     server = make_server(which, host=host, port=port, variant=variant, max_conns=max_conns,
-                         idle_timeout=idle_timeout, max_datagram=max_datagram)
+                         idle_timeout=idle_timeout, max_datagram=max_datagram,
+                         udp_rate_limit=udp_rate_limit)
+    if warning := exposure_warning([server.tcp_address, server.udp_address]):
+        print(warning, file=sys.stderr, flush=True)
 
     def announce() -> None:
         for proto, address in (("tcp", server.tcp_address), ("udp", server.udp_address)):
@@ -624,12 +778,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-conns", type=int, default=256)
     parser.add_argument("--idle-timeout", type=float, default=60.0)
     parser.add_argument("--max-datagram", type=int, default=MAX_UDP_PAYLOAD)
+    parser.add_argument("--udp-rate-limit", type=float, default=UDP_RATE_LIMIT)
+    parser.add_argument("--loop-seconds", type=float, default=LOOP_SECONDS)
     parser.add_argument("--variant", choices=VARIANTS, default="selectors")
     args = parser.parse_args(argv)
     try:
         server = make_server(args.kind, host=args.host, port=args.port, variant=args.variant,
                              max_conns=args.max_conns, idle_timeout=args.idle_timeout,
-                             max_datagram=args.max_datagram)
+                             max_datagram=args.max_datagram, udp_rate_limit=args.udp_rate_limit,
+                             loop_seconds=args.loop_seconds)
     except (EndpointError, ConfigError) as exc:
         print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
         return 2
