@@ -415,9 +415,9 @@ def prepare_out_dir(out: Path) -> None:
     """
     import tempfile
 
-    if out.exists() and not out.is_dir():
-        raise LabError(f"output folder {out}: exists and is not a directory; choose another --out")
     try:
+        if out.exists() and not out.is_dir():
+            raise LabError(f"output folder {out}: exists and is not a directory; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass

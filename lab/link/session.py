@@ -18,8 +18,9 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +49,7 @@ class _FrameReader:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buffer = bytearray()
+        self.eof = False
 
     def next(self, timeout_s: float | None = None) -> tuple[Any, ...] | None:
         """The next message; None at end of file or when `timeout_s` passes first."""
@@ -65,6 +67,7 @@ class _FrameReader:
                     return None
             chunk = os.read(self.fd, 65536)
             if not chunk:
+                self.eof = True
                 return None
             self.buffer += chunk
 
@@ -118,22 +121,37 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
     reader = _FrameReader(rfd)
     outcome: tuple[Any, ...] | None = None
     try:
-        while outcome is None:
-            message = reader.next()
-            if message is None:
-                break
-            if message[0] == "progress":
-                if progress is not None:
-                    progress(message[1], message[2])
-            else:
-                outcome = message
-    except KeyboardInterrupt as interrupt:
-        # Ctrl-C (or SIGTERM turned into one by the caller): the child's run keeps what it measured
-        # and hands it back as a RunInterrupted; wait briefly for it instead of killing the child.
-        stopped = _outcome_after_interrupt(pid, reader)
-        if stopped is not None and not stopped[1] and isinstance(stopped[2], KeyboardInterrupt):
-            raise stopped[2] from interrupt  # the cause says which signal stopped us
-        raise
+        with _stop_signals_recorded() as pending:
+            # With the signals recorded, poll: a stop is noticed within POLL_S and never lands
+            # between a read and its bookkeeping (which would lose the child's answer).
+            poll_s = POLL_S if pending is not None else None
+            while outcome is None and not pending:
+                message = reader.next(poll_s)
+                if message is None:
+                    if reader.eof:
+                        break
+                    continue
+                if message[0] == "progress":
+                    if progress is not None:
+                        progress(message[1], message[2])
+                else:
+                    outcome = message
+        if pending:
+            try:
+                signal.raise_signal(pending[0])  # now the caller's own handler says what it means
+            except (KeyboardInterrupt, SystemExit) as interrupt:
+                # Ctrl-C, or SIGTERM/SIGHUP turned into an interrupt: the child's run keeps what it
+                # measured and hands it back as a RunInterrupted; wait briefly for it.
+                stopped = outcome or _outcome_after_interrupt(pid, reader)
+                if stopped is not None and not stopped[1] and isinstance(stopped[2], KeyboardInterrupt):
+                    raise stopped[2] from interrupt  # the cause says which signal stopped us
+                raise
+            while outcome is None:  # a handler that did not raise: carry on as if nothing happened
+                message = reader.next()
+                if message is None:
+                    break
+                if message[0] == "result":
+                    outcome = message
     finally:
         with contextlib.suppress(ProcessLookupError):
             if outcome is None:
@@ -146,6 +164,29 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
     if outcome[1]:
         return outcome[2]
     raise outcome[2]
+
+
+POLL_S = 0.05  # how soon a stop signal is noticed while a child runs
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _stop_signals_recorded() -> Iterator[list[int] | None]:
+    """Record SIGINT/SIGTERM/SIGHUP in the yielded list instead of acting on them (main thread only;
+    elsewhere yields None and changes nothing). Ignored signals stay ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    pending: list[int] = []
+    saved = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            saved[signum] = signal.signal(signum, lambda got, _frame: pending.append(got))
+    try:
+        yield pending
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
 
 INTERRUPT_GRACE_S = 0.3  # a Ctrl-C at the terminal reaches the child too; let it answer first
