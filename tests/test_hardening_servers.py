@@ -287,5 +287,106 @@ def test_defect_2_machine_entry_point_takes_the_guard_settings() -> None:
     assert stats["udp_refused_loop"] >= 1, stats
 
 
-# Unused imports guard (kept for the TCP part below).
+# --- defect 15: idle connections locking everyone out -----------------------------------------------
+def tcp_echo(address: tuple[str, int], data: bytes, timeout: float = IO_TIMEOUT) -> bytes:
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(data)
+        got = b""
+        while len(got) < len(data) and (piece := sock.recv(65536)):
+            got += piece
+        return got
+
+
+def test_defect_15_full_of_idle_connections_a_new_client_is_served(variant: str) -> None:
+    """--max-conns 8 held by 8 silent connections: a newcomer is served at once, the idlest is closed."""
+    with running_server("tcp", variant=variant, max_conns=8) as server:
+        idle = [socket.create_connection(server.address, timeout=IO_TIMEOUT) for _ in range(8)]
+        try:
+            until = time.monotonic() + IO_TIMEOUT  # all accepted (in order) before one of them talks
+            while server.stats["accepted"] < 8 and time.monotonic() < until:
+                time.sleep(0.01)
+            idle[0].sendall(b"awake")  # idle[0] talked last: idle[1] is now the longest idle
+            assert idle[0].recv(10) == b"awake"
+            started = time.monotonic()
+            assert tcp_echo(server.address, b"let me in", timeout=1.0) == b"let me in"
+            waited = time.monotonic() - started
+            idle[1].settimeout(IO_TIMEOUT)
+            with contextlib.suppress(ConnectionResetError):
+                assert idle[1].recv(10) == b""  # closed to make room
+            idle[0].sendall(b"kept")
+            assert idle[0].recv(10) == b"kept"
+            wait_until = time.monotonic() + IO_TIMEOUT
+            while server.stats["active"] != 7 and time.monotonic() < wait_until:
+                time.sleep(0.01)
+            stats = server.stats
+        finally:
+            for sock in idle:
+                sock.close()
+    assert waited < 1.0, f"served after {waited:.2f}s"
+    assert stats["evicted"] == 1 and stats["accepted"] == 9 and stats["active"] == 7, stats
+
+
+def test_defect_15_lab_send_is_served_by_a_full_server() -> None:
+    """The issue's symptom through `lab send`: 8 idle connections, --max-conns 8, a normal run."""
+    from lab.endpoints.client import run_client
+
+    with running_server("tcp", max_conns=8) as server:
+        idle = [socket.create_connection(server.address, timeout=IO_TIMEOUT) for _ in range(8)]
+        try:
+            record = run_client("tcp", server.address, TrafficPlan(count=20, timeout=1.0))
+        finally:
+            for sock in idle:
+                sock.close()
+    assert len(record.arrivals) == 20, record.extras
+
+
+@contextlib.contextmanager
+def full_server(reset: bool) -> Iterator[tuple[str, int]]:
+    """A TCP server that closes every connection at once, as servers at their limit do."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            if reset:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[:2]
+    finally:
+        stop.set()
+        thread.join(IO_TIMEOUT)
+        listener.close()
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+def test_defect_15_client_says_the_server_may_be_full(reset: bool) -> None:
+    from lab.endpoints.client import run_client
+    from lab.errors import EndpointError
+
+    with full_server(reset) as address, pytest.raises(EndpointError) as info:
+        run_client("tcp", address, TrafficPlan(count=3, timeout=0.5))
+    assert str(info.value) == (f"the echo server at {address[0]}:{address[1]} closed the connection before "
+                               "any reply (it may be full: see its --max-conns)")
+
+
+def test_defect_15_lab_send_message_in_one_line() -> None:
+    with full_server(False) as (host, port):
+        done = subprocess.run([sys.executable, "-m", "lab", "send", "tcp", host, str(port), "-c", "3"],
+                              capture_output=True, text=True, timeout=30, cwd=REPO)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done
+    assert "it may be full: see its --max-conns" in done.stderr, done.stderr
+
+
+# Kept for the load suite's shared helpers.
 _ = (os, Callable, LOOP_SECONDS, UDP_RATE_LIMIT)

@@ -292,25 +292,24 @@ def test_idle_timeout_zero_never_closes(which: str) -> None:
 
 
 @pytest.mark.parametrize("which", VARIANTS)
-def test_max_connections_refused_politely(which: str) -> None:
-    """max_conns=2: the third connection is closed at once (EOF), counted; room frees up later."""
+def test_max_connections_full_closes_the_longest_idle(which: str) -> None:
+    """max_conns=2: a third connection is served; the longest-idle one is closed (EOF), counted."""
     with running_server("tcp", variant=which, max_conns=2) as server:
         first = socket.create_connection(server.address, timeout=IO_TIMEOUT)
         second = socket.create_connection(server.address, timeout=IO_TIMEOUT)
         try:
-            for sock in (first, second):
+            for sock in (first, second):  # `first` has been idle the longest
                 sock.sendall(b"ok")
                 assert sock.recv(10) == b"ok"
-            # A reset would also be a refusal; we close politely, so expect an orderly EOF.
-            with socket.create_connection(server.address, timeout=IO_TIMEOUT) as third, \
-                    contextlib.suppress(ConnectionResetError):
-                assert third.recv(10) == b""
-            stats_settle(server, refused=1, active=2, accepted=2)
+            assert tcp_roundtrip(server.address, b"third") == b"third"
+            with contextlib.suppress(ConnectionResetError):  # closed politely: an orderly EOF
+                assert first.recv(10) == b""
+            second.sendall(b"still here")
+            assert second.recv(20) == b"still here"
+            stats_settle(server, evicted=1, active=1, accepted=3)
         finally:
             first.close()
-        wait_for(lambda: server.stats["active"] == 1, what="a slot to free up")
-        assert tcp_roundtrip(server.address, b"room now") == b"room now"
-        second.close()
+            second.close()
 
 
 # --- UDP echo ------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class EchoStreamHandler(socketserver.StreamRequestHandler):
                 data = self.request.recv(RECV_CHUNK)
                 if not data:  # the client half-closed: all echoed; socketserver then shuts us down
                     return
+                self.server.touch(self.request)
                 counters.add(bytes_in=len(data))
                 self.request.sendall(data)
                 counters.add(bytes_out=len(data))
@@ -71,24 +72,32 @@ class ClassicTCPServer(socketserver.ThreadingTCPServer):
         self.counters = counters
         self.max_conns = max_conns
         self.idle_timeout = idle_timeout
-        self._live: set[socket.socket] = set()
+        self._live: dict[socket.socket, float] = {}  # connection -> when it last echoed
         self._live_lock = threading.Lock()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse politely (socketserver closes it) beyond max_conns."""
+        """Admit every connection; when full, first end the longest-idle one (its handler sees EOF)."""
         with self._live_lock:
             if len(self._live) >= self.max_conns:
-                self.counters.add(refused=1)
-                return False
-            self._live.add(request)
+                idlest = min(self._live, key=self._live.__getitem__)
+                del self._live[idlest]
+                self.counters.add(evicted=1, active=-1)
+                with contextlib.suppress(OSError):
+                    idlest.shutdown(socket.SHUT_RDWR)  # FIN to the client, EOF to its handler
+            self._live[request] = time.monotonic()
         self.counters.add(accepted=1, active=1)
         return True
+
+    def touch(self, request: socket.socket) -> None:
+        """The connection echoed just now (it is not idle)."""
+        with self._live_lock:
+            if request in self._live:
+                self._live[request] = time.monotonic()
 
     def forget(self, request: socket.socket) -> None:
         """A handler is done with its connection."""
         with self._live_lock:
-            if request in self._live:
-                self._live.discard(request)
+            if self._live.pop(request, None) is not None:
                 self.counters.add(active=-1)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -403,6 +403,9 @@ def connect_timeout_s(plan: TrafficPlan, round_trip_s: float = 0.0) -> float:
 
 
 def _unreachable(address: tuple[str, int], proto: str, exc: OSError) -> EndpointError:
+    if proto == "TCP" and isinstance(exc, ConnectionResetError):  # accepted, then reset at once
+        return EndpointError(f"the echo server at {_where(address)} closed the connection before any "
+                             "reply (it may be full: see its --max-conns)")
     if isinstance(exc, ConnectionRefusedError):
         why = "connection refused" if proto == "TCP" else "port unreachable: nothing listening"
     elif isinstance(exc, TimeoutError):
@@ -685,7 +688,7 @@ def _tcp_receive(run: _Run, sock: socket.socket, decoder: StreamDecoder, address
             if item is NEED_DATA:
                 return True
             if item is EOF:
-                return _tcp_broken(run, address, "the echo server closed the connection", None)
+                return _tcp_broken(run, address, SERVER_CLOSED, None)
             assert isinstance(item, Probe)
             run.arrived(item, recv_ns, intact=True)
     except RemoteWireError as exc:
@@ -694,8 +697,16 @@ def _tcp_receive(run: _Run, sock: socket.socket, decoder: StreamDecoder, address
         return _tcp_broken(run, address, f"reply stream unreadable: {exc}", None)
 
 
+SERVER_CLOSED = "the echo server closed the connection"
+
+
 def _tcp_broken(run: _Run, address: tuple[str, int], why: str, exc: OSError | None) -> bool:
     if not run.arrivals:
+        if why == SERVER_CLOSED or isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            # What a server at its connection limit does to a newcomer (ours closes the longest
+            # idle connection instead, so this is another server, or ours evicting us).
+            raise EndpointError(f"the echo server at {_where(address)} closed the connection before any "
+                                "reply (it may be full: see its --max-conns)") from exc
         raise EndpointError(f"echo server at {_where(address)} over TCP gave no reply ({why})") from exc
     if run.next_seq < run.plan.count or len(run.answered) < len(run.sends):
         run.extras["connection_ended"] = why

@@ -38,6 +38,12 @@ MAX_UDP6_PAYLOAD = 65527  # 65535 - 8 (UDP header): IPv6's payload length exclud
 RECV_CHUNK = 65536  # bytes per recv(); also large enough to see any over-max datagram (IPv6: 65527)
 OUTBUF_HIGH = 256 * 1024  # stop reading a connection whose unsent echo exceeds this (back-pressure)
 OUTBUF_LOW = 64 * 1024  # ... and resume once it has drained below this
+# All connections together: above TOTAL_OUTBUF_HIGH every connection with unsent echo stops reading
+# (and the others read in small chunks) until the total is below TOTAL_OUTBUF_LOW, so clients that
+# never read cannot grow the server beyond ~TOTAL_OUTBUF_HIGH + max_conns * SMALL_RECV_CHUNK.
+TOTAL_OUTBUF_HIGH = 16 * 1024 * 1024
+TOTAL_OUTBUF_LOW = 8 * 1024 * 1024
+SMALL_RECV_CHUNK = 4096
 BATCH = 64  # accepts/datagrams handled per readiness event, so one busy socket cannot starve others
 LISTEN_BACKLOG = 128
 UDP_SOCKET_BUFFER = 1 << 20  # ask for 1 MiB so a burst of max-size datagrams is not dropped at once
@@ -62,7 +68,7 @@ LOOP_DIGEST_BYTES = 1024  # larger datagrams are compared by size, first and las
 
 UDP_REFUSALS = ("udp_refused_own_port", "udp_refused_low_port", "udp_refused_rate", "udp_refused_loop")
 COUNTER_NAMES = (
-    "accepted", "active", "refused", "evicted", "closed_idle",
+    "accepted", "active", "evicted", "closed_idle",
     "bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "datagrams_dropped",
     *UDP_REFUSALS,
     "errors", "paused", "backpressure_pauses",
@@ -328,7 +334,9 @@ class EchoServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        # Least recently active first (see _touch): the front is the next to evict or time out.
         self._conns: dict[socket.socket, _Conn] = {}
+        self._buffered = 0  # unsent echo bytes held for all connections together
         self._stop = threading.Event()
         self._done = threading.Event()
         self._serving = False
@@ -346,8 +354,8 @@ class EchoServer:
 
     @property
     def stats(self) -> dict[str, int]:
-        """A snapshot of the counters (safe to call from any thread)."""
-        return self._counters.snapshot()
+        """A snapshot of the counters and `outbuf_bytes` (unsent echo held now); safe from any thread."""
+        return {**self._counters.snapshot(), "outbuf_bytes": self._buffered}
 
     def serve_forever(self) -> None:
         """Run the loop until `shutdown()`; closes every socket on the way out.
@@ -433,9 +441,10 @@ class EchoServer:
                     self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
                 return
             if len(self._conns) >= self.max_conns:
-                self._counters.add(refused=1)
-                sock.close()  # polite refusal: the client sees an orderly EOF, not a reset
-                continue
+                # Full: make room by closing the longest-idle connection rather than turning the
+                # new one away, or idle connections holding every slot lock every client out.
+                self._drop(next(iter(self._conns.values())))
+                self._counters.add(evicted=1)
             try:
                 sock.setblocking(False)
                 # An echo must go back as soon as it arrives: Nagle would hold a partial echo
@@ -473,13 +482,19 @@ class EchoServer:
             return
         self._update_interest(conn)
 
+    def _touch(self, conn: _Conn) -> None:
+        """Mark `conn` active now: it moves to the back of the least-recently-active order."""
+        conn.last_active = time.monotonic()
+        self._conns[conn.sock] = self._conns.pop(conn.sock)
+
     def _read(self, conn: _Conn) -> None:
         """Read once and echo at once; only what the kernel does not take waits in `outbuf`."""
+        chunk = RECV_CHUNK if self._buffered < TOTAL_OUTBUF_HIGH else SMALL_RECV_CHUNK
         try:
-            data = conn.sock.recv(RECV_CHUNK)
+            data = conn.sock.recv(chunk)
         except (BlockingIOError, InterruptedError):
             return
-        conn.last_active = time.monotonic()
+        self._touch(conn)
         if not data:
             conn.eof = True
             conn.reading = False
@@ -487,6 +502,7 @@ class EchoServer:
         self._counters.add(bytes_in=len(data))
         if conn.outbuf:  # older bytes first: the stream's order is the echo's order
             conn.outbuf += data
+            self._buffered += len(data)
             self._flush(conn)
             return
         try:
@@ -497,6 +513,7 @@ class EchoServer:
             self._counters.add(bytes_out=sent)
         if sent < len(data):
             conn.outbuf += data[sent:]
+            self._buffered += len(data) - sent
 
     def _flush(self, conn: _Conn) -> None:
         try:
@@ -505,14 +522,18 @@ class EchoServer:
             return
         if sent:
             del conn.outbuf[:sent]
-            conn.last_active = time.monotonic()
+            self._buffered -= sent
+            self._touch(conn)
             self._counters.add(bytes_out=sent)
 
     def _update_interest(self, conn: _Conn) -> None:
-        if conn.reading and not conn.eof and len(conn.outbuf) > OUTBUF_HIGH:
+        held = len(conn.outbuf)
+        if conn.reading and not conn.eof and (
+                held > OUTBUF_HIGH or (held and self._buffered > TOTAL_OUTBUF_HIGH)):
             conn.reading = False
             self._counters.add(paused=1, backpressure_pauses=1)
-        elif not conn.reading and not conn.eof and len(conn.outbuf) < OUTBUF_LOW:
+        elif not conn.reading and not conn.eof and held < OUTBUF_LOW and (
+                not held or self._buffered < TOTAL_OUTBUF_LOW):
             conn.reading = True
             self._counters.add(paused=-1)
         events = (selectors.EVENT_READ if conn.reading else 0) | (
@@ -524,12 +545,13 @@ class EchoServer:
             self._sel.modify(conn.sock, events, self._on_conn)
 
     def _close_idle(self, now: float) -> None:
-        # One scan per deadline, not per loop turn: the loop stays O(1) per event with many conns.
-        for conn in [c for c in self._conns.values() if now - c.last_active >= self.idle_timeout]:
+        # Once per deadline, and only the idle front of the least-recently-active order is visited.
+        idle = itertools.takewhile(lambda c: now - c.last_active >= self.idle_timeout, self._conns.values())
+        for conn in list(idle):
             self._counters.add(closed_idle=1)
             self._drop(conn)
         self._idle_check_at = (
-            min(c.last_active for c in self._conns.values()) + self.idle_timeout if self._conns else 0.0
+            next(iter(self._conns.values())).last_active + self.idle_timeout if self._conns else 0.0
         )
 
     def _drop(self, conn: _Conn) -> None:
@@ -539,6 +561,7 @@ class EchoServer:
             self._sel.unregister(conn.sock)
         if not conn.reading and not conn.eof:
             self._counters.add(paused=-1)
+        self._buffered -= len(conn.outbuf)
         conn.sock.close()
         self._counters.add(active=-1)
 
