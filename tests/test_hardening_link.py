@@ -39,6 +39,30 @@ def _name() -> str:
     return f"h{secrets.token_hex(3)}"
 
 
+def _stop(process: subprocess.Popen[str]) -> None:
+    """End a `lab link` we started, the way that still tears down (SIGTERM; SIGKILL only if stuck)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _run_lab(*args: str) -> tuple[int, str, str]:
+    """`lab ARGS` to completion (exit status, stdout, stderr); stopped cleanly if it hangs."""
+    process = _lab(*args)
+    try:
+        out, err = process.communicate(timeout=30)
+    finally:
+        _stop(process)
+    return process.returncode, out, err
+
+
 def _send_udp(ns: str, count: int, size: int, rate: float = 0.0) -> int:
     """`count` datagrams of `size` bytes from inside `ns` to the lab's server address (rate 0: at once)."""
     from lab.link.session import call_in_netns
@@ -88,10 +112,8 @@ def test_defect_8_lab_link_tiny_rate_is_one_line() -> None:
     """`lab link --rate 1e-8bit` stops with one line before creating anything (it used to come up,
     then the forwarder died with OverflowError at the first packet)."""
     name = _name()
-    done = subprocess.run([sys.executable, "-m", "lab", "link", "--name", name, "--rate", "1e-8bit"],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2, done
-    assert done.stderr == "lab: error: rate must be between 1kbit and 1tbit, got '1e-8bit'\n", done.stderr
+    code, _, err = _run_lab("link", "--name", name, "--rate", "1e-8bit")
+    assert (code, err) == (2, "lab: error: rate must be between 1kbit and 1tbit, got '1e-8bit'\n")
     assert _leftovers(name, []) == []
 
 
@@ -124,9 +146,7 @@ def test_defect_8_forwarder_death_is_reported_loudly_and_link_removed() -> None:
         os.kill(pids[0], signal.SIGKILL)
         out, err = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _stop(process)
     assert process.returncode == 1, (out, err)
     assert err == (f"lab: error: link {name}: the forwarder (the process that carries the packets) was "
                    "killed by SIGKILL; the link is down and is being removed\n"), err
@@ -182,9 +202,7 @@ def test_defect_9_same_name_race_loser_is_one_line_and_touches_nothing() -> None
         assert _leftovers(name, list(state["pids"])) == []
     finally:
         for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+            _stop(p)
 
 
 # --- defect 10: the capture path is checked first ---------------------------------------------------
@@ -201,11 +219,10 @@ def test_defect_10_bad_capture_path_is_one_line_before_anything(tmp_path: Path, 
     (tmp_path / "file").write_text("")
     name = _name()
     path = target if target.startswith("/") else str(tmp_path / target)
-    done = subprocess.run([sys.executable, "-m", "lab", "link", "--name", name, "--capture", path],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 2, done
-    assert done.stderr.startswith("lab: error: capture ") and done.stderr.count("\n") == 1, done.stderr
-    assert message.format(tmp=tmp_path) in done.stderr and "Traceback" not in done.stderr, done.stderr
+    code, _, err = _run_lab("link", "--name", name, "--capture", path)
+    assert code == 2, err
+    assert err.startswith("lab: error: capture ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err, err
     assert _leftovers(name, []) == []
 
 
@@ -321,9 +338,7 @@ def test_defect_13_capture_stops_at_its_limit_and_says_so(tmp_path: Path) -> Non
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _stop(process)
     assert process.returncode == 0, err
     size = path.stat().st_size
     assert 60 * 1024 < size <= 64 * 1024, size
@@ -348,7 +363,10 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 print("sending", flush=True)
 deadline = time.monotonic() + 30  # bounded: teardown kills it long before
 while time.monotonic() < deadline:
-    s.sendto(b"x" * 200, ("198.18.0.2", 9))
+    try:
+        s.sendto(b"x" * 200, ("198.18.0.2", 9))
+    except OSError:  # the device goes away a moment before the teardown kills us
+        pass
     time.sleep(0.0005)
 """
 
@@ -365,8 +383,7 @@ def _snapshot() -> dict[str, object]:
     """What a run may leak: our fds, threads and children; lab namespaces and root-namespace devices."""
     return {
         "fds": len(os.listdir("/proc/self/fd")),
-        "threads": threading.active_count(),
-        "tasks": len(os.listdir("/proc/self/task")),
+        "threads": sorted(t.name for t in threading.enumerate()),  # native library threads are not ours
         "children": _children(os.getpid()),
     }
 
@@ -389,15 +406,9 @@ def _link_mid_run(name: str) -> Iterator[tuple[subprocess.Popen[str], subprocess
         time.sleep(0.3)  # mid-run: packets in the forwarder's delay queue
         yield link, traffic, state
     finally:
-        for p in (traffic, link):
-            if p is None:
-                continue
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for stream in (p.stdout, p.stderr):
-                if stream is not None:
-                    stream.close()
+        for p in (link, traffic):
+            if p is not None:
+                _stop(p)
 
 
 def _assert_back_to(before: dict[str, object], devices: set[str], name: str, state: dict,
@@ -444,9 +455,7 @@ def test_defect_4_sighup_ignored_under_nohup_keeps_the_link() -> None:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _stop(process)
     assert process.returncode == 0 and f"link {name} removed" in out, (out, err)
     assert _leftovers(name, pids) == []
 

@@ -40,7 +40,11 @@ def _wait_up(process: subprocess.Popen[str]) -> str:
             text += chunk.decode()
     if "press Ctrl-C" in text:
         return text
-    process.kill()
+    process.terminate()  # not SIGKILL: a link stuck half-way up still tears itself down
+    try:
+        process.wait(timeout=UP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
     raise AssertionError(f"`lab link` did not come up: {text!r} {process.stderr.read()}")
 
 
