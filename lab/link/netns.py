@@ -217,9 +217,13 @@ def _state_path(name: str) -> Path:
     return STATE_DIR / f"{name}.json"
 
 
+def _state_tmp_path(name: str) -> Path:
+    return _state_path(name).with_suffix(f".{os.getpid()}.tmp")  # per process: two owners never share it
+
+
 def _write_state(name: str, state: dict[str, Any]) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp = _state_path(name).with_suffix(f".{os.getpid()}.tmp")  # per process: two owners never share it
+    tmp = _state_tmp_path(name)
     tmp.write_text(json.dumps(state))
     tmp.replace(_state_path(name))  # atomic: cleanup never reads half a file
 
@@ -318,8 +322,10 @@ class Topology:
             # the same name, exactly one wins, and the loser has made nothing (so removes nothing).
             with _netns_create_lock():
                 self._check_name_free(netns.listnetns())
-                self._record()  # marker first: a crash after this point is always cleanable
+                # flag before the write: a signal right after it must still remove the file (and
+                # _remove_state deletes only a file carrying our run id)
                 self._recorded = True
+                self._record()  # marker first: a crash after this point is always cleanable
                 for ns in self.namespaces:
                     try:
                         with _signals_deferred():  # a Ctrl-C mid-create would leave an unrecorded namespace
@@ -427,6 +433,8 @@ class Topology:
             if state is not None and (state.get("run_id"), state.get("owner_pid")) == mine:
                 with contextlib.suppress(FileNotFoundError):
                     _state_path(self.name).unlink()
+            with contextlib.suppress(FileNotFoundError):  # a write interrupted before its rename
+                _state_tmp_path(self.name).unlink()
 
 
 @contextlib.contextmanager
