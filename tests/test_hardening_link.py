@@ -354,6 +354,21 @@ def test_defect_13_capture_stops_at_its_limit_and_says_so(tmp_path: Path) -> Non
     assert f"capture {path} stopped at its limit of 64kb: {not_captured} later packets not captured" in out
 
 
+def test_defect_13_capture_write_error_stops_the_capture_not_the_forwarder(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A full disk (/dev/full) stops the capture with one notice; packets are then reported as not
+    captured, and closing does not raise (an OSError used to end the forwarder's loop)."""
+    from lab.link.pcapng import CaptureFile
+
+    capture = CaptureFile("/dev/full", None, interfaces=("client->server", "server->client"))
+    outcomes = [capture.packet(0, time.time_ns(), bytes(1000), "forwarded") for _ in range(20)]
+    capture.close()
+    assert capture.stopped and outcomes[0] and not outcomes[-1], outcomes
+    assert outcomes.index(False) == outcomes.count(True)  # written (buffered) until the error, not after
+    err = capsys.readouterr().err
+    assert err == "lab: capture /dev/full stopped: [Errno 28] No space left on device\n", err
+
+
 # --- defect 4 + the fault suite: signals to `lab link` mid-run --------------------------------------
 TRAFFIC = """
 import socket, sys, time

@@ -146,10 +146,10 @@ class CaptureFile:
             captured = self._writer.packet(interface, ts_ns, data, comment)
         except OSError as exc:
             self.error = str(exc)
-            print(f"lab link: capture {self.path} stopped: {exc}", file=sys.stderr, flush=True)
+            print(f"lab: capture {self.path} stopped: {exc}", file=sys.stderr, flush=True)
             return False
         if not captured and not was_stopped:
-            print(f"lab link: capture {self.path} stopped at its size limit "
+            print(f"lab: capture {self.path} stopped at its size limit "
                   f"({self._writer.size} bytes written); the link goes on", file=sys.stderr, flush=True)
         return captured
 
