@@ -92,7 +92,7 @@ def test_defect_2_server_spoofed_from_its_own_address_does_not_loop(variant: str
         datagrams_in = settled(server, "datagrams_in")
         stats = server.stats
     assert datagrams_in == 1 and stats["datagrams_out"] == 0, stats
-    assert stats["udp_refused_own_port"] == 1, stats
+    assert stats["udp_refused_own_address"] == 1, stats
 
 
 def test_defect_2_two_echo_servers_pointed_at_each_other_stop(variant: str) -> None:
@@ -182,7 +182,7 @@ def test_defect_2_guard_state_is_bounded_and_cheap() -> None:
     """Spoofed sources cannot grow the guard's tables; it costs about a microsecond a datagram."""
     from lab.endpoints import server as srv
 
-    guard = UdpGuard(7007)
+    guard = UdpGuard(("127.0.0.1", 7007))
     started = time.perf_counter()
     n = 3 * srv.UDP_SOURCES_MAX
     for i in range(n):
@@ -190,9 +190,14 @@ def test_defect_2_guard_state_is_bounded_and_cheap() -> None:
     per_datagram_us = (time.perf_counter() - started) / n * 1e6
     assert len(guard._buckets) <= srv.UDP_SOURCES_MAX and len(guard._peers) <= srv.UDP_SOURCES_MAX
     assert per_datagram_us < 50, per_datagram_us  # ~1 µs on a 2-core machine; generous for CI
-    assert guard.refusal(("::ffff:127.0.0.1", 7007), b"", 0.0) == "udp_refused_own_port"
-    assert guard.refusal(("10.0.0.1", 7007), b"", 0.0) == "udp_refused_own_port"  # inetd's rule
+    assert guard.refusal(("::ffff:127.0.0.1", 7007), b"", 0.0) == "udp_refused_own_address"
+    assert guard.refusal(("127.0.0.9", 7007), b"", 0.0) == "udp_refused_own_address"  # loopback: ours
     assert guard.refusal(("127.0.0.1", 0), b"", 0.0) == "udp_refused_low_port"
+    # Another machine's client that happens to use our port number is answered (a lab link's
+    # client namespace picks ephemeral ports independently); a wildcard-bound server cannot tell.
+    assert guard.refusal(("198.18.0.1", 7007), b"ok", 0.0) is None
+    assert UdpGuard(("0.0.0.0", 7007)).refusal(("198.18.0.1", 7007), b"", 0.0) == "udp_refused_own_address"
+    assert UdpGuard(("::", 7007)).refusal(("::ffff:10.0.0.1", 7007), b"", 0.0) == "udp_refused_own_address"
 
 
 @pytest.mark.parametrize("kwargs", [dict(udp_rate_limit=-1), dict(udp_rate_limit=float("nan")),

@@ -203,7 +203,7 @@ class ClassicEchoServer:
         self._tcp = ClassicTCPServer(tcp_sock, self.counters, max_conns, idle_timeout) if tcp_sock else None
         self._udp = ClassicUDPServer(
             udp_sock, self.counters, max_datagram,
-            UdpGuard(udp_sock.getsockname()[1], rate=udp_rate_limit, loop_seconds=loop_seconds),
+            UdpGuard(udp_sock.getsockname(), rate=udp_rate_limit, loop_seconds=loop_seconds),
         ) if udp_sock else None
         self._servers = [s for s in (self._tcp, self._udp) if s is not None]
         self.tcp_address = tcp_sock.getsockname()[:2] if tcp_sock else None

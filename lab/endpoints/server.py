@@ -66,7 +66,7 @@ LOOP_GAP_S = 1.0  # a reflection more than this after our reply is not a loop (a
 LOOP_RING = 8  # recent replies per peer compared with what it sends (several loops interleaved)
 LOOP_DIGEST_BYTES = 1024  # larger datagrams are compared by size, first and last 512 bytes
 
-UDP_REFUSALS = ("udp_refused_own_port", "udp_refused_low_port", "udp_refused_rate", "udp_refused_loop")
+UDP_REFUSALS = ("udp_refused_own_address", "udp_refused_low_port", "udp_refused_rate", "udp_refused_loop")
 COUNTER_NAMES = (
     "accepted", "active", "evicted", "closed_idle",
     "bytes_in", "bytes_out", "datagrams_in", "datagrams_out", "datagrams_dropped",
@@ -138,9 +138,10 @@ class UdpGuard:
     """Decides which datagrams a UDP echo server answers; shared by both server variants.
 
     Careful echo services (inetd's built-in echo among them) never answer a datagram from their
-    own port, from any address (spoofed from the server itself, or from another echo server on
-    that port, it starts an endless echo between them), nor from a port below 1024 (echo, chargen,
-    daytime...: the same loop with the classic services). Answers are also rate-limited per source
+    own address and port (spoofed from the server itself it starts an endless echo; from loopback,
+    or to a server bound to a wildcard address, any source on its port is treated so, as another
+    echo server on that port would loop with it the same way), nor from a port below 1024 (echo,
+    chargen, daytime...: the same loop with the classic services). Answers are also rate-limited per source
     address (a token bucket), so spoofed datagrams cannot aim a flood at anyone.
 
     An echo server on a high port cannot be told from a ping-pong client by its address, only by
@@ -152,9 +153,11 @@ class UdpGuard:
     full. About 1 µs per datagram. Not thread-safe: one serving thread calls `refusal`.
     """
 
-    def __init__(self, own_port: int, *, rate: float = UDP_RATE_LIMIT,
+    def __init__(self, own: tuple[Any, ...], *, rate: float = UDP_RATE_LIMIT,
                  loop_seconds: float = LOOP_SECONDS) -> None:
-        self.own_port = own_port
+        self.own_host = own[0][7:] if own[0].startswith("::ffff:") else own[0]
+        self.own_port = own[1]
+        self.own_wildcard = self.own_host in ("0.0.0.0", "::")
         self.rate = rate
         self.burst = max(1.0, rate * UDP_RATE_BURST_S)
         self.loop_seconds = loop_seconds
@@ -164,12 +167,13 @@ class UdpGuard:
     def refusal(self, peer: tuple[Any, ...], data: bytes, now: float) -> str | None:
         """None if `data` from `peer` is to be answered (and is then remembered); else the counter to add."""
         host, port = peer[0], peer[1]
-        if port == self.own_port:
-            return "udp_refused_own_port"
-        if port < LOW_PORTS:
-            return "udp_refused_low_port"
         if host.startswith("::ffff:"):  # a dual-stack socket's view of an IPv4 peer
             host = host[7:]
+        if port == self.own_port and (host == self.own_host or self.own_wildcard
+                                      or host.startswith("127.") or host == "::1"):
+            return "udp_refused_own_address"
+        if port < LOW_PORTS:
+            return "udp_refused_low_port"
         if self.rate:
             bucket = self._buckets.get(host)
             if bucket is None:
@@ -328,7 +332,7 @@ class EchoServer:
         self._tcp, self._udp = bind_sockets(kind, host, port)
         self.tcp_address = self._tcp.getsockname()[:2] if self._tcp else None
         self.udp_address = self._udp.getsockname()[:2] if self._udp else None
-        self._guard = (UdpGuard(self.udp_address[1], rate=udp_rate_limit, loop_seconds=loop_seconds)
+        self._guard = (UdpGuard(self.udp_address, rate=udp_rate_limit, loop_seconds=loop_seconds)
                        if self.udp_address else None)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
