@@ -1,9 +1,12 @@
 """RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram, one `selectors` loop.
 
 The loop is non-blocking throughout. Each TCP connection keeps its own outgoing buffer; when a
-client stops reading, that buffer grows until `OUTBUF_HIGH`, and then the server stops reading
-*that* connection (back-pressure) until the buffer drains below `OUTBUF_LOW`. Nothing a peer sends
-can make the loop raise: every OSError on a connection closes just that connection and is counted.
+client stops reading, that buffer grows until `OUTBUF_HIGH` (or all buffers together pass
+`TOTAL_OUTBUF_HIGH`), and then the server stops reading *that* connection (back-pressure) until
+it drains. At `max_conns` the longest-idle connection is closed to make room for a new one. Nothing
+a peer sends can make the loop raise: every OSError on a connection closes just that connection
+and is counted. UDP datagrams that would start an echo loop or exceed a source's rate are left
+unanswered and counted (`UdpGuard`).
 
 Also here: `running_server` (a server in a daemon thread, for tests and the runner), `serve_command`
 (`lab serve`) and a machine entry point (`python -m lab.endpoints.server`) that prints a JSON ready
