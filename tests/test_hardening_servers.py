@@ -10,23 +10,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.endpoints.server import (
-    LOOP_SECONDS,
     UDP_RATE_BURST_S,
-    UDP_RATE_LIMIT,
     UDP_REFUSALS,
     UdpGuard,
     exposure_warning,
@@ -391,7 +388,3 @@ def test_defect_15_lab_send_message_in_one_line() -> None:
                               capture_output=True, text=True, timeout=30, cwd=REPO)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done
     assert "it may be full: see its --max-conns" in done.stderr, done.stderr
-
-
-# Kept for the load suite's shared helpers.
-_ = (os, Callable, LOOP_SECONDS, UDP_RATE_LIMIT)
