@@ -183,8 +183,9 @@ def _arrivals_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: l
     lost_total = sum(1 for row in entries if row[2] is None)
     for label, shade, stream in groups:
         mine = [row for row in entries if stream is None or row[3] == stream]
-        got = [((t + rtt) / MS_PER_S, s) for s, t, rtt, _st in mine if rtt is not None]
-        lost = [(t / MS_PER_S, s) for s, t, rtt, _st in mine if rtt is None]
+        # float(): numpy refuses Python ints past 64 bits, and a sequence number is one
+        got = [((t + rtt) / MS_PER_S, float(s)) for s, t, rtt, _st in mine if rtt is not None]
+        lost = [(t / MS_PER_S, float(s)) for s, t, rtt, _st in mine if rtt is None]
         if got:
             ax.scatter(*zip(*got, strict=True), s=3, color=shade, label=label, linewidths=0)
         if lost:
@@ -333,7 +334,8 @@ def retransmissions(payload: Mapping[str, Any]) -> str:
     for i, (label, c, values) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(points))]
         hatch = "//" if label.startswith("link") else None
-        ax.bar(xs, values, width=width * 0.9, color=c, alpha=0.5 if hatch else 0.9, hatch=hatch, label=label)
+        heights = [float(v) for v in values]  # counters are Python ints of any size; numpy's are 64-bit
+        ax.bar(xs, heights, width=width * 0.9, color=c, alpha=0.5 if hatch else 0.9, hatch=hatch, label=label)
     if not series:
         ax.text(
             0.5, 0.5, "no retransmission or drop counters in this run", ha="center", transform=ax.transAxes

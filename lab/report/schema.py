@@ -23,7 +23,7 @@ from lab.scenario import MAX_SWEEP_POINTS
 MAX_DEPTH = 32  # the runner nests at most 8 deep (scenario.source of a per-point expectation)
 MAX_INT = 2**64  # kernel counters are unsigned 64-bit (TCP_INFO max_pacing_rate "unlimited" is 2^64-1)
 MAX_VALUE = 1e15  # measured figures (µs, ms, bit/s, counts): far beyond any run, small for a plot
-MAX_PROTOCOLS = 8  # distinct protocols in one file: one plot column each
+MAX_PROTOCOLS = 4  # distinct protocols in one file (2 are registered): a plot column each
 MAX_STREAMS = 64  # lab.records.TrafficPlan: 1..64 logical streams
 MAX_TIMELINE_ROWS = TIMELINE_MAX_POINTS  # rows the runner keeps per result (plot time stays bounded)
 MAX_LABEL = 500  # characters of a point id or protocol name (drawn in the plots)
@@ -231,7 +231,7 @@ def mapping(item: Check, *, max_items: int | None = None) -> Check:
 # --- the format the runner writes ------------------------------------------------------------------------
 LABEL = text(MAX_LABEL)
 PROTOCOL = text(MAX_LABEL, min_length=1)
-COUNT = integer(0, MAX_INT)
+COUNT = integer(0, int(MAX_VALUE))
 RATIO = number(0.0, 1.0)
 MEASURE = number(0.0, MAX_VALUE)  # µs, ms, seconds, bit/s: never negative
 PERCENTILES = mapping(nullable(MEASURE), max_items=64)
