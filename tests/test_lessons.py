@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -158,3 +160,83 @@ def test_lessons_use_only_the_standard_library() -> None:
         source = Path(module.__file__).read_text(encoding="utf-8")
         imported = re.findall(r"^(?:import|from) (\w+)", source, flags=re.M)
         assert set(imported) <= allowed, (module.__name__, set(imported) - allowed)
+
+
+@pytest.mark.parametrize("lesson", [tcp_client, udp_client], ids=["tcp_client", "udp_client"])
+@pytest.mark.parametrize("host", ["192.0.2.7", "example.com", "::ffff:192.0.2.7", "::198.18.0.2"])
+def test_lesson_clients_refuse_foreign_targets_before_any_socket(
+    lesson: Any, host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8, defect 1 for the lessons: a target off this machine is refused before a socket (or
+    a DNS lookup) exists."""
+
+    def tripwire(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a socket or a lookup was attempted for a refused target")
+
+    for name in ("socket", "create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, tripwire)
+    with pytest.raises(ValueError):
+        lesson.exchange(host, 7007, b"hi")
+
+
+def _sockets_sent_nowhere(lesson: Any, host: str) -> OSError:
+    """Run the lesson against a lab address from a namespace with a default route and no lab link:
+    the kernel refuses the route (SO_DONTROUTE) before a packet exists."""
+    script = (
+        "import sys\n"
+        f"from lab.lessons import {lesson.__name__.rsplit('.', 1)[1]} as lesson\n"
+        "try:\n"
+        f"    lesson.exchange({host!r}, 7007, b'hi', timeout=1)\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    netns = ("ip link add wlvl0 type veth peer name wlvl1 && ip addr add 10.255.0.1/30 dev wlvl0 && "
+             "ip link set wlvl0 up && ip link set wlvl1 up && ip link set lo up && "
+             "ip route add default via 10.255.0.2 && ")
+    done = subprocess.run(["unshare", "--net", "sh", "-c", netns + f"{sys.executable} -c \"$0\"", script],
+                          capture_output=True, text=True, timeout=PROGRAM_TIMEOUT)
+    return done
+
+
+@pytest.mark.parametrize("lesson", [tcp_client, udp_client], ids=["tcp_client", "udp_client"])
+def test_lesson_clients_never_route_a_lab_address_off_the_machine(lesson: Any) -> None:
+    """198.18.0.2 without a lab link would go out through the default route: SO_DONTROUTE makes the
+    kernel refuse it (ENETUNREACH), tested in a private namespace whose only way out is a dead end."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private network namespace")
+    done = _sockets_sent_nowhere(lesson, "198.18.0.2")
+    assert done.stdout.strip() == str(errno.ENETUNREACH), (done.stdout, done.stderr)
+
+
+def test_lesson_client_program_refusal_is_one_line() -> None:
+    done = _run("lab.lessons.udp_client", "192.0.2.7", "7007", "olá")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "udp_client: refusing 192.0.2.7: 192.0.2.7 is neither this machine (127.0.0.0/8, ::1) nor a "
+        "lab address (198.18/15)"
+    ]
+
+
+def test_lesson_udp_server_never_answers_a_low_port(lesson_udp_server: tuple[str, int]) -> None:
+    """Issue 8, defect 2 for the lesson server: a datagram "from" port 7 (another echo server) is
+    not answered, so the two cannot echo each other forever; a normal client still is."""
+    if os.geteuid() != 0:
+        pytest.skip("binding a source port below 1024 needs root (CAP_NET_BIND_SERVICE)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as low:
+        low.bind(("127.0.0.1", 1019))
+        low.settimeout(0.3)
+        low.sendto(b"from a well-known port", lesson_udp_server)
+        with pytest.raises(TimeoutError):
+            low.recvfrom(100)
+    assert udp_client.exchange(*lesson_udp_server, b"still serving") == b"still serving"
+
+
+@pytest.mark.privileged
+def test_lesson_clients_reach_the_server_end_of_a_lab_link() -> None:
+    """SO_DONTROUTE refuses only what needs a router: a lab link's ends are directly connected."""
+    from lab.link.session import open_link
+
+    with open_link(delay="1ms") as link:
+        port = link.echo_port()
+        assert link.client.call(udp_client.exchange, link.server_address, port, b"udp") == b"udp"
+        assert link.client.call(tcp_client.exchange, link.server_address, port, b"tcp") == b"tcp"

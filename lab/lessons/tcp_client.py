@@ -10,16 +10,29 @@ Run it against any echo server, e.g. `lab serve tcp` in another terminal:
 """
 
 import argparse
+import ipaddress
 import socket
 import sys
 
 BUFFER_SIZE = 4096  # how many bytes we ask for per recv(); any size works, TCP is a stream
 
 
+def lab_address(host: str) -> str:
+    """This lab's rule: talk only to this machine or the lab's namespaces, never the network."""
+    ip = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)  # names: ValueError
+    if not (ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")):
+        raise ValueError(f"{host} is neither this machine (127.0.0.0/8, ::1) nor a lab address (198.18/15)")
+    return str(ip)
+
+
 def exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Connect, send `data`, half-close, and return everything the server sent back."""
-    # create_connection resolves the name and tries IPv4/IPv6 for us ("conectar ao servidor").
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    ip = lab_address(host)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET  # "::1" is IPv6
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_DONTROUTE, 1)  # never via a router: stay local
+        sock.settimeout(timeout)
+        sock.connect((ip, port))  # the three-way handshake ("conectar ao servidor")
         sock.sendall(data)  # send() may send only part; sendall() loops until all is sent
         sock.shutdown(socket.SHUT_WR)  # "I am done writing": the server sees end-of-stream
         chunks = []
@@ -43,6 +56,9 @@ def main(argv: list[str]) -> int:
     host, port, message = args.host, args.port, args.message
     try:
         reply = exchange(host, port, message.encode())
+    except ValueError as exc:  # not an address this lab may talk to: nothing was sent
+        print(f"tcp_client: refusing {args.host}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"tcp_client: cannot talk to {host}:{port}: {exc}", file=sys.stderr)
         return 1

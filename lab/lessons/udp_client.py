@@ -8,10 +8,19 @@ forever — so we always set a timeout.
 """
 
 import argparse
+import ipaddress
 import socket
 import sys
 
 MAX_DATAGRAM = 65535  # ask for the largest possible datagram so a big echo is never cut short
+
+
+def lab_address(host: str) -> str:
+    """This lab's rule: talk only to this machine or the lab's namespaces, never the network."""
+    ip = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)  # names: ValueError
+    if not (ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")):
+        raise ValueError(f"{host} is neither this machine (127.0.0.0/8, ::1) nor a lab address (198.18/15)")
+    return str(ip)
 
 
 def exchange(host: str, port: int, data: bytes, timeout: float = 2.0) -> bytes:
@@ -20,8 +29,9 @@ def exchange(host: str, port: int, data: bytes, timeout: float = 2.0) -> bytes:
     Raises TimeoutError if nothing arrives within `timeout` seconds (UDP may lose packets).
     """
     # Pick IPv4 or IPv6 from the address itself ("::1" is IPv6).
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    family, _, _, _, address = socket.getaddrinfo(lab_address(host), port, type=socket.SOCK_DGRAM)[0]
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_DONTROUTE, 1)  # never via a router: stay local
         sock.settimeout(timeout)
         sock.sendto(data, address)  # one call = one datagram, no connection first
         while True:
@@ -45,6 +55,9 @@ def main(argv: list[str]) -> int:
     except TimeoutError:
         print(f"udp_client: no reply within {args.timeout} s (lost, or no server)", file=sys.stderr)
         return 1
+    except ValueError as exc:  # not an address this lab may talk to: nothing was sent
+        print(f"udp_client: refusing {args.host}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"udp_client: cannot talk to {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

@@ -29,11 +29,16 @@ def make_server(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 def serve(sock: socket.socket) -> None:
     """Echo every datagram back to its sender, until the socket is shut down or closed."""
+    own_address = sock.getsockname()
     while True:
         try:
             data, sender = sock.recvfrom(MAX_DATAGRAM)
             if sender is None:  # no sender: sock.shutdown() was called (that is how tests stop us)
                 return
+            # A forged sender could be another echo server (port 7), or us: answering would start
+            # an endless echo between the two. Real clients use ports from 1024 up.
+            if sender[1] < 1024 or sender[:2] == own_address[:2]:
+                continue
             sock.sendto(data, sender)  # zero-length datagrams are echoed too
         except ConnectionRefusedError:
             # An earlier echo's receiver had gone away (ICMP "port unreachable"): keep serving.
