@@ -304,3 +304,18 @@ def test_timeline_rows_read_old_and_new_rows():
     assert timeline_rows(old) == [(0, 0.0, 1.0, 0), (1, 1.0, None, 0)]
     assert stream_count(old) == 1 and stream_count(new) == 3
     assert stream_count({"extras": {"hol": {"streams": 4}, "timeline": []}}) == 4
+
+
+def test_result_json_text_is_indented_with_plain_lists_on_one_line():
+    """A timeline row is one line (the largest run stays far under the 64 MiB read limit); the text
+    is the same JSON, and NaN (not JSON) is written as null, which the schema reads as not measured."""
+    from lab.report import to_json
+
+    payload = json.loads((SAMPLE / "result.json").read_text(encoding="utf-8"))
+    text = to_json(payload)
+    assert json.loads(text) == payload
+    assert '"timeline": [\n       [0, 0.0, 0.572],\n       [1, 10.0, 0.892],\n' in text
+    assert max(len(line) for line in text.splitlines()) < 400
+    assert len(text) < len(json.dumps(payload, indent=1)) / 1.8
+    odd = {"rows": [[1, None], [2.5, "x]"]], "nan": [float("nan"), 1.0], "brackets": ["[", "{"], "empty": []}
+    assert json.loads(to_json(odd)) == {**odd, "nan": [None, 1.0]}

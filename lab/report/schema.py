@@ -78,26 +78,48 @@ def _expected(what: str, value: Any, where: str) -> SchemaError:
 # --- the whole document, before any typed check ------------------------------------------------------
 def check_json_values(document: Any) -> None:
     """Depth, finite numbers, 64-bit integers and encodable text everywhere (iterative: the document
-    can nest as deep as the JSON parser allowed)."""
-    stack: list[tuple[Any, str, int]] = [(document, "", 0)]
+    can nest as deep as the JSON parser allowed). Scalars are judged in their container's loop and
+    a place is only spelled out for containers or on error: a timeline holds a million numbers."""
+    if not isinstance(document, dict | list):
+        _check_scalar(document, "")
+        return
+    stack: list[tuple[dict[str, Any] | list[Any], str, int]] = [(document, "", 0)]
     while stack:
-        value, where, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth >= MAX_DEPTH:
-                raise SchemaError(where, f"nested deeper than {MAX_DEPTH} levels")
-            for key, item in value.items():
+        container, where, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise SchemaError(where, f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(container, dict):
+            for key, item in container.items():
                 _check_text(key, where or "document", "a key")
-                stack.append((item, key_path(where, key), depth + 1))
-        elif isinstance(value, list):
-            if depth >= MAX_DEPTH:
-                raise SchemaError(where, f"nested deeper than {MAX_DEPTH} levels")
-            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise SchemaError(where, f"expected a finite number, got {describe(value)}")
-        elif isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
-            raise SchemaError(where, f"expected an integer within ±2^64, got {describe(value)}")
-        elif isinstance(value, str):
-            _check_text(value, where, "a string")
+                if isinstance(item, dict | list):
+                    stack.append((item, key_path(where, key), depth + 1))
+                elif not _plain(item):
+                    _check_scalar(item, key_path(where, key))
+        else:
+            for i, item in enumerate(container):
+                if isinstance(item, dict | list):
+                    stack.append((item, f"{where}[{i}]", depth + 1))
+                elif not _plain(item):
+                    _check_scalar(item, f"{where}[{i}]")
+
+
+def _plain(value: Any) -> bool:
+    """The common, obviously fine scalars (fast path of check_json_values)."""
+    kind = type(value)
+    if kind is float:
+        return -math.inf < value < math.inf
+    if kind is int:
+        return -MAX_INT <= value <= MAX_INT
+    return value is None or kind is bool or (kind is str and value.isascii())
+
+
+def _check_scalar(value: Any, where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SchemaError(where, f"expected a finite number, got {describe(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -MAX_INT <= value <= MAX_INT:
+        raise SchemaError(where, f"expected an integer within ±2^64, got {describe(value)}")
+    if isinstance(value, str):
+        _check_text(value, where, "a string")
 
 
 def _check_text(text: str, where: str, what: str) -> None:
@@ -287,9 +309,29 @@ TIMELINE_COLUMNS = row(COUNT, number(), nullable(MEASURE), integer(0, MAX_STREAM
 
 def timeline(value: Any, where: str) -> None:
     """[[seq, t_ms, rtt_ms | null, stream]]; rows of older files have no stream column."""
-    array(TIMELINE_ROW, max_items=MAX_TIMELINE_ROWS)(value, where)
+    if not isinstance(value, list):
+        raise _expected("a list", value, where)
+    if len(value) > MAX_TIMELINE_ROWS:
+        raise SchemaError(where, f"expected at most {MAX_TIMELINE_ROWS} items, got {len(value)}")
     for i, entry in enumerate(value):
-        TIMELINE_COLUMNS(entry, f"{where}[{i}]")
+        if not _plain_row(entry):  # the slow, precise checks say what is wrong
+            TIMELINE_ROW(entry, f"{where}[{i}]")
+            TIMELINE_COLUMNS(entry, f"{where}[{i}]")
+
+
+def _plain_row(entry: Any) -> bool:
+    """A well-formed timeline row, judged fast (a result holds up to MAX_TIMELINE_ROWS of them)."""
+    if type(entry) is not list or not 3 <= len(entry) <= 4:
+        return False
+    seq, t_ms, rtt = entry[0], entry[1], entry[2]
+    return (
+        type(seq) is int
+        and 0 <= seq <= MAX_VALUE
+        and type(t_ms) in (int, float)
+        and -MAX_VALUE <= t_ms <= MAX_VALUE
+        and (rtt is None or (type(rtt) in (int, float) and 0 <= rtt <= MAX_VALUE))
+        and (len(entry) == 3 or (type(entry[3]) is int and 0 <= entry[3] < MAX_STREAMS))
+    )
 
 
 EXTRAS = obj(
