@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import io
 import json
 import re
@@ -291,6 +292,8 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         return json.dumps(value)  # JSON escapes are TOML basic-string escapes (surrogates are refused)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
@@ -312,6 +315,9 @@ TOML_SCALARS = st.one_of(
     st.sampled_from(["5%", "150%", "20ms", "1e-300bit", "1mbit", "gemodel 1% 30%", "both", "up", ".."]),
     st.sampled_from(HOSTILE_TEXT),
     st.text(max_size=10),
+    st.sampled_from(
+        [datetime.date(1979, 5, 27), datetime.time(7, 32), datetime.datetime(1979, 5, 27, 7, 32)]
+    ),
 )
 TOML_VALUES = st.one_of(
     TOML_SCALARS,

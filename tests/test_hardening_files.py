@@ -344,3 +344,15 @@ def test_defect_11_a_minimal_valid_document_renders(
     code, err = lab_main(capsys, "report", str(run))
     assert (code, err) == (0, "")
     assert "UDP lost 33.0% of probes (1 of 3)" in (run / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_report_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = sample_with(tmp_path, lambda document: None)
+    (run / "report.html").mkdir()  # renaming the new report over it fails (even as root)
+    (run / "report.html" / "keep").touch()
+    code, err = lab_main(capsys, "report", str(run))
+    assert code == 2
+    assert err.startswith(f"lab: error: {run / 'report.html'}: cannot write (") and err.count("\n") == 1
+    assert sorted(p.name for p in run.iterdir()) == ["report.html", "result.json"]  # no temporary left

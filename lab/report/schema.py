@@ -447,8 +447,10 @@ def validate(document: Any, format_name: str) -> None:
     if document.get("format") != format_name:
         raise SchemaError("format", f'expected "{format_name}" (not a wirelab result?), got '
                           f"{describe(document.get('format'))}")
-    check_json_values(document)
+    # The typed checks first: they stop at the first list over its bound (a 64 MiB list of numbers
+    # as `points`) without a walk over everything, and never recurse into free-form parts.
     document_check(format_name)(document, "")
+    check_json_values(document)
     protocols = set(document["scenario"].get("protocols") or [])
     for point in document["points"]:
         protocols.update(result["protocol"] for result in point["results"])
