@@ -64,7 +64,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
     port: int = PORT,
     max_conns: int = typer.Option(256, min=1, max=100_000, help="TCP connections at once; "
-                                  "beyond it new ones are closed politely."),
+                                  "when full, the longest-idle one is closed to make room."),
     idle_timeout: float = typer.Option(60.0, min=0.0, max=86_400.0, help="Close a TCP "
                                        "connection idle this many seconds (0 = never)."),
     max_datagram: int = typer.Option(65507, min=0, max=65507, help="Largest UDP datagram echoed."),

@@ -55,20 +55,11 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError, ScenarioError
+from lab.link.models import OPTION_KEYS
 from lab.records import Result, TrafficPlan
 
-LINK_KEYS = (
-    "loss",
-    "delay",
-    "jitter",
-    "distribution",
-    "reorder",
-    "duplicate",
-    "corrupt",
-    "rate",
-    "limit",
-    "direction",
-)
+# The same impairment vocabulary as `lab link` and `impaired_link(...)` (one list: it had drifted).
+LINK_KEYS = (*OPTION_KEYS, "direction")
 TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration")
 SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "privileged", "atlas")
 TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect")

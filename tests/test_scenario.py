@@ -135,8 +135,8 @@ def test_shipped_scenarios_parse(path):
         ),
         (
             '[link]\nspeed = "1mbit"',
-            F + "[link] speed: unknown key; allowed: loss, delay, jitter, distribution, reorder, "
-            "duplicate, corrupt, rate, limit, direction",
+            F + "[link] speed: unknown key; allowed: loss, delay, jitter, distribution, delay_correlation, "
+            "reorder, duplicate, corrupt, rate, limit, limit_bytes, direction",
         ),
         (
             '[link]\ndirection = "up"',
@@ -497,3 +497,15 @@ def test_readme_scenario_example_parses_as_documented():
     assert described(points["loss=5%"], "udp") == ["loss_ratio within_ci (99%)"]
     assert described(points["loss=20%"], "tcp") == ["loss_ratio == 0", "rtt_p50_ms in [10, inf]"]
     assert described(points["loss=10%"], "tcp") == ["loss_ratio == 0", "rtt_p50_ms in [10, 15]"]
+
+
+def test_link_keys_are_the_same_as_lab_link_options():
+    """Scenario files take every impairment `lab link` takes (delay_correlation and limit_bytes had
+    drifted out), with the same validation."""
+    plan = parse_scenario(
+        '[link]\ndelay = "10ms"\njitter = "2ms"\ndelay_correlation = "25%"\nlimit_bytes = "1mb"\n',
+        source="x.toml", default_name="x",
+    )
+    assert plan.points[0].link_options()["limit_bytes"] == "1mb"
+    with pytest.raises(ScenarioError, match="limit_bytes"):
+        parse_scenario('[link]\nlimit_bytes = "1tb"\n', source="x.toml", default_name="x")
