@@ -31,6 +31,7 @@ from lab.endpoints.server import (
 )
 from lab.errors import ConfigError
 from lab.records import TrafficPlan
+from tests.test_load import tcp_echo
 
 VARIANTS = ["selectors", "socketserver"]
 IO_TIMEOUT = 5.0
@@ -290,15 +291,6 @@ def test_defect_2_machine_entry_point_takes_the_guard_settings() -> None:
 
 
 # --- defect 15: idle connections locking everyone out -----------------------------------------------
-def tcp_echo(address: tuple[str, int], data: bytes, timeout: float = IO_TIMEOUT) -> bytes:
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(data)
-        got = b""
-        while len(got) < len(data) and (piece := sock.recv(65536)):
-            got += piece
-        return got
-
-
 def test_defect_15_full_of_idle_connections_a_new_client_is_served(variant: str) -> None:
     """--max-conns 8 held by 8 silent connections: a newcomer is served at once, the idlest is closed."""
     with running_server("tcp", variant=variant, max_conns=8) as server:
