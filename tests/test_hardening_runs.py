@@ -147,6 +147,9 @@ def test_defect_4_stop_signal_keeps_the_protocol_run_in_progress(tmp_path, signu
     assert first["received"] > 0
     assert "interrupted" in point["skipped"]["udp"] and name in point["skipped"]["udp"]
     assert point["checks"] == {}  # a cut-short run is not judged against whole-run expectations
+    report = (out / "report.md").read_text()
+    assert f"TCP's run was cut short after {first['sent']} probes of the 300 planned" in report
+    assert f"The run was interrupted ({name})" in report
     assert (out / "report.html").is_file()
     assert f"interrupted ({name})" in stdout
     _assert_link_gone(states)

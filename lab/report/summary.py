@@ -196,6 +196,11 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
         ]
         if extras:
             sentences.append(f"{name} saw {', '.join(extras)}.")
+        if (result.get("extras") or {}).get("interrupted"):
+            planned = (point.get("traffic") or {}).get("count")
+            of_planned = f" of the {planned} planned" if isinstance(planned, int) else ""
+            sentences.append(f"{name}'s run was cut short after {sent} probes{of_planned}: its figures "
+                             "cover those, and its expectations were not checked.")
     hol = head_of_line_sentence(point)
     if hol:
         sentences.append(hol)
