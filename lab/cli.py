@@ -211,11 +211,47 @@ def run(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("reports/demo"), help="Output directory."),
+    loss: str | None = typer.Option(None, help="What if the loss were... e.g. 30% (demo: 10%), or "
+                                    "'gemodel 1% 30%' for bursts."),
+    delay: str | None = typer.Option(None, help="One-way delay, e.g. 50ms (demo: 20ms; 0ms for none)."),
+    jitter: str | None = typer.Option(None, help="Delay jitter, e.g. 10ms (reorders packets)."),
+    reorder: str | None = typer.Option(None, help="Share sent at once while others wait, e.g. 10%."),
+    duplicate: str | None = typer.Option(None, help="Duplication probability, e.g. 5%."),
+    corrupt: str | None = typer.Option(None, help="One flipped bit per packet with this probability, "
+                                       "e.g. 1%."),
+    rate: str | None = typer.Option(None, help="Link rate limit, e.g. 100kbit."),
+    limit: str | None = typer.Option(None, help="Packets the link queue holds (with --rate)."),
+    direction: Direction | None = typer.Option(None, help="Which way the impairment applies."),
+    seed: int | None = typer.Option(None, help="Seed of the link's decisions (demo: 1)."),
+    live: bool = typer.Option(False, "--live", help="Draw every probe's fate as it happens: UDP's "
+                              "gaps and TCP's stalls appear on one shared RTT scale."),
+    capture: bool = typer.Option(False, "--capture", help="Also write OUT/link.pcapng (Wireshark; "
+                                 "each packet's comment says what the link did; needs the real link)."),
+    slides: bool = typer.Option(False, "--slides", help="Also write projector-sized figures "
+                                "(OUT/slides/)."),
 ) -> None:
-    """The classroom demo: TCP vs UDP over the same lossy, slow link, with a report (<1 min)."""
+    """The classroom demo: TCP vs UDP over the same lossy, slow link, with a report (<1 min).
+
+    Any impairment option answers "what if...?" on the spot, keeping the rest of the demo's link.
+
+    \b
+    Examples:
+      lab demo                          10 % loss and 20 ms delay each way
+      lab demo --loss 30% --delay 50ms  what if the link were much worse?
+      lab demo --loss 0% --jitter 5ms   no loss, but reordering: does TCP care?
+      lab demo --live                   watch every probe arrive (or not)
+    """
     from lab.runner import demo_command
 
-    raise typer.Exit(demo_command(out))
+    link = {
+        k: v
+        for k, v in dict(
+            loss=loss, delay=delay, jitter=jitter, reorder=reorder, duplicate=duplicate,
+            corrupt=corrupt, rate=rate, limit=limit, direction=direction.value if direction else None,
+        ).items()
+        if v is not None
+    }
+    raise typer.Exit(demo_command(out, link, seed=seed, live=live, capture=capture, slides=slides))
 
 
 @app.command()

@@ -16,7 +16,7 @@ far are kept and the run is marked ``interrupted``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -321,8 +321,12 @@ def run_scenario(
     seed: int | None = None,
     capture: bool = False,
     console: Any = None,
+    live: bool = False,
 ) -> RunOutcome:
-    """Run every point of a scenario (live display on `console` if given); write the report to `out`."""
+    """Run every point of a scenario (live display on `console` if given); write the report to `out`.
+
+    `live` adds each probe's fate to the display as it happens (a strip per protocol).
+    """
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
     if seed is not None:
@@ -337,7 +341,7 @@ def run_scenario(
     if out is not None:
         prepare_out_dir(Path(out))
     outcome = RunOutcome(scenario=scenario, points=[], started_at=_now())
-    display = _Display(console, scenario) if console is not None else None
+    display = _Display(console, scenario, live=live) if console is not None else None
     partial: list[PointOutcome] = []  # the point in progress, so a stop keeps its finished protocols
     current: list[SweepPoint] = []
 
@@ -465,12 +469,14 @@ def _now() -> str:
 class _Display:
     """rich progress bars plus a live side-by-side table (one column per protocol)."""
 
-    def __init__(self, console: Any, scenario: Scenario) -> None:
+    def __init__(self, console: Any, scenario: Scenario, *, live: bool = False) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = console
         self.scenario = scenario
         self.outcomes: dict[str, PointOutcome] = {}
+        self.show_strips = live
+        self.strips: dict[tuple[str, str], Any] = {}  # (point id, protocol) -> lab.live.ProbeStrip
         self.bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -498,17 +504,35 @@ class _Display:
         def for_protocol(proto: str) -> Progress:
             label = self.scenario.name if point.id == "base" else point.id
             task = self.bars.add_task(f"{escape(label)} {proto.upper()}", total=point.traffic.count)
+            strip = self._strip(point, proto) if self.show_strips else None
 
-            def report(sent: int, total: int) -> None:
+            def report(sent: int, total: int, arrivals: list[tuple[int, float]] | None = None) -> None:
                 self.bars.update(task, completed=sent, total=total)
+                if strip is not None:
+                    strip.progress(sent, total, arrivals)
                 self._refresh()
 
+            report.wants_arrivals = strip is not None  # type: ignore[attr-defined]  # lab.endpoints.client
             return report
 
         return for_protocol
 
+    def _strip(self, point: SweepPoint, proto: str) -> Any:
+        from lab.live import ProbeStrip
+
+        styles = {"tcp": "bold blue", "udp": "bold red"}
+        label = proto.upper() if len(self.scenario.points) == 1 else f"{point.id} {proto.upper()}"
+        strip = ProbeStrip(label=label, count=point.traffic.count, timeout_s=point.traffic.timeout,
+                           style=styles.get(proto, "bold"))
+        self.strips[(point.id, proto)] = strip
+        return strip
+
     def update(self, outcome: PointOutcome) -> None:
         self.outcomes[outcome.point.id] = outcome
+        for proto, result in outcome.results.items():
+            strip = self.strips.get((outcome.point.id, proto))
+            if strip is not None and strip.lost is None:
+                strip.finish(result.extras.get("timeline"))
         self._refresh()
 
     def _refresh(self) -> None:
@@ -518,7 +542,13 @@ class _Display:
     def _render(self) -> Any:
         from rich.console import Group
 
-        return Group(self.bars, *[side_by_side_table(self.scenario, o) for o in self.outcomes.values()])
+        parts: list[Any] = [self.bars]
+        if self.strips:
+            from lab.live import render_strips
+
+            parts.append(render_strips(list(self.strips.values()), self.console.width))
+        parts += [side_by_side_table(self.scenario, o) for o in self.outcomes.values()]
+        return Group(*parts)
 
 
 def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
@@ -594,19 +624,65 @@ DEMO_EXPLANATION = (
 )
 
 
-def demo_command(out: Path) -> int:
-    """`lab demo`: the classroom demo (scenarios/demo.toml), its table, report path and an explanation."""
+def demo_scenario(link: Mapping[str, str] | None = None, seed: int | None = None) -> Scenario:
+    """scenarios/demo.toml, with the teacher's "what if...?" impairments laid over its [link].
+
+    `lab demo --loss 30%` changes the loss and keeps the demo's 20 ms delay; `--delay 0ms` removes
+    the delay. The expectations stay: UDP should lose what the link predicts, TCP nothing.
+    """
+    import tomllib
+
+    from lab.files import read_limited
+    from lab.scenario import SCENARIO_FILE_LIMIT, ScenarioError, scenario_from_data
+
     if not DEMO_SCENARIO.is_file():
         raise LabError(f"{DEMO_SCENARIO}: demo scenario missing; reinstall wirelab from its source tree")
+    if not link:
+        scenario = load_scenario(DEMO_SCENARIO)
+    else:
+        data = tomllib.loads(read_limited(DEMO_SCENARIO, SCENARIO_FILE_LIMIT, "a scenario file",
+                                          ScenarioError).decode("utf-8"))
+        data.setdefault("link", {}).update(link)
+        given = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in link.items())
+        meta = data.setdefault("scenario", {})
+        meta["description"] = f"{meta.get('description', '')} Steered with {given}.".strip()
+        scenario = scenario_from_data(data, source=f"lab demo {given}", default_name="demo",
+                                      path=DEMO_SCENARIO)
+    return scenario.with_seed(seed) if seed is not None else scenario
+
+
+def demo_command(out: Path, link: Mapping[str, str] | None = None, *, seed: int | None = None,
+                 live: bool = False, capture: bool = False, slides: bool = False) -> int:
+    """`lab demo`: the classroom demo (scenarios/demo.toml), its table, report path and an explanation.
+
+    `link` overrides the demo's impairment ("what if the loss were 30 %?"), `live` draws each
+    probe's fate in the terminal as it happens, `capture` writes the link's pcapng beside the
+    report, `slides` also writes projector-sized figures.
+    """
+    scenario = demo_scenario(link, seed)
     console = _console()
     started = time.monotonic()
     with interrupt_on_signals():  # SIGTERM/SIGHUP keep what was measured, as Ctrl-C does
-        outcome = run_scenario(DEMO_SCENARIO, out=out, console=console)
+        outcome = run_scenario(scenario, out=out, console=console, capture=capture, live=live)
         _print_outcome(console, outcome)
         console.print()
         tcp_ran = any("tcp" in point.results for point in outcome.points)
         console.print(DEMO_EXPLANATION if tcp_ran else DEMO_EXPLANATION_UDP_ONLY)
         if outcome.interrupted:
             console.print(f"interrupted ({outcome.interrupted_by}): wrote what was measured so far")
+        if slides:
+            _write_slides(console, out, outcome)
+        for name in sorted(p.name for p in Path(out).glob("link*.pcapng")) if capture else ():
+            console.print(f"capture: {Path(out) / name} (open it in Wireshark: each packet's comment says "
+                          "what the link did to it)")
         console.print(f"(took {time.monotonic() - started:.0f} s)")
     return outcome.exit_status if outcome.interrupted else EXIT_OK
+
+
+def _write_slides(console: Any, out: Path, outcome: RunOutcome) -> None:
+    from rich.markup import escape
+
+    from lab.report import write_slides
+
+    for path in write_slides(Path(out), outcome.payload()):
+        console.print(f"slide: {escape(str(path))}")

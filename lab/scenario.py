@@ -275,6 +275,13 @@ def parse_scenario(
     return _Parser(source, default_name, path).parse(data)
 
 
+def scenario_from_data(
+    data: dict[str, Any], *, source: str, default_name: str = "scenario", path: Path | None = None
+) -> Scenario:
+    """Validate an already-parsed scenario document (e.g. a file's TOML with options laid over it)."""
+    return _Parser(source, default_name, path).parse(data)
+
+
 class _Parser:
     def __init__(self, source: str, default_name: str, path: Path | None) -> None:
         self.source = source

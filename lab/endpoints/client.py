@@ -276,6 +276,7 @@ class _Run:
     unattributed: int = 0
     extras: dict[str, object] = field(default_factory=dict)
     _progress_ns: int = 0
+    _arrivals_seen: int = 0
 
     @property
     def timeout_ns(self) -> int:
@@ -351,7 +352,21 @@ class _Run:
     def report(self, now: int, *, final: bool = False) -> None:
         if self.progress is not None and (final or now - self._progress_ns >= PROGRESS_INTERVAL_NS):
             self._progress_ns = now
-            self.progress(len(self.sends), self.plan.count)
+            if getattr(self.progress, "wants_arrivals", False):
+                self.progress(len(self.sends), self.plan.count, self.new_arrivals())
+            else:
+                self.progress(len(self.sends), self.plan.count)
+
+    def new_arrivals(self) -> list[tuple[int, float]]:
+        """(seq, RTT ms from the intended send) of intact replies since the last call (live views)."""
+        out = []
+        for arrival in self.arrivals[self._arrivals_seen:]:
+            if arrival.intact and 0 <= arrival.seq < len(self.sends):
+                send = self.sends[arrival.seq]
+                if send.seq == arrival.seq:
+                    out.append((arrival.seq, (arrival.recv_ns - send.intended_ns) / 1e6))
+        self._arrivals_seen = len(self.arrivals)
+        return out
 
     def interrupted(self, now: int) -> RunInterrupted:
         """The exception carrying this run's record when Ctrl-C stops it at `now`.

@@ -73,13 +73,17 @@ class _FrameReader:
 
 
 def _child_main(ns: str, wfd: int, fn: Callable[..., Any], args: Sequence[Any],
-                kwargs: Mapping[str, Any], with_progress: bool) -> None:
+                kwargs: Mapping[str, Any], with_progress: bool, wants_arrivals: bool = False) -> None:
     """Body of the forked child: enter `ns`, run fn, send ("result", ok, value). Never returns."""
     status = 0
     try:
         enter_netns(ns)
         if with_progress:
-            kwargs = dict(kwargs, progress=lambda done, total: _send_frame(wfd, ("progress", done, total)))
+            def relay_progress(*report: Any) -> None:
+                _send_frame(wfd, ("progress", *report))
+
+            relay_progress.wants_arrivals = wants_arrivals  # type: ignore[attr-defined]  # live views
+            kwargs = dict(kwargs, progress=relay_progress)
         try:
             message: tuple[Any, ...] = ("result", True, fn(*args, **kwargs))
         except BaseException as exc:  # handed to the parent, which re-raises it
@@ -116,7 +120,8 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
         raise
     if pid == 0:  # pragma: no cover - the child leaves through os._exit
         os.close(rfd)
-        _child_main(ns, wfd, fn, args, kwargs, progress is not None)
+        _child_main(ns, wfd, fn, args, kwargs, progress is not None,
+                    bool(getattr(progress, "wants_arrivals", False)))
     os.close(wfd)
     reader = _FrameReader(rfd)
     outcome: tuple[Any, ...] | None = None
@@ -133,7 +138,7 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
                     continue
                 if message[0] == "progress":
                     if progress is not None:
-                        progress(message[1], message[2])
+                        progress(*message[1:])
                 else:
                     outcome = message
         if pending:

@@ -1,0 +1,113 @@
+"""Issue 11, item 4: a demo the teacher can steer ("what if...?"), watch live, and capture."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+
+from lab.cli import main
+from lab.live import BARS, LOST, WAITING, ProbeStrip, render_strips
+from lab.records import TrafficPlan
+from lab.runner import demo_scenario
+
+DEMO_TIMEOUT_S = 120
+
+
+def test_demo_options_lay_over_the_demo_link():
+    plain = demo_scenario()
+    assert dict(plain.points[0].link) == {"loss": "10%", "delay": "20ms"}
+    steered = demo_scenario({"loss": "30%", "jitter": "5ms"}, seed=7)
+    (point,) = steered.points
+    assert dict(point.link) == {"loss": "30%", "delay": "20ms", "jitter": "5ms"}  # the delay stays
+    assert point.seed == 7 and steered.name == "demo"
+    assert "Steered with --loss 30%, --jitter 5ms." in steered.description
+    assert point.traffic == plain.points[0].traffic and point.expectations == plain.points[0].expectations
+
+
+def test_demo_bad_what_if_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["demo", "--loss", "150%"])
+    assert code.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lab: error: lab demo --loss 150%: [link] loss:"), err
+
+
+def test_probe_strip_from_a_real_run_marks_every_fate():
+    """A real loopback UDP run reports arrivals to a live view; a probe nobody answers turns ✗."""
+    from lab.endpoints.client import run_udp
+    from lab.endpoints.server import running_server
+
+    strip = ProbeStrip(label="UDP", count=40, timeout_s=0.3)
+    reports = []
+
+    def progress(sent, total, arrivals=None):
+        reports.append(arrivals)
+        strip.progress(sent, total, arrivals)
+
+    progress.wants_arrivals = True
+    with running_server("udp") as server:
+        run_udp(server.address, TrafficPlan(count=40, rate=400, timeout=0.3), progress=progress)
+    assert any(reports) and all(r is not None for r in reports)
+    assert sorted(strip.rtt_ms) == list(range(40)) and strip.sent == 40
+    assert all(strip.fate(seq, time.monotonic()) == "rtt" for seq in range(40))
+
+    silent = ProbeStrip(label="UDP", count=3, timeout_s=0.05, clock=lambda: 100.0)
+    silent.progress(2, 3, [(0, 1.5)])
+    assert silent.fate(0, 100.0) == "rtt" and silent.fate(1, 100.0) == "waiting"
+    assert silent.fate(1, 100.5) == "lost" and silent.fate(2, 100.5) == "unsent"
+
+
+def test_strips_share_one_scale_and_a_run_result_settles_them():
+    tcp = ProbeStrip(label="TCP", count=4, timeout_s=1.0, style="bold blue")
+    udp = ProbeStrip(label="UDP", count=4, timeout_s=1.0, style="bold red")
+    tcp.finish([[0, 0, 20.0, 0], [1, 5, 900.0, 0], [2, 10, 21.0, 0], [3, 15, 20.0, 0]])
+    udp.finish([[0, 0, 20.0, 0], [1, 5, None, 0], [2, 10, 20.0, 0], [3, 15, 20.0, 0]])
+    console = Console(width=60, record=True, color_system=None)
+    console.print(render_strips([tcp, udp], console.width))
+    text = console.export_text()
+    tcp_line = next(line for line in text.splitlines() if "TCP" in line)
+    udp_line = next(line for line in text.splitlines() if "UDP" in line)
+    # TCP's 900 ms stall stands tall beside its 20 ms neighbours; UDP's lost probe is a cross
+    assert tcp_line.split()[-1] == BARS[0] + BARS[-1] + BARS[0] + BARS[0]  # 900 ms of a 1 s timeout
+    assert udp_line.split()[-1] == BARS[0] + LOST + BARS[0] + BARS[0]
+    assert WAITING in text and LOST in text  # the legend
+
+
+def test_many_probes_share_cells_and_a_cell_is_lost_only_when_most_were():
+    strip = ProbeStrip(label="UDP", count=4000, timeout_s=1.0)
+    strip.finish([[i, i, None if i % 3 == 0 else 10.0, 0] for i in range(4000)])  # a third lost
+    console = Console(width=60, record=True, color_system=None)
+    console.print(render_strips([strip], console.width))
+    text = console.export_text()
+    assert "several probes" in text
+    assert LOST not in "".join(line for line in text.splitlines() if "UDP" in line or line.startswith(" "))
+
+
+@pytest.mark.privileged
+def test_lab_demo_steered_live_and_captured(tmp_path):
+    """`lab demo --loss 15% --delay 5ms --live --capture`: both protocols, the strips, a pcapng."""
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lab", "demo", "--out", str(out), "--loss", "15%", "--delay", "5ms",
+         "--live", "--capture"],
+        capture_output=True, text=True, timeout=DEMO_TIMEOUT_S,
+        env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((out / "result.json").read_text())
+    (point,) = payload["points"]
+    assert point["link"] == {"loss": "15%", "delay": "5ms"}
+    results = {r["protocol"]: r for r in point["results"]}
+    assert results["tcp"]["received"] == 500 and results["udp"]["lost"] > 50
+    lines = proc.stdout.splitlines()
+    udp_rows = [line for line in lines if line.strip().startswith("UDP ")]
+    assert udp_rows and LOST in udp_rows[-1]  # the strip, as the class saw it at the end
+    assert any(line.strip().startswith("TCP ") for line in lines)
+    pcap = out / "link.pcapng"
+    assert pcap.is_file() and pcap.stat().st_size > 10_000
+    assert f"capture: {pcap}" in proc.stdout.replace("\n", "")
