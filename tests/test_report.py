@@ -18,8 +18,9 @@ from lab.report.summary import what_happened
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample-run"
 ATLAS = Path(__file__).resolve().parent / "data" / "sample-atlas.json"  # 3 cases from a real `lab probe`
-SECTIONS = ("what-happened", "summary", "latency", "loss", "timeline", "goodput", "counters", "environment")
-PLOTS = 5  # latency CDF, loss, arrival timeline, goodput, retransmissions
+# Goodput and reordering have a section only where they tell something (tests/test_report_story.py).
+SECTIONS = ("what-happened", "summary", "latency", "loss", "timeline", "counters", "environment")
+PLOTS = 4  # latency CDF, loss, arrival timeline, retransmissions
 
 
 class _Outline(HTMLParser):
@@ -206,8 +207,9 @@ def test_fragment_prediction_is_what_the_report_shows(tmp_path):
     story = dict(what_happened(payload))["loss=10%"]
     assert "(the link predicted 46.9%: 1-(1-0.1900)^3 for 3 fragments/datagram at MTU 1500)" in story
     assert story in html.replace("&#39;", "'")
-    # the table: TCP keeps the link's 19.0 %, UDP shows the datagram prediction
-    assert "| expected loss | 19.0% | 46.9% |" in md
+    # the link's round-trip rate once, above the table; the datagram prediction only for UDP
+    assert "Link round-trip drop rate: 19.0%" in md
+    assert "| predicted loss | - | 46.9% |" in md
 
 
 def test_story_names_queue_drops():
@@ -258,7 +260,7 @@ def test_multi_stream_report_shows_head_of_line(tmp_path):
     shutil.copytree(HOL_SAMPLE, target)
     assert render_command(target) == 0
     html = (target / "report.html").read_text(encoding="utf-8")
-    timeline = html[html.index('<section id="timeline">') : html.index('<section id="goodput">')]
+    timeline = html[html.index('<section id="timeline">') : html.index('<section id="counters">')]
     for n in range(4):
         assert f"<!-- stream {n} -->" in timeline, f"no legend entry for stream {n}"
     assert "<!-- stream 4 -->" not in timeline
@@ -268,7 +270,9 @@ def test_multi_stream_report_shows_head_of_line(tmp_path):
         "Head-of-line blocking (4 streams): a loss on one stream stalled the others: 39 of 300 TCP"
         " probes waited behind another stream&#39;s retransmission; UDP: 0." in html
     )
-    assert "Head-of-line blocking (4 streams)" in (target / "report.md").read_text(encoding="utf-8")
+    md = (target / "report.md").read_text(encoding="utf-8")
+    assert "Head-of-line blocking (4 streams)" in md
+    assert "| head-of-line blocked | 39 | 0 |" in md  # the table's row, for several streams only
 
 
 def test_single_stream_report_has_no_head_of_line_text(run_dir):

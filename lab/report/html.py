@@ -9,9 +9,13 @@ from lab.report.summary import (
     counters_rows,
     interrupted_by,
     link_description,
+    link_drop_line,
+    point_label,
     protocols_of,
+    retransmission_notes,
     side_by_side,
     what_happened,
+    why_text,
 )
 
 TEMPLATE = "report.html.j2"
@@ -53,15 +57,16 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         checks = [(proto, check) for proto, items in (point.get("checks") or {}).items() for check in items]
         tables.append(
             {
-                "id": point["id"],
+                "id": point_label(point),
                 "link": link_description(point),
+                "drop_line": link_drop_line(point),
                 "traffic": _traffic_description(point),
                 "rows": side_by_side(point, protocols),
                 "checks": checks,
                 "skipped": list((point.get("skipped") or {}).items()),
             }
         )
-    counters = [(p["id"], *row) for p in points for row in counters_rows(p)]
+    counters = [(point_label(p), *row) for p in points for row in counters_rows(p)]
     scenario = payload.get("scenario") or {}
     # The template gets only values computed here, each present: a key a (valid) result.json may
     # leave out must not reach jinja2's StrictUndefined.
@@ -76,6 +81,8 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         points=points,
         streams=max([int((p.get("traffic") or {}).get("streams", 1)) for p in points], default=1),
         story=what_happened(payload),
+        why=why_text(payload),
+        rexmit_notes=retransmission_notes(payload),
         tables=tables,
         plots={name: plots.get(name, "") for name in PLOT_NAMES},
         counters=counters,
@@ -84,7 +91,8 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     )
 
 
-PLOT_NAMES = ("latency_cdf", "loss", "timeline", "goodput", "retransmissions")
+# Every plot the template can show; one missing from `plots` (nothing to show) leaves its section out.
+PLOT_NAMES = ("latency_cdf", "loss", "timeline", "reordering", "goodput", "retransmissions")
 
 
 def _atlas_row(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,9 +17,13 @@ from lab.report.summary import (
     counters_rows,
     interrupted_by,
     link_description,
+    link_drop_line,
+    point_label,
     protocols_of,
+    retransmission_notes,
     side_by_side,
     what_happened,
+    why_text,
 )
 
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -66,9 +70,15 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
     lines += ["## What happened", ""]
     for point_id, text in what_happened(payload):
         lines += [f"- **{_text(point_id)}**: {_text(text)}"]
+    why = why_text(payload)
+    if why:
+        lines += ["", _paragraph(why)]
     lines += ["", "## Summary", ""]
     for point in payload.get("points", []):
-        lines += [f"### {_text(point['id'])}", "", f"Link: {_text(link_description(point))}.", ""]
+        lines += [f"### {_text(point_label(point))}", "", f"Link: {_text(link_description(point))}.", ""]
+        drop_line = link_drop_line(point)
+        if drop_line:
+            lines += [_paragraph(drop_line) + ".", ""]
         lines += [_row(["", *[_text(p.upper()) for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
         lines += [_row([header, *map(_text, cells)]) for header, cells in side_by_side(point, protocols)]
         lines.append("")
@@ -88,6 +98,11 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
                 fence = "`" * max(3, 1 + max((len(r) for t in body for r in re.findall("`+", t)), default=0))
                 lines += [f"- {_text(proto)} {source}:", "", f"  {fence}", *[f"  {t}" for t in body]]
                 lines.append(f"  {fence}")
+        lines.append("")
+    notes = retransmission_notes(payload)
+    if notes:
+        lines += ["## Retransmissions and link drops", ""]
+        lines += [f"- **{_text(point_id)}**: {_text(text)}" for point_id, text in notes]
         lines.append("")
     atlas = payload.get("atlas") or []
     if atlas:

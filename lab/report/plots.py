@@ -1,4 +1,9 @@
-"""Report plots as inline SVG strings (matplotlib, Agg, imported lazily). No fonts or files needed."""
+"""Report plots (matplotlib, Agg, imported lazily): inline SVG strings for report.html, and the same
+figures at slide size for `lab report --slides` (lab.report.slides). No fonts or files needed.
+
+Every builder takes a Style: the report's (11 pt text on a 10-inch-wide figure: at least 800 px in the
+page) or a slide's (20 pt on 16:9). Colours are Okabe-Ito's, told apart by colour-blind readers too.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +11,62 @@ import io
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from lab.report.summary import (
     expected_loss,
+    goodput_tells,
+    link_drop_rate,
+    point_label,
     protocols_of,
     results_by_protocol,
     retransmits,
+    rtt_unit,
     stream_count,
     timeline_rows,
 )
 
-PROTOCOL_COLORS = {"tcp": "#1f6fb4", "udp": "#d9482b"}
-FALLBACK_COLORS = ("#2a9d4b", "#8a4fbf", "#b8860b", "#555555")
-# One colour per logical stream in the arrival timeline (matplotlib's tab10 order, which stays
-# distinguishable for colour-blind readers better than a ramp); more streams reuse them.
-STREAM_COLORS = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
-)
-MAX_COLUMNS = 3
-PANEL_W, PANEL_H = 4.2, 2.8  # inches per small-multiple panel
+# Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour deficiency.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+PROTOCOL_COLORS = {"tcp": OKABE_ITO[0], "udp": OKABE_ITO[1]}
+FALLBACK_COLORS = (OKABE_ITO[2], OKABE_ITO[3], OKABE_ITO[4], "#555555")
+# One colour and one marker shape per logical stream: shape tells them apart where colour cannot.
+STREAM_COLORS = tuple(OKABE_ITO[i] for i in (0, 4, 2, 3, 1, 5, 7))
+STREAM_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+LINK_COLOR = "#444444"
 US_PER_MS = 1000.0
 MS_PER_S = 1000.0
 
 
+@dataclass(frozen=True)
+class Style:
+    """Sizes of one rendering: text points, figure width (inches), panels per row, marker scale.
+
+    `size`, when set, fixes the whole figure (a slide: 16:9) instead of growing it with its panels.
+    """
+
+    font: float = 11.0
+    width: float = 10.0
+    panel_h: float = 3.8
+    columns: int = 2
+    marker: float = 1.0
+    size: tuple[float, float] | None = None
+
+
+REPORT = Style()
+SLIDE = Style(font=20.0, width=13.333, panel_h=7.5, columns=2, marker=3.0, size=(13.333, 7.5))
+
+
 def color(protocol: str, protocols: list[str]) -> str:
-    """A stable colour per protocol (TCP blue, UDP red, others from a fixed list)."""
+    """A stable colour per protocol (TCP blue, UDP vermillion, others from a fixed list)."""
     if protocol in PROTOCOL_COLORS:
         return PROTOCOL_COLORS[protocol]
     others = [p for p in protocols if p not in PROTOCOL_COLORS]
     return FALLBACK_COLORS[others.index(protocol) % len(FALLBACK_COLORS)] if protocol in others else "#555"
 
 
-def _pyplot() -> Any:
+def _pyplot(style: Style = REPORT) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,11 +79,20 @@ def _pyplot() -> Any:
             # Every text is plain text: a point id like `$\frac{$` is not mathtext nor LaTeX.
             "text.parse_math": False,
             "text.usetex": False,
-            "font.size": 8,
+            # One size for every text, so none is smaller than the style promises.
+            "font.size": style.font,
+            "axes.titlesize": style.font,
+            "axes.labelsize": style.font,
+            "xtick.labelsize": style.font,
+            "ytick.labelsize": style.font,
+            "legend.fontsize": style.font,
+            "legend.title_fontsize": style.font,
+            "figure.titlesize": style.font * 1.15,
             "axes.spines.top": False,
             "axes.spines.right": False,
             "axes.grid": True,
             "grid.alpha": 0.3,
+            "axes.prop_cycle": matplotlib.cycler(color=list(OKABE_ITO)),
         }
     )
     return plt
@@ -72,63 +109,75 @@ def _svg(fig: Any) -> str:
     return re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
 
 
-def _grid(plt: Any, n: int, *, sharey: bool = False) -> tuple[Any, list[Any]]:
-    cols = min(MAX_COLUMNS, max(1, n))
+def _figure(plt: Any, rows: int, cols: int, style: Style, *, sharey: bool = False) -> tuple[Any, Any]:
+    size = style.size or (style.width, style.panel_h * rows)
+    return plt.subplots(rows, cols, figsize=size, squeeze=False, sharey=sharey)
+
+
+def _grid(plt: Any, n: int, style: Style) -> tuple[Any, list[Any]]:
+    cols = min(style.columns, max(1, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(PANEL_W * cols, PANEL_H * rows), squeeze=False, sharey=sharey
-    )
+    fig, axes = _figure(plt, rows, cols, style)
     flat = [ax for row in axes for ax in row]
     for ax in flat[n:]:
         ax.set_visible(False)
     return fig, flat[:n]
 
 
-def latency_cdf(payload: Mapping[str, Any]) -> str:
-    """RTT CDF per sweep point, one line per protocol (from the per-probe timeline)."""
-    plt = _pyplot()
+def _xticks(ax: Any, points: list[Mapping[str, Any]], style: Style) -> None:
+    labels = [point_label(p) for p in points]
+    wide = len(points) > 3 or any(len(label) > 24 for label in labels) and len(points) > 1
+    ax.set_xticks(range(len(points)), labels, rotation=20 if wide else 0, ha="right" if wide else "center")
+
+
+def _cdf_panel(ax: Any, point: Mapping[str, Any], protocols: list[str], style: Style) -> None:
+    """RTT CDF of one point, one line per protocol (from the per-probe timeline)."""
+    by_proto = results_by_protocol(point)
+    unit = rtt_unit(list(by_proto.values()))
+    scale = US_PER_MS if unit == "ms" else 1.0
+    for proto, result in by_proto.items():
+        rtts = sorted(rtt for _s, _t, rtt, _stream in timeline_rows(result) if rtt is not None)
+        if not rtts:
+            quant = result.get("rtt_us") or {}
+            pairs = [(quant.get(k), q) for k, q in (("min", 0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99))]
+            pairs = [(v / scale, q) for v, q in pairs if v is not None]
+            if pairs:
+                shade = color(proto, protocols)
+                ax.plot(*zip(*pairs, strict=True), marker="o", color=shade, label=proto.upper())
+            continue
+        sent = max(result["sent"], len(rtts))  # a hand-edited file may say fewer were sent
+        ys = [(i + 1) / sent for i in range(len(rtts))]  # lost probes keep the CDF below 1
+        xs = [rtt * US_PER_MS / scale for rtt in rtts]  # timeline RTTs are in ms
+        ax.step(xs, ys, where="post", color=color(proto, protocols), label=proto.upper(), linewidth=2)
+    ax.set_xlabel(f"round-trip time ({unit})")
+    ax.set_ylabel("share of probes answered")
+    ax.set_ylim(0, 1.02)
+    if by_proto:
+        ax.legend(loc="lower right")
+
+
+def latency_cdf_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
+    """RTT CDF per sweep point, one line per protocol."""
+    plt = _pyplot(style)
     points = payload.get("points", [])
     protocols = protocols_of(payload)
-    fig, axes = _grid(plt, len(points) or 1)
+    fig, axes = _grid(plt, len(points) or 1, style)
     for ax, point in zip(axes, points, strict=False):
-        for proto, result in results_by_protocol(point).items():
-            rtts = sorted(rtt for _s, _t, rtt, _stream in timeline_rows(result) if rtt is not None)
-            if not rtts:
-                quant = result.get("rtt_us") or {}
-                pairs = [
-                    (quant.get(k), q) for k, q in (("min", 0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
-                ]
-                pairs = [(v / US_PER_MS, q) for v, q in pairs if v is not None]
-                if pairs:
-                    ax.plot(
-                        *zip(*pairs, strict=True),
-                        marker="o",
-                        color=color(proto, protocols),
-                        label=proto.upper(),
-                    )
-                continue
-            sent = max(result["sent"], len(rtts))  # a hand-edited file may say fewer were sent
-            ys = [(i + 1) / sent for i in range(len(rtts))]  # lost probes keep the CDF below 1
-            ax.step(rtts, ys, where="post", color=color(proto, protocols), label=proto.upper())
-        ax.set_title(point["id"], fontsize=9)
-        ax.set_xlabel("RTT (ms)")
-        ax.set_ylabel("share of probes answered")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle("Latency CDF (a line that stops below 1: the rest were lost)", fontsize=10)
+        _cdf_panel(ax, point, protocols, style)
+        ax.set_title(point_label(point))
+    fig.suptitle("Latency CDF (a line that stops below 1: the rest were lost)")
     fig.tight_layout()
-    return _svg(fig)
+    return fig
 
 
-def loss(payload: Mapping[str, Any]) -> str:
-    """Measured loss with its 95% interval vs the link's expected loss, per point and protocol."""
-    plt = _pyplot()
-    points = payload.get("points", [])
-    protocols = protocols_of(payload)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(points) * max(1, len(protocols))), 3.2))
+def _loss_panel(ax: Any, points: list[Mapping[str, Any]], protocols: list[str], style: Style) -> None:
+    """Measured loss bars with their 95% interval; the link's round-trip drop rate as one line per
+    point across its bars; diamonds only for a protocol-specific prediction (fragments)."""
     width = 0.8 / max(1, len(protocols))
+    top = 0.0
+    drop_labelled = diamond_labelled = False
     for i, proto in enumerate(protocols):
-        xs, ys, err_lo, err_hi, exp_x, exp_y = [], [], [], [], [], []
+        xs, ys, err_lo, err_hi = [], [], [], []
         for j, point in enumerate(points):
             result = results_by_protocol(point).get(proto)
             if not result:
@@ -140,108 +189,135 @@ def loss(payload: Mapping[str, Any]) -> str:
             ys.append(value)
             err_lo.append(max(0.0, value - 100 * lo))
             err_hi.append(max(0.0, 100 * hi - value))
-            predicted = expected_loss(point, result)[0]
-            if predicted is not None:
-                exp_x.append(x)
-                exp_y.append(100 * predicted)
-        bars = ax.bar(
-            xs,
-            ys,
-            width=width * 0.9,
-            color=color(proto, protocols),
-            alpha=0.8,
-            label=f"{proto.upper()} measured",
+            predicted, source = expected_loss(point, result)
+            if source and predicted is not None:
+                ax.scatter(
+                    [x], [100 * predicted], marker="D", color="#111", s=30 * style.marker, zorder=4,
+                    label=None if diamond_labelled else "prediction for this protocol",
+                )
+                diamond_labelled = True
+                top = max(top, 100 * predicted)
+        if not xs:
+            continue
+        ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), alpha=0.85, label=proto.upper())
+        ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="none", ecolor="#222", capsize=4, linewidth=1.2)
+        for x, y, hi in zip(xs, ys, err_hi, strict=True):
+            # Above the interval's cap, so the error bar never crosses the number.
+            ax.annotate(
+                f"{y:.1f}%", (x, y + hi), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom"
+            )
+            top = max(top, y + hi)
+    for j, point in enumerate(points):
+        rate = link_drop_rate(point)
+        if rate is None:
+            continue
+        ax.hlines(
+            100 * rate, j - 0.45, j + 0.45, colors=LINK_COLOR, linestyles="--", linewidth=2, zorder=3,
+            label=None if drop_labelled else "link round-trip drop rate",
         )
-        ax.bar_label(bars, fmt="%.1f%%", fontsize=6, padding=1)  # a 0 % bar is otherwise invisible
-        ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="none", ecolor="#222", capsize=3, linewidth=1)
-        ax.scatter(
-            exp_x, exp_y, marker="D", color="#111", s=18, zorder=3, label="expected" if i == 0 else None
-        )
-    ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
-    ax.set_ylabel("loss (%)")
-    ax.set_title("Measured loss (bars, 95% interval) vs what the link predicts (diamonds)", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+        drop_labelled = True
+        top = max(top, 100 * rate)
+    ax.set_ylim(0, max(1.0, top) * 1.3)  # room for the labels above the tallest interval
+    ax.set_xlim(-0.6, len(points) - 0.4)
+    ax.set_ylabel("probes lost (%)")
+    ax.legend(loc="upper left")
+
+
+def loss_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
+    """Measured loss with its 95% interval vs the link's round-trip drop rate, per point and protocol."""
+    plt = _pyplot(style)
+    points = payload.get("points", [])
+    protocols = protocols_of(payload)
+    fig, axes = _figure(plt, 1, 1, style)
+    ax = axes[0][0]
+    _loss_panel(ax, points, protocols, style)
+    _xticks(ax, points, style)
+    ax.set_title("Measured loss (bars, 95% interval) vs the link's round-trip drop rate (dashed)")
     fig.tight_layout()
-    return _svg(fig)
+    return fig
 
 
 def _stream_groups(
     result: Mapping[str, Any], proto: str, protocols: list[str]
-) -> list[tuple[str, str, int | None]]:
-    """(label, colour, stream | None = all) per series: one per stream when there are several."""
+) -> list[tuple[str, str, str, int | None]]:
+    """(label, colour, marker, stream | None = all) per series: one per stream when there are several."""
     streams = stream_count(result)
     if streams > 1:
-        return [(f"stream {n}", STREAM_COLORS[n % len(STREAM_COLORS)], n) for n in range(streams)]
-    return [("reply (at receive time)", color(proto, protocols), None)]
+        return [
+            (f"stream {n}", STREAM_COLORS[n % len(STREAM_COLORS)], STREAM_MARKERS[n % len(STREAM_MARKERS)], n)
+            for n in range(streams)
+        ]
+    return [("reply (at receive time)", color(proto, protocols), "o", None)]
 
 
-def _arrivals_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str]) -> None:
+def _arrivals_panel(
+    ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str], style: Style
+) -> None:
     """Sequence number vs receive time; lost probes as crosses at their send time."""
     entries = timeline_rows(result)
     groups = _stream_groups(result, proto, protocols)
-    multi = groups[0][2] is not None
+    multi = groups[0][3] is not None
     lost_total = sum(1 for row in entries if row[2] is None)
-    for label, shade, stream in groups:
+    dot = (8 if multi else 5) * style.marker
+    for label, shade, marker, stream in groups:
         mine = [row for row in entries if stream is None or row[3] == stream]
         # float(): numpy refuses Python ints past 64 bits, and a sequence number is one
         got = [((t + rtt) / MS_PER_S, float(s)) for s, t, rtt, _st in mine if rtt is not None]
         lost = [(t / MS_PER_S, float(s)) for s, t, rtt, _st in mine if rtt is None]
         if got:
-            ax.scatter(*zip(*got, strict=True), s=3, color=shade, label=label, linewidths=0)
+            ax.scatter(*zip(*got, strict=True), s=dot, color=shade, marker=marker, label=label, linewidths=0)
         if lost:
             # One stream's losses in its own colour: separate flows lose probes one flow at a time.
             ax.scatter(
                 *zip(*lost, strict=True),
-                s=12,
+                s=20 * style.marker,
                 marker="x",
                 color=shade if multi else "#222",
                 alpha=0.8,
-                linewidths=0.7,
+                linewidths=1,
                 label=None if multi else f"lost ({lost_total}, at send time)",
             )
     if multi and lost_total:
         label = f"lost ({lost_total}, at send time)"
-        ax.scatter([], [], s=12, marker="x", color="#222", linewidths=0.7, label=label)
+        ax.scatter([], [], s=20 * style.marker, marker="x", color="#222", linewidths=1, label=label)
     if entries:
-        ax.legend(loc="upper left", fontsize=6, markerscale=2)
+        ax.legend(loc="upper left", markerscale=2 if not multi else 1.5)
 
 
-def _delays_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str]) -> None:
+def _delays_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str], style: Style) -> None:
     """RTT vs send time per stream: a head-of-line stall is a spike every stream shares."""
     entries = timeline_rows(result)
     hol = (result.get("extras") or {}).get("hol") or {}
     threshold = (hol.get("threshold_us") or 0) / US_PER_MS
     answered = [rtt for _s, _t, rtt, _st in entries if rtt is not None]
     top = max([*answered, threshold, 1.0]) * 1.08  # lost probes drawn here, above every reply
-    for _label, shade, stream in _stream_groups(result, proto, protocols):
+    for _label, shade, marker, stream in _stream_groups(result, proto, protocols):
         mine = [row for row in entries if stream is None or row[3] == stream]
         got = [(t / MS_PER_S, rtt) for _s, t, rtt, _st in mine if rtt is not None]
         lost = [t / MS_PER_S for _s, t, rtt, _st in mine if rtt is None]
         if got:
-            ax.scatter(*zip(*got, strict=True), s=4, color=shade, linewidths=0)
+            ax.scatter(*zip(*got, strict=True), s=8 * style.marker, color=shade, marker=marker, linewidths=0)
         if lost:
-            ax.scatter(lost, [top] * len(lost), s=12, marker="x", color=shade, linewidths=0.7)
+            ax.scatter(lost, [top] * len(lost), s=20 * style.marker, marker="x", color=shade, linewidths=1)
     notes = []
     if threshold:
-        ax.axhline(threshold, color="#777", linestyle="--", linewidth=0.7)
+        ax.axhline(threshold, color="#777", linestyle="--", linewidth=1)
         notes.append(f"dashed: delayed (RTT > {threshold:.0f} ms)")
-        ax.set_title(
-            f"{ax.get_title()}: {hol.get('blocked', 0)} held back by another stream", fontsize=9
-        )
+        ax.set_title(f"{ax.get_title()}: {hol.get('blocked', 0)} held back by another stream")
     if any(row[2] is None for row in entries):
         notes.append("x: lost")
     if notes:
-        ax.text(0.99, 0.97, " · ".join(notes), transform=ax.transAxes, ha="right", va="top", fontsize=6)
+        ax.text(0.99, 0.97, " · ".join(notes), transform=ax.transAxes, ha="right", va="top")
     ax.set_ylim(0, top * 1.3)
 
 
-def arrival_timeline(payload: Mapping[str, Any]) -> str:
+def arrival_timeline_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     """Sequence number vs receive time, one panel per point and protocol: UDP gaps, TCP stalls.
 
     A point with several logical streams colours them apart and adds a row of RTT vs send time
     per stream, where head-of-line blocking shows as spikes all streams share at once.
     """
-    plt = _pyplot()
+    plt = _pyplot(style)
     points = payload.get("points", [])
     protocols = protocols_of(payload) or ["-"]
     rows: list[tuple[Mapping[str, Any], str]] = []
@@ -249,40 +325,90 @@ def arrival_timeline(payload: Mapping[str, Any]) -> str:
         rows.append((point, "arrivals"))
         if any(stream_count(r) > 1 for r in point.get("results", [])):
             rows.append((point, "delays"))
-    cols = len(protocols)
-    fig, axes = plt.subplots(
-        max(1, len(rows)), cols, figsize=(PANEL_W * 1.2 * cols, PANEL_H * max(1, len(rows))), squeeze=False
-    )
+    fig, axes = _figure(plt, max(1, len(rows)), len(protocols), style)
     for r, (point, kind) in enumerate(rows):
         by_proto = results_by_protocol(point)
         for c, proto in enumerate(protocols):
             ax = axes[r][c]
             result = by_proto.get(proto)
             if kind == "arrivals":
-                ax.set_title(f"{point['id']} · {proto.upper()}", fontsize=9)
+                ax.set_title(f"{point_label(point)} · {proto.upper()}")
                 ax.set_xlabel("time since start (s)")
                 ax.set_ylabel("sequence number")
             else:
-                ax.set_title(f"{point['id']} · {proto.upper()} RTT per stream", fontsize=9)
+                ax.set_title(f"{point_label(point)} · {proto.upper()} RTT per stream")
                 ax.set_xlabel("send time since start (s)")
                 ax.set_ylabel("RTT (ms)")
             if result is None:
                 ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="#999")
                 continue
-            (_arrivals_panel if kind == "arrivals" else _delays_panel)(ax, result, proto, protocols)
-    fig.suptitle(
-        "Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses", fontsize=10
-    )
+            (_arrivals_panel if kind == "arrivals" else _delays_panel)(ax, result, proto, protocols, style)
+    fig.suptitle("Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses")
     fig.tight_layout()
-    return _svg(fig)
+    return fig
 
 
-def goodput(payload: Mapping[str, Any]) -> str:
+def reorder_series(result: Mapping[str, Any]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(send order, arrival order) of the answered probes, split into those that came in order and
+    those that arrived after a probe sent later (overtaken). Arrival order ranks receive times."""
+    answered = [(t + rtt, seq) for seq, t, rtt, _st in timeline_rows(result) if rtt is not None]
+    by_send = sorted(seq for _arr, seq in answered)
+    send_rank = {seq: i for i, seq in enumerate(by_send)}
+    in_order: list[tuple[int, int]] = []
+    overtaken: list[tuple[int, int]] = []
+    highest = None
+    for rank, (_arrival, seq) in enumerate(sorted(answered)):
+        late = highest is not None and seq < highest
+        (overtaken if late else in_order).append((send_rank[seq], rank))
+        highest = seq if highest is None else max(highest, seq)
+    return in_order, overtaken
+
+
+def reordering_panels(payload: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str, Mapping[str, Any]]]:
+    """(point, protocol, result) of every run that saw reordering: the reordering figure's panels."""
+    return [
+        (point, proto, result)
+        for point in payload.get("points", [])
+        for proto, result in results_by_protocol(point).items()
+        if result.get("reordered") and timeline_rows(result)
+    ]
+
+
+def reordering_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
+    """Arrival order vs send order per run that saw reordering: the diagonal is 'in order'; a probe
+    below it arrived after one sent later. Each panel also shows how far each probe moved."""
+    plt = _pyplot(style)
+    panels = reordering_panels(payload)
+    protocols = protocols_of(payload)
+    fig, axes = _grid(plt, len(panels) or 1, style)
+    for ax, (point, proto, result) in zip(axes, panels, strict=False):
+        in_order, overtaken = reorder_series(result)
+        n = len(in_order) + len(overtaken)
+        ax.plot([0, n], [0, n], color="#999", linewidth=1, linestyle="--", label="in order")
+        if in_order:
+            xs, ys = zip(*in_order, strict=True)
+            ax.scatter(xs, ys, s=5 * style.marker, color=color(proto, protocols), linewidths=0, alpha=0.6,
+                       label="arrived in order")
+        if overtaken:
+            xs, ys = zip(*overtaken, strict=True)
+            ax.scatter(xs, ys, s=28 * style.marker, marker="v", color="#000000", linewidths=0,
+                       label=f"arrived after a later one ({len(overtaken)})")
+        ax.set_title(f"{point_label(point)} · {proto.upper()}: {result.get('reordered', 0)} reordered")
+        ax.set_xlabel("send order")
+        ax.set_ylabel("arrival order")
+        ax.legend(loc="upper left")
+    fig.suptitle("Reordering: arrival order vs send order (marks off the diagonal were overtaken)")
+    fig.tight_layout()
+    return fig
+
+
+def goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     """Goodput (bits/s of probes echoed back intact) per point and protocol."""
-    plt = _pyplot()
+    plt = _pyplot(style)
     points = payload.get("points", [])
     protocols = protocols_of(payload)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(points) * max(1, len(protocols))), 3.0))
+    fig, axes = _figure(plt, 1, 1, style)
+    ax = axes[0][0]
     width = 0.8 / max(1, len(protocols))
     for i, proto in enumerate(protocols):
         xs, ys = [], []
@@ -292,12 +418,12 @@ def goodput(payload: Mapping[str, Any]) -> str:
                 xs.append(j + (i - (len(protocols) - 1) / 2) * width)
                 ys.append((result.get("goodput_bps") or 0.0) / 1e3)
         ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=proto.upper())
-    ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
+    _xticks(ax, points, style)
     ax.set_ylabel("goodput (kbit/s)")
-    ax.set_title("Goodput: bits of probes echoed back intact, per second", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.set_title("Goodput: bits of probes echoed back intact, per second")
+    ax.legend()
     fig.tight_layout()
-    return _svg(fig)
+    return fig
 
 
 def _link_total(result: Mapping[str, Any], word: str) -> int:
@@ -316,12 +442,13 @@ def _link_total(result: Mapping[str, Any], word: str) -> int:
     return total
 
 
-def retransmissions(payload: Mapping[str, Any]) -> str:
+def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     """TCP retransmitted segments next to the packets the link dropped, per point."""
-    plt = _pyplot()
+    plt = _pyplot(style)
     points = payload.get("points", [])
     protocols = protocols_of(payload)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 * len(points) * 3), 3.0))
+    fig, axes = _figure(plt, 1, 1, style)
+    ax = axes[0][0]
     series: list[tuple[str, str, list[int]]] = []
     for proto in protocols:
         values = [retransmits(results_by_protocol(p).get(proto) or {}) for p in points]
@@ -335,31 +462,94 @@ def retransmissions(payload: Mapping[str, Any]) -> str:
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(points))]
         hatch = "//" if label.startswith("link") else None
         heights = [float(v) for v in values]  # counters are Python ints of any size; numpy's are 64-bit
-        ax.bar(xs, heights, width=width * 0.9, color=c, alpha=0.5 if hatch else 0.9, hatch=hatch, label=label)
-    if not series:
-        ax.text(
-            0.5, 0.5, "no retransmission or drop counters in this run", ha="center", transform=ax.transAxes
+        bars = ax.bar(
+            xs, heights, width=width * 0.9, color=c, alpha=0.45 if hatch else 0.9, hatch=hatch, label=label
         )
-    ax.set_xticks(range(len(points)), [p["id"] for p in points], rotation=20 if len(points) > 4 else 0)
+        ax.bar_label(bars, fmt="%d", padding=2)
+    if not series:
+        no_data = "no retransmission or drop counters in this run"
+        ax.text(0.5, 0.5, no_data, ha="center", transform=ax.transAxes)
+    _xticks(ax, points, style)
     ax.set_ylabel("count")
-    ax.set_title("TCP retransmissions and packets the link dropped", fontsize=10)
+    ax.margins(y=0.15)
+    ax.set_title("TCP retransmissions and packets the link dropped")
     if series:
-        ax.legend(fontsize=7)
+        ax.legend(loc="upper left")
     fig.tight_layout()
-    return _svg(fig)
+    return fig
 
 
-PLOTS = {
-    "latency_cdf": latency_cdf,
-    "loss": loss,
-    "timeline": arrival_timeline,
-    "goodput": goodput,
-    "retransmissions": retransmissions,
+def story_point(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The point the one-slide story shows: the one whose link drops most (the last on a tie)."""
+    points = payload.get("points", [])
+    if not points:
+        return None
+    return max(reversed(points), key=lambda p: link_drop_rate(p) or 0.0)
+
+
+STORY_TITLES = ("Latency", "Arrivals", "Loss")
+
+
+def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
+    """One slide: the latency CDF, the arrivals of every protocol on one axis, and the loss bars of
+    the point that shows the most (story_point), side by side."""
+    plt = _pyplot(style)
+    protocols = protocols_of(payload)
+    point = story_point(payload)
+    fig, axes = _figure(plt, 1, 3, style)
+    cdf, arrivals, lost = axes[0]
+    if point is not None:
+        _cdf_panel(cdf, point, protocols, style)
+        for proto, result in results_by_protocol(point).items():
+            rows = timeline_rows(result)
+            got = [((t + rtt) / MS_PER_S, float(s)) for s, t, rtt, _st in rows if rtt is not None]
+            gone = [(t / MS_PER_S, float(s)) for s, t, rtt, _st in rows if rtt is None]
+            shade = color(proto, protocols)
+            if got:
+                arrivals.scatter(*zip(*got, strict=True), s=4 * style.marker, color=shade, linewidths=0,
+                                 label=proto.upper())
+            if gone:
+                arrivals.scatter(*zip(*gone, strict=True), s=25 * style.marker, marker="x", color=shade,
+                                 linewidths=1.2, label=f"{proto.upper()} lost")
+        arrivals.set_xlabel("time (s)")
+        arrivals.set_ylabel("sequence number")
+        if arrivals.has_data():
+            arrivals.legend(loc="upper left", markerscale=1.5)
+        _loss_panel(lost, [point], protocols, style)
+        lost.set_xticks([])
+        lost.legend(loc="upper left", fontsize=style.font * 0.8 if style.font > 12 else style.font)
+    for ax, title in zip((cdf, arrivals, lost), STORY_TITLES, strict=True):
+        ax.set_title(title)
+    fig.suptitle(point_label(point) if point else "nothing measured")
+    fig.tight_layout()
+    return fig
+
+
+FIGURES = {
+    "latency_cdf": latency_cdf_figure,
+    "loss": loss_figure,
+    "timeline": arrival_timeline_figure,
+    "reordering": reordering_figure,
+    "goodput": goodput_figure,
+    "retransmissions": retransmissions_figure,
 }
 
 
+def figures_for(payload: Mapping[str, Any]) -> list[str]:
+    """The figures this payload has something to show in: reordering only where some run saw it,
+    goodput only where it says more than the loss does."""
+    names = []
+    for name in FIGURES:
+        if name == "reordering" and not reordering_panels(payload):
+            continue
+        if name == "goodput" and not any(goodput_tells(p) for p in payload.get("points", [])):
+            continue
+        names.append(name)
+    return names
+
+
 def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Every report plot as an inline SVG string, keyed by section name.
+    """Every report plot this payload has as an inline SVG string, keyed by section name.
 
     matplotlib's warnings (a glyph missing from the font, a legend with no labelled artist) say
     nothing the reader of a report can act on; they would only clutter the command's output.
@@ -368,4 +558,4 @@ def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {name: make(payload) for name, make in PLOTS.items()}
+        return {name: _svg(FIGURES[name](payload, REPORT)) for name in figures_for(payload)}

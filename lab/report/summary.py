@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# Columns of the side-by-side table: (header, function of a Result dict -> display string).
 US_PER_MS = 1000.0
 TAIL_GROWTH_NOTABLE = 1.5  # a p99 at least 1.5x the p50 is worth a sentence about the tail...
 TAIL_ABS_NOTABLE_US = 5000.0  # ...if it is also 5 ms longer (sub-ms loopback noise is not a story)
@@ -41,17 +40,90 @@ def retransmits(result: Mapping[str, Any]) -> int | None:
     return retransmitted_segments(result)
 
 
+def _count(key: str) -> Any:
+    return lambda r: str(r.get(key, "-"))
+
+
+def _hol_blocked(result: Mapping[str, Any]) -> str:
+    hol = (result.get("extras") or {}).get("hol")
+    return "-" if not hol else str(hol.get("blocked", 0))
+
+
+# Rows of the side-by-side table: (header, function of a Result dict -> display string). The RTT rows'
+# unit is chosen per table (rtt_unit), so their headers and cells are made in side_by_side.
 COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("sent", lambda r: str(r.get("sent", "-"))),
-    ("received", lambda r: str(r.get("received", "-"))),
+    ("sent", _count("sent")),
+    ("received", _count("received")),
     ("loss", lambda r: fmt_pct(r.get("loss_ratio"))),
-    ("expected loss", lambda r: fmt_pct(r.get("expected_loss_ratio"))),
-    ("RTT p50 ms", lambda r: fmt_ms((r.get("rtt_us") or {}).get("p50"))),
-    ("RTT p99 ms", lambda r: fmt_ms((r.get("rtt_us") or {}).get("p99"))),
-    ("jitter ms", lambda r: fmt_ms(r.get("jitter_us"))),
+    ("RTT p50", lambda r: (r.get("rtt_us") or {}).get("p50")),
+    ("RTT p99", lambda r: (r.get("rtt_us") or {}).get("p99")),
+    ("jitter", lambda r: r.get("jitter_us")),
+    ("reordered", _count("reordered")),
+    ("duplicates", _count("duplicates")),
+    ("head-of-line blocked", _hol_blocked),
     ("goodput", lambda r: fmt_rate(r.get("goodput_bps"))),
     ("retransmits", lambda r: "-" if retransmits(r) is None else str(retransmits(r))),
 )
+TIMED_ROWS = ("RTT p50", "RTT p99", "jitter")
+PREDICTED_ROW = "predicted loss"  # only where a protocol's prediction is not the link's drop rate
+GOODPUT_NOTABLE = 0.1  # goodput 10% off what the delivered share implies says something loss does not
+
+
+def fmt_us(us: float | None, unit: str) -> str:
+    """Microseconds in `unit` ('ms' or 'µs'), short ('-' when missing)."""
+    if us is None:
+        return "-"
+    if unit == "µs":
+        return f"{us:.0f}" if us >= 10 else f"{us:.1f}"
+    return fmt_ms(us)
+
+
+def rtt_unit(results: list[Mapping[str, Any]]) -> str:
+    """'µs' when every median RTT is under a millisecond (loopback), else 'ms': 0.045 ms reads worse."""
+    medians = [(r.get("rtt_us") or {}).get("p50") for r in results]
+    medians = [m for m in medians if m is not None]
+    return "µs" if medians and max(medians) < US_PER_MS else "ms"
+
+
+def link_drop_rate(point: Mapping[str, Any]) -> float | None:
+    """The link's round-trip drop rate: the share of probes or their echoes its loss drops (None if not
+    known). It is the same for every protocol on the point; only a protocol without retransmission
+    (UDP) is expected to lose it."""
+    for result in point.get("results", []):
+        if result.get("expected_loss_ratio") is not None:
+            return float(result["expected_loss_ratio"])
+    return None
+
+
+def link_drop_line(point: Mapping[str, Any]) -> str:
+    """One line above a point's table: the link's round-trip drop rate ('' when not known)."""
+    rate = link_drop_rate(point)
+    if rate is None:
+        return ""
+    return (
+        f"Link round-trip drop rate: {fmt_pct(rate)} (a probe or its echo dropped by the link: what a "
+        "protocol that does not retransmit should lose)"
+    )
+
+
+def goodput_tells(point: Mapping[str, Any]) -> bool:
+    """Whether a point's goodput says more than its loss row. Always for ping-pong traffic (it follows
+    the RTT there). With open-loop traffic every protocol sends at the same rate, so goodput is the
+    delivered share again, unless the protocols' goodput per delivered probe differs by 10% (or, for
+    one protocol, its goodput is 10% off sent-rate x delivered share)."""
+    traffic = point.get("traffic") or {}
+    rate, size = traffic.get("rate"), traffic.get("size")
+    results = [r for r in point.get("results", []) if r.get("received") and r.get("goodput_bps") is not None]
+    if not results:
+        return False
+    if not rate or not size:
+        return True
+    per_probe = [r["goodput_bps"] / r["received"] for r in results]
+    if len(per_probe) > 1:
+        return max(per_probe) > (1 + GOODPUT_NOTABLE) * min(per_probe)
+    sent = results[0].get("sent") or results[0]["received"]
+    implied = results[0]["received"] * size * 8 / (sent / rate)
+    return abs(results[0]["goodput_bps"] - implied) > GOODPUT_NOTABLE * implied
 
 
 def protocols_of(payload: Mapping[str, Any]) -> list[str]:
@@ -87,19 +159,38 @@ LINK_LABEL = "link's expected loss"  # lab.scenario's label for a plain within_c
 
 
 def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[str, list[str]]]:
-    """Rows (metric, [value per protocol]) for one point; skipped protocols show 'skipped'."""
+    """Rows (metric, [value per protocol]) for one point; skipped protocols show 'skipped'.
+
+    The link's round-trip drop rate is not a row (link_drop_line): it is the link's, not a protocol's.
+    A 'predicted loss' row appears only when a protocol's check predicted something else (a datagram
+    of several fragments); head-of-line only for several streams; goodput where it tells something.
+    """
     by_proto = results_by_protocol(point)
+    results = list(by_proto.values())
+    unit = rtt_unit(results)
+    special = {p: expected_loss(point, r) for p, r in by_proto.items()}
     rows = []
     for header, get in COLUMNS:
+        if header == "head-of-line blocked" and not any((r.get("extras") or {}).get("hol") for r in results):
+            continue
+        if header == "goodput" and not goodput_tells(point):
+            continue
         cells = []
         for proto in protocols:
             result = by_proto.get(proto)
-            if result and header == "expected loss":
-                cells.append(fmt_pct(expected_loss(point, result)[0]))
-                continue
             skipped = proto in (point.get("skipped") or {})
-            cells.append(get(result) if result else "skipped" if skipped else "-")
-        rows.append((header, cells))
+            if not result:
+                cells.append("skipped" if skipped else "-")
+            elif header in TIMED_ROWS:
+                cells.append(fmt_us(get(result), unit))
+            else:
+                cells.append(get(result))
+        rows.append((f"{header} {unit}" if header in TIMED_ROWS else header, cells))
+        if header == "loss" and any(source for _value, source in special.values()):
+            predicted = [
+                fmt_pct(special[p][0]) if p in special and special[p][1] else "-" for p in protocols
+            ]
+            rows.append((PREDICTED_ROW, predicted))
     return rows
 
 
@@ -209,6 +300,71 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
     return sentences
 
 
+def link_drops(result: Mapping[str, Any]) -> int:
+    """Packets the link dropped (loss and full queue, both directions) during this result's run."""
+    link = result.get("link") or {}
+    return sum(
+        int(d.get("dropped_loss", 0) or 0) + int(d.get("dropped_queue", 0) or 0)
+        for d in link.values()
+        if isinstance(d, Mapping)
+    )
+
+
+def link_reordered(result: Mapping[str, Any]) -> int:
+    """Packets the link sent early (reordered), both directions, during this result's run."""
+    link = result.get("link") or {}
+    return sum(int(d.get("reordered", 0) or 0) for d in link.values() if isinstance(d, Mapping))
+
+
+def retransmission_sentence(result: Mapping[str, Any]) -> str:
+    """Why a TCP run's retransmissions differ from the link's drops ('' without TCP counters or link
+    counters, or when there is nothing to explain)."""
+    rexmit = retransmits(result)
+    if rexmit is None or not result.get("link"):
+        return ""
+    drops, early = link_drops(result), link_reordered(result)
+    name = str(result.get("protocol", "tcp")).upper()
+    if drops and rexmit < drops:
+        return (
+            f"The link dropped {drops} packets during {name}'s run, yet {name} retransmitted only {rexmit} "
+            "segments: a dropped ACK needs no retransmission (the next ACK acknowledges everything before "
+            "it, and delayed ACKs cover two segments at a time), and one retransmitted segment can carry "
+            "several probes whose packets were dropped separately, so one retransmission can recover "
+            "several drops."
+        )
+    if drops and rexmit > drops:
+        return (
+            f"{name} retransmitted {rexmit} segments for the {drops} packets the link dropped: a "
+            "retransmission can itself be dropped, and a segment that is only late"
+            f"{' or overtaken (the link reordered ' + str(early) + ' packets)' if early else ''} is sent "
+            "again needlessly (a spurious retransmission)."
+        )
+    if not drops and rexmit:
+        if early:
+            return (
+                f"{name} retransmitted {rexmit} segments although the link dropped none: it reordered "
+                f"{early} packets, and a segment overtaken by later ones looks lost to TCP (the receiver "
+                "repeats its last ACK, and three duplicate ACKs trigger a fast retransmit), so it was "
+                "sent again needlessly: spurious retransmissions."
+            )
+        return (
+            f"{name} retransmitted {rexmit} segments although the link dropped none: a segment delayed "
+            "past TCP's retransmission timeout is sent again needlessly (a spurious retransmission)."
+        )
+    return ""
+
+
+def retransmission_notes(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(point label, sentence) for every TCP run whose retransmissions differ from the link's drops."""
+    notes = []
+    for point in payload.get("points", []):
+        for result in point.get("results", []):
+            sentence = retransmission_sentence(result)
+            if sentence:
+                notes.append((point_label(point), sentence))
+    return notes
+
+
 def head_of_line_sentence(point: Mapping[str, Any]) -> str:
     """How many probes of each protocol waited behind another stream's loss ('' for one stream)."""
     figures = [
@@ -238,11 +394,45 @@ def head_of_line_sentence(point: Mapping[str, Any]) -> str:
     )
 
 
-def baseline_label(point: Mapping[str, Any] | None) -> str:
-    """How the story names the reference point: its sweep id, or its link for a single point."""
+def point_label(point: Mapping[str, Any] | None) -> str:
+    """How a report names a point: its sweep id, or its link for a single point (never 'base')."""
     if not point:
         return "-"
     return link_description(point) if point.get("id") == "base" else str(point["id"])
+
+
+baseline_label = point_label  # the name the story used first
+
+
+UDP_WHY = (
+    "UDP hands each probe to the network once: when the link drops it (on the way out or back), it is "
+    "gone, so UDP's loss is close to the link's round-trip drop rate."
+)
+TCP_WHY = (
+    "TCP numbers every byte and retransmits what was not acknowledged, so it delivers everything in "
+    "order, but each retransmission waits for a timeout or duplicate ACKs, and the probes queued "
+    "behind a lost segment wait too: TCP pays for reliability in latency (its p99 RTT and the flat "
+    "steps in the arrival timeline)."
+)
+
+
+def demo_explanation(tcp_ran: bool) -> str:
+    """What `lab demo` prints after its table: why TCP and UDP differ (or, UDP only, why UDP loses)."""
+    if tcp_ran:
+        return "Both protocols crossed the same impaired link with the same seed. " + UDP_WHY + " " + TCP_WHY
+    return (
+        "Only UDP could cross the impaired link here (see why TCP was skipped above; `sudo make demo` runs "
+        "both). " + UDP_WHY
+    )
+
+
+def why_text(payload: Mapping[str, Any]) -> str:
+    """The report's 'why' paragraph where TCP and UDP both ran on a point ('' otherwise)."""
+    for point in payload.get("points", []):
+        ran = {r.get("protocol") for r in point.get("results", [])}
+        if {"tcp", "udp"} <= ran:
+            return "Why they differ: " + UDP_WHY + " " + TCP_WHY
+    return ""
 
 
 def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -252,8 +442,7 @@ def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for point in points:
         sentences = _point_sentence(point, baseline if point is not baseline else None)
-        label = link_description(point) if point["id"] == "base" else point["id"]
-        out.append((label, " ".join(sentences) or "Nothing was measured."))
+        out.append((point_label(point), " ".join(sentences) or "Nothing was measured."))
     if payload.get("interrupted"):
         out.append(("interrupted", f"The run was interrupted ({interrupted_by(payload)}); these are the "
                     "points measured so far."))
