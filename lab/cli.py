@@ -278,11 +278,15 @@ def probe(
 @app.command()
 def report(
     directory: Path = typer.Argument(..., help="A run directory holding result.json."),
+    slides: bool = typer.Option(
+        False, "--slides", help="Also write each plot as a 16:9 PNG and SVG with large text, and one "
+        "combined story figure (latency, arrivals, loss), in DIR/slides/."
+    ),
 ) -> None:
     """Re-render report.html and report.md from DIR/result.json."""
     from lab.report import render_command
 
-    raise typer.Exit(render_command(directory))
+    raise typer.Exit(render_command(directory, slides=slides))
 
 
 def main(argv: list[str] | None = None) -> None:

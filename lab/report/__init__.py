@@ -1,5 +1,7 @@
 """Reports of a run: result.json (the data), report.html (self-contained), report.md.
 
+`lab report DIR --slides` (write_slides) adds DIR/slides/: projector-sized PNG and SVG figures.
+
 `result.json` layout (format "wirelab-result/1")::
 
     {"format", "scenario": {...}, "seed", "started_at", "finished_at", "interrupted",
@@ -178,13 +180,25 @@ def render_files(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]
     return {"html": html_path, "markdown": md_path}
 
 
-def render_command(directory: Path) -> int:
-    """`lab report DIR`: re-render report.html and report.md from DIR/result.json."""
+def render_command(directory: Path, slides: bool = False) -> int:
+    """`lab report DIR [--slides]`: re-render report.html and report.md from DIR/result.json, and with
+    `slides` the projector-sized figures in DIR/slides/."""
     payload = load_result(directory)
     paths = render_files(Path(directory), payload)
     print(f"wrote {paths['html']}")
     print(f"wrote {paths['markdown']}")
+    if slides:
+        written = write_slides(Path(directory), payload)
+        print(f"wrote {len(written)} slide files in {Path(directory) / 'slides'}")
     return 0
+
+
+def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
+    """Each report plot as a 16:9 PNG and SVG with 20 pt text, plus the one-slide story figure, in
+    DIR/slides/ (lab.report.slides); returns the paths written."""
+    from lab.report.slides import write_slides as write
+
+    return write(directory, payload)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -124,6 +124,15 @@ def _grid(plt: Any, n: int, style: Style) -> tuple[Any, list[Any]]:
     return fig, flat[:n]
 
 
+def _title(ax: Any, text: str, style: Style, panels: int = 2) -> None:
+    """A panel title wrapped to the panel's width (a long link description would run into the next)."""
+    import textwrap
+
+    width = (style.size[0] if style.size else style.width) / max(1, panels)
+    chars = max(16, int(width * 72 / (style.font * 0.6)))
+    ax.set_title("\n".join(textwrap.wrap(text, chars)))
+
+
 def _xticks(ax: Any, points: list[Mapping[str, Any]], style: Style) -> None:
     labels = [point_label(p) for p in points]
     wide = len(points) > 3 or any(len(label) > 24 for label in labels) and len(points) > 1
@@ -164,7 +173,7 @@ def latency_cdf_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any
     fig, axes = _grid(plt, len(points) or 1, style)
     for ax, point in zip(axes, points, strict=False):
         _cdf_panel(ax, point, protocols, style)
-        ax.set_title(point_label(point))
+        _title(ax, point_label(point), style, min(style.columns, len(points)))
     fig.suptitle("Latency CDF (a line that stops below 1: the rest were lost)")
     fig.tight_layout()
     return fig
@@ -173,7 +182,7 @@ def latency_cdf_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any
 def _loss_panel(ax: Any, points: list[Mapping[str, Any]], protocols: list[str], style: Style) -> None:
     """Measured loss bars with their 95% interval; the link's round-trip drop rate as one line per
     point across its bars; diamonds only for a protocol-specific prediction (fragments)."""
-    width = 0.8 / max(1, len(protocols))
+    width = min(0.4, 0.8 / max(1, len(protocols)))
     top = 0.0
     drop_labelled = diamond_labelled = False
     for i, proto in enumerate(protocols):
@@ -303,7 +312,7 @@ def _delays_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: lis
     if threshold:
         ax.axhline(threshold, color="#777", linestyle="--", linewidth=1)
         notes.append(f"dashed: delayed (RTT > {threshold:.0f} ms)")
-        ax.set_title(f"{ax.get_title()}: {hol.get('blocked', 0)} held back by another stream")
+        ax.set_title(f"{ax.get_title()}:\n{hol.get('blocked', 0)} held back by another stream")
     if any(row[2] is None for row in entries):
         notes.append("x: lost")
     if notes:
@@ -332,11 +341,11 @@ def arrival_timeline_figure(payload: Mapping[str, Any], style: Style = REPORT) -
             ax = axes[r][c]
             result = by_proto.get(proto)
             if kind == "arrivals":
-                ax.set_title(f"{point_label(point)} · {proto.upper()}")
+                _title(ax, f"{point_label(point)} · {proto.upper()}", style, len(protocols))
                 ax.set_xlabel("time since start (s)")
                 ax.set_ylabel("sequence number")
             else:
-                ax.set_title(f"{point_label(point)} · {proto.upper()} RTT per stream")
+                _title(ax, f"{point_label(point)} · {proto.upper()} RTT per stream", style, len(protocols))
                 ax.set_xlabel("send time since start (s)")
                 ax.set_ylabel("RTT (ms)")
             if result is None:
@@ -374,29 +383,45 @@ def reordering_panels(payload: Mapping[str, Any]) -> list[tuple[Mapping[str, Any
     ]
 
 
+REORDER_ZOOM = 60  # probes in the close-up: few enough to see each swap
+
+
 def reordering_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
-    """Arrival order vs send order per run that saw reordering: the diagonal is 'in order'; a probe
-    below it arrived after one sent later. Each panel also shows how far each probe moved."""
+    """Arrival order vs send order per run that saw reordering, in two panels: a close-up of the first
+    probes (the diagonal is 'in order'; a probe below it... arrived after one sent later), and every
+    probe's displacement (arrival place minus send place), where the swaps of a long run show."""
     plt = _pyplot(style)
     panels = reordering_panels(payload)
     protocols = protocols_of(payload)
-    fig, axes = _grid(plt, len(panels) or 1, style)
-    for ax, (point, proto, result) in zip(axes, panels, strict=False):
+    fig, axes = _figure(plt, max(1, len(panels)), 2, style)
+    for row, (point, proto, result) in zip(axes, panels, strict=False):
+        close, moved = row
         in_order, overtaken = reorder_series(result)
-        n = len(in_order) + len(overtaken)
-        ax.plot([0, n], [0, n], color="#999", linewidth=1, linestyle="--", label="in order")
-        if in_order:
-            xs, ys = zip(*in_order, strict=True)
-            ax.scatter(xs, ys, s=5 * style.marker, color=color(proto, protocols), linewidths=0, alpha=0.6,
-                       label="arrived in order")
-        if overtaken:
-            xs, ys = zip(*overtaken, strict=True)
-            ax.scatter(xs, ys, s=28 * style.marker, marker="v", color="#000000", linewidths=0,
-                       label=f"arrived after a later one ({len(overtaken)})")
-        ax.set_title(f"{point_label(point)} · {proto.upper()}: {result.get('reordered', 0)} reordered")
-        ax.set_xlabel("send order")
-        ax.set_ylabel("arrival order")
-        ax.legend(loc="upper left")
+        shade = color(proto, protocols)
+        zoom = min(REORDER_ZOOM, len(in_order) + len(overtaken))
+        close.plot([0, zoom], [0, zoom], color="#999", linewidth=1, linestyle="--", label="in order")
+        for series, marker, size, c, label in (
+            (in_order, "o", 12, shade, "not overtaken"),
+            (overtaken, "v", 40, "#000000", "overtaken: came after a later one"),
+        ):
+            near = [(x, y) for x, y in series if x < zoom]
+            if near:
+                close.scatter(*zip(*near, strict=True), s=size * style.marker, marker=marker, color=c,
+                              linewidths=0, label=label)
+        _title(close, f"{point_label(point)} · {proto.upper()}: first {zoom} probes", style)
+        close.set_xlabel("send order")
+        close.set_ylabel("arrival order")
+        close.legend(loc="upper left")
+        for series, marker, size, c in ((in_order, "o", 5, shade), (overtaken, "v", 16, "#000000")):
+            if series:
+                xs = [x for x, _y in series]
+                ys = [y - x for x, y in series]
+                moved.scatter(xs, ys, s=size * style.marker, marker=marker, color=c, linewidths=0)
+        moved.axhline(0, color="#999", linewidth=1, linestyle="--")
+        _title(moved, f"all {len(in_order) + len(overtaken)} probes: "
+               f"{result.get('reordered', 0)} reordered", style)
+        moved.set_xlabel("send order")
+        moved.set_ylabel("arrival place - send place")
     fig.suptitle("Reordering: arrival order vs send order (marks off the diagonal were overtaken)")
     fig.tight_layout()
     return fig
@@ -457,7 +482,7 @@ def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) ->
         drops = [_link_total(results_by_protocol(p).get(proto) or {}, "drop") for p in points]
         if any(drops):
             series.append((f"link drops during {proto.upper()}", color(proto, protocols), drops))
-    width = 0.8 / max(1, len(series))
+    width = min(0.3, 0.8 / max(1, len(series)))  # one series: a bar, not a wall
     for i, (label, c, values) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(points))]
         hatch = "//" if label.startswith("link") else None
@@ -514,10 +539,10 @@ def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
         arrivals.set_xlabel("time (s)")
         arrivals.set_ylabel("sequence number")
         if arrivals.has_data():
-            arrivals.legend(loc="upper left", markerscale=1.5)
+            arrivals.legend(loc="lower right", markerscale=1.5)  # the data runs along the diagonal
         _loss_panel(lost, [point], protocols, style)
         lost.set_xticks([])
-        lost.legend(loc="upper left", fontsize=style.font * 0.8 if style.font > 12 else style.font)
+        lost.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02))  # below: clear of the labels
     for ax, title in zip((cdf, arrivals, lost), STORY_TITLES, strict=True):
         ax.set_title(title)
     fig.suptitle(point_label(point) if point else "nothing measured")

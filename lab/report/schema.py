@@ -349,11 +349,12 @@ EXTRAS = obj(
 
 def link_counters(value: Any, where: str) -> None:
     """The link's counters per direction ({"forward": {...}, "reverse": {...}}): free-form, but the
-    queue drops the story counts must be a count."""
+    drops and reorderings the story counts must be counts."""
     obj()(value, where)
+    counted = obj(optional={"dropped_queue": COUNT, "dropped_loss": COUNT, "reordered": COUNT})
     for key, direction in value.items():
         if isinstance(direction, dict):
-            obj(optional={"dropped_queue": COUNT})(direction, key_path(where, key))
+            counted(direction, key_path(where, key))
 
 
 RESULT = obj(
