@@ -40,9 +40,27 @@ def explain(*caps: int) -> str:
     if not lacking:
         return ""
     parts = [f"{_NAMES[c]} ({_WHY[c]})" for c in lacking]
-    # Only root really works: named namespaces also need CAP_SYS_ADMIN (bind mounts), and setcap on
-    # the venv's python would land on the shared system interpreter.
-    return f"needs {' and '.join(parts)}: run it as root, e.g. `sudo .venv/bin/lab ...` or `sudo make test`"
+    # Root, or namespaces of its own (userns_note): named namespaces also need CAP_SYS_ADMIN (bind
+    # mounts), and setcap on the venv's python would land on the shared system interpreter.
+    return (f"needs {' and '.join(parts)}: run it as root, e.g. `sudo .venv/bin/lab ...` or `sudo make test`."
+            f"{userns_note()}")
+
+
+def userns_note() -> str:
+    """' ' + a sentence on the no-root way (user namespaces, lab/userns.py): how, or what prevents it.
+
+    Said after a missing-privileges message, so the user learns which setting stands in the way.
+    """
+    from lab import userns
+
+    if userns.inside() or has_capability(CAP_NET_ADMIN):
+        return ""
+    reason = userns.unavailable_reason()
+    if reason is None:
+        return (" Or without root, in user namespaces of its own: `lab demo`, `lab run`, `lab link`, "
+                "`lab probe` and `make test` do that themselves, anything else runs so through "
+                "`python -m lab.userns -- COMMAND`.")
+    return f" Without root, user namespaces of its own would do, but they are unavailable here: {reason}."
 
 
 def require(*caps: int) -> None:

@@ -29,8 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "privileged: needs CAP_NET_ADMIN/CAP_NET_RAW (namespaces, TUN, raw sockets); "
-        "skipped with a reason when missing",
+        "privileged: needs CAP_NET_ADMIN/CAP_NET_RAW (namespaces, TUN, raw sockets): root, or "
+        "without root `python -m lab.userns -- pytest` (as `make test` does); skipped with a "
+        "reason when missing",
     )
 
 

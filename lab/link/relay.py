@@ -65,6 +65,7 @@ def tcp_needs_privileges_message() -> str:
         "impairing TCP needs root: it happens below TCP, on an emulated link between two network "
         f"namespaces, which takes CAP_NET_ADMIN and CAP_SYS_ADMIN{why}; run with sudo. "
         "UDP runs impaired without root, through the loopback UDP relay."
+        f"{privileges.userns_note()}"
     )
 
 
