@@ -214,3 +214,15 @@ def test_rtt_unit_fits_the_values():
     assert rows["RTT p50 µs"] == ["45"] and rows["jitter µs"] == ["3.2"]
     point["results"][0]["rtt_us"] = {"p50": 40600.0, "p99": 42000.0}
     assert dict(side_by_side(point, ["udp"]))["RTT p50 ms"] == ["40.6"]
+
+
+def test_lab_send_summary_uses_ms_on_a_40ms_link():
+    from lab.endpoints.client import format_summary
+    from lab.metrics import Result
+
+    udp = sample()["points"][1]["results"][1]  # 20 ms each way
+    result = Result.from_dict({k: v for k, v in udp.items() if k in Result.__dataclass_fields__})
+    text = format_summary(result, "there")
+    assert "rtt ms: min 40" in text and "rtt µs" not in text
+    loopback = Result.from_dict({**result.to_dict(), "rtt_us": {k: 45.0 for k in result.rtt_us}})
+    assert "rtt µs: min 45.0" in format_summary(loopback, "here")

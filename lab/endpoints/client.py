@@ -754,32 +754,50 @@ def _fmt_us(value: float | None) -> str:
 
 
 def format_summary(result: Result, where: str) -> str:
-    """A short human summary of one result (what `lab send` prints without --json)."""
+    """A short human summary of one result (what `lab send` prints without --json).
+
+    Each line of times is in the unit its median fits: µs on loopback, ms over a 40 ms link.
+    """
+
+    def unit_of(us: float | None) -> tuple[str, float]:
+        return ("ms", 1000.0) if us is not None and us >= 1000 else ("µs", 1.0)
+
+    def times(label: str, figures: dict, keys: tuple[str, ...]) -> str:
+        unit, scale = unit_of(figures.get("p50"))
+        values = "  ".join(
+            f"{k} {_fmt_us(None if figures.get(k) is None else figures[k] / scale)}" for k in keys
+        )
+        return label.format(unit=unit) + values
+
     lo, hi = result.loss_ci95
     rtt = result.rtt_us
     lines = [
         f"{result.protocol} {where}: {result.sent} sent, {result.received} received, "
         f"{result.lost} lost ({100 * result.loss_ratio:.2f}%, 95% CI {100 * lo:.2f}-{100 * hi:.2f}%)",
-        "rtt µs: " + "  ".join(f"{k} {_fmt_us(rtt.get(k))}" for k in RTT_KEYS),
+        times("rtt {unit}: ", rtt, RTT_KEYS),
     ]
     if result.lost and result.rtt_censored_us:
         # Lost probes stay in the latency picture, each counted as waiting the whole timeout.
-        cen = result.rtt_censored_us
-        lines.append(f"rtt µs with the {result.lost} lost at the {result.timeout_s:g} s timeout: "
-                     + "  ".join(f"{k} {_fmt_us(cen.get(k))}" for k in ("p50", "p90", "p99")))
+        label = f"rtt {{unit}} with the {result.lost} lost at the {result.timeout_s:g} s timeout: "
+        lines.append(times(label, result.rtt_censored_us, ("p50", "p90", "p99")))
     if result.rtt_uncorrected_us is not None:
-        unc = result.rtt_uncorrected_us
-        lines.append("rtt µs from actual send (uncorrected): " + "  ".join(
-            f"{k} {_fmt_us(unc.get(k))}" for k in ("p50", "p99", "max")))
+        lines.append(times("rtt {unit} from actual send (uncorrected): ", result.rtt_uncorrected_us,
+                           ("p50", "p99", "max")))
+    j_unit, j_scale = unit_of(result.jitter_us)
     lines.append(
-        f"jitter {result.jitter_us:.1f} µs  late {result.late}  duplicates {result.duplicates}  "
-        f"reordered {result.reordered}  corrupted {result.corrupted}  "
+        f"jitter {result.jitter_us / j_scale:.{3 if j_unit == 'ms' else 1}f} {j_unit}  late {result.late}  "
+        f"duplicates {result.duplicates}  reordered {result.reordered}  corrupted {result.corrupted}  "
         f"goodput {result.goodput_bps / 1e6:.3f} Mbit/s  in {result.duration_s:.2f} s"
     )
     if result.tcp_info:
         info = result.tcp_info
+        srtt, rttvar = info.get("rtt_us"), info.get("rttvar_us")
+        t_unit, t_scale = unit_of(srtt if isinstance(srtt, int | float) else None)
+        shown = [
+            _fmt_us(v / t_scale) if isinstance(v, int | float) else str(v) for v in (srtt, rttvar)
+        ]
         lines.append(
-            f"tcp_info: srtt {info.get('rtt_us')} µs  rttvar {info.get('rttvar_us')} µs  "
+            f"tcp_info: srtt {shown[0]} {t_unit}  rttvar {shown[1]} {t_unit}  "
             f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"
         )
     lines += [f"note: {note}" for note in notes(result)]
