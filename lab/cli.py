@@ -292,6 +292,11 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
+        from lab.userns import maybe_enter  # no root: demo/run/link/probe in namespaces of their own
+
+        outer = maybe_enter(sys.argv[1:] if argv is None else argv)
+        if outer is not None:
+            sys.exit(outer)
         # Without standalone mode, click *returns* the code of a `typer.Exit` instead of raising it.
         code = app(args=argv, standalone_mode=False)
         if isinstance(code, int) and code:
