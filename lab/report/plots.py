@@ -539,7 +539,8 @@ def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
         arrivals.set_xlabel("time (s)")
         arrivals.set_ylabel("sequence number")
         if arrivals.has_data():
-            arrivals.legend(loc="lower right", markerscale=1.5)  # the data runs along the diagonal
+            # below the axis: the data runs along the whole diagonal, no corner is free
+            arrivals.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), markerscale=1.5)
         _loss_panel(lost, [point], protocols, style)
         lost.set_xticks([])
         lost.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02))  # below: clear of the labels
