@@ -4,12 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean cleanup
+.PHONY: demo test test-all bench lint clean cleanup messages
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pybabel -q compile -d lab/locale -D wirelab
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,3 +39,11 @@ cleanup: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Re-extract the translatable messages (`_()`, `N_()`) into the catalogues; translate the new ones
+# in lab/locale/pt/LC_MESSAGES/wirelab.po, then `make` compiles them.
+messages: $(STAMP)
+	$(BIN)/pybabel -q extract -F babel.cfg -k N_ -o lab/locale/wirelab.pot --no-location --sort-output \
+		--project wirelab .
+	$(BIN)/pybabel -q update -i lab/locale/wirelab.pot -d lab/locale -D wirelab --no-fuzzy-matching
+	$(BIN)/pybabel -q compile -d lab/locale -D wirelab

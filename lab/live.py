@@ -13,13 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab.i18n import N_, _
+
 BARS = "▁▂▃▄▅▆▇█"
 LOST, WAITING = "✗", "·"
 MAX_WIDTH = 100  # cells per row: readable on a projector
 MAX_ROWS = 10  # beyond it, several probes share a cell
 SEND_SLACK_S = 0.2  # progress reports come every 0.1 s: a probe may have left up to this much earlier
-LEGEND = (f"{BARS[0]}…{BARS[-1]} round-trip time (log scale up to the timeout)   {LOST} lost   "
-          f"{WAITING} on its way")
+LEGEND = N_("{low}…{high} round-trip time (log scale up to the timeout)   {lost} lost   {waiting} on its way")
+SHARED_CELLS = N_(" (a cell holds several probes: {lost} when most of them were lost)")
 
 
 @dataclass(slots=True)
@@ -100,9 +102,9 @@ def render_strips(strips: list[ProbeStrip], width: int, now: float | None = None
                                    now, floor_ms, timeout_ms))
             text.append("\n")
         lines.append(text)
-    suffix = "" if all(max(1, math.ceil(s.count / (width * MAX_ROWS))) == 1 for s in strips) else \
-        f" (a cell holds several probes: {LOST} when most of them were lost)"
-    lines.append(Text(LEGEND + suffix, style="dim"))
+    shared = any(math.ceil(s.count / (width * MAX_ROWS)) > 1 for s in strips)
+    legend = _(LEGEND).format(low=BARS[0], high=BARS[-1], lost=LOST, waiting=WAITING)
+    lines.append(Text(legend + (_(SHARED_CELLS).format(lost=LOST) if shared else ""), style="dim"))
     return Group(*lines)
 
 

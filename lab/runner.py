@@ -25,6 +25,7 @@ from typing import Any
 
 from lab import privileges
 from lab.errors import LabError, PrivilegeError
+from lab.i18n import _
 from lab.interrupts import exit_status, interrupt_on_signals, signal_name
 from lab.records import Result, RunRecord
 from lab.scenario import Check, Scenario, SweepPoint, evaluate_all, load_scenario
@@ -590,9 +591,10 @@ def _print_outcome(console: Any, outcome: RunOutcome) -> None:
         console.print(f"[bold]{escape(label)}[/bold]: {escape(text)}")
     # Skipped protocols and their reasons are part of each point's story above.
     for point_id, proto, check in outcome.failed_checks:
-        console.print(f"[red]expectation failed[/red] {escape(point_id)} {proto}: {escape(check.message)}")
+        failed = escape(_("expectation failed"))
+        console.print(f"[red]{failed}[/red] {escape(point_id)} {proto}: {escape(check.message)}")
     if "html" in outcome.paths:
-        console.print(f"report: {escape(str(outcome.paths['html']))}")
+        console.print(_("report: {path}").format(path=escape(str(outcome.paths["html"]))))
 
 
 def run_command(scenario: Path, out: Path | None, seed: int | None, capture: bool) -> int:
@@ -604,24 +606,13 @@ def run_command(scenario: Path, out: Path | None, seed: int | None, capture: boo
         outcome = run_scenario(plan, out=out, seed=seed, capture=capture, console=console)
         _print_outcome(console, outcome)
         if outcome.interrupted:
-            console.print(f"interrupted ({outcome.interrupted_by}): wrote what was measured so far")
+            console.print(_interrupted_line(outcome))
             return outcome.exit_status
     return EXIT_EXPECTATION_FAILED if outcome.failed_checks else EXIT_OK
 
 
-DEMO_EXPLANATION_UDP_ONLY = (
-    "Only UDP could cross the impaired link here (see why TCP was skipped above; `sudo make demo` runs "
-    "both). UDP hands each probe to the network once: when the link drops it (on the way out or "
-    "back), it is gone, so UDP's loss is close to what the link predicts."
-)
-DEMO_EXPLANATION = (
-    "Both protocols crossed the same impaired link with the same seed. UDP hands each probe to the "
-    "network once: when the link drops it (on the way out or back), it is gone, so UDP's loss is close "
-    "to what the link predicts. TCP numbers every byte and retransmits what was not acknowledged, so "
-    "it delivers everything in order, but each retransmission waits for a timeout or duplicate ACKs, "
-    "and the probes queued behind a lost segment wait too: TCP pays for reliability in latency (its "
-    "p99 RTT and the flat steps in the arrival timeline)."
-)
+def _interrupted_line(outcome: RunOutcome) -> str:
+    return _("interrupted ({signal}): wrote what was measured so far").format(signal=outcome.interrupted_by)
 
 
 def demo_scenario(link: Mapping[str, str] | None = None, seed: int | None = None) -> Scenario:
@@ -659,6 +650,10 @@ def demo_command(out: Path, link: Mapping[str, str] | None = None, *, seed: int 
     probe's fate in the terminal as it happens, `capture` writes the link's pcapng beside the
     report, `slides` also writes projector-sized figures.
     """
+    from rich.markup import escape
+
+    from lab.report.summary import demo_explanation
+
     scenario = demo_scenario(link, seed)
     console = _console()
     started = time.monotonic()
@@ -667,15 +662,15 @@ def demo_command(out: Path, link: Mapping[str, str] | None = None, *, seed: int 
         _print_outcome(console, outcome)
         console.print()
         tcp_ran = any("tcp" in point.results for point in outcome.points)
-        console.print(DEMO_EXPLANATION if tcp_ran else DEMO_EXPLANATION_UDP_ONLY)
+        console.print(demo_explanation(tcp_ran))
         if outcome.interrupted:
-            console.print(f"interrupted ({outcome.interrupted_by}): wrote what was measured so far")
+            console.print(_interrupted_line(outcome))
         if slides:
             _write_slides(console, out, outcome)
         for name in sorted(p.name for p in Path(out).glob("link*.pcapng")) if capture else ():
-            console.print(f"capture: {Path(out) / name} (open it in Wireshark: each packet's comment says "
-                          "what the link did to it)")
-        console.print(f"(took {time.monotonic() - started:.0f} s)")
+            console.print(_("capture: {path} (open it in Wireshark: each packet's comment says what the "
+                            "link did to it)").format(path=escape(str(Path(out) / name))))
+        console.print(_("(took {seconds:.0f} s)").format(seconds=time.monotonic() - started))
     return outcome.exit_status if outcome.interrupted else EXIT_OK
 
 
@@ -685,4 +680,4 @@ def _write_slides(console: Any, out: Path, outcome: RunOutcome) -> None:
     from lab.report import write_slides
 
     for path in write_slides(Path(out), outcome.payload()):
-        console.print(f"slide: {escape(str(path))}")
+        console.print(_("slide: {path}").format(path=escape(str(path))))
