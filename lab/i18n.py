@@ -69,13 +69,15 @@ def N_(message: str) -> str:  # noqa: N802 - the conventional gettext marker nam
 
 
 def _load(lang: str) -> gettext.NullTranslations:
+    folder = LOCALE_DIR / lang / "LC_MESSAGES"
+    po, mo = folder / f"{DOMAIN}.po", folder / f"{DOMAIN}.mo"
+    # A checkout whose .po changed after `make` compiled it (or that was never built) reads the .po.
+    if po.is_file() and (not mo.is_file() or po.stat().st_mtime > mo.stat().st_mtime):
+        return gettext.GNUTranslations(io.BytesIO(compile_po(po)))
     try:
         return gettext.translation(DOMAIN, LOCALE_DIR, [lang])
     except FileNotFoundError:
-        po = LOCALE_DIR / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
-        if not po.is_file():
-            raise ConfigError(f"no {lang} messages installed ({po} is missing)") from None
-        return gettext.GNUTranslations(io.BytesIO(compile_po(po)))
+        raise ConfigError(f"no {lang} messages installed ({po} is missing)") from None
 
 
 def compile_po(po: Path) -> bytes:
