@@ -42,7 +42,7 @@ name = "userns"
 count = {count}
 size = 64
 rate = 200
-timeout = 1.0
+timeout = 2.5  # TCP backoff under a loaded CI machine stays below it
 [link]
 loss = "10%"
 delay = "5ms"
@@ -79,11 +79,23 @@ class User:
         return [self.python, "-m", "lab", *args]
 
     def processes(self) -> list[str]:
-        """The user's live lab processes (zombies excluded): what a run may have left behind."""
-        done = subprocess.run(["ps", "-u", str(self.uid), "-o", "stat=,args="], capture_output=True,
+        """The user's live processes started from `home` (zombies excluded): what a run may leave.
+
+        By working directory, which every process of a run inherits: another xdist worker's runs
+        (another home) are not ours.
+        """
+        done = subprocess.run(["ps", "-u", str(self.uid), "-o", "pid=,stat=,args="], capture_output=True,
                               text=True, check=False)
-        return [line for line in done.stdout.splitlines()
-                if "lab" in line and not line.lstrip().startswith("Z")]
+        mine = []
+        for line in done.stdout.splitlines():
+            pid, stat, *args = line.split(None, 2)
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue  # gone meanwhile
+            if not stat.startswith("Z") and (cwd == str(self.home) or cwd.startswith(f"{self.home}/")):
+                mine.append(" ".join([pid, *args]))
+        return mine
 
 
 def _pick_user() -> tuple[int, int] | None:
