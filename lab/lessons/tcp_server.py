@@ -1,0 +1,257 @@
+"""Lesson 4 — a TCP echo server / Lição 4 — um servidor TCP de eco (socketserver).
+
+EN: After the course's aulas 4-6 (the course names `socketserver` as the way to write TCP servers).
+A TCP server *listens* on a port; each client that connects gets a connection of its own (the
+kernel's accept()), a private byte stream in both directions. socketserver does the accept() loop
+for us and calls our handler once per connection; ThreadingTCPServer runs each handler in its own
+thread, so a slow client does not hold up the others. The handler reads what arrives and writes it
+straight back (the echo service of RFC 862) until the client closes its side.
+
+PT: Depois das aulas 4-6 do curso (o curso cita `socketserver` para escrever servidores TCP).
+Um servidor TCP *escuta* numa porta; cada cliente que se conecta ganha uma conexão só sua (o
+accept() do kernel), um fluxo de bytes privado nos dois sentidos. O socketserver faz o laço de
+accept() por nós e chama o nosso handler uma vez por conexão; o ThreadingTCPServer roda cada
+handler numa thread própria, então um cliente lento não atrasa os outros. O handler lê o que chega
+e devolve na hora (o serviço de eco da RFC 862) até o cliente fechar o lado dele.
+
+    python -m lab.lessons.tcp_server --port 7007 [--lang pt]
+    (in another terminal / em outro terminal)  python -m lab.lessons.tcp_client 127.0.0.1 7007 "olá"
+"""
+
+import argparse
+import contextlib
+import errno
+import ipaddress
+import os
+import socket
+import socketserver
+import sys
+import threading
+
+# EN: the most we hold per client: read 4 KiB, echo it, only then read more.
+# PT: o máximo que guardamos por cliente: lê 4 KiB, ecoa, só então lê mais.
+BUFFER_SIZE = 4096
+# EN: one thread per client, and threads are not free: we cap them.
+# PT: uma thread por cliente, e threads custam memória: limitamos.
+MAX_CLIENTS = 64
+# EN: seconds a client may send nothing, or read nothing, before we close it.
+# PT: segundos que um cliente pode ficar sem enviar, ou sem ler, antes de o fecharmos.
+IDLE_TIMEOUT = 60.0
+
+MESSAGES = {
+    "en": {
+        "description": "A TCP echo server (socketserver): every client gets its bytes back.",
+        "host": "address to listen on (default 127.0.0.1, this machine only)",
+        "port": "TCP port (0 = any free one)",
+        "lang": "language of the messages: en or pt (default: from LANG)",
+        "listening": "TCP echo server listening on {host}:{port} (Ctrl-C to stop)",
+        "exposed": "{prog}: warning: listening on {host}, not loopback: other machines can reach this server",
+        "in_use": "{prog}: cannot listen on {host}:{port}: the port is already in use (pick another --port)",
+        "cannot_listen": "{prog}: cannot listen on {host}:{port}: {error}",
+        "connected": "client {client} connected",
+        "closed": "client {client} gone ({count} bytes echoed)",
+        "full": "client {client} refused: already {max} clients",
+        "stopped": "server stopped",
+        "bad_port": "port must be 0..65535, got {port}",
+    },
+    "pt": {
+        "description": "Um servidor TCP de eco (socketserver): cada cliente recebe seus bytes de volta.",
+        "host": "endereço onde escutar (padrão 127.0.0.1, só esta máquina)",
+        "port": "porta TCP (0 = qualquer uma livre)",
+        "lang": "idioma das mensagens: en ou pt (padrão: conforme LANG)",
+        "listening": "Servidor TCP de eco ouvindo em {host}:{port} (Ctrl-C para parar)",
+        "exposed": "{prog}: aviso: ouvindo em {host}, que não é loopback: outras máquinas alcançam "
+                   "este servidor",
+        "in_use": "{prog}: não foi possível ouvir em {host}:{port}: a porta já está em uso "
+                  "(escolha outra --port)",
+        "cannot_listen": "{prog}: não foi possível ouvir em {host}:{port}: {error}",
+        "connected": "cliente {client} conectado",
+        "closed": "cliente {client} saiu ({count} bytes ecoados)",
+        "full": "cliente {client} recusado: já há {max} clientes",
+        "stopped": "servidor parado",
+        "bad_port": "a porta deve estar entre 0 e 65535, não {port}",
+    },
+}
+
+
+def pick_language(argv: list[str]) -> str:
+    """EN: "pt" or "en": `--lang` if given, else the locale variables (as gettext reads them).
+
+    PT: "pt" ou "en": `--lang` se houver, senão as variáveis de idioma (na ordem do gettext).
+    """
+    for i, arg in enumerate(argv):
+        if arg.startswith("--lang="):
+            return arg.split("=", 1)[1]
+        if arg == "--lang" and i + 1 < len(argv):
+            return argv[i + 1]
+    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        if os.environ.get(name):
+            return "pt" if os.environ[name].lower().startswith("pt") else "en"
+    return "en"
+
+
+class EchoHandler(socketserver.StreamRequestHandler):
+    """EN: Called once per connection, in its own thread; self.request is the client's socket.
+
+    PT: Chamado uma vez por conexão, na sua própria thread; self.request é o soquete do cliente.
+    """
+
+    def setup(self) -> None:
+        # EN: StreamRequestHandler puts this timeout on the socket: a client silent too long,
+        #     or one that never reads our echo, ends with TimeoutError instead of blocking forever.
+        # PT: o StreamRequestHandler põe este timeout no soquete: um cliente calado por muito tempo,
+        #     ou que nunca lê o eco, termina com TimeoutError em vez de bloquear para sempre.
+        self.timeout = self.server.idle_timeout  # type: ignore[attr-defined]
+        super().setup()  # EN: makes self.rfile / self.wfile: the stream as files  PT: o fluxo como arquivos
+
+    def handle(self) -> None:
+        """EN: Echo until the client closes its side. PT: Ecoa até o cliente fechar o lado dele."""
+        echoed = 0
+        self.client = "{}:{}".format(*self.client_address[:2])
+        self.server.log("connected", client=self.client)  # type: ignore[attr-defined]
+        try:
+            while True:
+                # EN: read1 returns what has arrived, at most BUFFER_SIZE bytes: a stream has no
+                #     messages, so this may be part of what the client sent, or several sends at once.
+                # PT: read1 devolve o que já chegou, no máximo BUFFER_SIZE bytes: um fluxo não tem
+                #     mensagens, então pode ser parte do que o cliente enviou, ou vários envios juntos.
+                data = self.rfile.read1(BUFFER_SIZE)
+                if not data:
+                    # EN: b"": the client closed (or half-closed) its side: nothing more will come.
+                    # PT: b"": o cliente fechou (ou meio-fechou) o lado dele: não virá mais nada.
+                    break
+                # EN: write() on wfile sends it all (like sendall()); if the client does not read,
+                #     this waits (TCP flow control) and we read nothing more: memory stays bounded.
+                # PT: write() no wfile envia tudo (como sendall()); se o cliente não lê, isto espera
+                #     (controle de fluxo do TCP) e não lemos mais nada: a memória fica limitada.
+                self.wfile.write(data)
+                echoed += len(data)
+        except OSError:
+            # EN: reset by the client, timed out, or closed by server_close(): just end this client.
+            # PT: conexão resetada pelo cliente, timeout, ou fechada pelo server_close(): só encerra.
+            pass
+        self.server.log("closed", client=self.client, count=echoed)  # type: ignore[attr-defined]
+        # EN: after handle() returns, socketserver closes the connection (our side of it).
+        # PT: quando handle() retorna, o socketserver fecha a conexão (o nosso lado dela).
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """EN: The listening socket plus accept() in a loop, one thread per client, at most MAX_CLIENTS.
+
+    PT: O soquete que escuta mais o accept() em laço, uma thread por cliente, no máximo MAX_CLIENTS.
+    """
+
+    # EN: restart at once after Ctrl-C (old connections in TIME_WAIT do not block the port);
+    #     a port another server is listening on is still refused.
+    # PT: reinicia na hora após Ctrl-C (conexões antigas em TIME_WAIT não prendem a porta);
+    #     uma porta onde outro servidor escuta continua recusada.
+    allow_reuse_address = True
+    # EN: server_close() waits for every client thread to end (we close their sockets first).
+    # PT: server_close() espera todas as threads de clientes terminarem (fechamos os soquetes antes).
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(self, address: tuple, max_clients: int = MAX_CLIENTS,
+                 idle_timeout: float = IDLE_TIMEOUT, lang: str = "en", verbose: bool = False) -> None:
+        # EN: IPv6 addresses ("::1") need an IPv6 socket. PT: endereços IPv6 ("::1") pedem um soquete IPv6.
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.max_clients, self.idle_timeout = max_clients, idle_timeout
+        self.lang, self.verbose = lang, verbose
+        self.clients: set[socket.socket] = set()
+        self.lock = threading.Lock()  # EN: threads share self.clients  PT: as threads dividem self.clients
+        super().__init__(address, EchoHandler)  # EN: socket(), bind(), listen()  PT: idem
+
+    def log(self, key: str, **values: object) -> None:
+        """EN: One line per event, when verbose. PT: Uma linha por evento, se verbose."""
+        if self.verbose:
+            print(MESSAGES[self.lang][key].format(**values), flush=True)
+
+    def verify_request(self, request, client_address) -> bool:  # type: ignore[no-untyped-def]
+        """EN: Called right after accept(): False closes the connection at once (too many clients).
+
+        PT: Chamado logo após o accept(): False fecha a conexão na hora (clientes demais).
+        """
+        with self.lock:
+            if len(self.clients) >= self.max_clients:
+                self.log("full", client="{}:{}".format(*client_address[:2]), max=self.max_clients)
+                return False
+            self.clients.add(request)
+            return True
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        """EN: Runs in the client's thread: the handler, then the connection is closed.
+
+        PT: Roda na thread do cliente: o handler, depois a conexão é fechada.
+        """
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.lock:
+                self.clients.discard(request)
+
+    def server_close(self) -> None:
+        """EN: Stop listening, end every client's connection, wait for their threads.
+
+        PT: Para de escutar, encerra a conexão de cada cliente, espera as threads deles.
+        """
+        self.socket.close()
+        with self.lock:
+            for client in self.clients:
+                # EN: wakes a thread blocked in read or write: it sees the end and returns.
+                # PT: acorda uma thread bloqueada lendo ou escrevendo: ela vê o fim e retorna.
+                with contextlib.suppress(OSError):  # EN/PT: already closed / já fechado
+                    client.shutdown(socket.SHUT_RDWR)
+        super().server_close()  # EN: joins the client threads  PT: espera (join) as threads dos clientes
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0, **options: object) -> EchoServer:
+    """EN: A server bound to host:port, listening (port 0: the system picks a free one).
+
+    PT: Um servidor ligado (bind) a host:port, escutando (porta 0: o sistema escolhe uma livre).
+    """
+    return EchoServer((host, port), **options)  # type: ignore[arg-type]
+
+
+def main(argv: list[str]) -> int:
+    """EN: `python -m lab.lessons.tcp_server --port N [--host H] [--lang pt]`: serve until Ctrl-C.
+
+    PT: `python -m lab.lessons.tcp_server --port N [--host H] [--lang pt]`: serve até o Ctrl-C.
+    """
+    prog = "tcp_server"
+    lang = pick_language(argv)
+    text = MESSAGES.get(lang, MESSAGES["en"])
+    parser = argparse.ArgumentParser(prog="python -m lab.lessons.tcp_server", description=text["description"],
+                                     allow_abbrev=False)
+    parser.add_argument("--host", default="127.0.0.1", help=text["host"])
+    parser.add_argument("--port", type=int, required=True, help=text["port"])
+    parser.add_argument("--lang", choices=["en", "pt"], help=text["lang"])
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:  # EN: ports are 16 bits  PT: portas têm 16 bits
+        parser.error(text["bad_port"].format(port=args.port))
+    try:
+        server = make_server(args.host, args.port, lang=lang, verbose=True)
+    except OSError as exc:
+        key = "in_use" if exc.errno == errno.EADDRINUSE else "cannot_listen"
+        print(text[key].format(prog=prog, host=args.host, port=args.port, error=exc.strerror or exc),
+              file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    ip = ipaddress.ip_address(host)
+    if not (ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")):
+        # EN: anyone on the network could use this server (198.18/15 is only the lab's link).
+        # PT: qualquer um na rede poderia usar este servidor (198.18/15 é só o enlace do lab).
+        print(text["exposed"].format(prog=prog, host=host), file=sys.stderr, flush=True)
+    print(text["listening"].format(host=host, port=port), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)  # EN: the accept() loop  PT: o laço de accept()
+    except KeyboardInterrupt:
+        # EN: Ctrl-C: a normal way to stop a server, not an error. PT: Ctrl-C: jeito normal de parar.
+        pass
+    finally:
+        server.server_close()
+    print(text["stopped"], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
