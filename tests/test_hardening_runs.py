@@ -263,6 +263,7 @@ def test_defect_6_folder_of_another_user_refused_before_measuring(request, monke
         try:
             os.close(read_end)
             sys.stderr = os.fdopen(write_end, "w", buffering=1)  # pytest captured the real one
+            os.environ["WIRELAB_USERNS"] = "off"  # this process, as it is (a re-exec would lose the patch)
             os.setgroups([])
             os.setgid(65534)
             os.setuid(65534)

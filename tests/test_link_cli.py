@@ -138,11 +138,13 @@ def test_lab_link_help_teaches() -> None:
     ("-sys_admin", "CAP_SYS_ADMIN"),  # what `setcap cap_net_admin` alone would give
 ])
 def test_lab_link_without_privileges_is_one_line_naming_what_is_missing(dropped: str, named: str) -> None:
-    """Without the capabilities a link needs: one `lab: error:` line naming them, exit 2, nothing left."""
+    """Without the capabilities a link needs (and without user namespaces to get them in: those
+    are tested in test_userns.py): one `lab: error:` line naming them, exit 2, nothing left."""
     name = f"c{secrets.token_hex(3)}"
     done = subprocess.run(["setpriv", f"--inh-caps={dropped}", f"--bounding-set={dropped}", sys.executable,
                            "-m", "lab", "link", "--name", name, "--loss", "5%"],
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "WIRELAB_USERNS": "off"})
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("lab: error:") and named in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
