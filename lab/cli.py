@@ -9,14 +9,16 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from lab.errors import LabError
+from lab.i18n import N_
 
 app = typer.Typer(
     name="lab",
-    help=(
+    help=N_(
         "wirelab: put TCP and UDP side by side on real sockets.\n\n"
         "Start with `lab demo` (the classroom demo: TCP vs UDP over the same lossy link), or\n"
         "`lab serve both` in one terminal and `lab send udp 127.0.0.1 7007` in another."
@@ -55,53 +57,54 @@ class Direction(StrEnum):
     reverse = "reverse"
 
 
-PORT = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535, help="Port (0 = any free).")
+PORT = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535, help=N_("Port (0 = any free)."))
+# Read by `main` before the command line is parsed (help texts too are in this language); the
+# commands only declare it so that it shows in their --help.
+LANG = typer.Option(None, "--lang", metavar="en|pt", help=N_(
+    "Language of the output: en or pt (default: from LANG, e.g. LANG=pt_BR.UTF-8)."))
 
 
-@app.command()
+@app.command(help=N_(
+    "Run RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram.\n\n"
+    "Any echo client works against them (nc, socat, `lab send`). Ctrl-C prints a stats line.\n\n"
+    "Example: lab serve both --port 7007   then   nc 127.0.0.1 7007"
+))
 def serve(
-    which: ServeWhich = typer.Argument(..., help="tcp, udp, or both (same port number)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    which: ServeWhich = typer.Argument(..., help=N_("tcp, udp, or both (same port number).")),
+    host: str = typer.Option("127.0.0.1", help=N_("Address to listen on (loopback by default).")),
     port: int = PORT,
-    max_conns: int = typer.Option(256, min=1, max=100_000, help="TCP connections at once; "
-                                  "when full, the longest-idle one is closed to make room."),
-    idle_timeout: float = typer.Option(60.0, min=0.0, max=86_400.0, help="Close a TCP "
-                                       "connection idle this many seconds (0 = never)."),
-    max_datagram: int = typer.Option(65507, min=0, max=65507, help="Largest UDP datagram echoed."),
-    udp_rate_limit: float = typer.Option(100_000.0, min=0.0, max=1e9, help="UDP answers per second "
-                                         "per source address, beyond it datagrams go unanswered "
-                                         "(0 = no limit)."),
+    max_conns: int = typer.Option(256, min=1, max=100_000, help=N_(
+        "TCP connections at once; when full, the longest-idle one is closed to make room.")),
+    idle_timeout: float = typer.Option(60.0, min=0.0, max=86_400.0, help=N_(
+        "Close a TCP connection idle this many seconds (0 = never).")),
+    max_datagram: int = typer.Option(65507, min=0, max=65507, help=N_("Largest UDP datagram echoed.")),
+    udp_rate_limit: float = typer.Option(100_000.0, min=0.0, max=1e9, help=N_(
+        "UDP answers per second per source address, beyond it datagrams go unanswered (0 = no limit).")),
+    lang: str | None = LANG,
 ) -> None:
-    """Run RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram.
-
-    Any echo client works against them (nc, socat, `lab send`). Ctrl-C prints a stats line.
-
-    Example: lab serve both --port 7007   then   nc 127.0.0.1 7007
-    """
     from lab.endpoints.server import serve_command
 
     raise typer.Exit(serve_command(which.value, host, port, max_conns, idle_timeout, max_datagram,
                                    udp_rate_limit=udp_rate_limit))
 
 
-@app.command()
+@app.command(help=N_(
+    "Measure RTT, loss, jitter, reordering against any echo server (ours, socat, ...).\n\n"
+    "Example: lab send udp 127.0.0.1 7007 --count 1000 --rate 500"
+))
 def send(
-    protocol: Proto = typer.Argument(..., help="tcp or udp."),
-    host: str = typer.Argument(..., help="Echo server address, e.g. 127.0.0.1."),
-    port: int = typer.Argument(..., min=1, max=65535, help="Echo server port."),
-    count: int = typer.Option(100, "--count", "-c", min=1, max=10_000_000, help="Probes to send."),
+    protocol: Proto = typer.Argument(..., help=N_("tcp or udp.")),
+    host: str = typer.Argument(..., help=N_("Echo server address, e.g. 127.0.0.1.")),
+    port: int = typer.Argument(..., min=1, max=65535, help=N_("Echo server port.")),
+    count: int = typer.Option(100, "--count", "-c", min=1, max=10_000_000, help=N_("Probes to send.")),
     size: int = typer.Option(64, "--size", "-s", min=32, max=65507,
-                             help="Bytes per probe on the wire (32-byte header + payload)."),
-    rate: float | None = typer.Option(None, "--rate", "-r", help="Probes/s, paced open loop "
-                                      "(default: ping-pong, one in flight)."),
-    timeout: float = typer.Option(1.0, "--timeout", "-t", help="Seconds before a probe counts "
-                                  "as lost."),
-    as_json: bool = typer.Option(False, "--json", help="Print one result object as JSON."),
+                             help=N_("Bytes per probe on the wire (32-byte header + payload).")),
+    rate: float | None = typer.Option(None, "--rate", "-r", help=N_(
+        "Probes/s, paced open loop (default: ping-pong, one in flight).")),
+    timeout: float = typer.Option(1.0, "--timeout", "-t", help=N_("Seconds before a probe counts as lost.")),
+    as_json: bool = typer.Option(False, "--json", help=N_("Print one result object as JSON.")),
+    lang: str | None = LANG,
 ) -> None:
-    """Measure RTT, loss, jitter, reordering against any echo server (ours, socat, ...).
-
-    Example: lab send udp 127.0.0.1 7007 --count 1000 --rate 500
-    """
     from lab.endpoints.client import send_command
     from lab.records import TrafficPlan
 
@@ -195,52 +198,56 @@ def cleanup() -> None:
     typer.echo(f"{len(removed)} leftover(s) removed")
 
 
-@app.command()
+@app.command(help=N_(
+    "Run a scenario: TCP and UDP over the same link, then result.json, report.html, report.md."
+))
 def run(
-    scenario: Path = typer.Argument(..., help="Scenario file (scenarios/*.toml)."),
-    out: Path | None = typer.Option(None, help="Output directory (default reports/NAME)."),
-    seed: int | None = typer.Option(None, help="Override the scenario's seed."),
-    capture: bool = typer.Option(False, help="Also write DIR/link.pcapng."),
+    scenario: Path = typer.Argument(..., help=N_("Scenario file (scenarios/*.toml).")),
+    out: Path | None = typer.Option(None, help=N_("Output directory (default reports/NAME).")),
+    seed: int | None = typer.Option(None, help=N_("Override the scenario's seed.")),
+    capture: bool = typer.Option(False, help=N_("Also write DIR/link.pcapng.")),
+    lang: str | None = LANG,
 ) -> None:
-    """Run a scenario: TCP and UDP over the same link, then result.json, report.html, report.md."""
     from lab.runner import run_command
 
     raise typer.Exit(run_command(scenario, out, seed, capture))
 
 
-@app.command()
+@app.command(help=N_(
+    "The classroom demo: TCP vs UDP over the same lossy, slow link, with a report (<1 min).\n\n"
+    "Any impairment option answers \"what if...?\" on the spot, keeping the rest of the demo's link.\n\n"
+    "\b\n"
+    "Examples:\n"
+    "  lab demo                          10 % loss and 20 ms delay each way\n"
+    "  lab demo --loss 30% --delay 50ms  what if the link were much worse?\n"
+    "  lab demo --loss 0% --jitter 5ms   no loss, but reordering: does TCP care?\n"
+    "  lab demo --live                   watch every probe arrive (or not)\n"
+    "  lab demo --lang pt                in Portuguese"
+))
 def demo(
-    out: Path = typer.Option(Path("reports/demo"), help="Output directory."),
-    loss: str | None = typer.Option(None, help="What if the loss were... e.g. 30% (demo: 10%), or "
-                                    "'gemodel 1% 30%' for bursts."),
-    delay: str | None = typer.Option(None, help="One-way delay, e.g. 50ms (demo: 20ms; 0ms for none)."),
-    jitter: str | None = typer.Option(None, help="Delay jitter, e.g. 10ms (reorders packets)."),
-    reorder: str | None = typer.Option(None, help="Share sent at once while others wait, e.g. 10%."),
-    duplicate: str | None = typer.Option(None, help="Duplication probability, e.g. 5%."),
-    corrupt: str | None = typer.Option(None, help="One flipped bit per packet with this probability, "
-                                       "e.g. 1%."),
-    rate: str | None = typer.Option(None, help="Link rate limit, e.g. 100kbit."),
-    limit: str | None = typer.Option(None, help="Packets the link queue holds (with --rate)."),
-    direction: Direction | None = typer.Option(None, help="Which way the impairment applies."),
-    seed: int | None = typer.Option(None, help="Seed of the link's decisions (demo: 1)."),
-    live: bool = typer.Option(False, "--live", help="Draw every probe's fate as it happens: UDP's "
-                              "gaps and TCP's stalls appear on one shared RTT scale."),
-    capture: bool = typer.Option(False, "--capture", help="Also write OUT/link.pcapng (Wireshark; "
-                                 "each packet's comment says what the link did; needs the real link)."),
-    slides: bool = typer.Option(False, "--slides", help="Also write projector-sized figures "
-                                "(OUT/slides/)."),
+    out: Path = typer.Option(Path("reports/demo"), help=N_("Output directory.")),
+    loss: str | None = typer.Option(None, help=N_(
+        "What if the loss were... e.g. 30% (demo: 10%), or 'gemodel 1% 30%' for bursts.")),
+    delay: str | None = typer.Option(None, help=N_("One-way delay, e.g. 50ms (demo: 20ms; 0ms for none).")),
+    jitter: str | None = typer.Option(None, help=N_("Delay jitter, e.g. 10ms (reorders packets).")),
+    reorder: str | None = typer.Option(None, help=N_("Share sent at once while others wait, e.g. 10%.")),
+    duplicate: str | None = typer.Option(None, help=N_("Duplication probability, e.g. 5%.")),
+    corrupt: str | None = typer.Option(None, help=N_(
+        "One flipped bit per packet with this probability, e.g. 1%.")),
+    rate: str | None = typer.Option(None, help=N_("Link rate limit, e.g. 100kbit.")),
+    limit: str | None = typer.Option(None, help=N_("Packets the link queue holds (with --rate).")),
+    direction: Direction | None = typer.Option(None, help=N_("Which way the impairment applies.")),
+    seed: int | None = typer.Option(None, help=N_("Seed of the link's decisions (demo: 1).")),
+    live: bool = typer.Option(False, "--live", help=N_(
+        "Draw every probe's fate as it happens: UDP's gaps and TCP's stalls appear on one shared RTT "
+        "scale.")),
+    capture: bool = typer.Option(False, "--capture", help=N_(
+        "Also write OUT/link.pcapng (Wireshark; each packet's comment says what the link did; needs the "
+        "real link).")),
+    slides: bool = typer.Option(False, "--slides", help=N_(
+        "Also write projector-sized figures (OUT/slides/).")),
+    lang: str | None = LANG,
 ) -> None:
-    """The classroom demo: TCP vs UDP over the same lossy, slow link, with a report (<1 min).
-
-    Any impairment option answers "what if...?" on the spot, keeping the rest of the demo's link.
-
-    \b
-    Examples:
-      lab demo                          10 % loss and 20 ms delay each way
-      lab demo --loss 30% --delay 50ms  what if the link were much worse?
-      lab demo --loss 0% --jitter 5ms   no loss, but reordering: does TCP care?
-      lab demo --live                   watch every probe arrive (or not)
-    """
     from lab.runner import demo_command
 
     link = {
@@ -275,30 +282,63 @@ def probe(
     )
 
 
-@app.command()
+@app.command(help=N_("Re-render report.html and report.md from DIR/result.json."))
 def report(
-    directory: Path = typer.Argument(..., help="A run directory holding result.json."),
-    slides: bool = typer.Option(
-        False, "--slides", help="Also write each plot as a 16:9 PNG and SVG with large text, and one "
-        "combined story figure (latency, arrivals, loss), in DIR/slides/."
-    ),
+    directory: Path = typer.Argument(..., help=N_("A run directory holding result.json.")),
+    slides: bool = typer.Option(False, "--slides", help=N_(
+        "Also write each plot as a 16:9 PNG and SVG with large text, and one combined story figure "
+        "(latency, arrivals, loss), in DIR/slides/.")),
+    lang: str | None = LANG,
 ) -> None:
-    """Re-render report.html and report.md from DIR/result.json."""
     from lab.report import render_command
 
     raise typer.Exit(render_command(directory, slides=slides))
 
 
+def _choose_language(args: list[str]) -> None:
+    """`--lang X` (anywhere on the line) or LANG=pt_*: the language of everything that follows."""
+    from lab.i18n import set_language
+
+    chosen = None
+    for index, arg in enumerate(args):
+        if arg == "--lang" and index + 1 < len(args):
+            chosen = args[index + 1]
+        elif arg.startswith("--lang="):
+            chosen = arg.split("=", 1)[1]
+    set_language(chosen)
+
+
+def _translated(command: Any) -> Any:
+    """The click command tree with every help text in the chosen language."""
+    import typer.core
+
+    from lab.i18n import _
+
+    # typer's own words ("Options", "Arguments", "default: ...", "required") go through a module-level
+    # gettext `_`: point it at the lab's catalogue, which carries them (lab.i18n.HELP_WORDS).
+    if hasattr(typer.core, "_"):
+        typer.core._ = _
+    for cmd in [command, *getattr(command, "commands", {}).values()]:
+        if cmd.help:
+            cmd.help = _(cmd.help)
+        for param in cmd.params:
+            if getattr(param, "help", None):
+                param.help = _(param.help)
+    return command
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning user errors into one line and exit status 2."""
     try:
+        args = sys.argv[1:] if argv is None else list(argv)
+        _choose_language(args)
         from lab.userns import maybe_enter  # no root: demo/run/link/probe in namespaces of their own
 
-        outer = maybe_enter(sys.argv[1:] if argv is None else argv)
+        outer = maybe_enter(args)
         if outer is not None:
             sys.exit(outer)
         # Without standalone mode, click *returns* the code of a `typer.Exit` instead of raising it.
-        code = app(args=argv, standalone_mode=False)
+        code = _translated(typer.main.get_command(app))(args=args, standalone_mode=False, prog_name="lab")
         if isinstance(code, int) and code:
             sys.exit(code)
     except typer.Exit as exc:

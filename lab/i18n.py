@@ -90,3 +90,7 @@ def compile_po(po: Path) -> bytes:
     out = io.BytesIO()
     write_mo(out, catalog)
     return out.getvalue()
+
+
+# typer's own words in every --help page (see lab.cli._translated), marked here for extraction.
+HELP_WORDS = (N_("Options"), N_("Arguments"), N_("Commands"), N_("default: {default}"), N_("required"))
