@@ -201,13 +201,14 @@ def accept(listener: socket.socket, clients: dict, max_clients: int, say: Callab
     """
     try:
         sock, address = listener.accept()
-    except (BlockingIOError, ConnectionAbortedError):
-        return  # EN: it gave up before we got to it  PT: ele desistiu antes de chegarmos
     except OSError as exc:
+        # EN: the client gave up before we got to it, or we are out of file descriptors (then wait
+        #     a little, instead of trying again at once): either way, keep serving the others.
+        # PT: o cliente desistiu antes de chegarmos, ou acabaram os descritores de arquivo (então
+        #     esperamos um pouco, em vez de tentar de novo na hora): seguimos atendendo os outros.
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            time.sleep(TICK)  # EN: out of file descriptors: wait a bit  PT: sem descritores: espera um pouco
-            return
-        raise
+            time.sleep(TICK)
+        return
     if len(clients) >= max_clients:
         say("full", client="{}:{}".format(*address[:2]), max=max_clients)
         sock.close()  # EN: the client sees the connection end at once  PT: o cliente vê a conexão acabar
@@ -246,12 +247,13 @@ def main(argv: list[str]) -> int:
         # EN: anyone on the network could use this server (198.18/15 is only the lab's link).
         # PT: qualquer um na rede poderia usar este servidor (198.18/15 é só o enlace do lab).
         print(text["exposed"].format(prog=prog, host=host), file=sys.stderr, flush=True)
-    print(text["listening"].format(host=host, port=port), flush=True)
 
     def log(key: str, **values: object) -> None:
         print(text[key].format(**values), flush=True)
 
     try:
+        # EN: from here on, Ctrl-C is a clean stop. PT: daqui em diante, Ctrl-C é uma parada limpa.
+        print(text["listening"].format(host=host, port=port), flush=True)
         serve(listener, log=log)
     except KeyboardInterrupt:
         # EN: Ctrl-C: a normal way to stop a server, not an error. PT: Ctrl-C: jeito normal de parar.

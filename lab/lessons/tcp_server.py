@@ -146,6 +146,11 @@ class EchoServer(socketserver.ThreadingTCPServer):
     # PT: reinicia na hora após Ctrl-C (conexões antigas em TIME_WAIT não prendem a porta);
     #     uma porta onde outro servidor escuta continua recusada.
     allow_reuse_address = True
+    # EN: how many clients may wait in the kernel for accept() (socketserver's default is only 5:
+    #     more at once and the kernel drops their SYNs, so they wait 1 s, 3 s... to connect).
+    # PT: quantos clientes podem esperar no kernel pelo accept() (o padrão do socketserver é só 5:
+    #     mais que isso ao mesmo tempo e o kernel descarta os SYNs, e eles esperam 1 s, 3 s...).
+    request_queue_size = 128
     # EN: server_close() waits for every client thread to end (we close their sockets first).
     # PT: server_close() espera todas as threads de clientes terminarem (fechamos os soquetes antes).
     daemon_threads = False
@@ -241,8 +246,9 @@ def main(argv: list[str]) -> int:
         # EN: anyone on the network could use this server (198.18/15 is only the lab's link).
         # PT: qualquer um na rede poderia usar este servidor (198.18/15 é só o enlace do lab).
         print(text["exposed"].format(prog=prog, host=host), file=sys.stderr, flush=True)
-    print(text["listening"].format(host=host, port=port), flush=True)
     try:
+        # EN: from here on, Ctrl-C is a clean stop. PT: daqui em diante, Ctrl-C é uma parada limpa.
+        print(text["listening"].format(host=host, port=port), flush=True)
         server.serve_forever(poll_interval=0.2)  # EN: the accept() loop  PT: o laço de accept()
     except KeyboardInterrupt:
         # EN: Ctrl-C: a normal way to stop a server, not an error. PT: Ctrl-C: jeito normal de parar.

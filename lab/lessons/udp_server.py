@@ -145,8 +145,9 @@ def main(argv: list[str]) -> int:
         # EN: anyone on the network could use this server (198.18/15 is only the lab's link).
         # PT: qualquer um na rede poderia usar este servidor (198.18/15 é só o enlace do lab).
         print(text["exposed"].format(prog=prog, host=host), file=sys.stderr, flush=True)
-    print(text["listening"].format(host=host, port=port), flush=True)
     try:
+        # EN: from here on, Ctrl-C is a clean stop. PT: daqui em diante, Ctrl-C é uma parada limpa.
+        print(text["listening"].format(host=host, port=port), flush=True)
         serve(sock)
     except KeyboardInterrupt:
         # EN: Ctrl-C: a normal way to stop a server, not an error. PT: Ctrl-C: jeito normal de parar.
