@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError, ScenarioError
+from lab.i18n import _
 from lab.link.models import OPTION_KEYS
 from lab.records import Result, TrafficPlan
 
@@ -324,7 +325,7 @@ class _Parser:
         for point_id, combo in zip(ids, combos, strict=True):
             point_link = dict(link)
             point_traffic = dict(traffic)
-            for (_, (table, key), _), value in zip(sweep, combo, strict=True):
+            for (_name, (table, key), _values), value in zip(sweep, combo, strict=True):
                 (point_link if table == "link" else point_traffic)[key] = value
             where = f"[sweep] point {point_id}: " if sweep else ""
             plan = self.traffic_plan(point_traffic, where)
@@ -633,7 +634,8 @@ def evaluate(
             expectation=expectation,
             passed=False,
             measured=None,
-            message=f"{expectation.metric} was not measured (expected {expectation.describe()})",
+            message=_("{metric} was not measured (expected {expected})").format(
+                metric=expectation.metric, expected=expectation.describe()),
         )
     if expectation.kind == "equal":
         assert expectation.value is not None
@@ -642,7 +644,8 @@ def evaluate(
             expectation=expectation,
             passed=ok,
             measured=measured,
-            message=f"{expectation.metric} = {measured:g}, expected {expectation.value:g}",
+            message=_("{metric} = {measured}, expected {expected}").format(
+                metric=expectation.metric, measured=f"{measured:g}", expected=f"{expectation.value:g}"),
         )
     if expectation.kind == "range":
         ok = (expectation.min is None or measured >= expectation.min) and (
@@ -652,7 +655,8 @@ def evaluate(
             expectation=expectation,
             passed=ok,
             measured=measured,
-            message=f"{expectation.metric} = {measured:g}, expected {expectation.describe()}",
+            message=_("{metric} = {measured}, expected {expected}").format(
+                metric=expectation.metric, measured=f"{measured:g}", expected=expectation.describe()),
         )
     expected = data.get("expected_loss_ratio")
     if expected is None:
@@ -660,14 +664,15 @@ def evaluate(
             expectation=expectation,
             passed=False,
             measured=measured,
-            message=f"loss_ratio = {measured:g}, but the run has no expected_loss_ratio "
-            "(it did not go over an impaired link)",
+            message=_("loss_ratio = {measured}, but the run has no expected_loss_ratio (it did not go "
+                      "over an impaired link)").format(measured=f"{measured:g}"),
         )
-    label = "link's expected loss"
+    label = _("link's expected loss")
     if expectation.kind == "within_ci_fragments":
         k = fragments_per_datagram(int(data.get("size") or 0), mtu)
         expected = 1.0 - (1.0 - expected) ** k
-        label = f"1-(1-{data['expected_loss_ratio']:.4f})^{k} for {k} fragments/datagram at MTU {mtu}"
+        label = _("1-(1-{loss})^{k} for {k} fragments/datagram at MTU {mtu}").format(
+            loss=f"{data['expected_loss_ratio']:.4f}", k=k, mtu=mtu)
     lo, hi = loss_interval(expected, int(data.get("sent") or 0))
     ok = lo <= measured <= hi
     return Check(
@@ -677,10 +682,10 @@ def evaluate(
         interval=(lo, hi),
         expected=expected,
         expected_label=label,
-        message=(
-            f"loss_ratio = {measured:.4f} ({data.get('lost')}/{data.get('sent')}), {label} = "
-            f"{expected:.4f}, {CI_CONFIDENCE:.0%} interval [{lo:.4f}, {hi:.4f}]"
-        ),
+        message=_("loss_ratio = {measured} ({lost}/{sent}), {label} = {expected}, {confidence} interval "
+                  "[{lo}, {hi}]").format(
+            measured=f"{measured:.4f}", lost=data.get("lost"), sent=data.get("sent"), label=label,
+            expected=f"{expected:.4f}", confidence=f"{CI_CONFIDENCE:.0%}", lo=f"{lo:.4f}", hi=f"{hi:.4f}"),
     )
 
 
