@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lab import i18n
+from lab.i18n import _
 from lab.report.summary import (
     counters_rows,
     interrupted_by,
@@ -23,11 +25,14 @@ TEMPLATE = "report.html.j2"
 
 def _traffic_description(point: Mapping[str, Any]) -> str:
     t = point.get("traffic") or {}
-    pace = f"{t['rate']:g}/s open loop" if t.get("rate") else "ping-pong"
-    streams = f", {t['streams']} streams" if t.get("streams", 1) > 1 else ""
-    return (
-        f"{t.get('count', '?')} × {t.get('size', '?')} B, {pace}, timeout {t.get('timeout', '?')} s{streams}"
-    )
+    pace = _("{rate}/s open loop").format(rate=f"{t['rate']:g}") if t.get("rate") else _("ping-pong")
+    fields = {"count": t.get("count", "?"), "size": t.get("size", "?"), "pace": pace}
+    fields["timeout"] = t.get("timeout", "?")
+    if t.get("streams", 1) > 1:
+        return _("{count} × {size} B, {pace}, timeout {timeout} s, {streams} streams").format(
+            streams=t["streams"], **fields
+        )
+    return _("{count} × {size} B, {pace}, timeout {timeout} s").format(**fields)
 
 
 def _flat_environment(env: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -50,6 +55,9 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         trim_blocks=False,
         undefined=jinja2.StrictUndefined,
     )
+    # The page's text through lab.i18n: `{{ _("...") }}` and `{% trans %}` in the template.
+    env.add_extension("jinja2.ext.i18n")
+    env.install_gettext_callables(gettext=i18n._, ngettext=i18n.ngettext, newstyle=True)
     protocols = protocols_of(payload)
     points = payload.get("points", [])
     tables = []
@@ -71,6 +79,7 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     # The template gets only values computed here, each present: a key a (valid) result.json may
     # leave out must not reach jinja2's StrictUndefined.
     return env.get_template(TEMPLATE).render(
+        lang=i18n.language(),
         scenario={"name": scenario.get("name", "?"), "description": scenario.get("description", "")},
         protocols=protocols,
         seed=payload.get("seed"),
@@ -98,11 +107,14 @@ PLOT_NAMES = ("latency_cdf", "loss", "timeline", "reordering", "goodput", "retra
 def _atlas_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """One atlas case with every column the template shows (older or edited rows may lack some)."""
     expected = row.get("expected_verdict") or ""
+    if not isinstance(expected, str):  # several verdicts would do
+        either = " " + _("or") + " "
+        expected = either.join(map(str, expected))
     return {
         "name": str(row.get("name", "?")),
         "layer": str(row.get("layer", "")),
         "defect": str(row.get("defect", "")),
-        "expected_verdict": expected if isinstance(expected, str) else " or ".join(map(str, expected)),
+        "expected_verdict": expected,
         "verdict": str(row.get("verdict", "")),
         "evidence": str(row.get("evidence") or ""),
         "matches_expected": bool(row.get("matches_expected")),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lab.i18n import N_, _
 from lab.report.summary import (
     expected_loss,
     goodput_tells,
@@ -158,8 +159,8 @@ def _cdf_panel(ax: Any, point: Mapping[str, Any], protocols: list[str], style: S
         ys = [(i + 1) / sent for i in range(len(rtts))]  # lost probes keep the CDF below 1
         xs = [rtt * US_PER_MS / scale for rtt in rtts]  # timeline RTTs are in ms
         ax.step(xs, ys, where="post", color=color(proto, protocols), label=proto.upper(), linewidth=2)
-    ax.set_xlabel(f"round-trip time ({unit})")
-    ax.set_ylabel("share of probes answered")
+    ax.set_xlabel(_("round-trip time ({unit})").format(unit=unit))
+    ax.set_ylabel(_("share of probes answered"))
     ax.set_ylim(0, 1.02)
     if by_proto:
         ax.legend(loc="lower right")
@@ -174,7 +175,7 @@ def latency_cdf_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any
     for ax, point in zip(axes, points, strict=False):
         _cdf_panel(ax, point, protocols, style)
         _title(ax, point_label(point), style, min(style.columns, len(points)))
-    fig.suptitle("Latency CDF (a line that stops below 1: the rest were lost)")
+    fig.suptitle(_("Latency CDF (a line that stops below 1: the rest were lost)"))
     fig.tight_layout()
     return fig
 
@@ -202,7 +203,7 @@ def _loss_panel(ax: Any, points: list[Mapping[str, Any]], protocols: list[str], 
             if source and predicted is not None:
                 ax.scatter(
                     [x], [100 * predicted], marker="D", color="#111", s=30 * style.marker, zorder=4,
-                    label=None if diamond_labelled else "prediction for this protocol",
+                    label=None if diamond_labelled else _("prediction for this protocol"),
                 )
                 diamond_labelled = True
                 top = max(top, 100 * predicted)
@@ -222,13 +223,13 @@ def _loss_panel(ax: Any, points: list[Mapping[str, Any]], protocols: list[str], 
             continue
         ax.hlines(
             100 * rate, j - 0.45, j + 0.45, colors=LINK_COLOR, linestyles="--", linewidth=2, zorder=3,
-            label=None if drop_labelled else "link round-trip drop rate",
+            label=None if drop_labelled else _("link round-trip drop rate"),
         )
         drop_labelled = True
         top = max(top, 100 * rate)
     ax.set_ylim(0, max(1.0, top) * 1.3)  # room for the labels above the tallest interval
     ax.set_xlim(-0.6, len(points) - 0.4)
-    ax.set_ylabel("probes lost (%)")
+    ax.set_ylabel(_("probes lost (%)"))
     ax.legend(loc="upper left")
 
 
@@ -241,7 +242,7 @@ def loss_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     ax = axes[0][0]
     _loss_panel(ax, points, protocols, style)
     _xticks(ax, points, style)
-    ax.set_title("Measured loss (bars, 95% interval) vs the link's round-trip drop rate (dashed)")
+    ax.set_title(_("Measured loss (bars, 95% interval) vs the link's round-trip drop rate (dashed)"))
     fig.tight_layout()
     return fig
 
@@ -253,10 +254,15 @@ def _stream_groups(
     streams = stream_count(result)
     if streams > 1:
         return [
-            (f"stream {n}", STREAM_COLORS[n % len(STREAM_COLORS)], STREAM_MARKERS[n % len(STREAM_MARKERS)], n)
+            (
+                _("stream {n}").format(n=n),
+                STREAM_COLORS[n % len(STREAM_COLORS)],
+                STREAM_MARKERS[n % len(STREAM_MARKERS)],
+                n,
+            )
             for n in range(streams)
         ]
-    return [("reply (at receive time)", color(proto, protocols), "o", None)]
+    return [(_("reply (at receive time)"), color(proto, protocols), "o", None)]
 
 
 def _arrivals_panel(
@@ -284,10 +290,10 @@ def _arrivals_panel(
                 color=shade if multi else "#222",
                 alpha=0.8,
                 linewidths=1,
-                label=None if multi else f"lost ({lost_total}, at send time)",
+                label=None if multi else _("lost ({count}, at send time)").format(count=lost_total),
             )
     if multi and lost_total:
-        label = f"lost ({lost_total}, at send time)"
+        label = _("lost ({count}, at send time)").format(count=lost_total)
         ax.scatter([], [], s=20 * style.marker, marker="x", color="#222", linewidths=1, label=label)
     if entries:
         ax.legend(loc="upper left", markerscale=2 if not multi else 1.5)
@@ -311,10 +317,11 @@ def _delays_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: lis
     notes = []
     if threshold:
         ax.axhline(threshold, color="#777", linestyle="--", linewidth=1)
-        notes.append(f"dashed: delayed (RTT > {threshold:.0f} ms)")
-        ax.set_title(f"{ax.get_title()}:\n{hol.get('blocked', 0)} held back by another stream")
+        notes.append(_("dashed: delayed (RTT > {threshold} ms)").format(threshold=f"{threshold:.0f}"))
+        held = _("{count} held back by another stream").format(count=hol.get("blocked", 0))
+        ax.set_title(f"{ax.get_title()}:\n{held}")
     if any(row[2] is None for row in entries):
-        notes.append("x: lost")
+        notes.append(_("x: lost"))
     if notes:
         ax.text(0.99, 0.97, " · ".join(notes), transform=ax.transAxes, ha="right", va="top")
     ax.set_ylim(0, top * 1.3)
@@ -342,17 +349,21 @@ def arrival_timeline_figure(payload: Mapping[str, Any], style: Style = REPORT) -
             result = by_proto.get(proto)
             if kind == "arrivals":
                 _title(ax, f"{point_label(point)} · {proto.upper()}", style, len(protocols))
-                ax.set_xlabel("time since start (s)")
-                ax.set_ylabel("sequence number")
+                ax.set_xlabel(_("time since start (s)"))
+                ax.set_ylabel(_("sequence number"))
             else:
-                _title(ax, f"{point_label(point)} · {proto.upper()} RTT per stream", style, len(protocols))
-                ax.set_xlabel("send time since start (s)")
-                ax.set_ylabel("RTT (ms)")
+                title = _("{point} · {protocol} RTT per stream").format(
+                    point=point_label(point), protocol=proto.upper()
+                )
+                _title(ax, title, style, len(protocols))
+                ax.set_xlabel(_("send time since start (s)"))
+                ax.set_ylabel(_("RTT (ms)"))
             if result is None:
-                ax.text(0.5, 0.5, "skipped", ha="center", va="center", transform=ax.transAxes, color="#999")
+                skipped = _("skipped")
+                ax.text(0.5, 0.5, skipped, ha="center", va="center", transform=ax.transAxes, color="#999")
                 continue
             (_arrivals_panel if kind == "arrivals" else _delays_panel)(ax, result, proto, protocols, style)
-    fig.suptitle("Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses")
+    fig.suptitle(_("Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses"))
     fig.tight_layout()
     return fig
 
@@ -399,18 +410,21 @@ def reordering_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
         in_order, overtaken = reorder_series(result)
         shade = color(proto, protocols)
         zoom = min(REORDER_ZOOM, len(in_order) + len(overtaken))
-        close.plot([0, zoom], [0, zoom], color="#999", linewidth=1, linestyle="--", label="in order")
+        close.plot([0, zoom], [0, zoom], color="#999", linewidth=1, linestyle="--", label=_("in order"))
         for series, marker, size, c, label in (
-            (in_order, "o", 12, shade, "not overtaken"),
-            (overtaken, "v", 40, "#000000", "overtaken: came after a later one"),
+            (in_order, "o", 12, shade, _("not overtaken")),
+            (overtaken, "v", 40, "#000000", _("overtaken: came after a later one")),
         ):
             near = [(x, y) for x, y in series if x < zoom]
             if near:
                 close.scatter(*zip(*near, strict=True), s=size * style.marker, marker=marker, color=c,
                               linewidths=0, label=label)
-        _title(close, f"{point_label(point)} · {proto.upper()}: first {zoom} probes", style)
-        close.set_xlabel("send order")
-        close.set_ylabel("arrival order")
+        first = _("{point} · {protocol}: first {count} probes").format(
+            point=point_label(point), protocol=proto.upper(), count=zoom
+        )
+        _title(close, first, style)
+        close.set_xlabel(_("send order"))
+        close.set_ylabel(_("arrival order"))
         close.legend(loc="upper left")
         for series, marker, size, c in ((in_order, "o", 5, shade), (overtaken, "v", 16, "#000000")):
             if series:
@@ -418,11 +432,13 @@ def reordering_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
                 ys = [y - x for x, y in series]
                 moved.scatter(xs, ys, s=size * style.marker, marker=marker, color=c, linewidths=0)
         moved.axhline(0, color="#999", linewidth=1, linestyle="--")
-        _title(moved, f"all {len(in_order) + len(overtaken)} probes: "
-               f"{result.get('reordered', 0)} reordered", style)
-        moved.set_xlabel("send order")
-        moved.set_ylabel("arrival place - send place")
-    fig.suptitle("Reordering: arrival order vs send order (marks off the diagonal were overtaken)")
+        every = _("all {count} probes: {reordered} reordered").format(
+            count=len(in_order) + len(overtaken), reordered=result.get("reordered", 0)
+        )
+        _title(moved, every, style)
+        moved.set_xlabel(_("send order"))
+        moved.set_ylabel(_("arrival place - send place"))
+    fig.suptitle(_("Reordering: arrival order vs send order (marks off the diagonal were overtaken)"))
     fig.tight_layout()
     return fig
 
@@ -444,8 +460,8 @@ def goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
                 ys.append((result.get("goodput_bps") or 0.0) / 1e3)
         ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=proto.upper())
     _xticks(ax, points, style)
-    ax.set_ylabel("goodput (kbit/s)")
-    ax.set_title("Goodput: bits of probes echoed back intact, per second")
+    ax.set_ylabel(_("goodput (kbit/s)"))
+    ax.set_title(_("Goodput: bits of probes echoed back intact, per second"))
     ax.legend()
     fig.tight_layout()
     return fig
@@ -474,30 +490,32 @@ def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) ->
     protocols = protocols_of(payload)
     fig, axes = _figure(plt, 1, 1, style)
     ax = axes[0][0]
-    series: list[tuple[str, str, list[int]]] = []
+    series: list[tuple[str, str, list[int], bool]] = []  # (label, colour, values, link?)
     for proto in protocols:
         values = [retransmits(results_by_protocol(p).get(proto) or {}) for p in points]
         if any(v is not None for v in values):
-            series.append((f"{proto.upper()} retransmits", color(proto, protocols), [v or 0 for v in values]))
+            label = _("{protocol} retransmits").format(protocol=proto.upper())
+            series.append((label, color(proto, protocols), [v or 0 for v in values], False))
         drops = [_link_total(results_by_protocol(p).get(proto) or {}, "drop") for p in points]
         if any(drops):
-            series.append((f"link drops during {proto.upper()}", color(proto, protocols), drops))
+            label = _("link drops during {protocol}").format(protocol=proto.upper())
+            series.append((label, color(proto, protocols), drops, True))
     width = min(0.3, 0.8 / max(1, len(series)))  # one series: a bar, not a wall
-    for i, (label, c, values) in enumerate(series):
+    for i, (label, c, values, link) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(points))]
-        hatch = "//" if label.startswith("link") else None
+        hatch = "//" if link else None
         heights = [float(v) for v in values]  # counters are Python ints of any size; numpy's are 64-bit
         bars = ax.bar(
             xs, heights, width=width * 0.9, color=c, alpha=0.45 if hatch else 0.9, hatch=hatch, label=label
         )
         ax.bar_label(bars, fmt="%d", padding=2)
     if not series:
-        no_data = "no retransmission or drop counters in this run"
+        no_data = _("no retransmission or drop counters in this run")
         ax.text(0.5, 0.5, no_data, ha="center", transform=ax.transAxes)
     _xticks(ax, points, style)
-    ax.set_ylabel("count")
+    ax.set_ylabel(_("count"))
     ax.margins(y=0.15)
-    ax.set_title("TCP retransmissions and packets the link dropped")
+    ax.set_title(_("TCP retransmissions and packets the link dropped"))
     if series:
         ax.legend(loc="upper left")
     fig.tight_layout()
@@ -512,7 +530,7 @@ def story_point(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return max(reversed(points), key=lambda p: link_drop_rate(p) or 0.0)
 
 
-STORY_TITLES = ("Latency", "Arrivals", "Loss")
+STORY_TITLES = (N_("Latency"), N_("Arrivals"), N_("Loss"))
 
 
 def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
@@ -535,9 +553,9 @@ def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
                                  label=proto.upper())
             if gone:
                 arrivals.scatter(*zip(*gone, strict=True), s=25 * style.marker, marker="x", color=shade,
-                                 linewidths=1.2, label=f"{proto.upper()} lost")
-        arrivals.set_xlabel("time (s)")
-        arrivals.set_ylabel("sequence number")
+                                 linewidths=1.2, label=_("{protocol} lost").format(protocol=proto.upper()))
+        arrivals.set_xlabel(_("time (s)"))
+        arrivals.set_ylabel(_("sequence number"))
         if arrivals.has_data():
             # below the axis: the data runs along the whole diagonal, no corner is free
             arrivals.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), markerscale=1.5)
@@ -545,8 +563,8 @@ def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
         lost.set_xticks([])
         lost.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02))  # below: clear of the labels
     for ax, title in zip((cdf, arrivals, lost), STORY_TITLES, strict=True):
-        ax.set_title(title)
-    fig.suptitle(point_label(point) if point else "nothing measured")
+        ax.set_title(_(title))
+    fig.suptitle(point_label(point) if point else _("nothing measured"))
     fig.tight_layout()
     return fig
 

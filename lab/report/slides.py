@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.i18n import _
 
 SLIDES_DIR = "slides"
 DPI = 150  # 13.33 x 7.5 in at 150 dpi: 2000 x 1125 px, sharp on a 1080p projector
@@ -31,7 +32,8 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LabError(f"{target}: cannot create the slides folder ({exc.strerror or exc})") from None
+        message = _("{path}: cannot create the slides folder ({reason})")
+        raise LabError(message.format(path=target, reason=exc.strerror or exc)) from None
     plt = _pyplot(SLIDE)
     written: list[Path] = []
     builders = [(name, FIGURES[name]) for name in figures_for(payload)] + [(STORY, story_figure)]
@@ -61,7 +63,8 @@ def _save(fig: Any, path: Path, ext: str) -> None:
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise LabError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        message = _("{path}: cannot write ({reason})")
+        raise LabError(message.format(path=path, reason=exc.strerror or exc)) from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
