@@ -371,23 +371,29 @@ def test_tcp_server_lessons_bound_a_client_that_never_reads(kind: str) -> None:
     """A client that writes and never reads stalls (the server stops reading it: bounded buffers,
     TCP flow control), others are served meanwhile, and it is closed after the idle timeout."""
     with lesson_tcp_server(kind, idle_timeout=1.0) as address, _connect(address) as hog:
-        hog.setblocking(False)
-        sent, chunk, stalled_since = 0, os.urandom(1 << 16), None
-        import time
-
-        while sent < 256 << 20:  # without backpressure the server would take all of it
-            try:
-                sent += hog.send(chunk)
-                stalled_since = None
-            except BlockingIOError:
-                stalled_since = stalled_since or time.monotonic()
-                if time.monotonic() - stalled_since > 0.3:
-                    break
-                time.sleep(0.01)
-        assert sent < 256 << 20, "the server kept reading a client that never reads"
+        assert _fill(hog) < 256 << 20, "the server kept reading a client that never reads"
         assert tcp_client.exchange(*address, b"served meanwhile") == b"served meanwhile"
         hog.setblocking(True)
         assert _closed_by_server(hog, 1.0 + 4.0), "a client stuck for longer than the idle timeout stays open"
+
+
+def _fill(hog: socket.socket, most: int = 256 << 20) -> int:
+    """Send without reading until the connection stalls for 0.3 s (or `most` bytes): bytes sent."""
+    import time
+
+    hog.setblocking(False)
+    sent, chunk, stalled_since = 0, os.urandom(1 << 16), None
+    while sent < most:  # without backpressure the server would take all of it
+        try:
+            sent += hog.send(chunk)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 0.3:
+                break
+            time.sleep(0.01)
+    hog.setblocking(True)
+    return sent
 
 
 @pytest.mark.parametrize("kind", TCP_SERVERS)
@@ -440,15 +446,17 @@ def lesson_program(module: str, *args: str, env: dict[str, str] | None = None,
 
 @pytest.mark.parametrize("module", TCP_SERVERS)
 def test_tcp_server_lesson_programs_stop_cleanly_on_ctrl_c(module: str) -> None:
-    """Ctrl-C with a client still connected: exit 0, no traceback, and the client sees the end."""
+    """Ctrl-C with a client still connected and one that never reads (its echo stuck in a full
+    send buffer): exit 0 at once, no traceback, and both clients see the end."""
     with lesson_program(module, env={"LANG": "C"}) as (proc, host, port, first):
         assert tcp_client.exchange(host, port, b"via the program") == b"via the program"
-        with _connect((host, port)) as waiting:
+        with _connect((host, port)) as waiting, _connect((host, port)) as hog:
             waiting.sendall(b"hi")
             assert _recv_exactly(waiting, 2) == b"hi"
+            _fill(hog)
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=PROGRAM_TIMEOUT)
-            assert _closed_by_server(waiting, 1.0)
+            assert _closed_by_server(waiting, 1.0) and _closed_by_server(hog, 1.0)
     assert proc.returncode == 0 and err == "", (out, err)
     lines = out.splitlines()
     assert lines[-1] == "server stopped" and any(re.fullmatch(r"client 127\.0\.0\.1:\d+ connected.*", line)
