@@ -134,6 +134,44 @@ def _title(ax: Any, text: str, style: Style, panels: int = 2) -> None:
     ax.set_title("\n".join(textwrap.wrap(text, chars)))
 
 
+def _layout(fig: Any) -> None:
+    """tight_layout, then any title or legend wider than the figure (Portuguese runs longer than
+    English) wrapped onto more lines until it fits; text that fits is left exactly as it is."""
+    import textwrap
+
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    left, right = fig.bbox.x0 - 1, fig.bbox.x1 + 1
+
+    def too_wide(artist: Any) -> bool:
+        box = artist.get_window_extent(renderer)
+        return bool(box.x0 < left or box.x1 > right)
+
+    def wrap(text: Any) -> bool:
+        words = text.get_text()
+        lines = words.count("\n") + 2
+        if lines > 4 or " " not in words:
+            return False
+        width = math.ceil(1.15 * len(words) / lines)  # some slack: words do not break evenly
+        text.set_text("\n".join(textwrap.wrap(words.replace("\n", " "), width)))
+        return True
+
+    titles = [*fig.texts, *(ax.title for ax in fig.axes)]
+    legends = [legend for legend in (ax.get_legend() for ax in fig.axes) if legend is not None]
+    for _attempt in range(3):
+        changed = False
+        for title in titles:
+            if title.get_visible() and title.get_text() and too_wide(title):
+                changed |= wrap(title)
+        for legend in legends:
+            if too_wide(legend):
+                longest = max(legend.get_texts(), key=lambda t: len(t.get_text()), default=None)
+                changed |= longest is not None and wrap(longest)
+        if not changed:
+            return
+        fig.tight_layout()
+
+
 def _xticks(ax: Any, points: list[Mapping[str, Any]], style: Style) -> None:
     labels = [point_label(p) for p in points]
     wide = len(points) > 3 or any(len(label) > 24 for label in labels) and len(points) > 1
@@ -176,7 +214,7 @@ def latency_cdf_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any
         _cdf_panel(ax, point, protocols, style)
         _title(ax, point_label(point), style, min(style.columns, len(points)))
     fig.suptitle(_("Latency CDF (a line that stops below 1: the rest were lost)"))
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -243,7 +281,7 @@ def loss_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     _loss_panel(ax, points, protocols, style)
     _xticks(ax, points, style)
     ax.set_title(_("Measured loss (bars, 95% interval) vs the link's round-trip drop rate (dashed)"))
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -364,7 +402,7 @@ def arrival_timeline_figure(payload: Mapping[str, Any], style: Style = REPORT) -
                 continue
             (_arrivals_panel if kind == "arrivals" else _delays_panel)(ax, result, proto, protocols, style)
     fig.suptitle(_("Arrival timeline: each dot is a reply; flat steps are stalls, crosses are losses"))
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -439,7 +477,7 @@ def reordering_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
         moved.set_xlabel(_("send order"))
         moved.set_ylabel(_("arrival place - send place"))
     fig.suptitle(_("Reordering: arrival order vs send order (marks off the diagonal were overtaken)"))
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -463,7 +501,7 @@ def goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     ax.set_ylabel(_("goodput (kbit/s)"))
     ax.set_title(_("Goodput: bits of probes echoed back intact, per second"))
     ax.legend()
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -518,7 +556,7 @@ def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) ->
     ax.set_title(_("TCP retransmissions and packets the link dropped"))
     if series:
         ax.legend(loc="upper left")
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -565,7 +603,7 @@ def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
     for ax, title in zip((cdf, arrivals, lost), STORY_TITLES, strict=True):
         ax.set_title(_(title))
     fig.suptitle(point_label(point) if point else _("nothing measured"))
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
