@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean cleanup messages
+.PHONY: demo test test-all bench lint clean cleanup messages screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,7 @@ messages: $(STAMP)
 		--project wirelab .
 	$(BIN)/pybabel -q update -i lab/locale/wirelab.pot -d lab/locale -D wirelab --no-fuzzy-matching
 	$(BIN)/pybabel -q compile -d lab/locale -D wirelab
+
+# The README's and docs/classroom.md's pictures, from real runs (needs chromium).
+screenshots: $(STAMP)
+	bash tools/screenshots.sh
