@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lab.i18n import _
 from lab.report.summary import (
     counters_rows,
     interrupted_by,
@@ -60,22 +61,22 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
     lines = [f"# {_text(scenario.get('name', '?'))}", ""]
     if scenario.get("description"):
         lines += [_paragraph(scenario["description"]), ""]
-    lines += [f"Seed {_text(payload.get('seed'))}, started {_text(payload.get('started_at', '?'))}.", ""]
+    started = _("Seed {seed}, started {started}.")
+    started = started.format(seed=_text(payload.get("seed")), started=_text(payload.get("started_at", "?")))
+    lines += [started, ""]
     if payload.get("interrupted"):
-        lines += [
-            f"**Interrupted ({_text(interrupted_by(payload))}): only the points measured before that are "
-            "shown.**",
-            "",
-        ]
-    lines += ["## What happened", ""]
+        banner = _("Interrupted ({signal}): only the points measured before that are shown.")
+        lines += [f"**{banner.format(signal=_text(interrupted_by(payload)))}**", ""]
+    lines += ["## " + _("What happened"), ""]
     for point_id, text in what_happened(payload):
         lines += [f"- **{_text(point_id)}**: {_text(text)}"]
     why = why_text(payload)
     if why:
         lines += ["", _paragraph(why)]
-    lines += ["", "## Summary", ""]
+    lines += ["", "## " + _("Summary"), ""]
     for point in payload.get("points", []):
-        lines += [f"### {_text(point_label(point))}", "", f"Link: {_text(link_description(point))}.", ""]
+        link = _("Link: {link}.").format(link=_text(link_description(point)))
+        lines += [f"### {_text(point_label(point))}", "", link, ""]
         drop_line = link_drop_line(point)
         if drop_line:
             lines += [_paragraph(drop_line) + ".", ""]
@@ -84,15 +85,16 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         lines.append("")
         for proto, checks in (point.get("checks") or {}).items():
             for check in checks:
-                verdict = "pass" if check["passed"] else "**FAIL**"
+                verdict = _("pass") if check["passed"] else f"**{_('FAIL')}**"
                 lines.append(
                     f"- {_text(proto)}: {_code(check['expectation'])} {verdict}: {_text(check['message'])}"
                 )
         for proto, reason in (point.get("skipped") or {}).items():
-            lines.append(f"- {_text(proto)} skipped: {_text(reason)}")
+            skipped = _("{protocol} skipped: {reason}").format(protocol=_text(proto), reason=_text(reason))
+            lines.append(f"- {skipped}")
         counters = counters_rows(point)
         if counters:
-            lines += ["", "Counters:", ""]
+            lines += ["", _("Counters:"), ""]
             for proto, source, text in counters:
                 body = [_UNPRINTABLE.sub(" ", t) for t in text.splitlines()]
                 fence = "`" * max(3, 1 + max((len(r) for t in body for r in re.findall("`+", t)), default=0))
@@ -101,20 +103,21 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         lines.append("")
     notes = retransmission_notes(payload)
     if notes:
-        lines += ["## Retransmissions and link drops", ""]
+        lines += ["## " + _("Retransmissions and link drops"), ""]
         lines += [f"- **{_text(point_id)}**: {_text(text)}" for point_id, text in notes]
         lines.append("")
     atlas = payload.get("atlas") or []
     if atlas:
         matched = sum(1 for row in atlas if row.get("matches_expected"))
-        lines += ["## Malformed-packet atlas", ""]
-        lines += [f"{matched} of {len(atlas)} cases behaved as expected.", ""]
-        lines += [_row(["case", "layer", "defect", "expected", "verdict", "server alive"])]
+        lines += ["## " + _("Malformed-packet atlas"), ""]
+        behaved = _("{matched} of {total} cases behaved as expected.")
+        lines += [behaved.format(matched=matched, total=len(atlas)), ""]
+        lines += [_row([_("case"), _("layer"), _("defect"), _("expected"), _("verdict"), _("server alive")])]
         lines += [_row(["---"] * 6)]
         for row in atlas:
             expected = row.get("expected_verdict") or ""
             if isinstance(expected, list):
-                expected = " or ".join(str(e) for e in expected)
+                expected = f" {_('or')} ".join(str(e) for e in expected)
             verdict = _text(row.get("verdict", ""))
             lines.append(
                 _row(
@@ -123,15 +126,17 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
                         _text(row.get("layer", "")),
                         _text(row.get("defect", "")),
                         _text(expected),
-                        verdict if row.get("matches_expected") else f"**{verdict}** (unexpected)",
-                        "yes" if row.get("server_alive") else "**no**",
+                        verdict if row.get("matches_expected") else _("{verdict} (unexpected)").format(
+                            verdict=f"**{verdict}**"
+                        ),
+                        _("yes") if row.get("server_alive") else f"**{_('no')}**",
                     ]
                 )
             )
         lines.append("")
     env = payload.get("environment") or {}
     if env:
-        lines += ["## Environment", ""]
+        lines += ["## " + _("Environment"), ""]
         lines += [f"- {_text(k)}: {_text(v)}" for k, v in _flat(env)]
         lines.append("")
     return "\n".join(lines)

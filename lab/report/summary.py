@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lab.i18n import N_, _
+
 US_PER_MS = 1000.0
 TAIL_GROWTH_NOTABLE = 1.5  # a p99 at least 1.5x the p50 is worth a sentence about the tail...
 TAIL_ABS_NOTABLE_US = 5000.0  # ...if it is also 5 ms longer (sub-ms loopback noise is not a story)
@@ -50,22 +52,24 @@ def _hol_blocked(result: Mapping[str, Any]) -> str:
 
 
 # Rows of the side-by-side table: (header, function of a Result dict -> display string). The RTT rows'
-# unit is chosen per table (rtt_unit), so their headers and cells are made in side_by_side.
+# unit is chosen per table (rtt_unit), so their headers and cells are made in side_by_side. Headers are
+# marked for translation here and translated (`_(header)`) when a table is made.
 COLUMNS: tuple[tuple[str, Any], ...] = (
-    ("sent", _count("sent")),
-    ("received", _count("received")),
-    ("loss", lambda r: fmt_pct(r.get("loss_ratio"))),
-    ("RTT p50", lambda r: (r.get("rtt_us") or {}).get("p50")),
-    ("RTT p99", lambda r: (r.get("rtt_us") or {}).get("p99")),
-    ("jitter", lambda r: r.get("jitter_us")),
-    ("reordered", _count("reordered")),
-    ("duplicates", _count("duplicates")),
-    ("head-of-line blocked", _hol_blocked),
-    ("goodput", lambda r: fmt_rate(r.get("goodput_bps"))),
-    ("retransmits", lambda r: "-" if retransmits(r) is None else str(retransmits(r))),
+    (N_("sent"), _count("sent")),
+    (N_("received"), _count("received")),
+    (N_("loss"), lambda r: fmt_pct(r.get("loss_ratio"))),
+    (N_("RTT p50"), lambda r: (r.get("rtt_us") or {}).get("p50")),
+    (N_("RTT p99"), lambda r: (r.get("rtt_us") or {}).get("p99")),
+    (N_("jitter"), lambda r: r.get("jitter_us")),
+    (N_("reordered"), _count("reordered")),
+    (N_("duplicates"), _count("duplicates")),
+    (N_("head-of-line blocked"), _hol_blocked),
+    (N_("goodput"), lambda r: fmt_rate(r.get("goodput_bps"))),
+    (N_("retransmits"), lambda r: "-" if retransmits(r) is None else str(retransmits(r))),
 )
 TIMED_ROWS = ("RTT p50", "RTT p99", "jitter")
-PREDICTED_ROW = "predicted loss"  # only where a protocol's prediction is not the link's drop rate
+PREDICTED_ROW = N_("predicted loss")  # only where a protocol's prediction is not the link's drop rate
+SKIPPED_CELL = N_("skipped")  # a skipped protocol's cells (`_(SKIPPED_CELL)` in the language in use)
 GOODPUT_NOTABLE = 0.1  # goodput 10% off what the delivered share implies says something loss does not
 
 
@@ -100,10 +104,10 @@ def link_drop_line(point: Mapping[str, Any]) -> str:
     rate = link_drop_rate(point)
     if rate is None:
         return ""
-    return (
-        f"Link round-trip drop rate: {fmt_pct(rate)} (a probe or its echo dropped by the link: what a "
-        "protocol that does not retransmit should lose)"
-    )
+    return _(
+        "Link round-trip drop rate: {rate} (a probe or its echo dropped by the link: what a protocol "
+        "that does not retransmit should lose)"
+    ).format(rate=fmt_pct(rate))
 
 
 def goodput_tells(point: Mapping[str, Any]) -> bool:
@@ -180,17 +184,17 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
             result = by_proto.get(proto)
             skipped = proto in (point.get("skipped") or {})
             if not result:
-                cells.append("skipped" if skipped else "-")
+                cells.append(_(SKIPPED_CELL) if skipped else "-")
             elif header in TIMED_ROWS:
                 cells.append(fmt_us(get(result), unit))
             else:
                 cells.append(get(result))
-        rows.append((f"{header} {unit}" if header in TIMED_ROWS else header, cells))
+        rows.append((f"{_(header)} {unit}" if header in TIMED_ROWS else _(header), cells))
         if header == "loss" and any(source for _value, source in special.values()):
             predicted = [
                 fmt_pct(special[p][0]) if p in special and special[p][1] else "-" for p in protocols
             ]
-            rows.append((PREDICTED_ROW, predicted))
+            rows.append((_(PREDICTED_ROW), predicted))
     return rows
 
 
@@ -233,71 +237,110 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
         name = proto.upper()
         sent, received, lost = result["sent"], result["received"], result["lost"]
         expected, source = expected_loss(point, result)
-        rtt = result.get("rtt_us") or {}
-        p50, p99 = rtt.get("p50"), rtt.get("p99")
+        p50 = (result.get("rtt_us") or {}).get("p50")
         queued = queue_drops(result)
+        rexmit = retransmits(result)
         if lost:
-            predicted = ""
+            figures = {"name": name, "ratio": fmt_pct(result["loss_ratio"]), "lost": lost, "sent": sent}
             if expected is not None and (expected or not queued):  # 0% says nothing about queue drops
-                predicted = f" (the link predicted {fmt_pct(expected)}{f': {source}' if source else ''})"
-            text = f"{name} lost {fmt_pct(result['loss_ratio'])} of probes ({lost} of {sent}){predicted}"
+                if source:
+                    text = _("{name} lost {ratio} of probes ({lost} of {sent}) (the link predicted "
+                             "{expected}: {source})")
+                else:
+                    text = _("{name} lost {ratio} of probes ({lost} of {sent}) (the link predicted "
+                             "{expected})")
+                clauses = [text.format(expected=fmt_pct(expected), source=source, **figures)]
+            else:
+                clauses = [_("{name} lost {ratio} of probes ({lost} of {sent})").format(**figures)]
             if queued:
-                text += f"; the link's queue was full and dropped {queued} packets"
-                text += f" (median RTT {fmt_ms(p50)} ms)"
+                clauses.append(_("the link's queue was full and dropped {queued} packets (median RTT "
+                                 "{p50} ms)").format(queued=queued, p50=fmt_ms(p50)))
             burst = longest_loss_run(result)
             if burst > 1:
-                text += f"; the longest run of consecutive losses was {burst} probes"
-            sentences.append(text + ".")
-        else:
-            text = f"{name} delivered all {sent} probes"
-            rexmit = retransmits(result)
-            base = results_by_protocol(baseline).get(proto) if baseline else None
-            base_p99 = ((base or {}).get("rtt_us") or {}).get("p99")
-            if (
-                base_p99
-                and p99
-                and p99 > TAIL_GROWTH_NOTABLE * base_p99
-                and p99 - base_p99 > TAIL_ABS_NOTABLE_US
-            ):
-                text += (
-                    f", but its p99 RTT grew from {fmt_ms(base_p99)} ms (at {baseline_label(baseline)})"
-                    f" to {fmt_ms(p99)} ms"
+                clauses.append(
+                    _("the longest run of consecutive losses was {burst} probes").format(burst=burst)
                 )
-                if rexmit:
-                    text += f" because {rexmit} lost segments were retransmitted"
-            elif p50 and p99 and p99 > TAIL_GROWTH_NOTABLE * p50 and p99 - p50 > TAIL_ABS_NOTABLE_US:
-                text += f"; its p99 RTT ({fmt_ms(p99)} ms) is well above its median ({fmt_ms(p50)} ms)"
-                if rexmit:
-                    text += f", the cost of {rexmit} retransmitted segments"
-            elif expected:
-                text += f" although the link dropped packets (about {fmt_pct(expected)} of round trips)"
-                if rexmit:
-                    text += f": it retransmitted {rexmit} segments"
+            sentences.append("; ".join(clauses) + ".")
+        else:
+            delivered, told_rexmit = _delivered_clause(name, sent, result, expected, baseline)
+            clauses = [delivered]
             if queued:
-                text += f"; the link's queue was full and dropped {queued} packets"
-                if rexmit and str(rexmit) not in text:
-                    text += f", which it recovered by retransmitting {rexmit} segments"
-                text += f" (median RTT {fmt_ms(p50)} ms)"
-            sentences.append(text + ".")
+                if rexmit and not told_rexmit:
+                    text = _("the link's queue was full and dropped {queued} packets, which it recovered by "
+                             "retransmitting {rexmit} segments (median RTT {p50} ms)")
+                else:
+                    text = _("the link's queue was full and dropped {queued} packets (median RTT {p50} ms)")
+                clauses.append(text.format(queued=queued, rexmit=rexmit, p50=fmt_ms(p50)))
+            sentences.append("; ".join(clauses) + ".")
         if received < sent and lost == 0 and received:
-            sentences.append(f"{name} received {received} of {sent}.")
+            sentences.append(_("{name} received {received} of {sent}.").format(
+                name=name, received=received, sent=sent))
         dup, reo, cor = result.get("duplicates", 0), result.get("reordered", 0), result.get("corrupted", 0)
         extras = [
-            f"{n} {what}" for n, what in ((dup, "duplicates"), (reo, "reordered"), (cor, "corrupted")) if n
+            text.format(n=n)
+            for n, text in ((dup, _("{n} duplicates")), (reo, _("{n} reordered")), (cor, _("{n} corrupted")))
+            if n
         ]
         if extras:
-            sentences.append(f"{name} saw {', '.join(extras)}.")
+            sentences.append(_("{name} saw {counts}.").format(name=name, counts=", ".join(extras)))
         if (result.get("extras") or {}).get("interrupted"):
             planned = (point.get("traffic") or {}).get("count")
-            of_planned = f" of the {planned} planned" if isinstance(planned, int) else ""
-            sentences.append(f"{name}'s run was cut short after {sent} probes{of_planned}: its figures "
-                             "cover those, and its expectations were not checked.")
+            if isinstance(planned, int):
+                text = _("{name}'s run was cut short after {sent} probes of the {planned} planned: its "
+                         "figures cover those, and its expectations were not checked.")
+            else:
+                text = _("{name}'s run was cut short after {sent} probes: its figures cover those, and its "
+                         "expectations were not checked.")
+            sentences.append(text.format(name=name, sent=sent, planned=planned))
     hol = head_of_line_sentence(point)
     if hol:
         sentences.append(hol)
     for proto, reason in (point.get("skipped") or {}).items():
-        sentences.append(f"{proto.upper()} was skipped: {reason}")
+        sentences.append(_("{name} was skipped: {reason}").format(name=proto.upper(), reason=reason))
     return sentences
+
+
+def _delivered_clause(
+    name: str,
+    sent: int,
+    result: Mapping[str, Any],
+    expected: float | None,
+    baseline: Mapping[str, Any] | None,
+) -> tuple[str, bool]:
+    """'TCP delivered all 200 probes', and what that cost when it shows (one clause, unpunctuated),
+    and whether it told the retransmissions."""
+    rtt = result.get("rtt_us") or {}
+    p50, p99 = rtt.get("p50"), rtt.get("p99")
+    rexmit = retransmits(result)
+    base = results_by_protocol(baseline).get(str(result.get("protocol"))) if baseline else None
+    base_p99 = ((base or {}).get("rtt_us") or {}).get("p99")
+    figures = {"name": name, "sent": sent, "rexmit": rexmit, "p50": fmt_ms(p50), "p99": fmt_ms(p99)}
+    if base_p99 and p99 and p99 > TAIL_GROWTH_NOTABLE * base_p99 and p99 - base_p99 > TAIL_ABS_NOTABLE_US:
+        if rexmit:
+            text = _("{name} delivered all {sent} probes, but its p99 RTT grew from {base_p99} ms (at "
+                     "{baseline}) to {p99} ms because {rexmit} lost segments were retransmitted")
+        else:
+            text = _("{name} delivered all {sent} probes, but its p99 RTT grew from {base_p99} ms (at "
+                     "{baseline}) to {p99} ms")
+        text = text.format(base_p99=fmt_ms(base_p99), baseline=baseline_label(baseline), **figures)
+        return text, bool(rexmit)
+    if p50 and p99 and p99 > TAIL_GROWTH_NOTABLE * p50 and p99 - p50 > TAIL_ABS_NOTABLE_US:
+        if rexmit:
+            text = _("{name} delivered all {sent} probes; its p99 RTT ({p99} ms) is well above its median "
+                     "({p50} ms), the cost of {rexmit} retransmitted segments")
+        else:
+            text = _("{name} delivered all {sent} probes; its p99 RTT ({p99} ms) is well above its median "
+                     "({p50} ms)")
+        return text.format(**figures), bool(rexmit)
+    if expected:
+        if rexmit:
+            text = _("{name} delivered all {sent} probes although the link dropped packets (about "
+                     "{expected} of round trips): it retransmitted {rexmit} segments")
+        else:
+            text = _("{name} delivered all {sent} probes although the link dropped packets (about "
+                     "{expected} of round trips)")
+        return text.format(expected=fmt_pct(expected), **figures), bool(rexmit)
+    return _("{name} delivered all {sent} probes").format(**figures), False
 
 
 def link_drops(result: Mapping[str, Any]) -> int:
@@ -324,33 +367,39 @@ def retransmission_sentence(result: Mapping[str, Any]) -> str:
         return ""
     drops, early = link_drops(result), link_reordered(result)
     name = str(result.get("protocol", "tcp")).upper()
+    figures = {"name": name, "rexmit": rexmit, "drops": drops, "early": early}
     if drops and rexmit < drops:
-        return (
-            f"The link dropped {drops} packets during {name}'s run, yet {name} retransmitted only {rexmit} "
+        return _(
+            "The link dropped {drops} packets during {name}'s run, yet {name} retransmitted only {rexmit} "
             "segments: a dropped ACK needs no retransmission (the next ACK acknowledges everything before "
             "it, and delayed ACKs cover two segments at a time), and one retransmitted segment can carry "
             "several probes whose packets were dropped separately, so one retransmission can recover "
             "several drops."
-        )
+        ).format(**figures)
     if drops and rexmit > drops:
-        return (
-            f"{name} retransmitted {rexmit} segments for the {drops} packets the link dropped: a "
-            "retransmission can itself be dropped, and a segment that is only late"
-            f"{' or overtaken (the link reordered ' + str(early) + ' packets)' if early else ''} is sent "
-            "again needlessly (a spurious retransmission)."
-        )
+        if early:
+            return _(
+                "{name} retransmitted {rexmit} segments for the {drops} packets the link dropped: a "
+                "retransmission can itself be dropped, and a segment that is only late or overtaken (the "
+                "link reordered {early} packets) is sent again needlessly (a spurious retransmission)."
+            ).format(**figures)
+        return _(
+            "{name} retransmitted {rexmit} segments for the {drops} packets the link dropped: a "
+            "retransmission can itself be dropped, and a segment that is only late is sent again "
+            "needlessly (a spurious retransmission)."
+        ).format(**figures)
     if not drops and rexmit:
         if early:
-            return (
-                f"{name} retransmitted {rexmit} segments although the link dropped none: it reordered "
-                f"{early} packets, and a segment overtaken by later ones looks lost to TCP (the receiver "
+            return _(
+                "{name} retransmitted {rexmit} segments although the link dropped none: it reordered "
+                "{early} packets, and a segment overtaken by later ones looks lost to TCP (the receiver "
                 "repeats its last ACK, and three duplicate ACKs trigger a fast retransmit), so it was "
                 "sent again needlessly: spurious retransmissions."
-            )
-        return (
-            f"{name} retransmitted {rexmit} segments although the link dropped none: a segment delayed "
+            ).format(**figures)
+        return _(
+            "{name} retransmitted {rexmit} segments although the link dropped none: a segment delayed "
             "past TCP's retransmission timeout is sent again needlessly (a spurious retransmission)."
-        )
+        ).format(**figures)
     return ""
 
 
@@ -378,20 +427,20 @@ def head_of_line_sentence(point: Mapping[str, Any]) -> str:
     blocking = [(name, sent, hol) for name, sent, hol in figures if hol["blocked"]]
     if not blocking:
         counts = ", ".join(f"{name}: 0" for name, _sent, _hol in figures)
-        return (
-            f"Head-of-line blocking ({streams} streams): no probe waited behind another stream's loss"
-            f" ({counts})."
-        )
+        return _(
+            "Head-of-line blocking ({streams} streams): no probe waited behind another stream's loss "
+            "({counts})."
+        ).format(streams=streams, counts=counts)
     parts = [
-        f"{hol['blocked']} of {sent} {name} probes waited behind another stream's retransmission"
+        _("{blocked} of {sent} {name} probes waited behind another stream's retransmission").format(
+            blocked=hol["blocked"], sent=sent, name=name
+        )
         for name, sent, hol in blocking
     ]
     parts += [f"{name}: 0" for name, _sent, hol in figures if not hol["blocked"]]
-    return (
-        f"Head-of-line blocking ({streams} streams): a loss on one stream stalled the others: "
-        + "; ".join(parts)
-        + "."
-    )
+    return _(
+        "Head-of-line blocking ({streams} streams): a loss on one stream stalled the others: {parts}."
+    ).format(streams=streams, parts="; ".join(parts))
 
 
 def point_label(point: Mapping[str, Any] | None) -> str:
@@ -404,11 +453,11 @@ def point_label(point: Mapping[str, Any] | None) -> str:
 baseline_label = point_label  # the name the story used first
 
 
-UDP_WHY = (
+UDP_WHY = N_(
     "UDP hands each probe to the network once: when the link drops it (on the way out or back), it is "
     "gone, so UDP's loss is close to the link's round-trip drop rate."
 )
-TCP_WHY = (
+TCP_WHY = N_(
     "TCP numbers every byte and retransmits what was not acknowledged, so it delivers everything in "
     "order, but each retransmission waits for a timeout or duplicate ACKs, and the probes queued "
     "behind a lost segment wait too: TCP pays for reliability in latency (its p99 RTT and the flat "
@@ -419,11 +468,14 @@ TCP_WHY = (
 def demo_explanation(tcp_ran: bool) -> str:
     """What `lab demo` prints after its table: why TCP and UDP differ (or, UDP only, why UDP loses)."""
     if tcp_ran:
-        return "Both protocols crossed the same impaired link with the same seed. " + UDP_WHY + " " + TCP_WHY
-    return (
+        return " ".join(
+            (_("Both protocols crossed the same impaired link with the same seed."), _(UDP_WHY), _(TCP_WHY))
+        )
+    only = _(
         "Only UDP could cross the impaired link here (see why TCP was skipped above; `sudo make demo` runs "
-        "both). " + UDP_WHY
+        "both)."
     )
+    return only + " " + _(UDP_WHY)
 
 
 def why_text(payload: Mapping[str, Any]) -> str:
@@ -431,7 +483,7 @@ def why_text(payload: Mapping[str, Any]) -> str:
     for point in payload.get("points", []):
         ran = {r.get("protocol") for r in point.get("results", [])}
         if {"tcp", "udp"} <= ran:
-            return "Why they differ: " + UDP_WHY + " " + TCP_WHY
+            return " ".join((_("Why they differ:"), _(UDP_WHY), _(TCP_WHY)))
     return ""
 
 
@@ -442,14 +494,15 @@ def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     out = []
     for point in points:
         sentences = _point_sentence(point, baseline if point is not baseline else None)
-        out.append((point_label(point), " ".join(sentences) or "Nothing was measured."))
+        out.append((point_label(point), " ".join(sentences) or _("Nothing was measured.")))
     if payload.get("interrupted"):
-        out.append(("interrupted", f"The run was interrupted ({interrupted_by(payload)}); these are the "
-                    "points measured so far."))
+        text = _("The run was interrupted ({signal}); these are the points measured so far.")
+        out.append((_("interrupted"), text.format(signal=interrupted_by(payload))))
     error = payload.get("error")
     if error:
-        out.append(("error", f"Point {error.get('point', '?')} failed: {error.get('message', '?')}; the "
-                    "points before it are shown."))
+        text = _("Point {point} failed: {message}; the points before it are shown.")
+        text = text.format(point=error.get("point", "?"), message=error.get("message", "?"))
+        out.append((_("error"), text))
     return out
 
 
@@ -458,11 +511,28 @@ def interrupted_by(payload: Mapping[str, Any]) -> str:
     return str(payload.get("interrupted_by") or "Ctrl-C")
 
 
+# A link's options as a report names them (the scenario file's keys in English).
+LINK_OPTION_NAMES = {
+    "loss": N_("loss"),
+    "delay": N_("delay"),
+    "jitter": N_("jitter"),
+    "distribution": N_("distribution"),
+    "delay_correlation": N_("delay_correlation"),
+    "reorder": N_("reorder"),
+    "duplicate": N_("duplicate"),
+    "corrupt": N_("corrupt"),
+    "rate": N_("rate"),
+    "limit": N_("limit"),
+    "limit_bytes": N_("limit_bytes"),
+}
+
+
 def link_description(point: Mapping[str, Any]) -> str:
     """`loss 10%, delay 20ms` or `no impairment` for a point's link options."""
     link = point.get("link") or {}
-    text = ", ".join(f"{k} {v}" for k, v in link.items())
-    return text or "no impairment"
+    text = ", ".join(f"{_(LINK_OPTION_NAMES[k]) if k in LINK_OPTION_NAMES else k} {v}" for k, v in
+                     link.items())
+    return text or _("no impairment")
 
 
 def counters_rows(point: Mapping[str, Any]) -> list[tuple[str, str, str]]:
