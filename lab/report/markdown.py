@@ -85,7 +85,7 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         lines.append("")
         for proto, checks in (point.get("checks") or {}).items():
             for check in checks:
-                verdict = _("pass") if check["passed"] else f"**{_('FAIL')}**"
+                verdict = _("pass") if check["passed"] else "**" + _("FAIL") + "**"
                 lines.append(
                     f"- {_text(proto)}: {_code(check['expectation'])} {verdict}: {_text(check['message'])}"
                 )
@@ -117,7 +117,7 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         for row in atlas:
             expected = row.get("expected_verdict") or ""
             if isinstance(expected, list):
-                expected = f" {_('or')} ".join(str(e) for e in expected)
+                expected = (" " + _("or") + " ").join(str(e) for e in expected)
             verdict = _text(row.get("verdict", ""))
             lines.append(
                 _row(
@@ -129,7 +129,7 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
                         verdict if row.get("matches_expected") else _("{verdict} (unexpected)").format(
                             verdict=f"**{verdict}**"
                         ),
-                        _("yes") if row.get("server_alive") else f"**{_('no')}**",
+                        _("yes") if row.get("server_alive") else "**" + _("no") + "**",
                     ]
                 )
             )

@@ -154,12 +154,23 @@ def expected_loss(point: Mapping[str, Any], result: Mapping[str, Any]) -> tuple[
     """
     for check in (point.get("checks") or {}).get(result.get("protocol"), []):
         if check.get("metric") == "loss_ratio" and check.get("expected") is not None:
-            label = check.get("expected_label") or ""
-            return float(check["expected"]), "" if label == LINK_LABEL else label
+            label = str(check.get("expected_label") or "")
+            expected = float(check["expected"])
+            return expected, "" if _is_link_label(label, expected, result) else label
     return result.get("expected_loss_ratio"), ""
 
 
-LINK_LABEL = "link's expected loss"  # lab.scenario's label for a plain within_ci check
+LINK_LABEL = "link's expected loss"  # lab.scenario's label for a plain within_ci check (translated)
+
+
+def _is_link_label(label: str, expected: float, result: Mapping[str, Any]) -> bool:
+    """Whether a check's label names the link's own round-trip rate: lab.scenario's label, in English
+    or in the language in use, or (a result.json written in another language) any label but the
+    fragment formula `1-(1-e)^k ...` on a check that predicted exactly the link's rate."""
+    if label in (LINK_LABEL, _(LINK_LABEL)):
+        return True
+    link_rate = result.get("expected_loss_ratio")
+    return not label.startswith("1-(") and link_rate is not None and abs(float(link_rate) - expected) < 1e-12
 
 
 def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[str, list[str]]]:
