@@ -25,14 +25,31 @@ def english_after():
 
 
 def _catalogue() -> dict[str, str]:
+    """msgid -> msgstr; a plural message counts as its singular and its plural form."""
+    out: dict[str, str] = {}
     with PO.open("rb") as source:
-        return {m.id: m.string for m in read_po(source) if m.id}
+        for message in read_po(source):
+            if not message.id:
+                continue
+            ids = message.id if isinstance(message.id, tuple) else (message.id,)
+            strings = message.string if isinstance(message.string, tuple) else (message.string,)
+            for index, msgid in enumerate(ids):
+                out[msgid] = strings[min(index, len(strings) - 1)] if strings else ""
+    return out
 
 
 def _marked_in_source() -> set[str]:
     """Every message the code marks with _() or N_() (what `make messages` extracts)."""
-    found = extract_from_dir(Path(lab.__file__).parent, keywords={"_": None, "N_": None})
-    return {message for _, _, message, _, _ in found if isinstance(message, str)}
+    found = extract_from_dir(  # the same mapping as babel.cfg
+        Path(lab.__file__).parent,
+        method_map=[("**.py", "python"), ("report/templates/**.j2", "jinja2")],
+        options_map={"report/templates/**.j2": {"newstyle_gettext": "true"}},
+        keywords={"_": None, "N_": None, "ngettext": (1, 2), "gettext": None},
+    )
+    out: set[str] = set()
+    for _, _, message, _, _ in found:
+        out.update(message if isinstance(message, tuple) else (message,))
+    return out
 
 
 def test_every_marked_message_has_a_portuguese_translation():
