@@ -25,7 +25,7 @@ from typing import Any
 
 from lab import privileges
 from lab.errors import LabError, PrivilegeError
-from lab.i18n import _
+from lab.i18n import N_, _
 from lab.interrupts import exit_status, interrupt_on_signals, signal_name
 from lab.records import Result, RunRecord
 from lab.scenario import Check, Scenario, SweepPoint, evaluate_all, load_scenario
@@ -552,24 +552,36 @@ class _Display:
         return Group(*parts)
 
 
-def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
-    """A rich Table: metrics as rows, one column per protocol, for one point."""
-    from rich.table import Table
+MODE_NAMES = {  # how each point ran, as the terminal table's title says it
+    "link": N_("the real link"),
+    "relay": N_("the loopback relay"),
+    "loopback": N_("loopback, unimpaired"),
+    "skipped": N_("skipped"),
+}
 
-    from lab.report.summary import side_by_side
+
+def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
+    """A rich Table: metrics as rows, one column per protocol, for one point (the link's round-trip
+    drop rate under it: the same for every protocol, only one that does not retransmit loses it)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from lab.report.summary import link_drop_line, point_label, side_by_side
 
     data = outcome.to_dict()
-    from rich.markup import escape
-
-    title = escape(f"{scenario.name} [{outcome.point.id}]  ({outcome.mode})")
-    table = Table(title=title, title_justify="left")
+    mode = _(MODE_NAMES[outcome.mode]) if outcome.mode in MODE_NAMES else outcome.mode
+    table = Table()
     table.add_column("")
     styles = {"tcp": "bold blue", "udp": "bold red"}
     for proto in scenario.protocols:
         table.add_column(proto.upper(), justify="right", header_style=styles.get(proto, "bold"))
     for header, cells in side_by_side(data, list(scenario.protocols)):
         table.add_row(header, *cells)
-    return table
+    # Title and the drop-rate line as lines of their own: a table's caption wraps at its narrow width.
+    title = Text(f"{scenario.name}: {point_label(data)}  ({mode})", style="bold")
+    drop_line = link_drop_line(data)
+    return Group(title, table, *([Text(drop_line)] if drop_line else []))
 
 
 # --- commands ---------------------------------------------------------------------------------------
