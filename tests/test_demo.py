@@ -17,8 +17,8 @@ DEMO_TIMEOUT_S = 120  # the demo promises "under a minute"; twice that before we
 @pytest.mark.privileged
 def test_lab_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lab", "demo", "--out", str(out)],
+    proc = subprocess.run(  # --live and --capture too: one demo run checks them all
+        [sys.executable, "-m", "lab", "demo", "--out", str(out), "--live", "--capture"],
         capture_output=True,
         text=True,
         timeout=DEMO_TIMEOUT_S,
@@ -37,6 +37,11 @@ def test_lab_demo_end_to_end(tmp_path):
     assert all(c["passed"] for checks in point["checks"].values() for c in checks), point["checks"]
     HTMLParser().feed((out / "report.html").read_text())  # parses
     assert (out / "report.md").is_file()
+    udp_rows = [line for line in proc.stdout.splitlines() if line.strip().startswith("UDP ")]
+    assert udp_rows and "✗" in udp_rows[-1]  # the live strip, as the class saw it at the end
+    pcap = out / "link.pcapng"
+    assert pcap.is_file() and pcap.stat().st_size > 10_000
+    assert f"capture: {pcap}" in proc.stdout.replace("\n", "")
 
 
 SCENARIO = """
