@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -627,6 +627,13 @@ def _interrupted_line(outcome: RunOutcome) -> str:
     return _("interrupted ({signal}): wrote what was measured so far").format(signal=outcome.interrupted_by)
 
 
+# scenarios/demo.toml's description, marked for translation (a test keeps the two the same).
+DEMO_DESCRIPTION = N_(
+    "TCP vs UDP over the same link: 10% loss each way and 20 ms delay each way. UDP loses about "
+    "1-(0.9*0.9) = 19% of round trips; TCP delivers everything, later."
+)
+
+
 def demo_scenario(link: Mapping[str, str] | None = None, seed: int | None = None) -> Scenario:
     """scenarios/demo.toml, with the teacher's "what if...?" impairments laid over its [link].
 
@@ -642,6 +649,8 @@ def demo_scenario(link: Mapping[str, str] | None = None, seed: int | None = None
         raise LabError(f"{DEMO_SCENARIO}: demo scenario missing; reinstall wirelab from its source tree")
     if not link:
         scenario = load_scenario(DEMO_SCENARIO)
+        if scenario.description == DEMO_DESCRIPTION:
+            scenario = replace(scenario, description=_(DEMO_DESCRIPTION))
     else:
         data = tomllib.loads(read_limited(DEMO_SCENARIO, SCENARIO_FILE_LIMIT, "a scenario file",
                                           ScenarioError).decode("utf-8"))

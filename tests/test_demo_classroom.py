@@ -24,6 +24,19 @@ def test_demo_options_lay_over_the_demo_link():
     assert point.traffic == plain.points[0].traffic and point.expectations == plain.points[0].expectations
 
 
+def test_demo_description_is_translatable():
+    from lab import i18n
+    from lab.runner import DEMO_DESCRIPTION
+    from lab.scenario import load_scenario
+
+    assert load_scenario("scenarios/demo.toml").description == DEMO_DESCRIPTION
+    i18n.set_language("pt")
+    try:
+        assert demo_scenario().description.startswith("TCP vs UDP no mesmo enlace")
+    finally:
+        i18n.set_language("en")
+
+
 def test_demo_bad_what_if_value_is_one_line(capsys):
     with pytest.raises(SystemExit) as code:
         main(["demo", "--loss", "150%"])
