@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	$(BIN)/pybabel -q compile -d lab/locale -D wirelab
+	$(BIN)/python -m lab.i18n
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -46,7 +46,7 @@ messages: $(STAMP)
 	$(BIN)/pybabel -q extract -F babel.cfg -k N_ -o lab/locale/wirelab.pot --no-location --sort-output \
 		--project wirelab .
 	$(BIN)/pybabel -q update -i lab/locale/wirelab.pot -d lab/locale -D wirelab --no-fuzzy-matching
-	$(BIN)/pybabel -q compile -d lab/locale -D wirelab
+	$(BIN)/python -m lab.i18n
 
 # The README's and docs/classroom.md's pictures, from real runs (needs chromium).
 screenshots: $(STAMP)

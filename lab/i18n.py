@@ -1,7 +1,7 @@
 """The lab in the class's language: English by default, Portuguese with `--lang pt` or LANG=pt_*.
 
 Messages are gettext catalogues under lab/locale (`wirelab.po`, extracted with Babel: `make
-messages`); `make` compiles them to `.mo` when it installs, and a source checkout without the
+messages`); `make` compiles them to `.mo` when it installs (`python -m lab.i18n`), and a checkout without the
 compiled file still works (the `.po` is compiled in memory with Babel). Code marks text with `_()`
 (translated when called) or `N_()` (marked for extraction only: help texts declared at import
 time, translated when the CLI is built).
@@ -94,3 +94,22 @@ def compile_po(po: Path) -> bytes:
 
 # typer's own words in every --help page (see lab.cli._translated), marked here for extraction.
 HELP_WORDS = (N_("Options"), N_("Arguments"), N_("Commands"), N_("default: {default}"), N_("required"))
+
+
+def compile_catalogues(locale_dir: Path = LOCALE_DIR) -> list[Path]:
+    """Compile every `.po` under `locale_dir` to its `.mo` (what `make` does when it installs).
+
+    Not `pybabel compile`: its %-format check misreads plain text such as "95% interval" (the lab's
+    messages use str.format placeholders, which the catalogue test checks instead).
+    """
+    written = []
+    for po in sorted(locale_dir.glob(f"*/LC_MESSAGES/{DOMAIN}.po")):
+        mo = po.with_suffix(".mo")
+        mo.write_bytes(compile_po(po))
+        written.append(mo)
+    return written
+
+
+if __name__ == "__main__":
+    for path in compile_catalogues():
+        print(f"compiled {path}")
