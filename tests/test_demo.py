@@ -17,8 +17,8 @@ DEMO_TIMEOUT_S = 120  # the demo promises "under a minute"; twice that before we
 @pytest.mark.privileged
 def test_lab_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run(  # --live and --capture too: one demo run checks them all
-        [sys.executable, "-m", "lab", "demo", "--out", str(out), "--live", "--capture"],
+    proc = subprocess.run(  # --live, --capture and --slides too: one demo run checks them all
+        [sys.executable, "-m", "lab", "demo", "--out", str(out), "--live", "--capture", "--slides"],
         capture_output=True,
         text=True,
         timeout=DEMO_TIMEOUT_S,
@@ -42,6 +42,8 @@ def test_lab_demo_end_to_end(tmp_path):
     pcap = out / "link.pcapng"
     assert pcap.is_file() and pcap.stat().st_size > 10_000
     assert f"capture: {pcap}" in proc.stdout.replace("\n", "")
+    story = out / "slides" / "story.png"
+    assert story.is_file() and f"slide: {story}" in proc.stdout.replace("\n", "")
 
 
 SCENARIO = """
