@@ -17,3 +17,13 @@ def cleanup_turn() -> Iterator[None]:
     with open(CLEANUP_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+@pytest.fixture
+def portuguese() -> Iterator[None]:
+    """The lab speaks Portuguese for this test (lab.i18n), and English again after it."""
+    from lab import i18n
+
+    i18n.set_language("pt")
+    yield
+    i18n.set_language("en")

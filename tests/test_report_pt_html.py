@@ -41,13 +41,6 @@ ENGLISH = (
 )
 
 
-@pytest.fixture
-def portuguese():
-    i18n.set_language("pt")
-    yield
-    i18n.set_language("en")
-
-
 def _payload() -> dict:
     """The sample run, interrupted, with the malformed-packet atlas and TCP skipped at its first point."""
     payload = copy.deepcopy(load_result(DATA / "sample-run"))

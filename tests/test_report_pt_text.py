@@ -11,8 +11,6 @@ import copy
 import json
 from pathlib import Path
 
-import pytest
-
 from lab import i18n
 from lab.report import load_result
 from lab.report.markdown import render_markdown
@@ -26,13 +24,6 @@ from lab.report.summary import (
 )
 
 DATA = Path(__file__).resolve().parent / "data"
-
-
-@pytest.fixture
-def portuguese():
-    i18n.set_language("pt")
-    yield
-    i18n.set_language("en")
 
 
 def _payload() -> dict:
