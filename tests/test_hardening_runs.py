@@ -24,6 +24,7 @@ from lab.errors import ConfigError, EndpointError, LabError
 from lab.link.netns import STATE_DIR
 from lab.records import MAX_RUN_MB_ENV, MAX_RUN_SECONDS_ENV, RunLimits, TrafficPlan, run_limits
 from lab.scenario import parse_scenario
+from tests.conftest import real_root
 
 # 300 probes at 100/s: 3 s a protocol, so a signal 2 s after the run starts lands inside TCP's run.
 SLOW = "[traffic]\ncount = 300\nrate = 100\ntimeout = 0.5\n"
@@ -248,14 +249,21 @@ def test_defect_6_folder_of_another_user_refused_before_measuring(request, monke
     The student is a forked child that drops to uid 'nobody' (the kernel then really refuses the
     write) and runs the real `lab demo` entry point with measuring disabled.
     """
-    if os.getuid() != 0:
-        pytest.skip("needs root, to make a folder that belongs to someone else and become 'nobody'")
+    if not real_root():
+        pytest.skip("needs the machine's root (not a user namespace's), to make a folder that belongs to "
+                    "someone else and become 'nobody'")
     shared = Path(tempfile.mkdtemp(prefix="wirelab-sudo-demo-"))  # /tmp/pytest-of-root is root-only
     request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
     shared.chmod(0o755)
     out = shared / "demo"
     out.mkdir(mode=0o755)  # root's, not writable by others
     monkeypatch.setattr(runner, "run_point", _must_not_measure)
+    # 'nobody' may not read this Python's library (it can live under /root): the same path, refused
+    # for another reason first, imports here everything the child will need
+    taken = shared / "taken"
+    taken.write_text("")
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(taken)])
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child leaves through os._exit
