@@ -126,7 +126,7 @@ def parse_tcp_info(raw: bytes) -> dict[str, Any]:
             info["app_limited"], info["fastopen_client_fail"] = raw_flags >> 7, (raw_flags >> 5) & 0x03
         else:
             info["app_limited"], info["fastopen_client_fail"] = raw_flags & 0x01, (raw_flags >> 1) & 0x03
-    # DESIGN.md's result object names these srtt_us and cwnd; keep both spellings.
+    # The result object (docs/architecture.md#result-object) names these srtt_us and cwnd; keep both.
     if "rtt_us" in info:
         info["srtt_us"] = info["rtt_us"]
     if "snd_cwnd" in info:

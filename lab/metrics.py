@@ -5,7 +5,8 @@ Definitions (each function below implements one):
 * A probe is **received** if an *intact* reply with its seq arrives within `plan.timeout` of its
   actual send (`sent_ns`); the first such reply counts. Any later intact copy is a **duplicate**.
   A probe whose first intact reply came after the window is **late** and counts as lost — never
-  both. Duplicates therefore never cancel losses (the iperf3 mistake DESIGN.md warns about).
+  both. Duplicates therefore never cancel losses (docs/architecture.md#result-object:
+  iperf3 lets duplicates make up for losses).
 * **RTT** of a received probe is measured from its *intended* send time (`rtt_us`; the same as the
   actual send for ping-pong); open-loop runs also get `rtt_uncorrected_us` from `sent_ns`
   (coordinated omission). `rtt_censored_us` adds every lost probe at the timeout.
@@ -321,7 +322,7 @@ def head_of_line(record: RunRecord, received: Sequence[Arrival] | None = None) -
 
 
 def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = None) -> Result:
-    """Every figure of the DESIGN.md result object, from one client run."""
+    """Every figure of the result object (docs/architecture.md#result-object), from one client run."""
     plan = record.plan
     sends = {s.seq: s for s in record.sends}
     c = classify(record)

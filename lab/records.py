@@ -1,7 +1,7 @@
 """What a measuring client records, and the result object computed from it.
 
 Data flows one way: a client fills a `RunRecord` (raw observations, nothing derived), then
-`lab.metrics.compute_result(record)` turns it into a `Result` (the DESIGN.md result object).
+`lab.metrics.compute_result(record)` turns it into a `Result` (docs/architecture.md#result-object).
 Both are plain data with `to_dict`/`from_dict`, so they cross process boundaries (a client run
 inside a network namespace) and land in `result.json` unchanged.
 """
@@ -207,7 +207,7 @@ RTT_KEYS = ("min", "p50", "p90", "p99", "p999", "max", "mean")
 
 @dataclass(slots=True, kw_only=True)
 class Result:
-    """The DESIGN.md result object: one per protocol run. All latencies in µs.
+    """The result object (docs/architecture.md#result-object): one per protocol run. All latencies in µs.
 
     `rtt_us` holds percentiles of replies that came back in time; `rtt_censored_us` the same
     percentiles with every lost probe counted at the timeout (so losses stay visible in the

@@ -20,7 +20,7 @@ Format (every table but `[scenario]` is optional)::
     timeout = 1.0                  # seconds before a probe counts as lost
     streams = 1                    # logical streams (head-of-line experiment)
 
-    [link]                         # the impairment keys of DESIGN.md, netem vocabulary
+    [link]                         # lab link's impairment keys, netem vocabulary
     loss = "5%"                    # also delay, jitter, distribution, reorder, duplicate, corrupt,
                                    # rate, limit, direction
 

@@ -756,7 +756,8 @@ def spawn_server_process(
     """Start `python -m lab.endpoints.server` in its own process; (process, its JSON ready line).
 
     Its own process because a server measured for speed must not share the caller's GIL
-    (DESIGN.md). `popen` lets the caller start it elsewhere, e.g. inside a network namespace.
+    (docs/architecture.md#processes). `popen` lets the caller start it elsewhere, e.g. inside a
+    network namespace.
     Raises EndpointError (after stopping the process) if it does not announce readiness in time.
     """
     argv = [sys.executable, "-m", "lab.endpoints.server", kind, "--host", host, "--port", str(port),

@@ -256,7 +256,7 @@ class LinkConfig:
     def from_options(
         cls, options: Mapping[str, object], *, direction: str = "both", seed: int = 1
     ) -> LinkConfig:
-        """Options with the DESIGN impairment keys (netem-style values) -> validated config."""
+        """Options with the impairment keys of `lab link` (netem-style values) -> validated config."""
         _check_direction(direction)
         fields = _fields_from_options(options)
         impairment = Impairment(**fields)

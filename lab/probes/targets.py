@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from lab.errors import ConfigError
 
-DEFAULT_ADDRESS = "198.18.0.2"  # the lab's server address (DESIGN.md: NAME-server)
-DEFAULT_PEER = "198.18.0.1"  # the virtual peer "on the wire" (DESIGN.md: NAME-client)
+DEFAULT_ADDRESS = "198.18.0.2"  # NAME-server (docs/architecture.md#addresses-and-network-rules)
+DEFAULT_PEER = "198.18.0.1"  # the virtual peer "on the wire": NAME-client's address
 SANDBOX_PREFIXLEN = 24
 
 

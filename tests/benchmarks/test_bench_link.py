@@ -8,8 +8,8 @@
   impairments active (every packet through the Python model); budget >= 50 000 packets/s unimpaired
   (`extra_info["forwarded_pps"]`).
 
-Echo servers, sinks and senders run in their own processes (DESIGN: the GIL would distort what is
-measured). Every flood is bounded in time; everything lives in the lab's own namespaces.
+Echo servers, sinks and senders run in their own processes (docs/architecture.md#processes: the GIL
+would distort what is measured). Every flood is bounded in time; everything lives in the lab's own namespaces.
 """
 
 from __future__ import annotations

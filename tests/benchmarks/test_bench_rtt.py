@@ -6,7 +6,8 @@ Groups (compare the medians with `make bench`; figures, not asserts):
   lab's echo server in its server namespace, through the unimpaired link (TUN + forwarder process).
 
 Fair by construction: both protocols talk to the *same* server process (`python -m lab.endpoints.server
-both`, its own process so the measuring process's GIL does not slow it, DESIGN.md), both clients
+both`, its own process so the measuring process's GIL does not slow it:
+docs/architecture.md#processes), both clients
 encode a probe with `lab.wire`, send it and decode the echo (what a measuring client does per probe),
 both sockets are blocking with the same timeout, and both run the same fixed number of warm-up and
 measured rounds (`benchmark.pedantic`), so neither gets a longer calibration or a colder start.

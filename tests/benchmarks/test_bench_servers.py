@@ -1,7 +1,8 @@
 """Echo server throughput, selectors loop vs socketserver: one ping-pong round trip per call.
 
 Each server runs in its own process (the GIL of the measuring process must not slow the server,
-DESIGN.md) via `python -m lab.endpoints.server`; the client is plain blocking socket code.
+docs/architecture.md#processes) via `python -m lab.endpoints.server`; the client is plain blocking
+socket code.
 Run with `make bench`; msgs/s = 1 / mean.
 """
 
