@@ -162,34 +162,42 @@ def _measure(
     progress: Progress | None,
     expected_loss_ratio: float | None,
 ) -> Result:
-    from lab.endpoints.client import RunInterrupted
     from lab.metrics import compute_result
     from lab.protocols import get_protocol
 
-    try:
-        record = get_protocol(protocol).run(address, point.traffic, progress=progress)
-    except RunInterrupted as stopped:  # keep the partial run; the caller stores it, then re-raises
-        stopped.result = compute_result(stopped.record, expected_loss_ratio=expected_loss_ratio)
-        stopped.result.extras["timeline"] = timeline_from_record(stopped.record)
-        raise
+    record = get_protocol(protocol).run(address, point.traffic, progress=progress)
     result = compute_result(record, expected_loss_ratio=expected_loss_ratio)
     result.extras["timeline"] = timeline_from_record(record)
     return result
 
 
 @contextmanager
-def _keeping_partial(outcome: PointOutcome, protocol: str,
-                     on_result: Callable[[PointOutcome], None]) -> Iterator[None]:
-    """Store the result of a protocol run that a stop signal cut short, then let the stop go on."""
+def _keeping_partial(
+    outcome: PointOutcome,
+    protocol: str,
+    on_result: Callable[[PointOutcome], None],
+    *,
+    expected_loss_ratio: float | None = None,
+    link_counters: Callable[[], dict[str, Any]] | None = None,
+) -> Iterator[None]:
+    """Store the result of a protocol run that a stop signal cut short, then let the stop go on.
+
+    One place for every mode: the result is the link's (`Link.measure` already counted it) or is
+    computed here from the client's record; the timeline and the relay's counters are added here.
+    """
     from lab.endpoints.client import RunInterrupted
+    from lab.metrics import compute_result
 
     try:
         yield
     except RunInterrupted as stopped:
-        if stopped.result is not None:
-            outcome.results[protocol] = stopped.result
-            outcome.interrupted = True
-            on_result(outcome)
+        result = stopped.result or compute_result(stopped.record, expected_loss_ratio=expected_loss_ratio)
+        result.extras["timeline"] = timeline_from_record(stopped.record)
+        if link_counters is not None:
+            result.link = link_counters()
+        outcome.results[protocol] = result
+        outcome.interrupted = True
+        on_result(outcome)
         raise
 
 
@@ -248,15 +256,8 @@ def _run_linked(
 
 
 def _run_on_link(link: Any, protocol: str, point: SweepPoint, progress: Progress | None) -> Result:
-    """`Link.measure`, plus the per-probe timeline the report plots (also of an interrupted run)."""
-    from lab.endpoints.client import RunInterrupted
-
-    try:
-        record, result = link.measure(protocol, point.traffic, progress=progress)
-    except RunInterrupted as stopped:
-        if stopped.result is not None:
-            stopped.result.extras["timeline"] = timeline_from_record(stopped.record)
-        raise
+    """`Link.measure`, plus the per-probe timeline the report plots."""
+    record, result = link.measure(protocol, point.traffic, progress=progress)
     result.extras["timeline"] = timeline_from_record(record)
     return result
 
@@ -285,7 +286,6 @@ def _run_relayed(
     progress: Callable[[str], Progress | None],
     on_result: Callable[[PointOutcome], None],
 ) -> PointOutcome:
-    from lab.endpoints.client import RunInterrupted
     from lab.endpoints.server import running_server
     from lab.link.models import LinkConfig
     from lab.link.relay import UdpRelay, tcp_needs_privileges_message
@@ -300,14 +300,11 @@ def _run_relayed(
             on_result(outcome)
             continue
         # A fresh relay per protocol restarts the seeded models, so each protocol meets the same decisions.
+        expected = config.expected_loss_ratio()
         with running_server(protocol.server_kind) as server, UdpRelay(config, server.address) as relay, \
-                _keeping_partial(outcome, proto, on_result):
-            try:
-                result = _measure(proto, relay.address, point, progress(proto), config.expected_loss_ratio())
-            except RunInterrupted as stopped:
-                if stopped.result is not None:
-                    stopped.result.link = relay.counters()
-                raise
+                _keeping_partial(outcome, proto, on_result, expected_loss_ratio=expected,
+                                 link_counters=relay.counters):
+            result = _measure(proto, relay.address, point, progress(proto), expected)
             result.link = relay.counters()
         outcome.results[proto] = result
         on_result(outcome)

@@ -355,3 +355,27 @@ def test_defect_14_ping_pong_deadline_never_exceeds_the_time_limit():
     plan = TrafficPlan(count=1_000_000, timeout=3600)
     assert plan.deadline_s() <= run_limits().seconds + 10
     assert TrafficPlan(count=100, rate=100).deadline_s() == pytest.approx(1.5 + 1.0 + 5.0)
+
+
+@pytest.mark.parametrize("impaired", [False, True], ids=["loopback", "relay"])
+def test_defect_4_interrupted_run_is_kept_in_every_mode(monkeypatch, impaired):
+    """Without the link (plain loopback, or the relay without privileges) a stop keeps the run in
+    progress too, with its timeline (and the relay's counters)."""
+    monkeypatch.setattr(runner, "has_link_privileges", lambda: False)
+    link = '[link]\nloss = "10%"\n' if impaired else ""
+    plan = parse_scenario(f"[scenario]\nprotocols = [\"udp\"]\n[traffic]\ncount = 400\nrate = 400\n"
+                          f"timeout = 0.3\n{link}", source="x.toml", default_name="x")
+
+    def progress(_proto):
+        def report(sent, _total):
+            if sent >= 100:
+                raise KeyboardInterrupt  # what Ctrl-C does in the middle of the run
+        return report
+
+    kept = []
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_point(plan, plan.points[0], progress=progress, on_result=kept.append)
+    result = kept[-1].results["udp"]
+    assert kept[-1].interrupted and result.extras["interrupted"]
+    assert 50 <= result.sent < 400 and len(result.extras["timeline"]) == result.sent  # the undecided left out
+    assert (result.link is not None) == impaired
