@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Terminated(KeyboardInterrupt):
@@ -73,6 +74,30 @@ def interrupt_on_signals(*signums: int) -> Iterator[None]:
     saved = {signum: signal.signal(signum, handler) for signum in signums}
     try:
         yield
+    finally:
+        for signum, previous in saved.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def stop_signals_recorded() -> Iterator[list[int] | None]:
+    """Within the block, append SIGINT/SIGTERM/SIGHUP to the yielded list instead of acting on them.
+
+    For code that must not be cut between two steps (reading a child's answer and keeping it): it
+    polls the list at safe points, then replays the signal with `signal.raise_signal` so the
+    handlers in force say what it means. Main thread only (elsewhere yields None and changes
+    nothing); ignored signals stay ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    pending: list[int] = []
+    saved = {}
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            saved[signum] = signal.signal(signum, lambda got, _frame: pending.append(got))
+    try:
+        yield pending
     finally:
         for signum, previous in saved.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)

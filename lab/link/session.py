@@ -18,13 +18,13 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from lab.errors import ConfigError, EndpointError, LabError
+from lab.interrupts import stop_signals_recorded
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
 from lab.records import Result, RunRecord, TrafficPlan
 
@@ -126,7 +126,7 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
     reader = _FrameReader(rfd)
     outcome: tuple[Any, ...] | None = None
     try:
-        with _stop_signals_recorded() as pending:
+        with stop_signals_recorded() as pending:
             # With the signals recorded, poll: a stop is noticed within POLL_S and never lands
             # between a read and its bookkeeping (which would lose the child's answer).
             poll_s = POLL_S if pending is not None else None
@@ -172,28 +172,6 @@ def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
 
 
 POLL_S = 0.05  # how soon a stop signal is noticed while a child runs
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def _stop_signals_recorded() -> Iterator[list[int] | None]:
-    """Record SIGINT/SIGTERM/SIGHUP in the yielded list instead of acting on them (main thread only;
-    elsewhere yields None and changes nothing). Ignored signals stay ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        yield None
-        return
-    pending: list[int] = []
-    saved = {}
-    for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) is not signal.SIG_IGN:
-            saved[signum] = signal.signal(signum, lambda got, _frame: pending.append(got))
-    try:
-        yield pending
-    finally:
-        for signum, previous in saved.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-
-
 INTERRUPT_GRACE_S = 0.3  # a Ctrl-C at the terminal reaches the child too; let it answer first
 INTERRUPT_WAIT_S = 3.0  # then interrupt the child ourselves (SIGTERM reached only us) and wait
 
