@@ -230,8 +230,12 @@ def _write_state(name: str, state: dict[str, Any]) -> None:
 
 def _read_state(name: str) -> dict[str, Any] | None:
     """The state file of link `name`, None if absent or unreadable."""
+    return _load_state(_state_path(name))
+
+
+def _load_state(path: Path) -> dict[str, Any] | None:
     try:
-        state = json.loads(_state_path(name).read_text())
+        state = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
@@ -424,7 +428,6 @@ class Topology:
                 self._guarded = False
                 _remove_signal_guard()
 
-
     def _remove_state(self) -> None:
         """Delete our state file, and only ours: a run of the same name may have written its own."""
         with _netns_create_lock():
@@ -505,12 +508,11 @@ def cleanup_leftovers() -> list[str]:
     removed: list[str] = []
     live_names: set[str] = set()
     for path in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
-        try:
-            state = json.loads(path.read_text())
-            name = str(state["name"])
-        except (OSError, ValueError, KeyError, TypeError):
+        state = _load_state(path)
+        if state is None or "name" not in state:
             continue
-        if process_alive(int(state.get("owner_pid", 0)), state.get("owner_start")):
+        name = str(state["name"])
+        if _state_owner_alive(state):
             live_names.add(name)
             continue
         starts = state.get("starts", {})
