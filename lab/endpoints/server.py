@@ -67,7 +67,11 @@ LOW_PORTS = 1024  # below: echo (7), discard (9), daytime (13), chargen (19)... 
 LOOP_SECONDS = 5.0  # a peer echoing our replies back this long without pause is an echo loop
 LOOP_GAP_S = 1.0  # a reflection more than this after our reply is not a loop (a person, a slow link)
 LOOP_RING = 8  # recent replies per peer compared with what it sends (several loops interleaved)
-LOOP_DIGEST_BYTES = 1024  # larger datagrams are compared by size, first and last 512 bytes
+# Datagrams up to LOOP_DIGEST_BYTES are hashed whole; larger ones by size, first and last
+# LOOP_DIGEST_ENDS bytes. hash() of fresh bytes costs ~0.35 µs/KiB, slicing two ends ~0.7 µs:
+# whole is cheaper up to ~3 KiB (every full-MTU datagram), the ends beyond.
+LOOP_DIGEST_BYTES = 4096
+LOOP_DIGEST_ENDS = 512
 
 UDP_REFUSALS = ("udp_refused_own_address", "udp_refused_low_port", "udp_refused_rate", "udp_refused_loop")
 COUNTER_NAMES = (
@@ -201,7 +205,7 @@ class UdpGuard:
         # hash() reads every byte (~20 µs for 64 KiB): a big datagram is known by its ends and size;
         # 0 marks an empty ring slot.
         digest = (hash(data) if len(data) <= LOOP_DIGEST_BYTES
-                  else hash((len(data), data[:LOOP_DIGEST_BYTES // 2], data[-LOOP_DIGEST_BYTES // 2:]))) or 1
+                  else hash((len(data), data[:LOOP_DIGEST_ENDS], data[-LOOP_DIGEST_ENDS:]))) or 1
         if digest in state.ring and now - state.last_reply <= LOOP_GAP_S:
             if now < state.refuse_until:
                 return "udp_refused_loop"
