@@ -19,6 +19,7 @@ from lab.report.summary import (
     expected_loss,
     goodput_tells,
     link_drop_rate,
+    link_drops,
     point_label,
     protocols_of,
     results_by_protocol,
@@ -505,22 +506,6 @@ def goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     return fig
 
 
-def _link_total(result: Mapping[str, Any], word: str) -> int:
-    """Sum of every counter named like `word` in the forwarder's counters (any nesting)."""
-    total = 0
-
-    def walk(node: Any, name: str = "") -> None:
-        nonlocal total
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, str(k))
-        elif isinstance(node, int | float) and not isinstance(node, bool) and word in name:
-            total += int(node)
-
-    walk(result.get("link") or {})
-    return total
-
-
 def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     """TCP retransmitted segments next to the packets the link dropped, per point."""
     plt = _pyplot(style)
@@ -534,7 +519,7 @@ def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) ->
         if any(v is not None for v in values):
             label = _("{protocol} retransmits").format(protocol=proto.upper())
             series.append((label, color(proto, protocols), [v or 0 for v in values], False))
-        drops = [_link_total(results_by_protocol(p).get(proto) or {}, "drop") for p in points]
+        drops = [link_drops(results_by_protocol(p).get(proto) or {}) for p in points]
         if any(drops):
             label = _("link drops during {protocol}").format(protocol=proto.upper())
             series.append((label, color(proto, protocols), drops, True))

@@ -209,12 +209,17 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
     return rows
 
 
-def queue_drops(result: Mapping[str, Any]) -> int:
-    """Packets the link's queue dropped (rate + limit) during this result's run, both directions."""
+def _link_count(result: Mapping[str, Any], *counters: str) -> int:
+    """The sum of these link counters over both directions during this result's run."""
     link = result.get("link") or {}
     return sum(
-        int(d.get("dropped_queue", 0) or 0) for d in link.values() if isinstance(d, Mapping)
+        int(d.get(name, 0) or 0) for d in link.values() if isinstance(d, Mapping) for name in counters
     )
+
+
+def queue_drops(result: Mapping[str, Any]) -> int:
+    """Packets the link's queue dropped (rate + limit) during this result's run, both directions."""
+    return _link_count(result, "dropped_queue")
 
 
 def timeline_rows(result: Mapping[str, Any]) -> list[tuple[int, float, float | None, int]]:
@@ -356,18 +361,12 @@ def _delivered_clause(
 
 def link_drops(result: Mapping[str, Any]) -> int:
     """Packets the link dropped (loss and full queue, both directions) during this result's run."""
-    link = result.get("link") or {}
-    return sum(
-        int(d.get("dropped_loss", 0) or 0) + int(d.get("dropped_queue", 0) or 0)
-        for d in link.values()
-        if isinstance(d, Mapping)
-    )
+    return _link_count(result, "dropped_loss", "dropped_queue")
 
 
 def link_reordered(result: Mapping[str, Any]) -> int:
     """Packets the link sent early (reordered), both directions, during this result's run."""
-    link = result.get("link") or {}
-    return sum(int(d.get("reordered", 0) or 0) for d in link.values() if isinstance(d, Mapping))
+    return _link_count(result, "reordered")
 
 
 def retransmission_sentence(result: Mapping[str, Any]) -> str:
