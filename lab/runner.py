@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -637,26 +637,21 @@ def demo_scenario(link: Mapping[str, str] | None = None, seed: int | None = None
     `lab demo --loss 30%` changes the loss and keeps the demo's 20 ms delay; `--delay 0ms` removes
     the delay. The expectations stay: UDP should lose what the link predicts, TCP nothing.
     """
-    import tomllib
-
-    from lab.files import read_limited
-    from lab.scenario import SCENARIO_FILE_LIMIT, ScenarioError, scenario_from_data
+    from lab.scenario import read_scenario_data, scenario_from_data
 
     if not DEMO_SCENARIO.is_file():
         raise LabError(f"{DEMO_SCENARIO}: demo scenario missing; reinstall wirelab from its source tree")
-    if not link:
-        scenario = load_scenario(DEMO_SCENARIO)
-        if scenario.description == DEMO_DESCRIPTION:
-            scenario = replace(scenario, description=_(DEMO_DESCRIPTION))
-    else:
-        data = tomllib.loads(read_limited(DEMO_SCENARIO, SCENARIO_FILE_LIMIT, "a scenario file",
-                                          ScenarioError).decode("utf-8"))
+    data = read_scenario_data(DEMO_SCENARIO)
+    meta = data.setdefault("scenario", {})
+    if meta.get("description") == DEMO_DESCRIPTION:
+        meta["description"] = _(DEMO_DESCRIPTION)
+    source = str(DEMO_SCENARIO)
+    if link:
         data.setdefault("link", {}).update(link)
         given = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in link.items())
-        meta = data.setdefault("scenario", {})
         meta["description"] = f"{meta.get('description', '')} Steered with {given}.".strip()
-        scenario = scenario_from_data(data, source=f"lab demo {given}", default_name="demo",
-                                      path=DEMO_SCENARIO)
+        source = f"lab demo {given}"
+    scenario = scenario_from_data(data, source=source, default_name="demo", path=DEMO_SCENARIO)
     return scenario.with_seed(seed) if seed is not None else scenario
 
 
