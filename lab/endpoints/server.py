@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import ipaddress
 import itertools
 import json
 import select
@@ -705,15 +704,16 @@ def exposure_warning(addresses: list[tuple[str, int] | None]) -> str | None:
 
     The lab's own namespaces (198.18.0.0/15) count as private: only a lab link reaches them.
     """
-    from lab.endpoints.client import LAB_NETWORK
+    from lab.endpoints.client import check_lab_target
+    from lab.errors import TargetRefusedError
 
     exposed = []
     for address in addresses:
         if address is None:
             continue
-        ip = ipaddress.ip_address(address[0].split("%")[0])
-        ip = getattr(ip, "ipv4_mapped", None) or ip
-        if not (ip.is_loopback or (ip.version == 4 and ip in LAB_NETWORK)):
+        try:  # the rule the clients send by is the rule for "private" here too
+            check_lab_target(address[0].split("%")[0])
+        except TargetRefusedError:
             exposed.append(format_address(address))
     if not exposed:
         return None
