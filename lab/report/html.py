@@ -8,7 +8,9 @@ from typing import Any
 from lab import i18n
 from lab.i18n import _
 from lab.report.summary import (
+    atlas_row,
     counters_rows,
+    flat_environment,
     interrupted_by,
     link_description,
     link_drop_line,
@@ -33,16 +35,6 @@ def _traffic_description(point: Mapping[str, Any]) -> str:
             streams=t["streams"], **fields
         )
     return _("{count} × {size} B, {pace}, timeout {timeout} s").format(**fields)
-
-
-def _flat_environment(env: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    for key, value in env.items():
-        if isinstance(value, Mapping):
-            rows.extend(_flat_environment(value, f"{prefix}{key}."))
-        else:
-            rows.append((f"{prefix}{key}", str(value)))
-    return rows
 
 
 def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
@@ -95,28 +87,11 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         tables=tables,
         plots={name: plots.get(name, "") for name in PLOT_NAMES},
         counters=counters,
-        atlas=[_atlas_row(row) for row in payload.get("atlas") or []],
-        environment=_flat_environment(payload.get("environment") or {}),
+        atlas=[atlas_row(row) for row in payload.get("atlas") or []],
+        environment=flat_environment(payload.get("environment") or {}),
     )
 
 
 # Every plot the template can show; one missing from `plots` (nothing to show) leaves its section out.
 PLOT_NAMES = ("latency_cdf", "loss", "timeline", "reordering", "goodput", "retransmissions")
 
-
-def _atlas_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """One atlas case with every column the template shows (older or edited rows may lack some)."""
-    expected = row.get("expected_verdict") or ""
-    if not isinstance(expected, str):  # several verdicts would do
-        either = " " + _("or") + " "
-        expected = either.join(map(str, expected))
-    return {
-        "name": str(row.get("name", "?")),
-        "layer": str(row.get("layer", "")),
-        "defect": str(row.get("defect", "")),
-        "expected_verdict": expected,
-        "verdict": str(row.get("verdict", "")),
-        "evidence": str(row.get("evidence") or ""),
-        "matches_expected": bool(row.get("matches_expected")),
-        "server_alive": bool(row.get("server_alive")),
-    }

@@ -15,7 +15,9 @@ from typing import Any
 
 from lab.i18n import _
 from lab.report.summary import (
+    atlas_row,
     counters_rows,
+    flat_environment,
     interrupted_by,
     link_description,
     link_drop_line,
@@ -106,47 +108,26 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         lines += ["## " + _("Retransmissions and link drops"), ""]
         lines += [f"- **{_text(point_id)}**: {_text(text)}" for point_id, text in notes]
         lines.append("")
-    atlas = payload.get("atlas") or []
+    atlas = [atlas_row(row) for row in payload.get("atlas") or []]
     if atlas:
-        matched = sum(1 for row in atlas if row.get("matches_expected"))
+        matched = sum(1 for row in atlas if row["matches_expected"])
         lines += ["## " + _("Malformed-packet atlas"), ""]
         behaved = _("{matched} of {total} cases behaved as expected.")
         lines += [behaved.format(matched=matched, total=len(atlas)), ""]
         lines += [_row([_("case"), _("layer"), _("defect"), _("expected"), _("verdict"), _("server alive")])]
         lines += [_row(["---"] * 6)]
         for row in atlas:
-            expected = row.get("expected_verdict") or ""
-            if isinstance(expected, list):
-                expected = (" " + _("or") + " ").join(str(e) for e in expected)
-            verdict = _text(row.get("verdict", ""))
-            lines.append(
-                _row(
-                    [
-                        _text(row.get("name", "?")),
-                        _text(row.get("layer", "")),
-                        _text(row.get("defect", "")),
-                        _text(expected),
-                        verdict if row.get("matches_expected") else _("{verdict} (unexpected)").format(
-                            verdict=f"**{verdict}**"
-                        ),
-                        _("yes") if row.get("server_alive") else "**" + _("no") + "**",
-                    ]
-                )
-            )
+            verdict = _text(row["verdict"])
+            if not row["matches_expected"]:
+                verdict = _("{verdict} (unexpected)").format(verdict=f"**{verdict}**")
+            alive = _("yes") if row["server_alive"] else "**" + _("no") + "**"
+            cells = [_text(row[key]) for key in ("name", "layer", "defect", "expected_verdict")]
+            lines.append(_row([*cells, verdict, alive]))
         lines.append("")
     env = payload.get("environment") or {}
     if env:
         lines += ["## " + _("Environment"), ""]
-        lines += [f"- {_text(k)}: {_text(v)}" for k, v in _flat(env)]
+        lines += [f"- {_text(k)}: {_text(v)}" for k, v in flat_environment(env)]
         lines.append("")
     return "\n".join(lines)
 
-
-def _flat(env: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for key, value in env.items():
-        if isinstance(value, Mapping):
-            out += _flat(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out

@@ -564,3 +564,32 @@ def _flatten(data: Any, prefix: str = "") -> str:
     if data == 0 or data is None:
         return ""
     return f"{prefix[:-1]}={data}"
+
+
+def flat_environment(env: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """The run's environment as (dotted key, value) rows: `packages.scipy`, `1.13.0`."""
+    rows: list[tuple[str, str]] = []
+    for key, value in env.items():
+        if isinstance(value, Mapping):
+            rows.extend(flat_environment(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", str(value)))
+    return rows
+
+
+def atlas_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One atlas case with every column a report shows (older or edited rows may lack some)."""
+    expected = row.get("expected_verdict") or ""
+    if not isinstance(expected, str):  # several verdicts would do
+        either = " " + _("or") + " "
+        expected = either.join(map(str, expected))
+    return {
+        "name": str(row.get("name", "?")),
+        "layer": str(row.get("layer", "")),
+        "defect": str(row.get("defect", "")),
+        "expected_verdict": expected,
+        "verdict": str(row.get("verdict", "")),
+        "evidence": str(row.get("evidence") or ""),
+        "matches_expected": bool(row.get("matches_expected")),
+        "server_alive": bool(row.get("server_alive")),
+    }
