@@ -201,21 +201,23 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
     return write(directory, payload)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # A report half-written by a Ctrl-C would be worse than the previous one: write, then rename.
-    # The temporary file has a fresh name (O_EXCL), so nothing planted in the folder is followed.
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8) to `path` under a temporary name first, then rename: a report
+    half-written by a Ctrl-C would be worse than the previous one. The temporary file has a fresh
+    name (O_EXCL), so nothing planted in the folder is followed."""
+    from lab.i18n import _
+
     tmp: str | None = None
     try:
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-        ) as f:
-            tmp = f.name
-            f.write(text)
-        os.chmod(tmp, 0o644)  # NamedTemporaryFile makes 0600; reports are for reading
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for reading
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise LabError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        message = _("{path}: cannot write ({reason})")
+        raise LabError(message.format(path=path, reason=exc.strerror or exc)) from None
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):

@@ -2,14 +2,13 @@
 figure (latency CDF, arrivals, loss side by side) for a single slide. `lab report DIR --slides`.
 
 Files go to DIR/slides/NAME.png and NAME.svg; the story is `story.png` / `story.svg`. Each is written
-to a temporary name first and renamed, as the reports are, so a Ctrl-C never leaves half a file.
+to a temporary name first and renamed, as the reports are (lab.report._atomic_write), so a Ctrl-C
+never leaves half a file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import io
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,19 +52,8 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
 
 def _save(fig: Any, path: Path, ext: str) -> None:
     # The whole 16:9 canvas (no tight bounding box), so every slide has the same size.
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            metadata = {"Date": None} if ext == "svg" else {}
-            fig.savefig(f, format=ext, dpi=DPI, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        message = _("{path}: cannot write ({reason})")
-        raise LabError(message.format(path=path, reason=exc.strerror or exc)) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    from lab.report import _atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else {})
+    _atomic_write(path, buf.getvalue())
