@@ -138,7 +138,7 @@ def number(lo: float = -MAX_VALUE, hi: float = MAX_VALUE) -> Check:
     def check(value: Any, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _expected("a number", value, where)
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):  # an int past 2^1024 has no float
             raise _expected("a finite number", value, where)
         if not lo <= value <= hi:
             raise _expected(f"a number from {lo:g} to {hi:g}", value, where)
