@@ -39,9 +39,14 @@ class ServeWhich(StrEnum):
     both = "both"
 
 
-class Proto(StrEnum):
-    tcp = "tcp"
-    udp = "udp"
+def _protocol_choices() -> type[StrEnum]:
+    """`lab send`'s choices: every registered protocol, plugins included (lab.protocols.registry)."""
+    from lab.protocols import names
+
+    return StrEnum("Proto", {name: name for name in names()})  # type: ignore[return-value]
+
+
+Proto = _protocol_choices()
 
 
 class Layer(StrEnum):
@@ -93,7 +98,7 @@ def serve(
     "Example: lab send udp 127.0.0.1 7007 --count 1000 --rate 500"
 ))
 def send(
-    protocol: Proto = typer.Argument(..., help=N_("tcp or udp.")),
+    protocol: Proto = typer.Argument(..., help=N_("The protocol (`lab protocols` describes each).")),
     host: str = typer.Argument(..., help=N_("Echo server address, e.g. 127.0.0.1.")),
     port: int = typer.Argument(..., min=1, max=65535, help=N_("Echo server port.")),
     count: int = typer.Option(100, "--count", "-c", min=1, max=10_000_000, help=N_("Probes to send.")),
@@ -185,6 +190,13 @@ def link(
     raise typer.Exit(
         link_command(name, impairment, direction.value, seed, mtu, capture, capture_limit)
     )
+
+
+@app.command(help=N_("List the protocols this install can measure, what each shows and needs."))
+def protocols(lang: str | None = LANG) -> None:
+    from lab.protocols import describe_protocols
+
+    print(describe_protocols())
 
 
 @app.command()

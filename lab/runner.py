@@ -185,7 +185,7 @@ def _keeping_partial(
     One place for every mode: the result is the link's (`Link.measure` already counted it) or is
     computed here from the client's record; the timeline and the relay's counters are added here.
     """
-    from lab.endpoints.client import RunInterrupted
+    from lab.schedule import RunInterrupted
     from lab.metrics import compute_result
 
     try:
@@ -295,7 +295,7 @@ def _run_relayed(
     outcome = PointOutcome(point=point, mode="relay", link_config=config.to_dict())
     for proto in protocols:
         protocol = get_protocol(proto)
-        if protocol.transport != "udp":
+        if not protocol.relayable:
             outcome.skipped[proto] = tcp_needs_privileges_message()
             on_result(outcome)
             continue
@@ -510,7 +510,7 @@ class _Display:
                     strip.progress(sent, total, arrivals)
                 self._refresh()
 
-            report.wants_arrivals = strip is not None  # type: ignore[attr-defined]  # lab.endpoints.client
+            report.wants_arrivals = strip is not None  # type: ignore[attr-defined]  # lab.schedule.ProbeSchedule.report
             return report
 
         return for_protocol

@@ -704,11 +704,9 @@ def evaluate_all(point: SweepPoint, protocol: str, result: Result | Mapping[str,
 
 # --- helpers ------------------------------------------------------------------------------------
 def _known_protocols() -> set[str]:
-    try:
-        from lab.protocols import PROTOCOLS
-    except ImportError:  # the registry is optional: tcp and udp are always there
-        return set(DEFAULT_PROTOCOLS)
-    return set(PROTOCOLS) | set(DEFAULT_PROTOCOLS)
+    from lab.protocols import names
+
+    return set(names())
 
 
 def _is_int(value: Any) -> bool:

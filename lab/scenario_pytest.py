@@ -68,10 +68,10 @@ class ScenarioPoint(pytest.Collector):
 
 
 def _needs_link(protocol: str) -> bool:
-    """Protocols not carried by UDP cannot go through the unprivileged relay."""
+    """Protocols the unprivileged relay cannot carry need the real link to be impaired."""
     from lab.protocols import get_protocol
 
-    return get_protocol(protocol).transport != "udp"
+    return not get_protocol(protocol).relayable
 
 
 class ScenarioItem(pytest.Item):

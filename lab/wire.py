@@ -105,6 +105,15 @@ def encode(probe: Probe) -> bytes:
     return header + payload
 
 
+def frame(seq: int, stream: int, send_ns: int, payload: bytes, crc: int) -> bytes:
+    """The bytes of `encode(Probe(...))`, for a hot path: the payload's CRC is computed ahead.
+
+    A client computes the CRC before it stamps the send time, so stamping and sending are back to
+    back. The caller guarantees the field ranges `Probe` would check.
+    """
+    return HEADER.pack(MAGIC, VERSION, 0, stream, seq, send_ns, len(payload), crc) + payload
+
+
 def make_payload(size: int, seq: int = 0) -> bytes:
     """A deterministic, seq-dependent payload of `size` bytes (so a misdelivered payload shows)."""
     if size < 0:

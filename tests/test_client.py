@@ -21,20 +21,16 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from lab.endpoints.client import (
-    RunInterrupted,
-    _frame,
-    check_lab_target,
-    format_summary,
-    notes,
-    run_client,
-    split_merged_reply,
-)
+from lab.endpoints.client import format_summary, notes, run_client
 from lab.errors import ConfigError, EndpointError, TargetRefusedError
 from lab.metrics import compute_result
-from lab.protocols import PROTOCOLS, get_protocol
+from lab.protocols import get_protocol, registry
+from lab.protocols.udp import split_merged_reply
 from lab.records import RunRecord, Send, TrafficPlan
+from lab.schedule import RunInterrupted
+from lab.targets import check_lab_target
 from lab.wire import HEADER_SIZE, Probe, encode
+from lab.wire import frame as _frame
 
 Reply = Callable[[int, bytes], list[tuple[float, bytes]]]  # (datagram index, data) -> [(delay, out)]
 
@@ -478,8 +474,8 @@ def test_other_targets_are_refused(host: str) -> None:
 
 # --- protocol registry ---------------------------------------------------------------------------------
 def test_registry_has_tcp_and_udp() -> None:
-    assert set(PROTOCOLS) >= {"tcp", "udp"}
-    for name, proto in PROTOCOLS.items():
+    assert set(registry()) >= {"tcp", "udp"}
+    for name, proto in registry().items():
         assert proto.name == name and proto.server_kind in ("tcp", "udp", "both")
 
 
@@ -517,7 +513,7 @@ LAB_ROUTE = "wl0\t000012C6\t00000000\t0001\t0\t0\t0\tFCFFFFFF\t0\t0\t0\n"  # 198
 
 
 def test_lab_address_behind_the_default_route_is_refused(tmp_path) -> None:
-    from lab.endpoints.client import _lab_route_missing
+    from lab.targets import _lab_route_missing
 
     routes = tmp_path / "route"
     routes.write_text(ROUTE_HEADER + DEFAULT_ROUTE)

@@ -47,8 +47,8 @@ def test_demo_bad_what_if_value_is_one_line(capsys):
 
 def test_probe_strip_from_a_real_run_marks_every_fate():
     """A real loopback UDP run reports arrivals to a live view; a probe nobody answers turns ✗."""
-    from lab.endpoints.client import run_udp
     from lab.endpoints.server import running_server
+    from lab.protocols import get_protocol
 
     strip = ProbeStrip(label="UDP", count=40, timeout_s=0.3)
     reports = []
@@ -59,7 +59,8 @@ def test_probe_strip_from_a_real_run_marks_every_fate():
 
     progress.wants_arrivals = True
     with running_server("udp") as server:
-        run_udp(server.address, TrafficPlan(count=40, rate=400, timeout=0.3), progress=progress)
+        plan = TrafficPlan(count=40, rate=400, timeout=0.3)
+        get_protocol("udp").run(server.address, plan, progress=progress)
     assert any(reports) and all(r is not None for r in reports)
     assert sorted(strip.rtt_ms) == list(range(40)) and strip.sent == 40
     assert all(strip.fate(seq, time.monotonic()) == "rtt" for seq in range(40))

@@ -218,7 +218,7 @@ def test_defect_5_connect_timeout_sized_from_the_link_delay(tmp_path):
 
 
 def test_connect_timeout_grows_with_the_round_trip():
-    from lab.endpoints.client import CONNECT_TIMEOUT_MIN_S, connect_timeout_s
+    from lab.protocols.common import CONNECT_TIMEOUT_MIN_S, connect_timeout_s
 
     plan = TrafficPlan(timeout=1.0)
     assert connect_timeout_s(plan) == CONNECT_TIMEOUT_MIN_S

@@ -19,17 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.endpoints import client
-from lab.endpoints.client import (
-    _lab_route_missing,
-    check_lab_target,
-    ip_in_lab_network,
-    resolve_lab_target,
-    run_client,
-    send_command,
-)
+from lab import targets
+from lab.endpoints.client import run_client, send_command
 from lab.errors import TargetRefusedError
 from lab.records import TrafficPlan
+from lab.targets import _lab_route_missing, check_lab_target, ip_in_lab_network, resolve_lab_target
 
 ROUTE_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
 DEFAULT_ROUTE = "eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"  # via 192.0.2.1
@@ -70,7 +64,7 @@ def tripwire(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.setattr(socket, name, boom)
     routes = tmp_path / "route"
     routes.write_text(ROUTE_HEADER + DEFAULT_ROUTE)
-    monkeypatch.setattr(client, "ROUTES_PATH", str(routes))
+    monkeypatch.setattr(targets, "ROUTES_PATH", str(routes))
     return routes
 
 

@@ -316,11 +316,12 @@ def test_tcp_client_lesson_against_tcp_server_lessons(kind: str, data: bytes) ->
 @pytest.mark.parametrize("rate", [None, 5000.0], ids=["ping-pong", "paced"])
 def test_lab_send_tcp_against_tcp_server_lessons(kind: str, rate: float | None) -> None:
     """`lab send tcp` (the lab's measuring client) gets every probe back, in order, from both lessons."""
-    from lab.endpoints.client import run_tcp
+    from lab.protocols import get_protocol
     from lab.records import TrafficPlan
 
     with lesson_tcp_server(kind) as address:
-        record = run_tcp(address, TrafficPlan(count=300, size=300, rate=rate, timeout=1.0, streams=2))
+        plan = TrafficPlan(count=300, size=300, rate=rate, timeout=1.0, streams=2)
+        record = get_protocol("tcp").run(address, plan)
     seqs = [arrival.seq for arrival in record.arrivals]
     assert len(record.sends) == 300 and sorted(set(seqs)) == list(range(300)), (len(record.sends), len(seqs))
 

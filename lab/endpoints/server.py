@@ -704,7 +704,7 @@ def exposure_warning(addresses: list[tuple[str, int] | None]) -> str | None:
 
     The lab's own namespaces (198.18.0.0/15) count as private: only a lab link reaches them.
     """
-    from lab.endpoints.client import check_lab_target
+    from lab.targets import check_lab_target
     from lab.errors import TargetRefusedError
 
     exposed = []

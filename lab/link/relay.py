@@ -75,7 +75,7 @@ def _require_loopback(host: str, what: str) -> str:
     Checked with the clients' own normalisation (no DNS lookup; ::ffff:127.0.0.1 is 127.0.0.1),
     so the relay never forwards anywhere a client could not send itself.
     """
-    from lab.endpoints.client import check_lab_target
+    from lab.targets import check_lab_target
 
     try:
         address = check_lab_target(host)

@@ -374,7 +374,8 @@ class Link:
                 progress: Callable[[int, int], None] | None = None,
                 **plan_kwargs: Any) -> tuple[RunRecord, Result]:
         """Like `run`, but also hand back the client's raw RunRecord (per-probe timeline)."""
-        from lab.endpoints.client import RunInterrupted, run_client
+        from lab.endpoints.client import run_client
+        from lab.schedule import RunInterrupted
         from lab.kernel import counter_deltas, read_counters
         from lab.metrics import compute_result
 

@@ -49,7 +49,7 @@ def plan_target(target: str | None) -> SandboxAddresses:
     """
     if target is None:
         return SandboxAddresses(address=DEFAULT_ADDRESS, peer=DEFAULT_PEER)
-    from lab.endpoints.client import check_lab_target
+    from lab.targets import check_lab_target
 
     checked = ipaddress.ip_address(check_lab_target(target))
     if checked.is_loopback:

@@ -1,0 +1,81 @@
+"""Socket helpers the protocols' measuring clients share (the schedule itself is lab.schedule)."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import selectors
+import socket
+
+from lab.errors import EndpointError
+from lab.records import TrafficPlan
+from lab.targets import where
+
+# Sends in one burst before a loop drains replies again (keeps the receive buffer from filling
+# while a late sender catches up).
+MAX_BURST = 32
+# Ask for big socket buffers so an open-loop burst is not dropped by our own socket (the kernel
+# caps them at net.core.rmem_max/wmem_max; that is fine).
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+CONNECT_TIMEOUT_MIN_S = 3.0
+CONNECT_TIMEOUT_MAX_S = 10.0
+FD_SETSIZE = 1024  # sys/select.h: select(2) handles descriptors below this
+
+
+def family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 address, else AF_INET."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.AF_INET
+
+
+def selector(socks: list[socket.socket]) -> selectors.BaseSelector:
+    """A selector with µs timeouts for a client's few sockets."""
+    # select(2) takes a timeout in µs; epoll and poll round it up to whole milliseconds, which
+    # would make a paced sender wake up to 1 ms late and book that as latency. We watch at most
+    # a few dozen sockets, where select(2) costs nothing extra — but it cannot watch a descriptor
+    # numbered FD_SETSIZE or above (a process with many files open), so fall back then.
+    if max(s.fileno() for s in socks) < FD_SETSIZE:
+        return selectors.SelectSelector()
+    return selectors.DefaultSelector()
+
+
+def big_buffers(sock: socket.socket) -> None:
+    """Ask for SOCKET_BUFFER_BYTES of receive and send buffer (a smaller one only drops more in bursts)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
+    except OSError:
+        pass
+
+
+def connect_timeout_s(plan: TrafficPlan, round_trip_s: float = 0.0) -> float:
+    """How long a handshake may take: the usual 3-10 s, plus room for a slow path.
+
+    A SYN and its SYN-ACK cross the path once each; the kernel resends a lost SYN after 1 s, 3 s,
+    7 s..., so three round trips on top of the usual bound let a lossy, slow link (`delay = "2s"`)
+    complete the handshake instead of reporting "no echo server answering".
+    """
+    usual = min(max(plan.timeout, CONNECT_TIMEOUT_MIN_S), CONNECT_TIMEOUT_MAX_S)
+    return usual + 3 * max(0.0, round_trip_s)
+
+
+def unreachable(address: tuple[str, int], over: str, exc: OSError, *, connected: bool) -> EndpointError:
+    """The one-line EndpointError for a failed connect/send to an echo server.
+
+    `over` names the protocol in the message; `connected` says whether it runs over a connection
+    (a refused or reset connection reads differently from an ICMP port unreachable).
+    """
+    if connected and isinstance(exc, ConnectionResetError):  # accepted, then reset at once
+        return EndpointError(f"the echo server at {where(address)} closed the connection before any "
+                             "reply (it may be full: see its --max-conns)")
+    if isinstance(exc, ConnectionRefusedError):
+        why = "connection refused" if connected else "port unreachable: nothing listening"
+    elif isinstance(exc, TimeoutError):
+        why = "no answer to connect"
+    elif exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        why = "host unreachable"
+    else:
+        why = exc.strerror or str(exc)
+    return EndpointError(f"no echo server answering at {where(address)} over {over} ({why})")

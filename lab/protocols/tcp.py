@@ -1,0 +1,182 @@
+"""`tcp`: probes framed back to back on one TCP connection (RFC 9293): reliable, in order.
+
+Logical streams share the one connection (the head-of-line experiment). TCP's own view of the run
+(TCP_INFO: retransmissions, smoothed RTT, congestion window) is read from the socket at the end.
+A TCP variant that differs only in its socket options (a congestion control, ...) subclasses
+`TCP` and overrides `prepare_socket`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from lab.errors import CrcMismatchError, EndpointError, RemoteWireError
+from lab.protocols import Protocol
+from lab.protocols.common import MAX_BURST, connect_timeout_s, selector, unreachable
+from lab.records import RunRecord, TrafficPlan
+from lab.schedule import NS_PER_S, ProbeSchedule
+from lab.targets import lab_address, where
+from lab.timing import fine_timers
+from lab.wire import EOF, HEADER_SIZE, NEED_DATA, Probe, StreamDecoder, frame
+
+# Bound of bytes queued in the client for a connection that does not drain; beyond it the
+# sender waits (and open loop falls behind schedule, which the intended times record).
+OUTBUF_LIMIT = 4 * 1024 * 1024
+OUTBUF_FULL_POLL_NS = 10_000_000  # re-check the deadline this often while the send buffer is full
+DECODER_BUFFER = 1024 * 1024
+RECV_CHUNK = 256 * 1024
+SERVER_CLOSED = "the echo server closed the connection"
+
+
+class TCP(Protocol):
+    name = "tcp"
+    transport = "tcp"
+    description = "probes framed on one TCP connection (reliable, in order)"
+    reliable = True
+    style = "bold blue"
+
+    def prepare_socket(self, sock: socket.socket) -> None:
+        """Options set on the connected socket before the first probe (subclasses add theirs)."""
+        # Latency is what we measure: do not let Nagle hold a probe back waiting for an ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def run_client(self, address: tuple[str, int], plan: TrafficPlan, *,
+                   progress: Callable[..., None] | None = None, deadline_s: float | None = None,
+                   round_trip_s: float = 0.0) -> RunRecord:
+        """Probes framed back to back on one connection; logical streams share it.
+
+        `round_trip_s` is the path's known round-trip delay (a lab link's), so the handshake gets
+        time to cross it (see `connect_timeout_s`).
+        """
+        from lab.kernel import tcp_info
+
+        host, port = lab_address(address)
+        connect_timeout = connect_timeout_s(plan, round_trip_s)
+        if deadline_s is not None:
+            connect_timeout = min(connect_timeout, deadline_s)
+        try:
+            sock = socket.create_connection((host, port), timeout=connect_timeout)
+        except OSError as exc:
+            raise unreachable((host, port), self.label, exc, connected=True) from exc
+        with sock, selector([sock]) as sel:
+            self.prepare_socket(sock)
+            sock.setblocking(False)
+            run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
+            run.extras["tcp_nodelay"] = True
+            with fine_timers():
+                try:
+                    _Connection(run, sock, (host, port)).loop(sel)
+                except KeyboardInterrupt:
+                    raise run.interrupted(time.monotonic_ns()) from None
+            ended = time.monotonic_ns()
+            # If the connection is already gone, the record stands without TCP_INFO.
+            with contextlib.suppress(OSError):
+                run.extras["tcp_info"] = tcp_info(sock)
+            return run.record(ended)
+
+
+class _Connection:
+    """One run's connection: an outgoing buffer, a stream decoder, and how the connection ended."""
+
+    def __init__(self, run: ProbeSchedule, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.run = run
+        self.sock = sock
+        self.address = address
+        self.decoder = StreamDecoder(max_payload=run.plan.size - HEADER_SIZE, max_buffer=DECODER_BUFFER)
+        self.outbuf = bytearray()
+
+    def loop(self, sel: selectors.BaseSelector) -> None:
+        run, outbuf = self.run, self.outbuf
+        sel.register(self.sock, selectors.EVENT_READ)
+        writing = False
+        while True:
+            now = time.monotonic_ns()
+            burst = 0
+            while (
+                burst < MAX_BURST
+                and len(outbuf) < OUTBUF_LIMIT
+                and (due := run.due_ns(now)) is not None
+                and due <= now
+            ):
+                seq, stream, payload, crc = run.next_probe()
+                intended, sent_ns = run.stamp(seq)
+                # Stamped when handed to the connection; bytes still queued in our buffer behind a
+                # stalled connection wait there, which is part of the latency the application sees.
+                outbuf += frame(seq, stream, intended, payload, crc)
+                run.sent(seq, stream, intended, sent_ns)
+                burst += 1
+                now = time.monotonic_ns()
+            if outbuf and not self.flush():
+                return
+            if run.done(now):
+                return
+            if bool(outbuf) != writing:
+                writing = bool(outbuf)
+                sel.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0))
+            if burst >= MAX_BURST:
+                wait_s = 0.0
+            elif len(outbuf) >= OUTBUF_LIMIT:  # only a writable socket or a reply can help now
+                wait_s = min(run.deadline_ns - now, OUTBUF_FULL_POLL_NS) / NS_PER_S
+            else:
+                wait_s = run.wait_s(now)
+            for _, events in sel.select(wait_s):
+                if events & selectors.EVENT_READ and not self.receive():
+                    return
+
+    def flush(self) -> bool:
+        try:
+            n = self.sock.send(self.outbuf)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            return self.broken(f"send failed: {exc.strerror or exc}", exc)
+        del self.outbuf[:n]
+        return True
+
+    def receive(self) -> bool:
+        """Read what is there and decode it; False when the connection is over."""
+        run, decoder = self.run, self.decoder
+        try:
+            data = self.sock.recv(min(RECV_CHUNK, decoder.max_buffer - decoder.buffered))
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            return self.broken(f"receive failed: {exc.strerror or exc}", exc)
+        recv_ns = time.monotonic_ns()
+        try:
+            decoder.receive_data(data)
+            while True:
+                try:
+                    item = decoder.next_message()
+                except CrcMismatchError as exc:
+                    if isinstance(exc.probe, Probe):
+                        run.arrived(exc.probe, recv_ns, intact=False)
+                    continue
+                if item is NEED_DATA:
+                    return True
+                if item is EOF:
+                    return self.broken(SERVER_CLOSED, None)
+                assert isinstance(item, Probe)
+                run.arrived(item, recv_ns, intact=True)
+        except RemoteWireError as exc:
+            # The byte stream is desynchronised: nothing after this point can be attributed.
+            run.unattributed += 1
+            return self.broken(f"reply stream unreadable: {exc}", None)
+
+    def broken(self, why: str, exc: OSError | None) -> bool:
+        run = self.run
+        if not run.arrivals:
+            if why == SERVER_CLOSED or isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                # What a server at its connection limit does to a newcomer (ours closes the longest
+                # idle connection instead, so this is another server, or ours evicting us).
+                raise EndpointError(f"the echo server at {where(self.address)} closed the connection "
+                                    "before any reply (it may be full: see its --max-conns)") from exc
+            raise EndpointError(f"echo server at {where(self.address)} over TCP gave no reply "
+                                f"({why})") from exc
+        if not run.complete():
+            run.extras["connection_ended"] = why
+        return False

@@ -1,0 +1,232 @@
+"""The probe schedule every measuring client shares: what to send when, what came back, when to stop.
+
+Sans-IO like `lab.wire`: no sockets, and the clock is injected (`clock=`, monotonic ns), so tests
+drive a whole run by hand (docs/architecture.md#protocols). A protocol's client owns its sockets
+and its loop; it asks the schedule
+
+- `due_ns(now)`: when the next probe may go (None once all are sent),
+- `next_probe()` then `stamp(seq)` right before the send, `sent(...)` right after it,
+- `arrived(probe, recv_ns, intact=...)` for every reply, damaged or not,
+- `done(now)` / `wait_s(now)`: whether to stop, and how long it may sleep,
+- `record(now)` at the end, or `interrupted(now)` when Ctrl-C stops it.
+
+Ping-pong (`plan.rate is None`): one probe in flight; the next goes when the reply arrives or the
+timeout expires. Open loop (`rate` probes/s): probe i is *intended* at start + i/rate and keeps
+that time even when the sender falls behind, so a stall shows up as latency instead of vanishing
+(coordinated omission). Every run is bounded by an overall deadline, so it always ends.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from lab.records import Arrival, RunRecord, Send, TrafficPlan
+from lab.wire import HEADER_SIZE, Probe, make_payload
+
+Progress = Callable[..., None]  # progress(sent, total[, new_arrivals]) — see ProbeSchedule.report
+Clock = Callable[[], int]  # monotonic nanoseconds
+
+NS_PER_S = 1_000_000_000
+# A paced sender sleeps until this long before a probe is due, then polls: waking from a sleep
+# costs tens of µs in Python, which would otherwise be booked as latency of every probe.
+SPIN_NS = 100_000
+PROGRESS_INTERVAL_NS = 100_000_000  # report progress at most 10 times a second
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a client run; `.record` holds what it observed up to then.
+
+    A `KeyboardInterrupt`, so callers that stop on Ctrl-C (the runner) still do; `lab send` uses
+    the record to print what was measured, as ping does.
+    """
+
+    def __init__(self, record: RunRecord, result: Any = None) -> None:
+        super().__init__()
+        self.record = record
+        self.result = result  # set by whoever measured the record (e.g. a link, with its counters)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # It crosses a process boundary (a client run inside a namespace): keep the record.
+        return (type(self), (self.record, self.result))
+
+
+def deadline_ns(plan: TrafficPlan, deadline_s: float | None, now: int) -> int:
+    """The clock reading at which a run of `plan` started at `now` must stop.
+
+    `deadline_s` defaults to `plan.deadline_s()`."""
+    if deadline_s is None:
+        deadline_s = plan.deadline_s()
+    if deadline_s <= 0:
+        raise ValueError(f"deadline_s must be > 0, got {deadline_s}")
+    return now + round(deadline_s * NS_PER_S)
+
+
+class ProbeSchedule:
+    """One client run's schedule, record and bounds (see the module docstring for the protocol)."""
+
+    __slots__ = (
+        "protocol", "plan", "clock", "progress", "start_ns", "deadline_ns", "timeout_ns", "next_seq",
+        "waiting", "waiting_until", "last_sent_ns", "answered", "sends", "arrivals", "unattributed",
+        "extras", "_progress_ns", "_arrivals_seen",
+    )
+
+    def __init__(self, protocol: str, plan: TrafficPlan, *, deadline_s: float | None = None,
+                 progress: Progress | None = None, clock: Clock = time.monotonic_ns) -> None:
+        self.protocol = protocol
+        self.plan = plan
+        self.clock = clock
+        self.progress = progress
+        self.start_ns = clock()
+        self.deadline_ns = deadline_ns(plan, deadline_s, self.start_ns)
+        self.timeout_ns = round(plan.timeout * NS_PER_S)
+        self.next_seq = 0
+        self.waiting: int | None = None  # ping-pong: the seq in flight
+        self.waiting_until = 0
+        self.last_sent_ns = 0
+        self.answered: set[int] = set()
+        self.sends: list[Send] = []
+        self.arrivals: list[Arrival] = []
+        self.unattributed = 0  # replies too damaged to tell which probe they were
+        self.extras: dict[str, Any] = {}  # notes for the record (deadline_hit, interrupted, ...)
+        self._progress_ns = 0
+        self._arrivals_seen = 0
+
+    # --- sending ---
+    def intended_ns(self, seq: int) -> int:
+        """Open loop: when probe `seq` is meant to leave (start + seq/rate)."""
+        assert self.plan.rate is not None
+        return self.start_ns + round(seq * NS_PER_S / self.plan.rate)
+
+    def due_ns(self, now: int) -> int | None:
+        """When the next probe may go (None once all are sent)."""
+        if self.next_seq >= self.plan.count:
+            return None
+        if self.plan.rate is not None:
+            return self.intended_ns(self.next_seq)
+        if self.waiting is not None:
+            return self.waiting_until  # ping-pong: the one in flight times out
+        return now
+
+    def next_probe(self) -> tuple[int, int, bytes, int]:
+        """(seq, stream, payload, crc) of the probe to send next."""
+        seq = self.next_seq
+        payload = make_payload(self.plan.size - HEADER_SIZE, seq)
+        return seq, seq % self.plan.streams, payload, zlib.crc32(payload)
+
+    def stamp(self, seq: int) -> tuple[int, int]:
+        """(intended_ns, sent_ns) for a probe about to be sent right now."""
+        now = self.clock()
+        # Ping-pong has no schedule: it means to send exactly when it does.
+        return (self.intended_ns(seq) if self.plan.rate is not None else now), now
+
+    def sent(self, seq: int, stream: int, intended_ns: int, sent_ns: int) -> None:
+        """Book probe `seq` as sent (call only once the send succeeded)."""
+        self.sends.append(
+            Send(seq=seq, intended_ns=intended_ns, sent_ns=sent_ns, size=self.plan.size, stream=stream)
+        )
+        self.next_seq = seq + 1
+        self.last_sent_ns = sent_ns
+        if self.plan.rate is None:
+            self.waiting, self.waiting_until = seq, sent_ns + self.timeout_ns
+        self.report(sent_ns)
+
+    # --- receiving ---
+    def arrived(self, probe: Probe, recv_ns: int, *, intact: bool) -> None:
+        """Book one reply (duplicates and late ones too; `intact=False`: its payload CRC failed)."""
+        self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream))
+        if probe.seq < self.next_seq:  # a seq never sent must not make the run look complete
+            self.answered.add(probe.seq)
+        if probe.seq == self.waiting:
+            self.waiting = None  # any reply, even a damaged one, settles the probe in flight
+
+    def count(self, note: str, n: int = 1) -> None:
+        """Add `n` to the record's counter note `note` (e.g. "icmp_refused")."""
+        self.extras[note] = int(self.extras.get(note, 0)) + n
+
+    # --- pacing and ending ---
+    def tail_end_ns(self) -> int:
+        """When to stop listening once everything is sent (unless every probe is answered)."""
+        # Both modes listen for one timeout after the last send, so stragglers of ping-pong
+        # (late replies of earlier probes) are recorded too.
+        return self.last_sent_ns + self.timeout_ns
+
+    def complete(self) -> bool:
+        """True once every probe is sent and answered."""
+        return self.next_seq >= self.plan.count and len(self.answered) >= len(self.sends)
+
+    def done(self, now: int) -> bool:
+        """True when the run must stop: deadline hit, or all sent and answered or timed out."""
+        if now >= self.deadline_ns:
+            self.extras["deadline_hit"] = True
+            return True
+        if self.next_seq < self.plan.count:
+            return False
+        if len(self.answered) >= len(self.sends):
+            return True  # every probe answered: nothing left to wait for
+        return now >= self.tail_end_ns()
+
+    def wait_s(self, now: int) -> float:
+        """How long the loop may sleep before it must act even if no reply arrives."""
+        due = self.due_ns(now)
+        if due is not None and self.plan.rate is not None:
+            due -= SPIN_NS  # wake early and poll the last stretch (see SPIN_NS)
+        target = min(due if due is not None else self.tail_end_ns(), self.deadline_ns)
+        return max(0, target - now) / NS_PER_S
+
+    # --- progress and the record ---
+    def report(self, now: int, *, final: bool = False) -> None:
+        """Call `progress(sent, total)` at most 10 times a second (and once at the end).
+
+        A callback with `wants_arrivals = True` also gets the intact replies since its last call
+        (`new_arrivals`), for live views.
+        """
+        if self.progress is not None and (final or now - self._progress_ns >= PROGRESS_INTERVAL_NS):
+            self._progress_ns = now
+            if getattr(self.progress, "wants_arrivals", False):
+                self.progress(len(self.sends), self.plan.count, self.new_arrivals())
+            else:
+                self.progress(len(self.sends), self.plan.count)
+
+    def new_arrivals(self) -> list[tuple[int, float]]:
+        """(seq, RTT ms from the intended send) of intact replies since the last call (live views)."""
+        out = []
+        for arrival in self.arrivals[self._arrivals_seen:]:
+            if arrival.intact and 0 <= arrival.seq < len(self.sends):
+                send = self.sends[arrival.seq]
+                if send.seq == arrival.seq:
+                    out.append((arrival.seq, (arrival.recv_ns - send.intended_ns) / 1e6))
+        self._arrivals_seen = len(self.arrivals)
+        return out
+
+    def interrupted(self, now: int) -> RunInterrupted:
+        """The exception carrying this run's record when Ctrl-C stops it at `now`.
+
+        Probes still inside their timeout window and unanswered are neither received nor lost
+        yet: they leave the record (counted as `undecided`) instead of showing as loss.
+        """
+        open_ = {s.seq for s in self.sends
+                 if s.seq not in self.answered and now < s.sent_ns + self.timeout_ns}
+        self.sends = [s for s in self.sends if s.seq not in open_]
+        self.extras["interrupted"] = True
+        if open_:
+            self.extras["undecided"] = len(open_)
+        # No final progress report: the callback may be what raised (or is being interrupted).
+        return RunInterrupted(self.record(now, report=False))
+
+    def record(self, ended_ns: int, *, report: bool = True) -> RunRecord:
+        """The run's RunRecord, ended at `ended_ns`."""
+        if report:
+            self.report(ended_ns, final=True)
+        return RunRecord(
+            protocol=self.protocol,
+            plan=self.plan,
+            started_ns=self.start_ns,
+            ended_ns=ended_ns,
+            sends=self.sends,
+            arrivals=self.arrivals,
+            unattributed_corrupt=self.unattributed,
+            extras=dict(self.extras),
+        )
