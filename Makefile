@@ -1,15 +1,17 @@
-# Every target creates .venv from the pinned dependencies first, so a fresh machine needs nothing else.
+# Every target creates .venv first, with the exact versions of constraints.txt inside pyproject.toml's
+# ranges, so a fresh machine needs nothing else; a change to either file reinstalls.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK_VENV := build/lock-venv
 
-.PHONY: demo test test-all bench lint clean cleanup messages screenshots
+.PHONY: demo test test-all bench lint clean cleanup messages screenshots constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m lab.i18n
 	touch $(STAMP)
 
@@ -39,6 +41,18 @@ cleanup: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Re-lock constraints.txt to the newest versions pyproject.toml's ranges allow (transitive ones too),
+# resolved in a throwaway venv; the next `make` installs them into .venv. Then run `make test`.
+constraints:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable --exclude pip; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(LOCK_VENV)
 
 # Re-extract the translatable messages (`_()`, `N_()`) into the catalogues; translate the new ones
 # in lab/locale/pt/LC_MESSAGES/wirelab.po, then `make` compiles them.

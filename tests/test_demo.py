@@ -63,6 +63,7 @@ loss_ratio = {expect}
 
 
 def _write(pytester: pytest.Pytester, extra: str = "", expect: str = "0") -> None:
+    pytester.makeini("[pytest]\nwirelab_scenarios = scenarios\n")  # where the plugin collects scenarios
     pytester.mkdir("scenarios")
     pytester.path.joinpath("scenarios", "tiny.toml").write_text(SCENARIO.format(extra=extra, expect=expect))
 

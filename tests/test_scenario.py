@@ -468,6 +468,7 @@ def test_shipped_sweeps_single_out_points():
 def test_pytest_failure_names_the_point_whose_own_expectation_failed(pytester, monkeypatch):
     """End to end on loopback: only the point with the impossible expectation fails, and says so."""
     monkeypatch.setenv("COLUMNS", "200")
+    pytester.makeini("[pytest]\nwirelab_scenarios = scenarios\n")  # where the plugin collects scenarios
     pytester.mkdir("scenarios")
     pytester.path.joinpath("scenarios", "tiny.toml").write_text(
         '[scenario]\nname = "tiny"\nprotocols = ["udp"]\n'
