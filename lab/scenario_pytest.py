@@ -1,4 +1,7 @@
-"""pytest collection of `scenarios/*.toml`: each sweep point x protocol is one test item.
+"""pytest collection of scenario files: each sweep point x protocol is one test item.
+
+Which files are scenarios is the plugin's rule (`lab.pytest_plugin.is_scenario_file`: the
+`wirelab_scenarios` ini option, or a file named on the command line); this module reads them.
 
 Node ids read `scenarios/loss-sweep.toml::loss-sweep[loss=5%]::udp`. An item runs its point for
 its own protocol (a fresh link with the point's seed, so every protocol meets the same link
