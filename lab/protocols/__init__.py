@@ -11,7 +11,7 @@ Built-in protocols live in this package (`tcp.py`, `udp.py`) and are listed in `
 package outside this repository adds one through the entry-point group `wirelab.protocols`::
 
     [project.entry-points."wirelab.protocols"]
-    udp-twice = "wirelab_example.protocol:PROTOCOL"
+    my-protocol = "my_package.protocol:PROTOCOL"
 
 The entry point names a `Protocol` instance (or a zero-argument callable returning one).
 """
