@@ -6,7 +6,10 @@ Every user-caused error (bad values, port in use, missing privileges, bad files)
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -121,30 +124,78 @@ def send(
     raise typer.Exit(send_command(protocol.value, host, port, plan, as_json))
 
 
+# --- impairment options: one list (lab.link.models.OPTION_KEYS) for `lab link` and `lab demo` ---------
+LINK_HELP = {
+    "loss": "Loss: '5%', or Gilbert-Elliott (bursts) 'gemodel P [R [1-H [1-K]]]' as in netem.",
+    "delay": "One-way delay, e.g. 20ms (RTT grows by twice it with --direction both).",
+    "jitter": "Delay jitter, e.g. 5ms (reorders packets, as netem does).",
+    "distribution": "Jitter distribution: uniform (default) or normal.",
+    "delay_correlation": "Correlation of successive jitter draws, e.g. 25%.",
+    "reorder": "Share sent at once while others wait, e.g. 10% (needs --delay).",
+    "duplicate": "Duplication probability, e.g. 1%.",
+    "corrupt": "Probability of one flipped bit in the IP payload, e.g. 0.1% "
+               "(the kernel's checksum drops it).",
+    "rate": "Rate limit, e.g. 10mbit (tc units: kbit, mbit, gbit; kbps/mbps are bytes/s), 1kbit to 1tbit.",
+    "limit": "Packets the link holds (queue, tail drop), default 1000, at most 100000.",
+    "limit_bytes": "Bytes the link holds per direction (tail drop), e.g. 8mb; default 32mb, at most 512mb.",
+}
+DEMO_HELP = {
+    "loss": N_("What if the loss were... e.g. 30% (demo: 10%), or 'gemodel 1% 30%' for bursts."),
+    "delay": N_("One-way delay, e.g. 50ms (demo: 20ms; 0ms for none)."),
+    "jitter": N_("Delay jitter, e.g. 10ms (reorders packets)."),
+    "distribution": N_("Jitter distribution: uniform (default) or normal."),
+    "delay_correlation": N_("Correlation of successive jitter draws, e.g. 25%."),
+    "reorder": N_("Share sent at once while others wait, e.g. 10%."),
+    "duplicate": N_("Duplication probability, e.g. 5%."),
+    "corrupt": N_("One flipped bit per packet with this probability, e.g. 1%."),
+    "rate": N_("Link rate limit, e.g. 100kbit."),
+    "limit": N_("Packets the link queue holds (with --rate)."),
+    "limit_bytes": N_("Bytes the link queue holds per direction, e.g. 8mb (with --rate)."),
+}
+
+
+def impairment_options(helps: Mapping[str, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Replace a command's `impairment` parameter with one `--KEY` option per impairment key.
+
+    The keys are lab.link.models.OPTION_KEYS, the list scenario files and open_link take too, so no
+    command can drift from them (docs/architecture.md#link-configuration); the command receives the
+    options given as `impairment={key: value}`.
+    """
+    from lab.link.models import OPTION_KEYS  # stdlib only: costs the CLI nothing
+
+    if set(helps) != set(OPTION_KEYS):
+        raise ValueError(f"impairment help texts for exactly {OPTION_KEYS}, got {tuple(helps)}")
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        parameters: list[inspect.Parameter] = []
+        for parameter in signature.parameters.values():
+            if parameter.name != "impairment":
+                parameters.append(parameter)
+                continue
+            parameters += [
+                inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                  default=typer.Option(None, help=helps[key]), annotation=str | None)
+                for key in OPTION_KEYS
+            ]
+
+        @functools.wraps(command)
+        def with_impairment(**kwargs: Any) -> Any:
+            given = {key: kwargs.pop(key) for key in OPTION_KEYS}
+            return command(**kwargs, impairment={k: v for k, v in given.items() if v is not None})
+
+        with_impairment.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        with_impairment.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_impairment
+
+    return decorate
+
+
 @app.command()
+@impairment_options(LINK_HELP)
 def link(
     name: str = typer.Option("lab", help="Name prefix: namespaces NAME-client and NAME-server."),
-    loss: str | None = typer.Option(None, help="Loss: '5%', or Gilbert-Elliott (bursts) "
-                                    "'gemodel P [R [1-H [1-K]]]' as in netem."),
-    delay: str | None = typer.Option(None, help="One-way delay, e.g. 20ms (RTT grows by twice it "
-                                     "with --direction both)."),
-    jitter: str | None = typer.Option(None, help="Delay jitter, e.g. 5ms (reorders packets, as "
-                                      "netem does)."),
-    distribution: str | None = typer.Option(None, help="Jitter distribution: uniform (default) or "
-                                            "normal."),
-    delay_correlation: str | None = typer.Option(None, help="Correlation of successive jitter "
-                                                 "draws, e.g. 25%."),
-    reorder: str | None = typer.Option(None, help="Share sent at once while others wait, "
-                                       "e.g. 10% (needs --delay)."),
-    duplicate: str | None = typer.Option(None, help="Duplication probability, e.g. 1%."),
-    corrupt: str | None = typer.Option(None, help="Probability of one flipped bit in the IP "
-                                       "payload, e.g. 0.1% (the kernel's checksum drops it)."),
-    rate: str | None = typer.Option(None, help="Rate limit, e.g. 10mbit (tc units: kbit, mbit, "
-                                    "gbit; kbps/mbps are bytes/s), 1kbit to 1tbit."),
-    limit: str | None = typer.Option(None, help="Packets the link holds (queue, tail drop), "
-                                     "default 1000, at most 100000."),
-    limit_bytes: str | None = typer.Option(None, help="Bytes the link holds per direction (tail "
-                                           "drop), e.g. 8mb; default 32mb, at most 512mb."),
+    impairment: dict[str, str] = {},  # noqa: B006 - replaced by one option per key (impairment_options)
     direction: Direction = typer.Option(Direction.both, help="Which way impairment applies: "
                                         "forward = client->server."),
     seed: int = typer.Option(1, help="Seed of the impairment models (same seed, same decisions)."),
@@ -176,20 +227,11 @@ def link(
     Ctrl-C (or SIGTERM) prints the link's counters and removes everything. After a
     `kill -9`, `lab cleanup` removes what is left.
     """
+    from lab.link.models import LinkConfig
     from lab.link.session import link_command
 
-    impairment = {
-        k: v
-        for k, v in dict(
-            loss=loss, delay=delay, jitter=jitter, distribution=distribution,
-            delay_correlation=delay_correlation, reorder=reorder, duplicate=duplicate,
-            corrupt=corrupt, rate=rate, limit=limit, limit_bytes=limit_bytes,
-        ).items()
-        if v is not None
-    }
-    raise typer.Exit(
-        link_command(name, impairment, direction.value, seed, mtu, capture, capture_limit)
-    )
+    config = LinkConfig.from_options(impairment, direction=direction.value, seed=seed)  # parsed here, once
+    raise typer.Exit(link_command(name, config, mtu, capture, capture_limit))
 
 
 @app.command(help=N_("List the protocols this install can measure, what each shows and needs."))
@@ -236,18 +278,10 @@ def run(
     "  lab demo --live                   watch every probe arrive (or not)\n"
     "  lab demo --lang pt                in Portuguese"
 ))
+@impairment_options(DEMO_HELP)
 def demo(
     out: Path = typer.Option(Path("reports/demo"), help=N_("Output directory.")),
-    loss: str | None = typer.Option(None, help=N_(
-        "What if the loss were... e.g. 30% (demo: 10%), or 'gemodel 1% 30%' for bursts.")),
-    delay: str | None = typer.Option(None, help=N_("One-way delay, e.g. 50ms (demo: 20ms; 0ms for none).")),
-    jitter: str | None = typer.Option(None, help=N_("Delay jitter, e.g. 10ms (reorders packets).")),
-    reorder: str | None = typer.Option(None, help=N_("Share sent at once while others wait, e.g. 10%.")),
-    duplicate: str | None = typer.Option(None, help=N_("Duplication probability, e.g. 5%.")),
-    corrupt: str | None = typer.Option(None, help=N_(
-        "One flipped bit per packet with this probability, e.g. 1%.")),
-    rate: str | None = typer.Option(None, help=N_("Link rate limit, e.g. 100kbit.")),
-    limit: str | None = typer.Option(None, help=N_("Packets the link queue holds (with --rate).")),
+    impairment: dict[str, str] = {},  # noqa: B006 - replaced by one option per key (impairment_options)
     direction: Direction | None = typer.Option(None, help=N_("Which way the impairment applies.")),
     seed: int | None = typer.Option(None, help=N_("Seed of the link's decisions (demo: 1).")),
     live: bool = typer.Option(False, "--live", help=N_(
@@ -262,14 +296,7 @@ def demo(
 ) -> None:
     from lab.runner import demo_command
 
-    link = {
-        k: v
-        for k, v in dict(
-            loss=loss, delay=delay, jitter=jitter, reorder=reorder, duplicate=duplicate,
-            corrupt=corrupt, rate=rate, limit=limit, direction=direction.value if direction else None,
-        ).items()
-        if v is not None
-    }
+    link = {**impairment, **({"direction": direction.value} if direction else {})}
     raise typer.Exit(demo_command(out, link, seed=seed, live=live, capture=capture, slides=slides))
 
 

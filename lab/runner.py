@@ -242,9 +242,7 @@ def _run_linked(
     from lab.link.session import open_link
 
     outcome = PointOutcome(point=point, mode="link")
-    with open_link(
-        seed=point.seed, direction=point.direction, mtu=point.mtu, capture=capture, **point.link_options()
-    ) as link:
+    with open_link(point.link_config, mtu=point.mtu, capture=capture) as link:
         outcome.link_config = link.config.to_dict()
         for proto in protocols:
             link.reseed()  # every protocol meets the same sequence of seeded link decisions
@@ -287,11 +285,10 @@ def _run_relayed(
     on_result: Callable[[PointOutcome], None],
 ) -> PointOutcome:
     from lab.endpoints.server import running_server
-    from lab.link.models import LinkConfig
     from lab.link.relay import UdpRelay, tcp_needs_privileges_message
     from lab.protocols import get_protocol
 
-    config = LinkConfig.from_options(point.link_options(), direction=point.direction, seed=point.seed)
+    config = point.link_config  # parsed once, when the scenario was validated
     outcome = PointOutcome(point=point, mode="relay", link_config=config.to_dict())
     for proto in protocols:
         protocol = get_protocol(proto)

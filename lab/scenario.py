@@ -57,10 +57,10 @@ from typing import Any
 from lab.errors import ConfigError, ScenarioError
 from lab.files import read_limited
 from lab.i18n import _
-from lab.link.models import OPTION_KEYS
+from lab.link.models import DIRECTIONS, OPTION_KEYS, LinkConfig
 from lab.records import Result, TrafficPlan
 
-# The same impairment vocabulary as `lab link` and `impaired_link(...)` (one list: it had drifted).
+# The impairment keys of `lab link` and `impaired_link(...)` (one list, lab.link.models.OPTION_KEYS).
 LINK_KEYS = (*OPTION_KEYS, "direction")
 TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration")
 SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "privileged", "atlas")
@@ -165,10 +165,16 @@ class Check:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SweepPoint:
-    """One configuration to run every protocol over: link options, traffic and expectations."""
+    """One configuration to run every protocol over: link options, traffic and expectations.
+
+    `link` is the [link] table as written (result.json records it); `link_config` is the same,
+    parsed once while the scenario was validated and seeded with `seed`: the runner hands that on
+    (docs/architecture.md#link-configuration).
+    """
 
     id: str
     link: Mapping[str, Any]
+    link_config: LinkConfig
     traffic: TrafficPlan
     expectations: Mapping[str, tuple[Expectation, ...]]
     seed: int
@@ -235,7 +241,9 @@ class Scenario:
         if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
             raise ScenarioError(f"--seed: must be an integer in 0..{MAX_SEED}, got {_show(seed)}")
 
-        points = tuple(replace(p, seed=seed) for p in self.points)
+        points = tuple(
+            replace(p, seed=seed, link_config=replace(p.link_config, seed=seed)) for p in self.points
+        )
         return replace(self, seed=seed, points=points)
 
 
@@ -337,11 +345,12 @@ class _Parser:
                 (point_link if table == "link" else point_traffic)[key] = value
             where = f"[sweep] point {point_id}: " if sweep else ""
             plan = self.traffic_plan(point_traffic, where)
-            self.validate_link(point_link, meta["seed"], where)
+            link_config = self.link_config(point_link, meta["seed"], where)
             points.append(
                 SweepPoint(
                     id=point_id,
                     link=point_link,
+                    link_config=link_config,
                     traffic=plan,
                     expectations=expectations(point_id),
                     seed=meta["seed"],
@@ -563,29 +572,27 @@ class _Parser:
             key = str(exc).split(" ", 1)[0]
             raise self.fail(f"{where}[traffic] {key}", str(exc)) from None
 
-    def validate_link(self, link: dict[str, Any], seed: int, where: str) -> None:
-        if not link:
-            return
-        from lab.link.models import LinkConfig
-
+    def link_config(self, link: dict[str, Any], seed: int, where: str) -> LinkConfig:
+        """The point's [link] table parsed, once, into the LinkConfig the runner hands on."""
         direction = link.get("direction", "both")
-        if direction not in ("both", "forward", "reverse"):
+        if direction not in DIRECTIONS:
             raise self.fail(
                 f"{where}[link] direction", f"must be both, forward or reverse, got {_show(direction)}"
             )
         options = {k: v for k, v in link.items() if k != "direction"}
-        # Key by key first, so the message names the key that is wrong. Reorder alone is refused
-        # (netem reorders by sending some packets without the delay), so judge it with a delay.
+        try:
+            return LinkConfig.from_options(options, direction=direction, seed=seed)
+        except ConfigError as exc:
+            whole = exc
+        # Only on failure: find the key that is wrong, so the message names it. Reorder alone is
+        # refused (netem reorders by sending some packets without the delay): judge it with a delay.
         for key, value in options.items():
             alone = {key: value, "delay": "1ms"} if key == "reorder" else {key: value}
             try:
                 LinkConfig.from_options(alone, direction=direction, seed=seed)
             except ConfigError as exc:
                 raise self.fail(f"{where}[link] {key}", _strip_key(str(exc), key)) from None
-        try:
-            LinkConfig.from_options(options, direction=direction, seed=seed)
-        except ConfigError as exc:
-            raise self.fail(f"{where}[link]", str(exc)) from None
+        raise self.fail(f"{where}[link]", str(whole)) from None
 
 
 # --- expectations (pure) ------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The link's packet forwarder: its own process, moving IP packets between the two TUN devices.
 
 Run as `python -m lab.link.forwarder --spec JSON` with the TUN fds and one end of a control
-socketpair inherited. One select loop serves both TUN fds and the control socket; packets the
-model delays wait in a heap ordered by release time. Per direction one `DirectionModel` decides
-(forward: client->server with `seed`, reverse: server->client with `seed + 1`, as `LinkConfig`
-does). A null impairment takes a fast path: read, write, count.
+socketpair inherited. The spec carries the link's parsed configuration (`LinkConfig.to_wire`:
+numbers, no netem strings; docs/architecture.md#link-configuration), so nothing is parsed here.
+One select loop serves both TUN fds and the control socket; packets the model delays wait in a
+heap ordered by release time. Per direction one `DirectionModel` decides (forward: client->server
+with `seed`, reverse: server->client with `seed + 1`, as `LinkConfig` does). A null impairment
+takes a fast path: read, write, count.
 
 Counters per direction: the model's decisions (packets_in, dropped_*, duplicated, delayed...) plus
 the forwarder's own: `forwarded`/`bytes_out` count packets actually written to the other TUN
@@ -16,7 +18,7 @@ queued + write_errors.
 Control protocol (SOCK_SEQPACKET, one JSON object per message, one reply each):
   {"ready": true, "pid": N} | {"error": "..."}  <- sent once at start (error: it could not start)
   {"op": "counters"}                            -> {"forward": {...}, "reverse": {...}}
-  {"op": "set", "options": {...}, "direction": D} -> {"ok": true} | {"error": "..."}
+  {"op": "set", "config": LinkConfig.to_wire()} -> {"ok": true} | {"error": "..."}
   {"op": "reseed"}                              -> {"ok": true} (random decisions restart from the seeds)
   {"op": "stop"}                                -> final counters, then the process exits
 End of file on the control socket (the owner died) also stops the forwarder.
@@ -38,9 +40,12 @@ import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.errors import ConfigError, LabError
+
+if TYPE_CHECKING:
+    from lab.link.models import LinkConfig
 
 BATCH = 64  # packets read per readiness event per fd: amortises select calls under load
 MAX_PACKET = 65535  # largest IPv4 datagram (RFC 791)
@@ -61,11 +66,12 @@ EXTRA_KEYS = ("queued", "ignored_non_ipv4", "write_errors", "not_captured")
 class _Direction:
     """One direction's state: model, fast-path flag and the forwarder's own counts."""
 
-    __slots__ = ("model", "fast", "fast_packets", "fast_bytes", "out_packets", "out_bytes", "queued",
-                 "ignored", "write_errors", "not_captured")
+    __slots__ = ("model", "seed", "fast", "fast_packets", "fast_bytes", "out_packets", "out_bytes",
+                 "queued", "ignored", "write_errors", "not_captured")
 
-    def __init__(self, model: Any, fast: bool) -> None:
+    def __init__(self, model: Any, seed: int, fast: bool) -> None:
         self.model = model
+        self.seed = seed  # what `reseed` restarts the model from
         self.fast = fast
         self.fast_packets = 0  # entered through the fast path (the model never saw them)
         self.fast_bytes = 0
@@ -100,31 +106,46 @@ class _Direction:
             self.out_bytes += len(packet)
 
 
-def _build_config(spec: Mapping[str, Any]) -> Any:
+def _config_from_wire(data: Any) -> Any:
+    """The owner's parsed LinkConfig, rebuilt from its wire form (numbers; no netem string parsed)."""
     from lab.link.models import LinkConfig
 
-    return LinkConfig.from_options(spec["options"], direction=spec["direction"], seed=spec["seed"])
+    return LinkConfig.from_wire(data)
+
+
+def _directions(config: Any, capture_on: bool) -> list[_Direction]:
+    """One _Direction per way (forward, reverse), each with its model seeded as `config` says."""
+    from lab.link.models import DirectionModel
+
+    dirs = []
+    for impairment, seed in ((config.forward, config.forward_seed), (config.reverse, config.reverse_seed)):
+        dirs.append(_Direction(DirectionModel(impairment, seed), seed, impairment.is_null and not capture_on))
+    return dirs
+
+
+def _apply_config(dirs: list[_Direction], config: Any, capture_on: bool) -> None:
+    """Switch the running link to `config` from the next packet on (counters and RNG state carry on;
+    a later reseed starts from `config`'s seeds). With a capture every packet goes through the model,
+    which writes its comment."""
+    for d, impairment, seed in zip(dirs, (config.forward, config.reverse),
+                                   (config.forward_seed, config.reverse_seed), strict=True):
+        d.model.update(impairment)
+        d.seed = seed
+        d.fast = impairment.is_null and not capture_on
 
 
 def serve(spec: Mapping[str, Any]) -> None:
     """The forwarder's main loop (runs until stop, control EOF or SIGTERM)."""
-    from lab.link.models import DirectionModel
-
     client_fd, server_fd, control_fd = spec["fds"]
     control = socket.socket(fileno=control_fd)
     try:
-        config = _build_config(spec)
+        config = _config_from_wire(spec["link"])
         capture = _open_capture(spec.get("capture"), spec.get("capture_limit"))
     except (OSError, LabError) as exc:  # the owner checked first; still, say why instead of a traceback
         with contextlib.suppress(OSError):
             control.sendall(json.dumps({"error": str(exc)}).encode())
         return
-    impairments = (config.forward, config.reverse)
-    seeds = (config.seed, config.seed + 1)
-    dirs = [_Direction(DirectionModel(impairments[d], seeds[d]), impairments[d].is_null) for d in (0, 1)]
-    if capture is not None:
-        for d in dirs:
-            d.fast = False  # every packet gets a comment: go through the model
+    dirs = _directions(config, capture is not None)  # with a capture every packet gets a comment
 
     out_fds = (server_fd, client_fd)
     heap: list[tuple[float, int, int, bytes]] = []
@@ -140,10 +161,9 @@ def serve(spec: Mapping[str, Any]) -> None:
             timeout = None if not heap else min(MAX_WAIT_S, max(0.0, heap[0][0] - monotonic()))
             for fd in wait(watched, (), (), timeout)[0]:
                 if fd == control_fd:
-                    reply, stop = _handle_control(control, dirs, config, capture is not None)
+                    reply, stop = _handle_control(control, dirs, capture is not None)
                     if stop or reply is None:
                         return _finish(control, dirs, capture, stop and reply is not None)
-                    config = reply.pop("_config", config)
                     control.sendall(json.dumps(reply).encode())
                     continue
                 d = FORWARD if fd == client_fd else REVERSE
@@ -201,7 +221,7 @@ def _counters(dirs: list[_Direction], *, final: bool = False) -> dict[str, dict[
 
 
 def _handle_control(
-    control: socket.socket, dirs: list[_Direction], config: Any, capture_on: bool
+    control: socket.socket, dirs: list[_Direction], capture_on: bool
 ) -> tuple[dict[str, Any] | None, bool]:
     """Answer one control message. (None, True) means the owner is gone."""
     data = control.recv(CONTROL_MAX)
@@ -218,16 +238,14 @@ def _handle_control(
         return {}, True
     if op == "set":
         try:
-            new = config.with_options(message["options"], direction=message["direction"])
+            new = _config_from_wire(message.get("config"))
         except LabError as exc:
             return {"error": str(exc)}, False
-        for i, impairment in enumerate((new.forward, new.reverse)):
-            dirs[i].model.update(impairment)
-            dirs[i].fast = impairment.is_null and not capture_on
-        return {"ok": True, "_config": new}, False
+        _apply_config(dirs, new, capture_on)
+        return {"ok": True}, False
     if op == "reseed":
-        for direction, seed in zip(dirs, (config.forward_seed, config.reverse_seed), strict=True):
-            direction.model.reseed(seed)
+        for direction in dirs:
+            direction.model.reseed(direction.seed)
         return {"ok": True}, False
     return {"error": f"unknown op {op!r}"}, False
 
@@ -261,20 +279,17 @@ class Forwarder:
         fds: tuple[int, int],
         *,
         name: str,
-        options: Mapping[str, object],
-        direction: str,
-        seed: int,
+        config: LinkConfig,
         capture: Path | None = None,
         capture_limit: int | None = None,
     ) -> Forwarder:
-        """Spawn the forwarder on the two TUN fds (client, server); returns when it is ready."""
+        """Spawn the forwarder on the two TUN fds (client, server) applying `config` (parsed: the
+        child gets its numbers); returns when it is ready."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = {
             "name": name,
             "fds": [fds[0], fds[1], theirs.fileno()],
-            "options": dict(options),
-            "direction": direction,
-            "seed": seed,
+            "link": config.to_wire(),
             "capture": str(capture) if capture else None,
             "capture_limit": capture_limit,
         }
@@ -341,9 +356,9 @@ class Forwarder:
             return self.final_counters
         return self.request({"op": "counters"})
 
-    def set(self, options: Mapping[str, object], direction: str) -> None:
-        """Change the impairment of the running link."""
-        reply = self.request({"op": "set", "options": dict(options), "direction": direction})
+    def set(self, config: LinkConfig) -> None:
+        """Apply `config` (already parsed and validated by the owner) to the running link."""
+        reply = self.request({"op": "set", "config": config.to_wire()})
         if "error" in reply:
             raise ConfigError(reply["error"])
 

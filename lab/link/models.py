@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from lab.errors import ConfigError
@@ -44,6 +44,9 @@ from lab.link.params import (
 
 DISTRIBUTIONS = ("uniform", "normal")
 DIRECTIONS = ("both", "forward", "reverse")
+# THE list of impairment keys (netem's vocabulary): `lab link`'s and `lab demo`'s options, a scenario
+# file's [link] table, open_link(...) and impaired_link(...) all take exactly these
+# (docs/architecture.md#link-configuration; tests/test_link_config.py keeps them in step).
 OPTION_KEYS = (
     "loss", "delay", "jitter", "distribution", "delay_correlation",
     "reorder", "duplicate", "corrupt", "rate", "limit", "limit_bytes",
@@ -177,6 +180,25 @@ class Impairment:
             out["limit_bytes"] = format_size(self.limit_bytes)
         return out
 
+    def to_wire(self) -> dict[str, Any]:
+        """Every field as the parsed number it is (JSON-able); `from_wire` rebuilds it without parsing."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.gemodel is not None:
+            out["gemodel"] = {f.name: getattr(self.gemodel, f.name) for f in fields(self.gemodel)}
+        return out
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Impairment:
+        """The inverse of `to_wire`: numbers in, no netem string parsed (ranges are still checked)."""
+        try:
+            values = dict(data)
+            gemodel = values.get("gemodel")
+            if gemodel is not None:
+                values["gemodel"] = GilbertElliott(**gemodel)
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed impairment in a link message: {exc}") from None
+
 
 NULL = Impairment()
 
@@ -243,9 +265,27 @@ def _check_direction(direction: str) -> str:
     return direction
 
 
+def _per_direction(
+    options: Mapping[str, object], direction: str,
+    forward: Mapping[str, object] | None, reverse: Mapping[str, object] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Impairment field changes for (forward, reverse): `options` where `direction` says, then each
+    direction's own overrides on top (each value parsed exactly once)."""
+    shared = _fields_from_options(options)
+    out = []
+    for name, own in (("forward", forward), ("reverse", reverse)):
+        changes = dict(shared) if direction in ("both", name) else {}
+        changes.update(_fields_from_options(own or {}))
+        out.append(changes)
+    return out[0], out[1]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LinkConfig:
-    """Both directions of a link. Models are seeded: forward with `seed`, reverse with `seed + 1`."""
+    """THE parsed link configuration: both directions, seeded (forward with `seed`, reverse with
+    `seed + 1`). Built once at the edge (scenario file, CLI options, open_link's keywords) and handed
+    on as this object, or its `to_wire` form to a helper process; see
+    docs/architecture.md#link-configuration."""
 
     forward: Impairment = NULL  # client -> server
     reverse: Impairment = NULL  # server -> client
@@ -254,28 +294,50 @@ class LinkConfig:
 
     @classmethod
     def from_options(
-        cls, options: Mapping[str, object], *, direction: str = "both", seed: int = 1
+        cls, options: Mapping[str, object], *, direction: str = "both", seed: int = 1,
+        forward: Mapping[str, object] | None = None, reverse: Mapping[str, object] | None = None,
     ) -> LinkConfig:
-        """Options with the impairment keys of `lab link` (netem-style values) -> validated config."""
-        _check_direction(direction)
-        fields = _fields_from_options(options)
-        impairment = Impairment(**fields)
-        forward = impairment if direction in ("both", "forward") else NULL
-        reverse = impairment if direction in ("both", "reverse") else NULL
-        return cls(forward=forward, reverse=reverse, seed=seed, direction=direction)
+        """Options with the impairment keys (OPTION_KEYS, netem-style values) -> validated config.
 
-    def with_options(self, options: Mapping[str, object], *, direction: str | None = None) -> LinkConfig:
-        """A copy with `options` changed in `direction` (default: this config's); others kept."""
+        `options` apply in `direction`; `forward`/`reverse` (same keys) override one direction only.
+        """
+        _check_direction(direction)
+        forward_fields, reverse_fields = _per_direction(options, direction, forward, reverse)
+        return cls(forward=Impairment(**forward_fields), reverse=Impairment(**reverse_fields),
+                   seed=seed, direction=direction)
+
+    def with_options(
+        self, options: Mapping[str, object], *, direction: str | None = None,
+        forward: Mapping[str, object] | None = None, reverse: Mapping[str, object] | None = None,
+    ) -> LinkConfig:
+        """A copy with `options` changed in `direction` (default: this config's) and `forward`/
+        `reverse` changed in that direction only; every other setting kept."""
         direction = _check_direction(direction or self.direction)
-        fields = _fields_from_options(options)
-        if "delay_s" in fields and fields["delay_s"] == 0 and "reorder" not in fields:
-            fields["reorder"] = 0.0  # removing the delay removes netem-style reordering with it
-        forward, reverse = self.forward, self.reverse
-        if direction in ("both", "forward"):
-            forward = replace(forward, **fields)
-        if direction in ("both", "reverse"):
-            reverse = replace(reverse, **fields)
-        return replace(self, forward=forward, reverse=reverse, direction=direction)
+        changed = []
+        for impairment, fields_ in zip((self.forward, self.reverse),
+                                       _per_direction(options, direction, forward, reverse), strict=True):
+            if "delay_s" in fields_ and fields_["delay_s"] == 0 and "reorder" not in fields_:
+                fields_["reorder"] = 0.0  # removing the delay removes netem-style reordering with it
+            changed.append(replace(impairment, **fields_) if fields_ else impairment)
+        return replace(self, forward=changed[0], reverse=changed[1], direction=direction)
+
+    def to_wire(self) -> dict[str, Any]:
+        """Parsed numbers only (JSON-able), for a helper process: `from_wire` parses no netem string."""
+        return {"forward": self.forward.to_wire(), "reverse": self.reverse.to_wire(),
+                "seed": self.seed, "direction": self.direction}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> LinkConfig:
+        """The inverse of `to_wire` (ConfigError for a malformed message)."""
+        try:
+            seed, direction = data["seed"], _check_direction(data["direction"])
+            forward, reverse = data["forward"], data["reverse"]
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"malformed link configuration in a link message: {exc}") from None
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"malformed link configuration in a link message: seed {seed!r}")
+        return cls(forward=Impairment.from_wire(forward), reverse=Impairment.from_wire(reverse),
+                   seed=seed, direction=direction)
 
     @property
     def forward_seed(self) -> int:

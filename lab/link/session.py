@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from lab.errors import ConfigError, EndpointError, LabError
 from lab.interrupts import stop_signals_recorded
+from lab.link.models import LinkConfig
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
 from lab.records import Result, RunRecord, TrafficPlan
 
@@ -242,7 +243,7 @@ class Link:
     client_address = CLIENT_ADDRESS
     server_address = SERVER_ADDRESS
 
-    def __init__(self, config: Any, *, name: str | None, mtu: int, capture: Path | None,
+    def __init__(self, config: LinkConfig, *, name: str | None, mtu: int, capture: Path | None,
                  capture_limit: int | None = None) -> None:
         from lab.link.pcapng import DEFAULT_CAPTURE_LIMIT
 
@@ -264,7 +265,7 @@ class Link:
     def __repr__(self) -> str:
         return f"Link(name={self.name!r}, config={self.config.to_dict()!r})"
 
-    def _open(self, options: Mapping[str, object]) -> None:
+    def _open(self) -> None:
         from lab.link.forwarder import Forwarder
 
         try:
@@ -272,8 +273,8 @@ class Link:
             fds = self._topology.release_fds()
             try:
                 self._forwarder = Forwarder.start(
-                    fds, name=self.name, options=options, direction=self.config.direction,
-                    seed=self.config.seed, capture=self.capture, capture_limit=self.capture_limit,
+                    fds, name=self.name, config=self.config,
+                    capture=self.capture, capture_limit=self.capture_limit,
                 )
             finally:
                 for fd in fds:  # the forwarder holds them now; the devices live as long as it does
@@ -309,11 +310,16 @@ class Link:
             self._topology.close()
 
     # --- impairment and counters ---
-    def set(self, **impairment: object) -> None:
-        """Change the running link's impairment (keys of LinkConfig.from_options)."""
+    def set(self, config: LinkConfig | None = None, /, **impairment: object) -> None:
+        """Change the running link's impairment from the next packet on: some keys (OPTION_KEYS,
+        e.g. `link.set(loss="20%")`, in this link's direction) or a whole new LinkConfig.
+
+        Parsed here, once; the forwarder receives the parsed config. Random decisions carry on
+        (`reseed` restarts them)."""
         self._check_open()
-        new = self.config.with_options(impairment)  # validates before anything changes
-        self._forwarder.set(impairment, self.config.direction)
+        # validated before anything changes
+        new = self.config.with_options(impairment) if config is None else _only_config(config, impairment)
+        self._forwarder.set(new)
         self.config = new
 
     def reseed(self) -> None:
@@ -409,24 +415,40 @@ class Link:
         return record, result
 
 
-def open_link(*, name: str | None = None, seed: int = 1, direction: str = "both", mtu: int = 1500,
+def open_link(config: LinkConfig | None = None, *, name: str | None = None, mtu: int = 1500,
               capture: Path | None = None, capture_limit: int | str | None = None,
-              **impairment: object) -> Link:
-    """Validate the impairment (and capture file), then bring up a link (needs CAP_NET_ADMIN).
+              seed: int | None = None, direction: str | None = None, **impairment: object) -> Link:
+    """Validate the configuration (and capture file), then bring up a link (needs CAP_NET_ADMIN).
 
-    `capture_limit` (bytes, or a size such as '64mb'; default 256mb) stops the capture there.
-    Close the link when done.
+    `config` is a parsed LinkConfig; or give the impairment as keywords (OPTION_KEYS, e.g.
+    `loss="10%"`, with `seed=` and `direction=`), parsed here into one. `capture_limit` (bytes, or
+    a size such as '64mb'; default 256mb) stops the capture there. Close the link when done.
     """
-    from lab.link.models import LinkConfig
     from lab.privileges import CAP_NET_ADMIN, require
 
-    config = LinkConfig.from_options(impairment, direction=direction, seed=seed)
+    if config is None:
+        config = LinkConfig.from_options(impairment, direction=direction or "both",
+                                         seed=1 if seed is None else seed)
+    else:
+        given = {**impairment, "seed": seed, "direction": direction}
+        config = _only_config(config, {k: v for k, v in given.items() if v is not None})
     limit = parse_capture_limit(capture_limit)
     capture_path = check_capture_path(Path(capture)) if capture else None  # before any namespace exists
     require(CAP_NET_ADMIN)
     link = Link(config, name=name, mtu=mtu, capture=capture_path, capture_limit=limit)
-    link._open(impairment)
+    link._open()
     return link
+
+
+def _only_config(config: LinkConfig, options: Mapping[str, object]) -> LinkConfig:
+    """`config`, checked to be a LinkConfig given without impairment keywords beside it."""
+    if not isinstance(config, LinkConfig):
+        raise ConfigError(f"expected a LinkConfig (lab.link.models), got {type(config).__name__}; "
+                          "impairment options go as keywords, e.g. loss='5%'")
+    if options:
+        raise ConfigError(f"give either a LinkConfig or impairment keywords, not both "
+                          f"(got {', '.join(sorted(options))} beside a LinkConfig)")
+    return config
 
 
 def parse_capture_limit(value: int | str | None) -> int:
@@ -463,10 +485,12 @@ class LinkFactory:
         self.name_hint = name_hint  # only for messages: names stay short and unique (ifname limits)
         self.links: list[Link] = []
 
-    def __call__(self, **impairment: Any) -> Link:
-        """Open a link with these impairment options (plus seed=, direction=, mtu=, capture=)."""
-        impairment.setdefault("seed", self.seed)
-        link = open_link(**impairment)
+    def __call__(self, config: LinkConfig | None = None, /, **impairment: Any) -> Link:
+        """Open a link with these impairment options (plus seed=, direction=, mtu=, capture=), or
+        with a LinkConfig (plus name=, mtu=, capture=)."""
+        if config is None:
+            impairment.setdefault("seed", self.seed)
+        link = open_link(config, **impairment)
         self.links.append(link)
         return link
 
@@ -483,18 +507,17 @@ class LinkFactory:
 
 
 # --- `lab link` ------------------------------------------------------------------------------------
-def link_command(name: str, impairment: dict[str, str], direction: str, seed: int, mtu: int,
-                 capture: Path | None, capture_limit: str | None = None) -> int:
+def link_command(name: str, config: LinkConfig, mtu: int, capture: Path | None,
+                 capture_limit: str | None = None) -> int:
     """`lab link`: bring the link up, explain how to use it, wait for Ctrl-C/SIGTERM/SIGHUP, tear down.
 
     Exit 0 after a signal; 1 if the forwarder died on its own (said on stderr: the link is down).
     """
-    link = open_link(name=name, seed=seed, direction=direction, mtu=mtu, capture=capture,
-                     capture_limit=capture_limit, **impairment)
+    link = open_link(config, name=name, mtu=mtu, capture=capture, capture_limit=capture_limit)
     died: str | None = None
     try:
         described = link.config.to_dict()
-        print(f"link {link.name} is up (seed {seed}, mtu {mtu})", flush=True)
+        print(f"link {link.name} is up (seed {config.seed}, mtu {mtu})", flush=True)
         print(f"  client namespace  {link.client_ns:<24} {CLIENT_ADDRESS}")
         print(f"  server namespace  {link.server_ns:<24} {SERVER_ADDRESS}")
         print(f"  client->server    {_describe(described['forward'])}")
