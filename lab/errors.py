@@ -66,3 +66,13 @@ class TargetRefusedError(LabError):
 
 class EndpointError(LabError):
     """A server or client could not start or reach its peer (port in use, unreachable host...)."""
+
+
+# --- helper processes ---------------------------------------------------------------------------
+class HelperProcessError(LabError):
+    """A helper process (forwarder, relay, sandbox, echo server, namespace call) died before it was
+    ready, did not answer in time or died mid-run; the message ends with the tail of its stderr."""
+
+    def __init__(self, message: str, *, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.stderr_tail = stderr_tail
