@@ -20,7 +20,6 @@ import contextlib
 import errno
 import itertools
 import json
-import select
 import selectors
 import signal
 import socket
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from lab.child import Child, Failed, Ready, child_channel, end_process, python_argv, spawn
 from lab.errors import ConfigError, EndpointError
 
 KINDS = ("tcp", "udp", "both")
@@ -704,8 +704,8 @@ def exposure_warning(addresses: list[tuple[str, int] | None]) -> str | None:
 
     The lab's own namespaces (198.18.0.0/15) count as private: only a lab link reaches them.
     """
-    from lab.targets import check_lab_target
     from lab.errors import TargetRefusedError
+    from lab.targets import check_lab_target
 
     exposed = []
     for address in addresses:
@@ -744,64 +744,48 @@ def serve_command(which: str, host: str, port: int, max_conns: int, idle_timeout
     return 0
 
 
-SERVER_READY_TIMEOUT_S = 15.0  # a fresh interpreter importing lab on a loaded 2-core box
-SERVER_STOP_TIMEOUT_S = 2.0
-
-
 def spawn_server_process(
     kind: str = "both",
     *,
     host: str = "127.0.0.1",
     port: int = 0,
     variant: str = "selectors",
-    popen: Callable[..., subprocess.Popen[str]] = subprocess.Popen,
-    ready_timeout: float = SERVER_READY_TIMEOUT_S,
-) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    """Start `python -m lab.endpoints.server` in its own process; (process, its JSON ready line).
+    popen: Callable[..., subprocess.Popen[Any]] = subprocess.Popen,
+    ready_timeout: float | None = None,
+) -> tuple[Child, dict[str, Any]]:
+    """Start `python -m lab.endpoints.server` as a helper process (`lab.child`); (the Child, its ready
+    message: {"ready": True, "tcp": [host, port] | None, "udp": ...}). Close the Child (or
+    `stop_server_process`) to stop it.
 
     Its own process because a server measured for speed must not share the caller's GIL
     (docs/architecture.md#processes). `popen` lets the caller start it elsewhere, e.g. inside a
-    network namespace.
-    Raises EndpointError (after stopping the process) if it does not announce readiness in time.
+    network namespace. Raises EndpointError if it cannot serve there (e.g. the port is in use),
+    HelperProcessError if it dies or is not ready within `ready_timeout` (default
+    lab.child.READY_TIMEOUT_S); no process is left either way.
     """
-    argv = [sys.executable, "-m", "lab.endpoints.server", kind, "--host", host, "--port", str(port),
-            "--variant", variant]
-    process = popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    assert process.stdout is not None
-    readable, _, _ = select.select([process.stdout], [], [], ready_timeout)
-    line = process.stdout.readline() if readable else ""
-    try:
-        ready = json.loads(line)
-    except ValueError:
-        ready = {"ready": False, "error": line.strip()
-                 or f"no ready line within {ready_timeout:.0f} s (exit status {process.poll()})"}
-    if not ready.get("ready"):
-        stop_server_process(process)
-        raise EndpointError(f"echo server process did not start: {ready.get('error')}")
-    return process, ready
+    argv = python_argv("lab.endpoints.server", kind, "--host", host, "--port", str(port),
+                       "--variant", variant)
+    child = spawn("the echo server process", argv, popen=popen, stop_op=None, ready_timeout=ready_timeout)
+    return child, child.info
 
 
-def stop_server_process(process: subprocess.Popen[Any], timeout: float = SERVER_STOP_TIMEOUT_S) -> None:
-    """SIGTERM a server process (it prints its stats and exits 0), SIGKILL it if it lingers."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def stop_server_process(process: Child | subprocess.Popen[Any]) -> None:
+    """Stop a server process (SIGTERM: it prints its stats and exits 0; SIGKILL if it lingers).
+    Idempotent; never raises."""
+    if isinstance(process, Child):
+        process.close()
+        return
+    end_process(process)
     if process.stdout is not None:
         process.stdout.close()
 
 
 @contextlib.contextmanager
 def server_process(kind: str = "both", **options: Any) -> Iterator[dict[str, Any]]:
-    """`spawn_server_process` as a context manager yielding the ready line; stopped on exit."""
-    process, ready = spawn_server_process(kind, **options)
-    try:
+    """`spawn_server_process` as a context manager yielding the ready message; stopped on exit."""
+    child, ready = spawn_server_process(kind, **options)
+    with child:
         yield ready
-    finally:
-        stop_server_process(process)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,18 +801,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-seconds", type=float, default=LOOP_SECONDS)
     parser.add_argument("--variant", choices=VARIANTS, default="selectors")
     args = parser.parse_args(argv)
+    channel = child_channel()  # started by spawn_server_process: ready on the channel too
     try:
         server = make_server(args.kind, host=args.host, port=args.port, variant=args.variant,
                              max_conns=args.max_conns, idle_timeout=args.idle_timeout,
                              max_datagram=args.max_datagram, udp_rate_limit=args.udp_rate_limit,
                              loop_seconds=args.loop_seconds)
     except (EndpointError, ConfigError) as exc:
+        if channel is not None:
+            channel.send(Failed(exc))
         print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
         return 2
     ready = {"ready": True,
              "tcp": list(server.tcp_address) if server.tcp_address else None,
              "udp": list(server.udp_address) if server.udp_address else None}
-    _serve_until_signal(server, lambda: print(json.dumps(ready), flush=True))
+
+    def announce() -> None:
+        print(json.dumps(ready), flush=True)
+        if channel is not None:
+            channel.send(Ready(ready))
+
+    _serve_until_signal(server, announce)
     print(json.dumps({"stats": server.stats}), flush=True)
     return 0
 

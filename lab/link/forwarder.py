@@ -1,11 +1,12 @@
 """The link's packet forwarder: its own process, moving IP packets between the two TUN devices.
 
-Run as `python -m lab.link.forwarder --spec JSON` with the TUN fds and one end of a control
-socketpair inherited. The spec carries the link's parsed configuration (`LinkConfig.to_wire`:
-numbers, no netem strings; docs/architecture.md#link-configuration), so nothing is parsed here.
-One select loop serves both TUN fds and the control socket; packets the model delays wait in a
-heap ordered by release time. Per direction one `DirectionModel` decides (forward: client->server
-with `seed`, reverse: server->client with `seed + 1`, as `LinkConfig` does). A null impairment
+A helper process (`lab.child`): `python -m lab.link.forwarder --name NAME`, started by
+`Forwarder.start` with the two TUN fds inherited; its setup message is the spec, which carries the
+link's parsed configuration (`LinkConfig.to_wire`: numbers, no netem strings;
+docs/architecture.md#link-configuration), so nothing is parsed here. One select loop serves both
+TUN fds and the control channel; packets the model delays wait in a heap ordered by release time.
+Per direction one `DirectionModel` decides (forward: client->server with `seed`, reverse:
+server->client with `seed + 1`, as `LinkConfig` does). A null impairment
 takes a fast path: read, write, count.
 
 Counters per direction: the model's decisions (packets_in, dropped_*, duplicated, delayed...) plus
@@ -15,45 +16,37 @@ delivered), `write_errors`, `ignored_non_ipv4` and, with a capture, `not_capture
 the capture's size limit). So packets_in + duplicated = forwarded + dropped_loss + dropped_queue +
 queued + write_errors.
 
-Control protocol (SOCK_SEQPACKET, one JSON object per message, one reply each):
-  {"ready": true, "pid": N} | {"error": "..."}  <- sent once at start (error: it could not start)
-  {"op": "counters"}                            -> {"forward": {...}, "reverse": {...}}
-  {"op": "set", "config": LinkConfig.to_wire()} -> {"ok": true} | {"error": "..."}
-  {"op": "reseed"}                              -> {"ok": true} (random decisions restart from the seeds)
-  {"op": "stop"}                                -> final counters, then the process exits
-End of file on the control socket (the owner died) also stops the forwarder.
+Requests on the channel (`lab.child.Request` -> `Reply`; Ready's info is the pid, a spec it cannot
+use is answered with Failed):
+  counters                     -> {"forward": {...}, "reverse": {...}}
+  set (LinkConfig.to_wire())   -> None, or the LabError saying why not
+  reseed                       -> None (random decisions restart from the seeds)
+  stop                         -> final counters, then the process exits
+End of file on the channel (the owner died) also stops the forwarder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
-import json
 import os
 import select
 import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.errors import ConfigError, LabError
+from lab.child import Channel, Child, Failed, Ready, answer, python_argv, spawn, start_child
+from lab.errors import LabError
 
 if TYPE_CHECKING:
     from lab.link.models import LinkConfig
 
 BATCH = 64  # packets read per readiness event per fd: amortises select calls under load
 MAX_PACKET = 65535  # largest IPv4 datagram (RFC 791)
-CONTROL_MAX = 1 << 20  # bound on one control message
-READY_TIMEOUT_S = 10.0
-REQUEST_TIMEOUT_S = 5.0
 EXIT_CRASHED = 70  # sysexits.h EX_SOFTWARE
-EXIT_WAIT_S = 1.0  # how long a dead forwarder's exit status is waited for (for the message)
 # Longest single wait in the loop: a release time far ahead (a slow rate) must never reach select as
 # a timeout it cannot represent (1e-8bit gave OverflowError); waking once a second costs nothing.
 MAX_WAIT_S = 1.0
@@ -134,16 +127,15 @@ def _apply_config(dirs: list[_Direction], config: Any, capture_on: bool) -> None
         d.fast = impairment.is_null and not capture_on
 
 
-def serve(spec: Mapping[str, Any]) -> None:
+def serve(spec: Mapping[str, Any], control: Channel) -> None:
     """The forwarder's main loop (runs until stop, control EOF or SIGTERM)."""
-    client_fd, server_fd, control_fd = spec["fds"]
-    control = socket.socket(fileno=control_fd)
+    client_fd, server_fd = spec["fds"]
+    control_fd = control.fileno()
     try:
         config = _config_from_wire(spec["link"])
         capture = _open_capture(spec.get("capture"), spec.get("capture_limit"))
     except (OSError, LabError) as exc:  # the owner checked first; still, say why instead of a traceback
-        with contextlib.suppress(OSError):
-            control.sendall(json.dumps({"error": str(exc)}).encode())
+        control.send(Failed(exc if isinstance(exc, LabError) else LabError(str(exc))))
         return
     dirs = _directions(config, capture is not None)  # with a capture every packet gets a comment
 
@@ -153,7 +145,8 @@ def serve(spec: Mapping[str, Any]) -> None:
     # select(), not epoll: epoll_wait's timeout is whole milliseconds (rounded up), which released
     # every delayed packet up to 1 ms late; select's is microseconds. Three fds: no cost to speak of.
     watched = [client_fd, server_fd, control_fd]
-    control.sendall(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    handle = _control_handler(dirs, capture)
+    control.send(Ready(os.getpid()))
 
     read, monotonic, wait = os.read, time.monotonic, select.select
     try:
@@ -161,10 +154,8 @@ def serve(spec: Mapping[str, Any]) -> None:
             timeout = None if not heap else min(MAX_WAIT_S, max(0.0, heap[0][0] - monotonic()))
             for fd in wait(watched, (), (), timeout)[0]:
                 if fd == control_fd:
-                    reply, stop = _handle_control(control, dirs, capture is not None)
-                    if stop or reply is None:
-                        return _finish(control, dirs, capture, stop and reply is not None)
-                    control.sendall(json.dumps(reply).encode())
+                    if not answer(control, handle):
+                        return  # stopped (final counters sent) or the owner is gone
                     continue
                 d = FORWARD if fd == client_fd else REVERSE
                 state = dirs[d]
@@ -220,58 +211,41 @@ def _counters(dirs: list[_Direction], *, final: bool = False) -> dict[str, dict[
     return {name: dirs[i].counters(final=final) for i, name in enumerate(DIRECTIONS)}
 
 
-def _handle_control(
-    control: socket.socket, dirs: list[_Direction], capture_on: bool
-) -> tuple[dict[str, Any] | None, bool]:
-    """Answer one control message. (None, True) means the owner is gone."""
-    data = control.recv(CONTROL_MAX)
-    if not data:
-        return None, True
-    try:
-        message = json.loads(data)
-        op = message["op"]
-    except (ValueError, KeyError, TypeError):
-        return {"error": "bad control message"}, False
-    if op == "counters":
-        return _counters(dirs), False
-    if op == "stop":
-        return {}, True
-    if op == "set":
-        try:
-            new = _config_from_wire(message.get("config"))
-        except LabError as exc:
-            return {"error": str(exc)}, False
-        _apply_config(dirs, new, capture_on)
-        return {"ok": True}, False
-    if op == "reseed":
-        for direction in dirs:
-            direction.model.reseed(direction.seed)
-        return {"ok": True}, False
-    return {"error": f"unknown op {op!r}"}, False
+def _control_handler(dirs: list[_Direction], capture: Any) -> Callable[[str, Any], Any]:
+    """What answers the owner's requests (see the module's docstring)."""
+    capture_on = capture is not None
 
+    def handle(op: str, argument: Any) -> Any:
+        if op == "counters":
+            return _counters(dirs)
+        if op == "stop":
+            if capture is not None:
+                capture.close()  # before the final counters: closing may count what it could not write
+            return _counters(dirs, final=True)
+        if op == "set":
+            _apply_config(dirs, _config_from_wire(argument), capture_on)
+            return None
+        if op == "reseed":
+            for direction in dirs:
+                direction.model.reseed(direction.seed)
+            return None
+        raise LabError(f"unknown forwarder request {op!r}")
 
-def _finish(control: socket.socket, dirs: list[_Direction], capture: Any, answer: bool) -> None:
-    if capture is not None:
-        capture.close()
-    if answer:
-        with contextlib.suppress(OSError):
-            control.sendall(json.dumps(_counters(dirs, final=True)).encode())
+    return handle
 
 
 # --- the owner's side -------------------------------------------------------------------------
 class Forwarder:
     """Handle on a running forwarder process: counters, set, stop. Thread-safe."""
 
-    def __init__(self, process: subprocess.Popen[bytes], control: socket.socket) -> None:
-        self.process = process
-        self._control = control
-        self._lock = threading.Lock()
+    def __init__(self, child: Child) -> None:
+        self._child = child
         self.final_counters: dict[str, dict[str, int]] | None = None
 
     @property
     def pid(self) -> int:
         """The forwarder's process id."""
-        return self.process.pid
+        return self._child.pid
 
     @classmethod
     def start(
@@ -285,110 +259,47 @@ class Forwarder:
     ) -> Forwarder:
         """Spawn the forwarder on the two TUN fds (client, server) applying `config` (parsed: the
         child gets its numbers); returns when it is ready."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         spec = {
             "name": name,
-            "fds": [fds[0], fds[1], theirs.fileno()],
+            "fds": [fds[0], fds[1]],
             "link": config.to_wire(),
             "capture": str(capture) if capture else None,
             "capture_limit": capture_limit,
         }
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "lab.link.forwarder", "--name", name, "--spec", json.dumps(spec)],
-                pass_fds=(fds[0], fds[1], theirs.fileno()),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C goes to the owner, who stops us and reads counters
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        forwarder = cls(process, ours)
-        try:
-            ready = forwarder._receive(READY_TIMEOUT_S)
-            if not ready.get("ready"):
-                raise LabError(f"the link forwarder did not start: {ready.get('error', ready)}")
-        except BaseException:
-            forwarder.kill()
-            raise
-        return forwarder
-
-    def _receive(self, timeout: float) -> dict[str, Any]:
-        self._control.settimeout(timeout)
-        try:
-            data = self._control.recv(CONTROL_MAX)
-        except TimeoutError:
-            raise LabError(f"the link forwarder (pid {self.pid}) did not answer within {timeout} s") from None
-        if not data:
-            raise LabError(f"the link forwarder (pid {self.pid}) {self.exit_description()}; "
-                           "the link no longer carries packets (its error, if any, is above)")
-        return json.loads(data)
+        # new_session: Ctrl-C goes to the owner, who stops us and reads the final counters
+        child = spawn("the link forwarder", python_argv("lab.link.forwarder", "--name", name), setup=spec,
+                      pass_fds=fds, new_session=True)
+        return cls(child)
 
     def exit_description(self) -> str:
         """'exited with status 1' / 'was killed by SIGKILL' / 'is still running' (for messages)."""
-        try:
-            code = self.process.wait(timeout=EXIT_WAIT_S)  # EOF comes just before the exit status
-        except subprocess.TimeoutExpired:
-            return "stopped answering (it is still running)"
-        if code < 0:
-            return f"was killed by {signal.Signals(-code).name}"
-        return f"exited with status {code}"
+        return self._child.exit_description()
 
     @property
     def alive(self) -> bool:
         """True while the forwarder process runs."""
-        return self.process.poll() is None
-
-    def request(self, message: Mapping[str, Any], timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
-        """Send one control message and return the reply."""
-        with self._lock:
-            try:
-                self._control.sendall(json.dumps(message).encode())
-            except OSError as exc:
-                raise LabError(f"the link forwarder (pid {self.pid}) is gone: {exc}") from exc
-            return self._receive(timeout)
+        return self._child.alive
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Per-direction counters right now (or the final ones after stop)."""
         if self.final_counters is not None:
             return self.final_counters
-        return self.request({"op": "counters"})
+        return self._child.request("counters")
 
     def set(self, config: LinkConfig) -> None:
         """Apply `config` (already parsed and validated by the owner) to the running link."""
-        reply = self.request({"op": "set", "config": config.to_wire()})
-        if "error" in reply:
-            raise ConfigError(reply["error"])
+        self._child.request("set", config.to_wire())
 
     def reseed(self) -> None:
         """Restart both directions' random decisions from the link's seeds."""
-        reply = self.request({"op": "reseed"})
-        if "error" in reply:
-            raise LabError(reply["error"])
+        self._child.request("reseed")
 
     def stop(self) -> dict[str, dict[str, int]] | None:
         """Stop the forwarder, returning its final counters (None if it could not answer)."""
-        if self.final_counters is None and self.process.poll() is None:
-            with contextlib.suppress(LabError, ValueError):
-                self.final_counters = self.request({"op": "stop"})
-        self.kill()
+        self._child.close()
+        if self.final_counters is None:
+            self.final_counters = self._child.final
         return self.final_counters
-
-    def kill(self) -> None:
-        """Make sure the process is gone and reaped; close the control socket."""
-        if self.process.poll() is None:
-            try:
-                self.process.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=1.0)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-        self._control.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="lab.link.forwarder")
     parser.add_argument("--name", required=True, help="link name (lets `lab cleanup` recognise us)")
-    parser.add_argument("--spec", required=True)
     args = parser.parse_args(argv)
+    control, spec = start_child("lab.link.forwarder.Forwarder.start")
     for ignored in (signal.SIGINT, signal.SIGHUP):  # the owner decides when we stop
         signal.signal(ignored, signal.SIG_IGN)
 
@@ -410,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with fine_timers():  # release delayed packets on time, not up to 50 µs late
-            serve(json.loads(args.spec))
+            serve(spec, control)
     except Exception:  # a bug: say whose, loudly (the owner notices the exit and says so too)
         print(f"lab link {args.name}: the forwarder crashed:\n{traceback.format_exc()}", file=sys.stderr,
               end="", flush=True)

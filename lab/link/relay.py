@@ -21,24 +21,20 @@ Differences from the real link (`lab.link.forwarder`):
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import ipaddress
-import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
 from lab import privileges
+from lab.child import Channel, Child, Failed, Ready, answer, python_argv, spawn, start_child
 from lab.errors import EndpointError, LabError, TargetRefusedError
 from lab.link.models import LinkConfig
 
@@ -46,8 +42,6 @@ MAX_CLIENTS = 256  # client mappings kept at once (each holds one upstream socke
 RECV_SIZE = 65536  # larger than any UDP payload (65507 over IPv4, RFC 768 / RFC 791)
 BATCH = 64  # datagrams read per readiness event, so one busy socket cannot starve the others
 MAX_WAIT_S = 0.1  # longest select() sleep, so control messages are answered promptly
-READY_TIMEOUT_S = 30.0  # a spawned interpreter on a loaded 2-core CI box can take seconds
-STOP_TIMEOUT_S = 5.0
 SOCKET_BUFFER = 1 << 20  # 1 MiB: a burst of datagrams queued by the rate limit must not overflow
 # A stand-in IPv4 header: version 4, IHL 7 (28 bytes = IPv4 20 + UDP 8). The models read only the
 # IHL nibble and the length, so the remaining bytes stay zero.
@@ -99,9 +93,7 @@ class UdpRelay:
         self._upstream = (_require_loopback(upstream[0], "upstream"), port)
         self._host = _require_loopback(host, "relay address")
         self._config = config
-        self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
-        self._lock = threading.Lock()  # one request/reply on the pipe at a time
+        self._child: Child | None = None
         self._final: dict[str, dict[str, int]] | None = None
         self.address: tuple[str, int] = ("", 0)
 
@@ -111,101 +103,52 @@ class UdpRelay:
         return self._config
 
     def __enter__(self) -> UdpRelay:
-        # A fresh interpreter (`python -m lab.link.relay`), not fork: the measuring process has
-        # threads (echo servers, xdist) whose locks a forked child would inherit mid-use; and not
-        # multiprocessing's spawn, which re-imports the caller's __main__ (breaks scripts without a
-        # `__main__` guard and code fed on stdin). The control channel is a socketpair.
-        ours, theirs = socket.socketpair()
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "lab.link.relay", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env,
-            )
-        except OSError as exc:
-            ours.close()
-            raise EndpointError(f"cannot start the UDP relay process: {exc}") from exc
-        finally:
-            theirs.close()
-        self._conn = parent = Connection(ours.detach())
-        try:
-            parent.send((self._config, self._upstream, self._host))
-            if not parent.poll(READY_TIMEOUT_S):
-                raise EndpointError(f"the UDP relay did not start within {READY_TIMEOUT_S:g}s")
-            kind, value = parent.recv()
-            if kind != "ready":
-                raise EndpointError(f"the UDP relay could not start: {value}")
-            self.address = tuple(value)[:2]  # type: ignore[assignment]
-        except (EOFError, OSError) as exc:
-            self._shutdown()
-            raise EndpointError(f"the UDP relay process exited while starting ({exc})") from exc
-        except BaseException:
-            self._shutdown()
-            raise
+        # A helper process (lab.child: a fresh interpreter, never a fork of this threaded process).
+        self._child = spawn("the UDP relay", python_argv("lab.link.relay"),
+                            setup=(self._config, self._upstream, self._host))
+        self.address = tuple(self._child.info)[:2]  # type: ignore[assignment]
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._shutdown()
+        self.close()
 
-    def _request(self, message: tuple[Any, ...]) -> Any:
-        """Send one control message and wait for its reply."""
-        with self._lock:
-            conn = self._conn
-            if conn is None or self._process is None or self._process.poll() is not None:
-                raise EndpointError("the UDP relay is not running")
-            try:
-                conn.send(message)
-                if not conn.poll(STOP_TIMEOUT_S):
-                    raise EndpointError("the UDP relay did not answer")
-                return conn.recv()
-            except (EOFError, OSError) as exc:
-                raise EndpointError(f"lost contact with the UDP relay process ({exc})") from exc
+    def _request(self, op: str, argument: Any = None) -> Any:
+        if self._child is None:
+            raise EndpointError("the UDP relay is not running (use it inside `with UdpRelay(...)`)")
+        return self._child.request(op, argument)
 
     def counters(self) -> dict[str, dict[str, int]]:
         """{'forward': {...}, 'reverse': {...}}: model counters plus send_errors; final after exit."""
-        if self._final is not None and self._conn is None:
+        if self._final is not None and self._child is None:
             return self._final
-        return self._request(("counters",))
+        return self._request("counters")
 
     def set(self, *, direction: str | None = None, **options: object) -> LinkConfig:
         """Change the impairment while running, e.g. relay.set(loss="20%"); returns the new config."""
         config = self._config.with_options(options, direction=direction)  # raises ConfigError here
-        self._request(("set", config))
+        self._request("set", config)
         self._config = config
         return config
 
-    def _shutdown(self) -> None:
-        """Ask the process to stop (keeping its final counters), then make sure it is gone."""
-        process, conn = self._process, self._conn
-        if conn is not None:
-            with contextlib.suppress(LabError):
-                if process is not None and process.poll() is None:
-                    self._final = self._request(("stop",))
-            with self._lock:
-                conn.close()
-                self._conn = None
-        if process is not None:
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            self._process = None
+    def close(self) -> None:
+        """Stop the process (keeping its final counters); idempotent, never raises."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+            self._final = child.final
 
     @property
     def pid(self) -> int | None:
         """The relay process id while running (None before start and after exit)."""
-        return self._process.pid if self._process is not None else None
+        return self._child.pid if self._child is not None else None
 
 
 # --- the relay process ---------------------------------------------------------------------------
 class _Relay:
     """The event loop inside the relay process."""
 
-    def __init__(self, conn: Connection, config: LinkConfig, upstream: tuple[str, int], host: str) -> None:
+    def __init__(self, conn: Channel, config: LinkConfig, upstream: tuple[str, int], host: str) -> None:
         self.conn = conn
         self.upstream = upstream
         self.forward, self.reverse = config.build_models()
@@ -217,11 +160,10 @@ class _Relay:
         self.front.setblocking(False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.front, selectors.EVENT_READ, None)
-        self.selector.register(conn, selectors.EVENT_READ, "control")
+        self.selector.register(conn.fileno(), selectors.EVENT_READ, "control")
         self.clients: OrderedDict[tuple[Any, ...], socket.socket] = OrderedDict()
         self.timers: list[tuple[float, int, bool, Any, bytes]] = []  # (at, seq, forward?, key, data)
         self.seq = 0
-        self.running = True
 
     def close(self) -> None:
         for sock in self.clients.values():
@@ -298,28 +240,20 @@ class _Relay:
                     self.errors["forward"] += 1
                 return
 
-    def control(self) -> None:
-        """Answer one message from the parent; EOF (parent gone) stops the relay."""
-        try:
-            message = self.conn.recv()
-        except (EOFError, OSError):
-            self.running = False
-            return
-        kind = message[0]
-        if kind == "counters":
-            self.conn.send(self.counters())
-        elif kind == "set":
-            config: LinkConfig = message[1]
+    def handle(self, op: str, argument: Any) -> Any:
+        """Answer one request from the parent (counters, set, stop)."""
+        if op == "set":
+            config: LinkConfig = argument
             self.forward.update(config.forward)
             self.reverse.update(config.reverse)
-            self.conn.send("ok")
-        elif kind == "stop":
-            self.running = False
-            self.conn.send(self.counters())
+            return None
+        if op in ("counters", "stop"):
+            return self.counters()
+        raise LabError(f"unknown relay request {op!r}")
 
     def run(self) -> None:
         """Serve until told to stop or the parent goes away."""
-        while self.running:
+        while True:
             now = time.monotonic()
             timers = self.timers
             while timers and timers[0][0] <= now:
@@ -328,33 +262,33 @@ class _Relay:
             wait = MAX_WAIT_S if not timers else min(MAX_WAIT_S, max(0.0, timers[0][0] - now))
             for key, _ in self.selector.select(wait):
                 if key.data == "control":
-                    self.control()
-                    if not self.running:
-                        return
+                    if not answer(self.conn, self.handle):
+                        return  # stopped, or the parent is gone
                 else:
                     self.read(key.fileobj, key.data)  # type: ignore[arg-type]
 
 
-def _relay_main(conn: Connection, config: LinkConfig, upstream: tuple[str, int], host: str) -> None:
-    """Entry point of the relay process: bind, announce the address, serve, close everything."""
+def _relay_main() -> int:
+    """`python -m lab.link.relay`, started by UdpRelay: bind, announce the address, serve, close."""
     # Ctrl-C reaches the whole process group; the parent decides when the relay stops (or its
-    # death closes the pipe, which stops us too).
+    # death closes the channel, which stops us too).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        relay = _Relay(conn, config, upstream, host)
-    except OSError as exc:
-        conn.send(("error", f"cannot bind a UDP socket on {host}: {exc}"))
-        conn.close()
-        return
-    try:
-        conn.send(("ready", relay.front.getsockname()))
-        from lab.timing import fine_timers
+    conn, (config, upstream, host) = start_child("lab.link.relay.UdpRelay")
+    with conn:
+        try:
+            relay = _Relay(conn, config, upstream, host)
+        except OSError as exc:
+            conn.send(Failed(EndpointError(f"cannot bind a UDP socket on {host}: {exc}")))
+            return 1
+        try:
+            conn.send(Ready(relay.front.getsockname()))
+            from lab.timing import fine_timers
 
-        with fine_timers():  # release delayed datagrams on time, not up to 50 µs late
-            relay.run()
-    finally:
-        relay.close()
-        conn.close()
+            with fine_timers():  # release delayed datagrams on time, not up to 50 µs late
+                relay.run()
+        finally:
+            relay.close()
+    return 0
 
 
 def relay_counters_total(counters: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
@@ -366,17 +300,5 @@ def relay_counters_total(counters: Mapping[str, Mapping[str, int]]) -> dict[str,
     return total
 
 
-def _child_main(argv: list[str]) -> int:
-    """`python -m lab.link.relay FD`: read (config, upstream, host) from the socketpair FD, serve."""
-    conn = Connection(int(argv[1]))
-    try:
-        config, upstream, host = conn.recv()
-    except (EOFError, OSError):
-        conn.close()
-        return 1
-    _relay_main(conn, config, upstream, host)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv))
+    sys.exit(_relay_main())

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -23,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab.errors import ConfigError, EndpointError, LabError
+from lab.child import Channel, Child, Progress, Reply, end_process, fork_call
+from lab.errors import ConfigError, EndpointError, HelperProcessError, LabError
 from lab.interrupts import stop_signals_recorded
 from lab.link.models import LinkConfig
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
@@ -32,164 +30,97 @@ from lab.records import Result, RunRecord, TrafficPlan
 T = TypeVar("T")
 
 ECHO_PORT = 7007  # the lab's echo port (see lab.cli.DEFAULT_PORT)
-_FRAME = struct.Struct("!I")  # length prefix of a pickled message from a forked child
 
 
 # --- running code inside a namespace ---------------------------------------------------------------
-def _send_frame(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj)
-    view = memoryview(_FRAME.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-class _FrameReader:
-    """Length-prefixed pickled messages from a forked child, buffered so an interrupt between two
-    reads loses no byte (the parent keeps reading after a Ctrl-C, for what the child measured)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = bytearray()
-        self.eof = False
-
-    def next(self, timeout_s: float | None = None) -> tuple[Any, ...] | None:
-        """The next message; None at end of file or when `timeout_s` passes first."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            if len(self.buffer) >= _FRAME.size:
-                size = _FRAME.unpack_from(self.buffer)[0]
-                if len(self.buffer) >= _FRAME.size + size:
-                    body = bytes(self.buffer[_FRAME.size:_FRAME.size + size])
-                    del self.buffer[:_FRAME.size + size]
-                    return pickle.loads(body)
-            if deadline is not None:
-                ready, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    return None
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                self.eof = True
-                return None
-            self.buffer += chunk
-
-
-def _child_main(ns: str, wfd: int, fn: Callable[..., Any], args: Sequence[Any],
-                kwargs: Mapping[str, Any], with_progress: bool, wants_arrivals: bool = False) -> None:
-    """Body of the forked child: enter `ns`, run fn, send ("result", ok, value). Never returns."""
-    status = 0
-    try:
-        enter_netns(ns)
-        if with_progress:
-            def relay_progress(*report: Any) -> None:
-                _send_frame(wfd, ("progress", *report))
-
-            relay_progress.wants_arrivals = wants_arrivals  # type: ignore[attr-defined]  # live views
-            kwargs = dict(kwargs, progress=relay_progress)
-        try:
-            message: tuple[Any, ...] = ("result", True, fn(*args, **kwargs))
-        except BaseException as exc:  # handed to the parent, which re-raises it
-            message = ("result", False, exc)
-        # The parent may forward a Ctrl-C it got too: it must not cut off the answer it waits for.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            _send_frame(wfd, message)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            _send_frame(wfd, ("result", False, LabError(f"result of {fn!r} cannot be pickled: {exc}")))
-    except BaseException:
-        status = 1
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(status)
-
-
-def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
-                  kwargs: Mapping[str, Any] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> T:
-    """Run fn(*args, **kwargs) in a forked child inside namespace `ns`; return or raise its outcome."""
-    kwargs = kwargs or {}
-    for stream in (sys.stdout, sys.stderr):  # or the child would print our buffered output again
-        with contextlib.suppress(Exception):
-            stream.flush()
-    rfd, wfd = os.pipe()
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(rfd)
-        os.close(wfd)
-        raise
-    if pid == 0:  # pragma: no cover - the child leaves through os._exit
-        os.close(rfd)
-        _child_main(ns, wfd, fn, args, kwargs, progress is not None,
-                    bool(getattr(progress, "wants_arrivals", False)))
-    os.close(wfd)
-    reader = _FrameReader(rfd)
-    outcome: tuple[Any, ...] | None = None
-    try:
-        with stop_signals_recorded() as pending:
-            # With the signals recorded, poll: a stop is noticed within POLL_S and never lands
-            # between a read and its bookkeeping (which would lose the child's answer).
-            poll_s = POLL_S if pending is not None else None
-            while outcome is None and not pending:
-                message = reader.next(poll_s)
-                if message is None:
-                    if reader.eof:
-                        break
-                    continue
-                if message[0] == "progress":
-                    if progress is not None:
-                        progress(*message[1:])
-                else:
-                    outcome = message
-        if pending:
-            try:
-                signal.raise_signal(pending[0])  # now the caller's own handler says what it means
-            except (KeyboardInterrupt, SystemExit) as interrupt:
-                # Ctrl-C, or SIGTERM/SIGHUP turned into an interrupt: the child's run keeps what it
-                # measured and hands it back as a RunInterrupted; wait briefly for it.
-                stopped = outcome or _outcome_after_interrupt(pid, reader)
-                if stopped is not None and not stopped[1] and isinstance(stopped[2], KeyboardInterrupt):
-                    raise stopped[2] from interrupt  # the cause says which signal stopped us
-                raise
-            while outcome is None:  # a handler that did not raise: carry on as if nothing happened
-                message = reader.next()
-                if message is None:
-                    break
-                if message[0] == "result":
-                    outcome = message
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            if outcome is None:
-                os.kill(pid, signal.SIGKILL)
-        os.close(rfd)
-        _, status = os.waitpid(pid, 0)
-    if outcome is None:
-        raise LabError(f"the child running {getattr(fn, '__name__', fn)!r} in {ns} died "
-                       f"(wait status {status})")
-    if outcome[1]:
-        return outcome[2]
-    raise outcome[2]
-
-
 POLL_S = 0.05  # how soon a stop signal is noticed while a child runs
 INTERRUPT_GRACE_S = 0.3  # a Ctrl-C at the terminal reaches the child too; let it answer first
 INTERRUPT_WAIT_S = 3.0  # then interrupt the child ourselves (SIGTERM reached only us) and wait
 
 
-def _outcome_after_interrupt(pid: int, reader: _FrameReader) -> tuple[Any, ...] | None:
-    """The child's ("result", ...) message after we were interrupted; None if it gave none in time."""
+def call_in_netns(ns: str, fn: Callable[..., T], args: Sequence[Any] = (),
+                  kwargs: Mapping[str, Any] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> T:
+    """Run fn(*args, **kwargs) in a forked child inside namespace `ns`; return or raise its outcome.
+
+    `progress(*report)` receives the reports the child's fn makes through its own `progress=`
+    keyword (given to fn only when `progress` is). A child that dies without an outcome raises
+    HelperProcessError.
+    """
+    kwargs = kwargs or {}
+    wants_arrivals = bool(getattr(progress, "wants_arrivals", False))
+
+    def inside(channel: Channel) -> Any:  # runs in the forked child
+        enter_netns(ns)
+        if progress is None:
+            return fn(*args, **kwargs)
+
+        def relay_progress(*report: Any) -> None:
+            channel.send(Progress(report))
+
+        relay_progress.wants_arrivals = wants_arrivals  # type: ignore[attr-defined]  # live views
+        return fn(*args, **dict(kwargs, progress=relay_progress))
+
+    with fork_call(f"the child running {getattr(fn, '__name__', fn)!r} in {ns}", inside) as child:
+        outcome = _outcome(child, progress)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.value
+
+
+def _next_outcome(child: Child, progress: Callable[..., None] | None, timeout: float | None) -> Reply | None:
+    """Pass progress reports on until the child's outcome; None once `timeout` has passed (in all:
+    a child reporting progress all the time must not keep the caller from its stop signals)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        message = child.next_message(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if isinstance(message, Reply):
+            return message
+        if isinstance(message, Progress) and progress is not None:
+            progress(*message.report)
+        if message is None or (deadline is not None and time.monotonic() >= deadline):
+            return None
+
+
+def _outcome(child: Child, progress: Callable[..., None] | None) -> Reply:
+    """The forked child's outcome. On a stop signal, the child's own RunInterrupted (with what it
+    measured) is collected instead of killing it; HelperProcessError if the child died."""
+    outcome: Reply | None = None
+    died: HelperProcessError | None = None
+    with stop_signals_recorded() as pending:
+        # With the signals recorded, poll: a stop is noticed within POLL_S and never lands
+        # between a read and its bookkeeping (which would lose the child's answer).
+        poll_s = POLL_S if pending is not None else None
+        try:
+            while outcome is None and not pending:
+                outcome = _next_outcome(child, progress, poll_s)
+        except HelperProcessError as exc:
+            died = exc
+    if pending:
+        try:
+            signal.raise_signal(pending[0])  # now the caller's own handler says what it means
+        except (KeyboardInterrupt, SystemExit) as interrupt:
+            # Ctrl-C, or SIGTERM/SIGHUP turned into an interrupt: the child's run keeps what it
+            # measured and hands it back as a RunInterrupted; wait briefly for it.
+            stopped = outcome or (None if died else _outcome_after_interrupt(child))
+            if stopped is not None and isinstance(stopped.error, KeyboardInterrupt):
+                raise stopped.error from interrupt  # the cause says which signal stopped us
+            raise
+    if died is not None:
+        raise died
+    while outcome is None:  # a handler that did not raise: carry on as if nothing happened
+        outcome = _next_outcome(child, progress, None)
+    return outcome
+
+
+def _outcome_after_interrupt(child: Child) -> Reply | None:
+    """The child's outcome after we were interrupted; None if it gave none in time."""
     for wait_s, nudge in ((INTERRUPT_GRACE_S, False), (INTERRUPT_WAIT_S, True)):
         if nudge:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + wait_s
-        while (left := deadline - time.monotonic()) > 0:
-            message = reader.next(left)
-            if message is None:
-                break
-            if message[0] == "result":
-                return message
+            child.process.send_signal(signal.SIGINT)
+        with contextlib.suppress(HelperProcessError):
+            if (outcome := _next_outcome(child, None, wait_s)) is not None:
+                return outcome
     return None
 
 
@@ -222,13 +153,9 @@ class End:
         """Stop every process started with `popen` (SIGTERM, then SIGKILL)."""
         for process in self._processes:
             if process.poll() is None:
-                process.terminate()
+                process.terminate()  # all at once: each then gets the grace period in parallel
         for process in self._processes:
-            try:
-                process.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            end_process(process)
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None:
                     with contextlib.suppress(OSError):
@@ -257,7 +184,7 @@ class Link:
         self.client = End(self.client_ns, CLIENT_ADDRESS)
         self.server = End(self.server_ns, SERVER_ADDRESS)
         self._forwarder: Any = None
-        self._echo: subprocess.Popen[str] | None = None
+        self._echo: Child | None = None
         self._echo_port: int | None = None
         self._closed = False
         self.final_counters: dict[str, dict[str, int]] | None = None
@@ -300,10 +227,7 @@ class Link:
                 with contextlib.suppress(Exception):
                     end.close()
             if self._echo is not None:
-                from lab.endpoints.server import stop_server_process
-
-                with contextlib.suppress(Exception):
-                    stop_server_process(self._echo)
+                self._echo.close()
             if self._forwarder is not None:
                 self.final_counters = self._forwarder.stop()
         finally:
@@ -356,11 +280,14 @@ class Link:
     def echo_port(self) -> int:
         """Start the lab's echo server (TCP and UDP) in the server namespace once; its port."""
         self._check_open()
-        if self._echo is not None and self._echo.poll() is None and self._echo_port is not None:
+        if self._echo is not None and self._echo.alive and self._echo_port is not None:
             return self._echo_port
         from lab.endpoints.server import spawn_server_process
 
-        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        if self._echo is not None:
+            self._echo.close()  # it died: reap it before starting another
+
+        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
             return in_netns_thread(self.server_ns, lambda: subprocess.Popen(argv, **kwargs))
 
         try:
@@ -381,9 +308,9 @@ class Link:
                 **plan_kwargs: Any) -> tuple[RunRecord, Result]:
         """Like `run`, but also hand back the client's raw RunRecord (per-probe timeline)."""
         from lab.endpoints.client import run_client
-        from lab.schedule import RunInterrupted
         from lab.kernel import counter_deltas, read_counters
         from lab.metrics import compute_result
+        from lab.schedule import RunInterrupted
 
         if plan is not None and plan_kwargs:
             raise ConfigError("give either a TrafficPlan or its keywords (count=, rate=...), not both")

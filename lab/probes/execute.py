@@ -212,6 +212,16 @@ class Env:
             except (OSError, ValueError, Exception):  # noqa: BLE001 - any failure means "not alive"
                 return False
 
+    def servers_alive(self) -> bool:
+        """Every server the sandbox runs still echoes, over UDP and TCP."""
+        return self.udp_alive() and self.tcp_alive() and self._app_server_alive()
+
+    def _app_server_alive(self) -> bool:
+        """The application cases' own servers (a loopback target's) still echo; True if they are
+        the main ones (checked already)."""
+        return self.app_server is self.server or (
+            self.udp_alive(self.app_server) and self.tcp_alive(server=self.app_server))
+
     def tcp_alive(self, payload: bytes = b"alive?", server: Any = None) -> bool:
         """A real connection whose bytes come back from the TCP server (the TUN address's by default)."""
         server = server or self.server
@@ -310,10 +320,7 @@ class Env:
         cost = self.liveness_cost if server is self.server else {}
         net = {k: v - cost.get(k, 0) for k, v in app.items()}
         obs.app_saw_data = net.get("datagrams_in", 0) > 0 or net.get("bytes_in", 0) > 0
-        self._alive = udp_ok and tcp_ok
-        if self.app_server is not self.server:
-            self._alive = self._alive and self.udp_alive(self.app_server) and self.tcp_alive(
-                server=self.app_server)
+        self._alive = udp_ok and tcp_ok and self._app_server_alive()
 
     def run_case(self, case: Case) -> dict[str, Any]:
         """Run one catalogue case and return its JSON-able result."""
@@ -349,10 +356,7 @@ class Env:
         except Exception as exc:  # noqa: BLE001 - a case that breaks is reported, not hidden
             obs.error = f"{type(exc).__name__}: {exc}"
             with contextlib.suppress(Exception):
-                self._alive = self.udp_alive() and self.tcp_alive()
-                if self.app_server is not self.server:
-                    self._alive = self._alive and self.udp_alive(self.app_server) and self.tcp_alive(
-                        server=self.app_server)
+                self._alive = self.servers_alive()
         self.drain(quiet=0.01, cap=0.2)  # leave the TUN empty for the next case
         found, evidence = V.derive(obs)
         return {
@@ -460,9 +464,7 @@ class Env:
         received = tun_rx_packets() - rx0  # a TUN write hands the packet to the stack synchronously
         replies = self.drain(quiet=0.005, cap=0.2)
         self.reset_half_open(replies)
-        alive = self.udp_alive() and self.tcp_alive()
-        if self.app_server is not self.server:
-            alive = alive and self.udp_alive(self.app_server) and self.tcp_alive(server=self.app_server)
+        alive = self.servers_alive()
         self.drain(quiet=0.002, cap=0.1)
         return {"written": len(packets) - len(errors), "received": received, "errors": errors,
                 "reply": V.summarize_replies(replies), "server_alive": alive}
