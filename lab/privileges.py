@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
+from lab import userns
+from lab.capabilities import CAP_NET_ADMIN, CAP_NET_RAW, has_capability
 from lab.errors import PrivilegeError
 
-CAP_NET_ADMIN = 12  # linux/capability.h
-CAP_NET_RAW = 13
+__all__ = ["CAP_NET_ADMIN", "CAP_NET_RAW", "explain", "has_capability", "missing", "require", "userns_note"]
+
 _NAMES = {CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
 _WHY = {
     CAP_NET_ADMIN: "to create network namespaces and TUN devices",
     CAP_NET_RAW: "to open raw sockets for crafted packets",
 }
-
-
-def _effective_caps() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
-def has_capability(cap: int) -> bool:
-    """True if this process holds `cap` in its effective set."""
-    return bool(_effective_caps() & (1 << cap))
 
 
 def missing(*caps: int) -> list[str]:
@@ -51,8 +37,6 @@ def userns_note() -> str:
 
     Said after a missing-privileges message, so the user learns which setting stands in the way.
     """
-    from lab import userns
-
     if userns.inside() or has_capability(CAP_NET_ADMIN):
         return ""
     reason = userns.unavailable_reason()

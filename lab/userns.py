@@ -255,10 +255,9 @@ def inside() -> bool:
 
 def wanted() -> bool:
     """True if this process lacks CAP_NET_ADMIN and has not been in namespaces of ours already."""
-    from lab import privileges
+    from lab.capabilities import CAP_NET_ADMIN, has_capability
 
-    return os.environ.get(MARKER) not in ("1", "off") and not privileges.has_capability(
-        privileges.CAP_NET_ADMIN)
+    return os.environ.get(MARKER) not in ("1", "off") and not has_capability(CAP_NET_ADMIN)
 
 
 NAMESPACED = ("demo", "run", "link", "probe")  # the commands that build the lab's link
