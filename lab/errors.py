@@ -49,7 +49,16 @@ class LocalWireError(LabError):
 
 # --- configuration and environment --------------------------------------------------------------
 class ConfigError(LabError):
-    """A value given on the command line, in a scenario file or to the API is not acceptable."""
+    """A value given on the command line, in a scenario file or to the API is not acceptable.
+
+    `.key` names the offending key when the error is about one (None otherwise): an option's name
+    (`loss`, `count`) for the API and the command line, its dotted path (`traffic.count`,
+    `expect.udp.rtt_p50_ms`) for a scenario file.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class ScenarioError(ConfigError):

@@ -1,4 +1,5 @@
-"""Reading the small files a user hands the lab (scenarios, result.json): regular files only, bounded.
+"""Reading the small files a user hands the lab (scenarios, result.json): regular files only, bounded;
+and writing the lab's own files (reports, slides) so that an interrupted write never leaves half a file.
 
 A path may name anything: /dev/zero, a FIFO, a symlink to either, a file that keeps growing. The
 file is opened once (non-blocking, so a FIFO cannot hang the open), judged by `fstat` of that open
@@ -8,8 +9,10 @@ whatever the path turns out to be.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from lab.errors import LabError
@@ -64,3 +67,26 @@ def read_limited(path: Path | str, limit: int, what: str, error: type[LabError] 
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8) to `path` under a temporary name first, then rename: a report
+    half-written by a Ctrl-C would be worse than the previous one. The temporary file has a fresh
+    name (O_EXCL), so nothing planted in the folder is followed."""
+    from lab.i18n import _
+
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for reading
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        message = _("{path}: cannot write ({reason})")
+        raise LabError(message.format(path=path, reason=exc.strerror or exc)) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)

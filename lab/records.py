@@ -8,6 +8,7 @@ inside a network namespace) and land in `result.json` unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,10 +51,12 @@ def run_limits() -> RunLimits:
         except ValueError:
             seconds = math.nan
         if not (math.isfinite(seconds) and seconds > 0):
-            raise ConfigError(f"{MAX_RUN_SECONDS_ENV} must be a positive number of seconds, got {raw!r}")
+            raise ConfigError(f"{MAX_RUN_SECONDS_ENV} must be a positive number of seconds, got {raw!r}",
+                              key=MAX_RUN_SECONDS_ENV)
     if raw := os.environ.get(MAX_RUN_MB_ENV, "").strip():
         if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(f"{MAX_RUN_MB_ENV} must be a whole number of megabytes >= 1, got {raw!r}")
+            raise ConfigError(f"{MAX_RUN_MB_ENV} must be a whole number of megabytes >= 1, got {raw!r}",
+                              key=MAX_RUN_MB_ENV)
         megabytes = int(raw)
     return RunLimits(seconds, megabytes)
 
@@ -94,34 +97,35 @@ class TrafficPlan:
 
         count_ok = isinstance(self.count, int) and not isinstance(self.count, bool)
         if not count_ok or not 1 <= self.count <= MAX_COUNT:
-            raise ConfigError(f"count must be between 1 and {MAX_COUNT}, got {self.count!r}")
+            raise ConfigError(f"count must be between 1 and {MAX_COUNT}, got {self.count!r}", key="count")
         if not isinstance(self.size, int) or not HEADER_SIZE <= self.size <= (
             HEADER_SIZE + DEFAULT_MAX_PAYLOAD
         ):
             raise ConfigError(
                 f"size must be between {HEADER_SIZE} (the probe header) and "
-                f"{HEADER_SIZE + DEFAULT_MAX_PAYLOAD} bytes, got {self.size!r}"
+                f"{HEADER_SIZE + DEFAULT_MAX_PAYLOAD} bytes, got {self.size!r}", key="size"
             )
         if self.rate is not None and not (
             isinstance(self.rate, int | float) and math.isfinite(self.rate) and 0 < self.rate <= MAX_RATE
         ):
-            raise ConfigError(f"rate must be > 0 and <= {MAX_RATE:.0f} messages/s, got {self.rate!r}")
+            raise ConfigError(f"rate must be > 0 and <= {MAX_RATE:.0f} messages/s, got {self.rate!r}",
+                              key="rate")
         if not (isinstance(self.timeout, int | float) and 0 < self.timeout <= 3600):
-            raise ConfigError(f"timeout must be > 0 and <= 3600 seconds, got {self.timeout!r}")
+            raise ConfigError(f"timeout must be > 0 and <= 3600 seconds, got {self.timeout!r}", key="timeout")
         if not isinstance(self.streams, int) or not 1 <= self.streams <= 64:
-            raise ConfigError(f"streams must be between 1 and 64, got {self.streams!r}")
+            raise ConfigError(f"streams must be between 1 and 64, got {self.streams!r}", key="streams")
         limits = run_limits()
         if self.count > limits.max_probes:
             raise ConfigError(
                 f"count {self.count} needs about {self.count * PROBE_MEMORY_BYTES / 1e9:.2g} GB to record "
                 f"(~{PROBE_MEMORY_BYTES} bytes a probe), over the {limits.megabytes} MB limit of one run "
-                f"(at most {limits.max_probes} probes); set {MAX_RUN_MB_ENV} to raise it"
+                f"(at most {limits.max_probes} probes); set {MAX_RUN_MB_ENV} to raise it", key="count"
             )
         if self.rate is not None and (nominal := self.count / self.rate) > limits.seconds:
             raise ConfigError(
                 f"rate {self.rate:g}/s with count {self.count} takes {_human_seconds(nominal)}, over the "
                 f"{limits.seconds:g} s limit of one run; send fewer probes, faster, or set "
-                f"{MAX_RUN_SECONDS_ENV} to raise it"
+                f"{MAX_RUN_SECONDS_ENV} to raise it", key="rate"
             )
 
     def deadline_s(self) -> float:
@@ -203,6 +207,7 @@ class RunRecord:
 
 
 RTT_KEYS = ("min", "p50", "p90", "p99", "p999", "max", "mean")
+TIMELINE_MAX_POINTS = 3000  # per-probe timeline rows a result keeps: every gap of a demo-sized run
 
 
 @dataclass(slots=True, kw_only=True)

@@ -27,10 +27,9 @@ from lab import privileges
 from lab.errors import LabError, PrivilegeError
 from lab.i18n import N_, _
 from lab.interrupts import exit_status, interrupt_on_signals, signal_name
-from lab.records import Result, RunRecord
+from lab.records import TIMELINE_MAX_POINTS, Result, RunRecord
 from lab.scenario import Check, Scenario, SweepPoint, evaluate_all, load_scenario
 
-TIMELINE_MAX_POINTS = 3000  # enough to see every gap of a demo-sized run; keeps result.json small
 NS_PER_MS = 1_000_000
 DEMO_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "demo.toml"
 REPORTS_DIR = Path("reports")

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import reprlib
 import tomllib
 from collections.abc import Callable, Mapping
@@ -81,35 +82,35 @@ IPV4_UDP_OVERHEAD = 28
 IPV4_HEADER = 20
 FRAGMENT_UNIT = 8  # RFC 791: fragment offsets count 8-byte units
 
-# The closed vocabulary of expectations: metric -> (what it reads, unit).
-METRICS: dict[str, str] = {
-    "loss_ratio": "lost / sent (0..1)",
-    "delivered_ratio": "received / sent (0..1)",
-    "received": "probes whose reply came back",
-    "lost": "probes never answered",
-    "duplicates": "extra copies of a reply",
-    "reordered": "replies that arrived after a later-sent one",
-    "corrupted": "replies whose payload CRC failed",
-    "late": "replies that came after the timeout",
-    "rtt_min_ms": "RTT minimum, ms",
-    "rtt_p50_ms": "RTT median, ms",
-    "rtt_p90_ms": "RTT p90, ms",
-    "rtt_p99_ms": "RTT p99, ms",
-    "rtt_max_ms": "RTT maximum, ms",
-    "rtt_mean_ms": "RTT mean, ms",
-    "jitter_ms": "RFC 3550 interarrival jitter, ms",
-    "goodput_bps": "echoed payload bits per second",
-    "retransmits": "TCP segments retransmitted by both ends (client TCP_INFO + server namespace)",
-    "hol_blocked": "probes held back by another stream's delayed probe (streams > 1, metrics.head_of_line)",
-}
 STATISTICAL = ("within_ci", "within_ci_fragments")
-EXPECTATION_DOC = (
-    "an expectation is `metric = NUMBER` (equal, within 1e-9), `metric = { min = A, max = B }` "
-    '(either bound optional, inclusive), or for loss_ratio `"within_ci"` (the measured loss lies '
-    "in the 99% binomial interval around the link's expected loss for that many probes) or "
-    '`"within_ci_fragments"` (the same, around 1-(1-e)^k where k is the number of IPv4 fragments '
-    "each datagram needs at the scenario's MTU); metrics: " + ", ".join(METRICS)
-)
+# What an expectation may check: the metrics of lab.metric_registry that allow it (the lab's own and
+# the registered protocols'). `METRICS` (name -> one-line doc) and `EXPECTATION_DOC` are computed
+# from the registry when read (module __getattr__ below), so a protocol added later shows up.
+
+
+def expectation_doc() -> str:
+    """How an expectation is written, and the metrics it may name (for error messages)."""
+    from lab.metric_registry import expectation_metrics
+
+    return (
+        "an expectation is `metric = NUMBER` (equal, within 1e-9), `metric = { min = A, max = B }` "
+        '(either bound optional, inclusive), or for loss_ratio `"within_ci"` (the measured loss lies '
+        "in the 99% binomial interval around the link's expected loss for that many probes) or "
+        '`"within_ci_fragments"` (the same, around 1-(1-e)^k where k is the number of IPv4 fragments '
+        "each datagram needs at the scenario's MTU); metrics: " + ", ".join(expectation_metrics())
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METRICS":
+        from lab.metric_registry import expectation_metrics
+
+        return {metric.name: metric.doc for metric in expectation_metrics().values()}
+    if name == "EXPECTATION_DOC":
+        return expectation_doc()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 CI_CONFIDENCE = 0.99
 EXACT_TOLERANCE = 1e-9
 
@@ -239,7 +240,7 @@ class Scenario:
         from dataclasses import replace
 
         if not _is_int(seed) or not 0 <= seed <= MAX_SEED:
-            raise ScenarioError(f"--seed: must be an integer in 0..{MAX_SEED}, got {_show(seed)}")
+            raise ScenarioError(f"--seed: must be an integer in 0..{MAX_SEED}, got {_show(seed)}", key="seed")
 
         points = tuple(
             replace(p, seed=seed, link_config=replace(p.link_config, seed=seed)) for p in self.points
@@ -305,8 +306,10 @@ class _Parser:
         self.default_name = default_name
         self.path = path
 
-    def fail(self, where: str, message: str) -> ScenarioError:
-        return ScenarioError(_one_line(f"{self.source}: {where}: {message}"))
+    def fail(self, where: str, message: str, *, key: str | None = None) -> ScenarioError:
+        """The error at `where` (`[traffic] count`, `[expect.udp] latency`...); its `.key` is `key`,
+        or the dotted key `where` names (`traffic.count`, `expect.udp.latency`)."""
+        return ScenarioError(_one_line(f"{self.source}: {where}: {message}"), key=key or _dotted_key(where))
 
     def parse(self, data: dict[str, Any]) -> Scenario:
         for key in data:
@@ -488,7 +491,7 @@ class _Parser:
                 raise self.fail(where, f"must hold a table per protocol, e.g. {where[:-1]}.udp]")
             for proto, metrics in value.items():
                 if proto not in protocols:
-                    hint = f"; a metric goes in {where[:-1]}.PROTOCOL]" if proto in METRICS else ""
+                    hint = f"; a metric goes in {where[:-1]}.PROTOCOL]" if proto in _metric_names() else ""
                     raise self.fail(
                         f"{where[:-1]}.{_toml_key(proto)}]",
                         f"not one of this scenario's protocols ({', '.join(protocols)}){hint}",
@@ -511,12 +514,12 @@ class _Parser:
 
     def expectation(self, table: str, metric: str, value: Any) -> Expectation:
         where = f"{table} {metric}"
-        if metric not in METRICS:
-            raise self.fail(where, f"unknown metric; allowed: {', '.join(METRICS)}")
+        if metric not in _metric_names():
+            raise self.fail(where, f"unknown metric; allowed: {', '.join(_metric_names())}")
         if isinstance(value, str):
             if value in STATISTICAL and metric == "loss_ratio":
                 return Expectation(metric=metric, kind=value)
-            raise self.fail(where, f"unknown expectation {value!r}; {EXPECTATION_DOC}")
+            raise self.fail(where, f"unknown expectation {value!r}; {expectation_doc()}")
         if _is_number(value):
             return Expectation(metric=metric, kind="equal", value=float(value))
         if isinstance(value, dict):
@@ -537,7 +540,7 @@ class _Parser:
                 min=None if lo is None else float(lo),
                 max=None if hi is None else float(hi),
             )
-        raise self.fail(where, f"unsupported value {_show(value)}; {EXPECTATION_DOC}")
+        raise self.fail(where, f"unsupported value {_show(value)}; {expectation_doc()}")
 
     def traffic_plan(self, traffic: dict[str, Any], where: str) -> TrafficPlan:
         kwargs = dict(traffic)
@@ -569,7 +572,7 @@ class _Parser:
         try:
             return TrafficPlan(**kwargs)
         except ConfigError as exc:
-            key = str(exc).split(" ", 1)[0]
+            key = exc.key or str(exc).split(" ", 1)[0]
             raise self.fail(f"{where}[traffic] {key}", str(exc)) from None
 
     def link_config(self, link: dict[str, Any], seed: int, where: str) -> LinkConfig:
@@ -597,26 +600,11 @@ class _Parser:
 
 # --- expectations (pure) ------------------------------------------------------------------------
 def measured_value(result: Result | Mapping[str, Any], metric: str) -> float | None:
-    """The number `metric` reads from a Result (or its dict); None when it was not measured."""
-    data = result.to_dict() if isinstance(result, Result) else result
-    sent = data.get("sent") or 0
-    if metric == "delivered_ratio":
-        return (data["received"] / sent) if sent else None
-    if metric.startswith("rtt_") and metric.endswith("_ms"):
-        value = (data.get("rtt_us") or {}).get(metric[4:-3])
-        return None if value is None else value / 1000.0
-    if metric == "jitter_ms":
-        value = data.get("jitter_us")
-        return None if value is None else value / 1000.0
-    if metric == "hol_blocked":
-        value = ((data.get("extras") or {}).get("hol") or {}).get("blocked")
-        return None if value is None else float(value)
-    if metric == "retransmits":
-        from lab.metrics import retransmitted_segments
+    """The number `metric` (lab.metric_registry) reads from a Result (or its dict); None when it was not
+    measured."""
+    from lab.metric_registry import value_of
 
-        value = retransmitted_segments(data)
-        return None if value is None else float(value)
-    value = data.get(metric)
+    value = value_of(result.to_dict() if isinstance(result, Result) else result, metric)
     return None if value is None else float(value)
 
 
@@ -710,6 +698,27 @@ def evaluate_all(point: SweepPoint, protocol: str, result: Result | Mapping[str,
 
 
 # --- helpers ------------------------------------------------------------------------------------
+def _metric_names() -> list[str]:
+    from lab.metric_registry import expectation_metrics
+
+    return list(expectation_metrics())
+
+
+_SWEEP_POINT_PREFIX = re.compile(r"^\[sweep\] point .*?: (?=\[)")
+_TABLE_AND_KEY = re.compile(r"^\[(?P<table>.+?)\](?: (?P<key>.+))?$")
+
+
+def _dotted_key(where: str) -> str | None:
+    """`[traffic] count` -> `traffic.count`, `[expect.udp] latency` -> `expect.udp.latency`, `[sweep]`
+    -> `sweep`, `link` (an unknown table) -> `link`: the key an error's place names, as a dotted
+    TOML key (a sweep point's prefix `[sweep] point ID: ` left out)."""
+    where = _SWEEP_POINT_PREFIX.sub("", where)
+    match = _TABLE_AND_KEY.match(where)
+    if match is None:
+        return where or None
+    return match["table"] + (f".{match['key']}" if match["key"] else "")
+
+
 def _known_protocols() -> set[str]:
     from lab.protocols import names
 

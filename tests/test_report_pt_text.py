@@ -169,7 +169,7 @@ def test_retransmission_notes_in_portuguese(portuguese):
 
 
 def test_demo_explanation_in_portuguese(portuguese):
-    both, udp_only = demo_explanation(True), demo_explanation(False)
+    both, udp_only = demo_explanation(["tcp", "udp"]), demo_explanation(["udp"], ["tcp"])
     assert both.startswith(
         "Os dois protocolos atravessaram o mesmo enlace com defeitos, com a mesma semente. O UDP entrega "
         "cada sonda"
@@ -194,7 +194,7 @@ def test_english_is_back_and_unchanged_after_portuguese():
     assert "| sent | skipped | 300 |" in md and "Link: loss 10%, delay 20ms." in md
     assert why_text(payload).startswith("Why they differ: UDP hands each probe")
     assert link_drop_line(payload["points"][1]).startswith("Link round-trip drop rate: 19.0% (a probe")
-    assert demo_explanation(True).startswith("Both protocols crossed the same impaired link")
+    assert demo_explanation(["tcp", "udp"]).startswith("Both protocols crossed the same impaired link")
 
 
 def test_a_check_made_in_either_language_names_the_links_rate_once(portuguese):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from lab.report import write_report
+from lab.report.appearance import PROTOCOL_PALETTE
 from lab.report.plots import (
     FIGURES,
     OKABE_ITO,
-    PROTOCOL_COLORS,
     REPORT,
     STREAM_COLORS,
     STREAM_MARKERS,
@@ -85,11 +85,10 @@ def test_why_they_differ_where_tcp_and_udp_both_ran(tmp_path):
 
 
 def test_demo_explanation_both_and_udp_only():
-    assert "TCP pays for reliability in latency" in demo_explanation(True)
-    assert demo_explanation(True).startswith("Both protocols crossed the same impaired link")
-    assert demo_explanation(False).startswith("Only UDP could cross") and "TCP numbers" not in (
-        demo_explanation(False)
-    )
+    assert "TCP pays for reliability in latency" in demo_explanation(["tcp", "udp"])
+    assert demo_explanation(["tcp", "udp"]).startswith("Both protocols crossed the same impaired link")
+    udp_only = demo_explanation(["udp"], ["tcp"])
+    assert udp_only.startswith("Only UDP could cross") and "pays for reliability" not in udp_only
 
 
 def test_retransmissions_vs_link_drops_explained():
@@ -202,7 +201,7 @@ def test_figures_are_wide_with_readable_text(tmp_path):
 
 
 def test_colours_are_okabe_ito_and_streams_differ_in_shape_too():
-    assert set(PROTOCOL_COLORS.values()) <= set(OKABE_ITO)
+    assert set(PROTOCOL_PALETTE) <= set(OKABE_ITO) and "#F0E442" not in PROTOCOL_PALETTE
     assert len(set(STREAM_COLORS)) == len(STREAM_COLORS) and set(STREAM_COLORS) <= set(OKABE_ITO)
     assert len(set(STREAM_MARKERS)) == len(STREAM_MARKERS) >= 4
     assert "#F0E442" not in STREAM_COLORS[:4]  # yellow is unreadable on white: not among the first four

@@ -70,7 +70,7 @@ def _whole_in(value: object, low: int, high: int) -> bool:
 
 def _check_probability(value: float, key: str) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{key} must be between 0% and 100%, got {value * 100:g}%")
+        raise ConfigError(f"{key} must be between 0% and 100%, got {value * 100:g}%", key=key)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -120,25 +120,26 @@ class Impairment:
         for key in ("loss", "delay_correlation", "reorder", "duplicate", "corrupt"):
             _check_probability(getattr(self, key), key)
         if self.loss and self.gemodel is not None:
-            raise ConfigError("loss: give either a percentage or a gemodel, not both")
+            raise ConfigError("loss: give either a percentage or a gemodel, not both", key="loss")
         if self.delay_s < 0 or self.jitter_s < 0:
             raise ConfigError("delay and jitter must not be negative")
         if self.distribution not in DISTRIBUTIONS:
             raise ConfigError(
-                f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}"
+                f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}",
+                key="distribution",
             )
         if self.reorder and self.delay_s <= 0:
             raise ConfigError("reorder needs a delay (e.g. --delay 10ms --reorder 25%): "
-                              "reordered packets are the ones sent without it, as in netem")
+                              "reordered packets are the ones sent without it, as in netem", key="reorder")
         if self.rate_bps is not None:
             check_rate(self.rate_bps)  # built in Python, not parsed: the same bounds
         if not _whole_in(self.limit, 1, MAX_LIMIT):
             raise ConfigError(f"limit must be a whole number of packets from 1 to {MAX_LIMIT}, "
-                              f"got {self.limit!r}")
+                              f"got {self.limit!r}", key="limit")
         if not _whole_in(self.limit_bytes, MIN_LIMIT_BYTES, MAX_LIMIT_BYTES):
             raise ConfigError(f"limit_bytes must be a whole number of bytes from "
                               f"{format_size(MIN_LIMIT_BYTES)} to {format_size(MAX_LIMIT_BYTES)}, "
-                              f"got {self.limit_bytes!r}")
+                              f"got {self.limit_bytes!r}", key="limit_bytes")
 
     @property
     def is_null(self) -> bool:
@@ -210,7 +211,7 @@ def _parse_loss(value: object) -> dict[str, Any]:
         if not 1 <= len(words) <= 4:
             raise ConfigError(
                 f"loss gemodel takes 1 to 4 percentages 'gemodel P [R [1-H [1-K]]]', e.g. "
-                f"'gemodel 1% 30%', got {value!r}"
+                f"'gemodel 1% 30%', got {value!r}", key="loss"
             )
         names = ("p", "r", "1-h", "1-k")
         fields = ("p", "r", "one_minus_h", "one_minus_k")
@@ -228,7 +229,7 @@ def _fields_from_options(options: Mapping[str, object]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(
             f"unknown impairment option(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(OPTION_KEYS)}"
+            f"allowed: {', '.join(OPTION_KEYS)}", key=unknown[0] if len(unknown) == 1 else None
         )
     fields: dict[str, Any] = {}
     for key, value in options.items():
@@ -245,7 +246,8 @@ def _fields_from_options(options: Mapping[str, object]) -> dict[str, Any]:
         elif key == "distribution":
             text = str(value).strip().lower()
             if text not in DISTRIBUTIONS:
-                raise ConfigError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {value!r}")
+                raise ConfigError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {value!r}",
+                                  key="distribution")
             fields["distribution"] = text
         elif key == "rate":
             fields["rate_bps"] = parse_rate(value, key=key)  # type: ignore[arg-type]
@@ -261,7 +263,8 @@ def _fields_from_options(options: Mapping[str, object]) -> dict[str, Any]:
 
 def _check_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
-        raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}",
+                          key="direction")
     return direction
 
 

@@ -51,24 +51,29 @@ _SIZE_UNITS = {
 }
 
 
+def _bad(key: str, message: str) -> ConfigError:
+    """A ConfigError about option `key` (`.key` is its first word: `loss gemodel p` is about `loss`)."""
+    return ConfigError(message, key=key.split()[0] if key.strip() else None)
+
+
 def _split(text: str, *, key: str, example: str) -> tuple[float, str]:
     """Split '20ms' into (20.0, 'ms'); raise ConfigError naming `key` if it is not number+unit."""
     match = _VALUE_UNIT.fullmatch(text)
     if match is None:
-        raise ConfigError(f"{key} must be a number with a unit such as {example!r}, got {text!r}")
+        raise _bad(key, f"{key} must be a number with a unit such as {example!r}, got {text!r}")
     value = float(match.group(1))
     if not math.isfinite(value):
-        raise ConfigError(f"{key} must be a finite number, got {text!r}")
+        raise _bad(key, f"{key} must be a finite number, got {text!r}")
     return value, match.group(2).lower()
 
 
 def _number(value: object, *, key: str) -> float:
     """A real number given as a number (not bool, not NaN/inf), else ConfigError."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key} must be a string such as '5%' or a number, got {value!r}")
+        raise _bad(key, f"{key} must be a string such as '5%' or a number, got {value!r}")
     number = float(value)
     if not math.isfinite(number):
-        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        raise _bad(key, f"{key} must be a finite number, got {value!r}")
     return number
 
 
@@ -79,16 +84,16 @@ def parse_percent(text: str | float, *, key: str) -> float:
         if unit != "%":
             if value == 0 and unit == "":
                 return 0.0
-            raise ConfigError(
+            raise _bad(key,
                 f"{key} must be a percentage such as '5%' or '0.5%', got {text!r} "
                 "(a bare number is ambiguous: netem reads '5' as 5%)"
             )
         if not 0.0 <= value <= 100.0:
-            raise ConfigError(f"{key} must be between 0% and 100%, got {text.strip()}")
+            raise _bad(key, f"{key} must be between 0% and 100%, got {text.strip()}")
         return value / 100.0
     fraction = _number(text, key=key)
     if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"{key} must be between 0% and 100% (a fraction 0..1), got {text!r}")
+        raise _bad(key, f"{key} must be between 0% and 100% (a fraction 0..1), got {text!r}")
     return fraction
 
 
@@ -101,13 +106,13 @@ def parse_duration(text: str | float, *, key: str) -> float:
         elif unit in _TIME_UNITS:
             seconds = value * _TIME_UNITS[unit]
         else:
-            raise ConfigError(
+            raise _bad(key,
                 f"{key} must be a duration with a unit (s, ms, us, ns) such as '20ms', got {text!r}"
             )
     else:
         seconds = _number(text, key=key)
     if not 0.0 <= seconds <= MAX_DURATION_S:
-        raise ConfigError(f"{key} must be between 0s and {MAX_DURATION_S:g}s, got {text!r}")
+        raise _bad(key, f"{key} must be between 0s and {MAX_DURATION_S:g}s, got {text!r}")
     return seconds
 
 
@@ -116,7 +121,7 @@ def parse_rate(text: str | float, *, key: str) -> float:
     if isinstance(text, str):
         value, unit = _split(text, key=key, example="10mbit")
         if unit not in _RATE_UNITS:
-            raise ConfigError(
+            raise _bad(key,
                 f"{key} must be a rate with a tc unit (bit, kbit, mbit, gbit; kbps, mbps = bytes/s) "
                 f"such as '10mbit', got {text!r}"
             )
@@ -130,7 +135,7 @@ def parse_rate(text: str | float, *, key: str) -> float:
 def check_rate(bps: float, *, key: str = "rate", given: object = None) -> None:
     """ConfigError unless MIN_RATE_BPS <= bps <= MAX_RATE_BPS (also for rates built in Python)."""
     if not MIN_RATE_BPS <= bps <= MAX_RATE_BPS:  # also False for NaN
-        raise ConfigError(
+        raise _bad(key,
             f"{key} must be between {format_rate(MIN_RATE_BPS)} and {format_rate(MAX_RATE_BPS)}, "
             f"got {given if given is not None else bps!r}"
         )
@@ -141,7 +146,7 @@ def parse_size(text: str | int, *, key: str, minimum: int, maximum: int) -> int:
     if isinstance(text, str):
         value, unit = _split(text, key=key, example="32mb")
         if unit not in _SIZE_UNITS:
-            raise ConfigError(
+            raise _bad(key,
                 f"{key} must be a size in bytes with a tc unit (b, kb, mb, gb; powers of 1024) "
                 f"such as '32mb', got {text!r}"
             )
@@ -149,7 +154,7 @@ def parse_size(text: str | int, *, key: str, minimum: int, maximum: int) -> int:
     else:
         size = _number(text, key=key)
     if not size.is_integer() or not minimum <= size <= maximum:
-        raise ConfigError(
+        raise _bad(key,
             f"{key} must be a whole number of bytes between {format_size(minimum)} and "
             f"{format_size(maximum)}, got {text!r}"
         )
@@ -161,15 +166,15 @@ def parse_count(text: str | int, *, key: str, maximum: int = MAX_COUNT) -> int:
     if isinstance(text, str):
         stripped = text.strip().replace("_", "")
         if not stripped.isdigit():
-            raise ConfigError(f"{key} must be a whole number such as '1000', got {text!r}")
+            raise _bad(key, f"{key} must be a whole number such as '1000', got {text!r}")
         count = int(stripped)
     else:
         is_whole = isinstance(text, int) or (isinstance(text, float) and text.is_integer())
         if isinstance(text, bool) or not is_whole:
-            raise ConfigError(f"{key} must be a whole number such as 1000, got {text!r}")
+            raise _bad(key, f"{key} must be a whole number such as 1000, got {text!r}")
         count = int(text)
     if not 1 <= count <= maximum:
-        raise ConfigError(f"{key} must be between 1 and {maximum}, got {text!r}")
+        raise _bad(key, f"{key} must be between 1 and {maximum}, got {text!r}")
     return count
 
 

@@ -18,16 +18,14 @@ most TIMELINE_MAX_POINTS entries; a multi-stream run also `extras["hol"]` (lab.m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.files import write_atomic
 
 FORMAT = "wirelab-result/1"
 RESULT_FILE = "result.json"
@@ -118,7 +116,7 @@ def write_report(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]
     except OSError as exc:
         raise LabError(f"{directory}: cannot create the report folder ({exc.strerror or exc})") from None
     paths = {"json": directory / RESULT_FILE}
-    _atomic_write(paths["json"], to_json(payload) + "\n")
+    write_atomic(paths["json"], to_json(payload) + "\n")
     paths.update(render_files(directory, payload))
     return paths
 
@@ -175,8 +173,8 @@ def render_files(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]
 
     directory = Path(directory)
     html_path, md_path = directory / HTML_FILE, directory / MARKDOWN_FILE
-    _atomic_write(html_path, render_html(payload, render_plots(payload)))
-    _atomic_write(md_path, render_markdown(payload))
+    write_atomic(html_path, render_html(payload, render_plots(payload)))
+    write_atomic(md_path, render_markdown(payload))
     return {"html": html_path, "markdown": md_path}
 
 
@@ -199,26 +197,3 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
     from lab.report.slides import write_slides as write
 
     return write(directory, payload)
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write `data` (text as UTF-8) to `path` under a temporary name first, then rename: a report
-    half-written by a Ctrl-C would be worse than the previous one. The temporary file has a fresh
-    name (O_EXCL), so nothing planted in the folder is followed."""
-    from lab.i18n import _
-
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are for reading
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        message = _("{path}: cannot write ({reason})")
-        raise LabError(message.format(path=path, reason=exc.strerror or exc)) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)

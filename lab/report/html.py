@@ -7,6 +7,7 @@ from typing import Any
 
 from lab import i18n
 from lab.i18n import _
+from lab.report.appearance import colour, label
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -66,6 +67,8 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
                 "skipped": list((point.get("skipped") or {}).items()),
             }
         )
+    names = {str(r.get("protocol")) for p in points for r in p.get("results", [])}
+    names.update(proto for p in points for proto in (p.get("skipped") or {}))
     counters = [(point_label(p), *row) for p in points for row in counters_rows(p)]
     scenario = payload.get("scenario") or {}
     # The template gets only values computed here, each present: a key a (valid) result.json may
@@ -74,6 +77,10 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         lang=i18n.language(),
         scenario={"name": scenario.get("name", "?"), "description": scenario.get("description", "")},
         protocols=protocols,
+        # each protocol's heading and colour, from the registry (the template branches on no name)
+        labels={p: label(p) for p in (*protocols, *names)},
+        headings=[label(p) for p in protocols],
+        colours={p: colour(p, protocols) for p in protocols},
         seed=payload.get("seed"),
         started_at=payload.get("started_at", "?"),
         interrupted=bool(payload.get("interrupted")),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lab.i18n import _
+from lab.report.appearance import label
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -82,7 +83,7 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         drop_line = link_drop_line(point)
         if drop_line:
             lines += [_paragraph(drop_line) + ".", ""]
-        lines += [_row(["", *[_text(p.upper()) for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
+        lines += [_row(["", *[_text(label(p)) for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
         lines += [_row([header, *map(_text, cells)]) for header, cells in side_by_side(point, protocols)]
         lines.append("")
         for proto, checks in (point.get("checks") or {}).items():

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.i18n import N_, _
+from lab.records import hol_of
+from lab.report.appearance import OKABE_ITO, colour
+from lab.report.appearance import label as protocol_label
 from lab.report.summary import (
     expected_loss,
     goodput_tells,
@@ -29,10 +32,7 @@ from lab.report.summary import (
     timeline_rows,
 )
 
-# Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour deficiency.
-OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
-PROTOCOL_COLORS = {"tcp": OKABE_ITO[0], "udp": OKABE_ITO[1]}
-FALLBACK_COLORS = (OKABE_ITO[2], OKABE_ITO[3], OKABE_ITO[4], "#555555")
+# Okabe & Ito's colours (lab.report.appearance): a protocol's is its place in the registry.
 # One colour and one marker shape per logical stream: shape tells them apart where colour cannot.
 STREAM_COLORS = tuple(OKABE_ITO[i] for i in (0, 4, 2, 3, 1, 5, 7))
 STREAM_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -61,11 +61,9 @@ SLIDE = Style(font=20.0, width=13.333, panel_h=7.5, columns=2, marker=3.0, size=
 
 
 def color(protocol: str, protocols: list[str]) -> str:
-    """A stable colour per protocol (TCP blue, UDP vermillion, others from a fixed list)."""
-    if protocol in PROTOCOL_COLORS:
-        return PROTOCOL_COLORS[protocol]
-    others = [p for p in protocols if p not in PROTOCOL_COLORS]
-    return FALLBACK_COLORS[others.index(protocol) % len(FALLBACK_COLORS)] if protocol in others else "#555"
+    """A stable colour per protocol: its place in the registry (TCP blue, UDP vermillion); a name this
+    install does not know takes the next colours (lab.report.appearance.colour)."""
+    return colour(protocol, protocols)
 
 
 def _pyplot(style: Style = REPORT) -> Any:
@@ -192,12 +190,12 @@ def _cdf_panel(ax: Any, point: Mapping[str, Any], protocols: list[str], style: S
             pairs = [(v / scale, q) for v, q in pairs if v is not None]
             if pairs:
                 shade = color(proto, protocols)
-                ax.plot(*zip(*pairs, strict=True), marker="o", color=shade, label=proto.upper())
+                ax.plot(*zip(*pairs, strict=True), marker="o", color=shade, label=protocol_label(proto))
             continue
         sent = max(result["sent"], len(rtts))  # a hand-edited file may say fewer were sent
         ys = [(i + 1) / sent for i in range(len(rtts))]  # lost probes keep the CDF below 1
         xs = [rtt * US_PER_MS / scale for rtt in rtts]  # timeline RTTs are in ms
-        ax.step(xs, ys, where="post", color=color(proto, protocols), label=proto.upper(), linewidth=2)
+        ax.step(xs, ys, where="post", color=color(proto, protocols), label=protocol_label(proto), linewidth=2)
     ax.set_xlabel(_("round-trip time ({unit})").format(unit=unit))
     ax.set_ylabel(_("share of probes answered"))
     ax.set_ylim(0, 1.02)
@@ -248,7 +246,8 @@ def _loss_panel(ax: Any, points: list[Mapping[str, Any]], protocols: list[str], 
                 top = max(top, 100 * predicted)
         if not xs:
             continue
-        ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), alpha=0.85, label=proto.upper())
+        ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), alpha=0.85,
+               label=protocol_label(proto))
         ax.errorbar(xs, ys, yerr=[err_lo, err_hi], fmt="none", ecolor="#222", capsize=4, linewidth=1.2)
         for x, y, hi in zip(xs, ys, err_hi, strict=True):
             # Above the interval's cap, so the error bar never crosses the number.
@@ -341,7 +340,7 @@ def _arrivals_panel(
 def _delays_panel(ax: Any, result: Mapping[str, Any], proto: str, protocols: list[str], style: Style) -> None:
     """RTT vs send time per stream: a head-of-line stall is a spike every stream shares."""
     entries = timeline_rows(result)
-    hol = (result.get("extras") or {}).get("hol") or {}
+    hol = hol_of(result) or {}
     threshold = (hol.get("threshold_us") or 0) / US_PER_MS
     answered = [rtt for _s, _t, rtt, _st in entries if rtt is not None]
     top = max([*answered, threshold, 1.0]) * 1.08  # lost probes drawn here, above every reply
@@ -387,12 +386,12 @@ def arrival_timeline_figure(payload: Mapping[str, Any], style: Style = REPORT) -
             ax = axes[r][c]
             result = by_proto.get(proto)
             if kind == "arrivals":
-                _title(ax, f"{point_label(point)} · {proto.upper()}", style, len(protocols))
+                _title(ax, f"{point_label(point)} · {protocol_label(proto)}", style, len(protocols))
                 ax.set_xlabel(_("time since start (s)"))
                 ax.set_ylabel(_("sequence number"))
             else:
                 title = _("{point} · {protocol} RTT per stream").format(
-                    point=point_label(point), protocol=proto.upper()
+                    point=point_label(point), protocol=protocol_label(proto)
                 )
                 _title(ax, title, style, len(protocols))
                 ax.set_xlabel(_("send time since start (s)"))
@@ -459,7 +458,7 @@ def reordering_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
                 close.scatter(*zip(*near, strict=True), s=size * style.marker, marker=marker, color=c,
                               linewidths=0, label=label)
         first = _("{point} · {protocol}: first {count} probes").format(
-            point=point_label(point), protocol=proto.upper(), count=zoom
+            point=point_label(point), protocol=protocol_label(proto), count=zoom
         )
         _title(close, first, style)
         close.set_xlabel(_("send order"))
@@ -497,7 +496,7 @@ def goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
             if result:
                 xs.append(j + (i - (len(protocols) - 1) / 2) * width)
                 ys.append((result.get("goodput_bps") or 0.0) / 1e3)
-        ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=proto.upper())
+        ax.bar(xs, ys, width=width * 0.9, color=color(proto, protocols), label=protocol_label(proto))
     _xticks(ax, points, style)
     ax.set_ylabel(_("goodput (kbit/s)"))
     ax.set_title(_("Goodput: bits of probes echoed back intact, per second"))
@@ -517,11 +516,11 @@ def retransmissions_figure(payload: Mapping[str, Any], style: Style = REPORT) ->
     for proto in protocols:
         values = [retransmits(results_by_protocol(p).get(proto) or {}) for p in points]
         if any(v is not None for v in values):
-            label = _("{protocol} retransmits").format(protocol=proto.upper())
+            label = _("{protocol} retransmits").format(protocol=protocol_label(proto))
             series.append((label, color(proto, protocols), [v or 0 for v in values], False))
         drops = [link_drops(results_by_protocol(p).get(proto) or {}) for p in points]
         if any(drops):
-            label = _("link drops during {protocol}").format(protocol=proto.upper())
+            label = _("link drops during {protocol}").format(protocol=protocol_label(proto))
             series.append((label, color(proto, protocols), drops, True))
     width = min(0.3, 0.8 / max(1, len(series)))  # one series: a bar, not a wall
     for i, (label, c, values, link) in enumerate(series):
@@ -573,10 +572,11 @@ def story_figure(payload: Mapping[str, Any], style: Style = SLIDE) -> Any:
             shade = color(proto, protocols)
             if got:
                 arrivals.scatter(*zip(*got, strict=True), s=4 * style.marker, color=shade, linewidths=0,
-                                 label=proto.upper())
+                                 label=protocol_label(proto))
             if gone:
+                lost_label = _("{protocol} lost").format(protocol=protocol_label(proto))
                 arrivals.scatter(*zip(*gone, strict=True), s=25 * style.marker, marker="x", color=shade,
-                                 linewidths=1.2, label=_("{protocol} lost").format(protocol=proto.upper()))
+                                 linewidths=1.2, label=lost_label)
         arrivals.set_xlabel(_("time (s)"))
         arrivals.set_ylabel(_("sequence number"))
         if arrivals.has_data():

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lab.errors import LabError
-from lab.runner import TIMELINE_MAX_POINTS
+from lab.records import TIMELINE_MAX_POINTS
 from lab.scenario import MAX_SWEEP_POINTS
 
 MAX_DEPTH = 32  # the runner nests at most 8 deep (scenario.source of a per-point expectation)

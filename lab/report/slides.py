@@ -2,7 +2,7 @@
 figure (latency CDF, arrivals, loss side by side) for a single slide. `lab report DIR --slides`.
 
 Files go to DIR/slides/NAME.png and NAME.svg; the story is `story.png` / `story.svg`. Each is written
-to a temporary name first and renamed, as the reports are (lab.report._atomic_write), so a Ctrl-C
+to a temporary name first and renamed, as the reports are (lab.files.write_atomic), so a Ctrl-C
 never leaves half a file.
 """
 
@@ -52,8 +52,8 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
 
 def _save(fig: Any, path: Path, ext: str) -> None:
     # The whole 16:9 canvas (no tight bounding box), so every slide has the same size.
-    from lab.report import _atomic_write
+    from lab.files import write_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else {})
-    _atomic_write(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())

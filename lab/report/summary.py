@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from lab.i18n import N_, _
+from lab.metric_registry import format_percent, format_rate, format_us, table_rows, value_of
+from lab.records import hol_of, timeline_of, was_interrupted
+from lab.report.appearance import label as protocol_label
+from lab.report.appearance import reliable as protocol_reliable
 
 US_PER_MS = 1000.0
 TAIL_GROWTH_NOTABLE = 1.5  # a p99 at least 1.5x the p50 is worth a sentence about the tail...
@@ -14,72 +18,25 @@ TAIL_ABS_NOTABLE_US = 5000.0  # ...if it is also 5 ms longer (sub-ms loopback no
 
 def fmt_ms(us: float | None) -> str:
     """Microseconds as a short millisecond string ('-' when missing)."""
-    if us is None:
-        return "-"
-    ms = us / US_PER_MS
-    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.3f}"
+    return format_us(us, "ms")
 
 
-def fmt_pct(ratio: float | None) -> str:
-    """A ratio as a percentage string ('-' when missing)."""
-    return "-" if ratio is None else f"{100 * ratio:.1f}%"
-
-
-def fmt_rate(bps: float | None) -> str:
-    """Bits per second with a unit."""
-    if bps is None:
-        return "-"
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.2f} {unit}"
-    return f"{bps:.0f} bit/s"
+fmt_pct = format_percent  # a ratio as a percentage string ('-' when missing)
+fmt_rate = format_rate  # bits per second with a unit
+fmt_us = format_us  # microseconds in 'ms' or 'µs', short ('-' when missing)
 
 
 def retransmits(result: Mapping[str, Any]) -> int | None:
-    """TCP segments retransmitted by both ends (None for protocols without TCP_INFO)."""
-    from lab.metrics import retransmitted_segments
-
-    return retransmitted_segments(result)
-
-
-def _count(key: str) -> Any:
-    return lambda r: str(r.get(key, "-"))
+    """Segments a run retransmitted (the `retransmits` metric; None for a protocol without it)."""
+    value = value_of(result, "retransmits")
+    return None if value is None else int(value)
 
 
-def _hol_blocked(result: Mapping[str, Any]) -> str:
-    hol = (result.get("extras") or {}).get("hol")
-    return "-" if not hol else str(hol.get("blocked", 0))
-
-
-# Rows of the side-by-side table: (header, function of a Result dict -> display string). The RTT rows'
-# unit is chosen per table (rtt_unit), so their headers and cells are made in side_by_side. Headers are
-# marked for translation here and translated (`_(header)`) when a table is made.
-COLUMNS: tuple[tuple[str, Any], ...] = (
-    (N_("sent"), _count("sent")),
-    (N_("received"), _count("received")),
-    (N_("loss"), lambda r: fmt_pct(r.get("loss_ratio"))),
-    (N_("RTT p50"), lambda r: (r.get("rtt_us") or {}).get("p50")),
-    (N_("RTT p99"), lambda r: (r.get("rtt_us") or {}).get("p99")),
-    (N_("jitter"), lambda r: r.get("jitter_us")),
-    (N_("reordered"), _count("reordered")),
-    (N_("duplicates"), _count("duplicates")),
-    (N_("head-of-line blocked"), _hol_blocked),
-    (N_("goodput"), lambda r: fmt_rate(r.get("goodput_bps"))),
-    (N_("retransmits"), lambda r: "-" if retransmits(r) is None else str(retransmits(r))),
-)
-TIMED_ROWS = ("RTT p50", "RTT p99", "jitter")
+# The side-by-side table's rows are lab.metric_registry's metrics with a label, in its order; labels
+# are marked for translation there and translated (`_(label)`) when a table is made.
 PREDICTED_ROW = N_("predicted loss")  # only where a protocol's prediction is not the link's drop rate
 SKIPPED_CELL = N_("skipped")  # a skipped protocol's cells (`_(SKIPPED_CELL)` in the language in use)
 GOODPUT_NOTABLE = 0.1  # goodput 10% off what the delivered share implies says something loss does not
-
-
-def fmt_us(us: float | None, unit: str) -> str:
-    """Microseconds in `unit` ('ms' or 'µs'), short ('-' when missing)."""
-    if us is None:
-        return "-"
-    if unit == "µs":
-        return f"{us:.0f}" if us >= 10 else f"{us:.1f}"
-    return fmt_ms(us)
 
 
 def rtt_unit(results: list[Mapping[str, Any]]) -> str:
@@ -181,14 +138,11 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
     of several fragments); head-of-line only for several streams; goodput where it tells something.
     """
     by_proto = results_by_protocol(point)
-    results = list(by_proto.values())
-    unit = rtt_unit(results)
+    unit = rtt_unit(list(by_proto.values()))
     special = {p: expected_loss(point, r) for p, r in by_proto.items()}
     rows = []
-    for header, get in COLUMNS:
-        if header == "head-of-line blocked" and not any((r.get("extras") or {}).get("hol") for r in results):
-            continue
-        if header == "goodput" and not goodput_tells(point):
+    for metric in table_rows():
+        if metric.shown is not None and not metric.shown(point):
             continue
         cells = []
         for proto in protocols:
@@ -196,12 +150,10 @@ def side_by_side(point: Mapping[str, Any], protocols: list[str]) -> list[tuple[s
             skipped = proto in (point.get("skipped") or {})
             if not result:
                 cells.append(_(SKIPPED_CELL) if skipped else "-")
-            elif header in TIMED_ROWS:
-                cells.append(fmt_us(get(result), unit))
             else:
-                cells.append(get(result))
-        rows.append((f"{_(header)} {unit}" if header in TIMED_ROWS else _(header), cells))
-        if header == "loss" and any(source for _value, source in special.values()):
+                cells.append(metric.format_cell(metric.value(result), unit))
+        rows.append((f"{_(metric.label)} {unit}" if metric.timed else _(metric.label), cells))
+        if metric.name == "loss_ratio" and any(source for _value, source in special.values()):
             predicted = [
                 fmt_pct(special[p][0]) if p in special and special[p][1] else "-" for p in protocols
             ]
@@ -225,13 +177,13 @@ def queue_drops(result: Mapping[str, Any]) -> int:
 def timeline_rows(result: Mapping[str, Any]) -> list[tuple[int, float, float | None, int]]:
     """The per-probe timeline as (seq, t_ms, rtt_ms | None, stream); 3-column rows of older
     result.json files (before the stream column) read as stream 0."""
-    rows = (result.get("extras") or {}).get("timeline") or []
+    rows = timeline_of(result)
     return [(row[0], row[1], row[2], row[3] if len(row) > 3 else 0) for row in rows]
 
 
 def stream_count(result: Mapping[str, Any]) -> int:
     """Logical streams of a run: from its head-of-line figures, else from its timeline (1 if neither)."""
-    hol = (result.get("extras") or {}).get("hol") or {}
+    hol = hol_of(result) or {}
     if hol.get("streams"):
         return int(hol["streams"])
     return 1 + max((row[3] for row in timeline_rows(result)), default=0)
@@ -250,7 +202,7 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
     sentences = []
     by_proto = results_by_protocol(point)
     for proto, result in by_proto.items():
-        name = proto.upper()
+        name = protocol_label(proto)
         sent, received, lost = result["sent"], result["received"], result["lost"]
         expected, source = expected_loss(point, result)
         p50 = (result.get("rtt_us") or {}).get("p50")
@@ -292,14 +244,14 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
             sentences.append(_("{name} received {received} of {sent}.").format(
                 name=name, received=received, sent=sent))
         dup, reo, cor = result.get("duplicates", 0), result.get("reordered", 0), result.get("corrupted", 0)
-        extras = [
+        oddities = [
             text.format(n=n)
             for n, text in ((dup, _("{n} duplicates")), (reo, _("{n} reordered")), (cor, _("{n} corrupted")))
             if n
         ]
-        if extras:
-            sentences.append(_("{name} saw {counts}.").format(name=name, counts=", ".join(extras)))
-        if (result.get("extras") or {}).get("interrupted"):
+        if oddities:
+            sentences.append(_("{name} saw {counts}.").format(name=name, counts=", ".join(oddities)))
+        if was_interrupted(result):
             planned = (point.get("traffic") or {}).get("count")
             if isinstance(planned, int):
                 text = _("{name}'s run was cut short after {sent} probes of the {planned} planned: its "
@@ -312,7 +264,7 @@ def _point_sentence(point: Mapping[str, Any], baseline: Mapping[str, Any] | None
     if hol:
         sentences.append(hol)
     for proto, reason in (point.get("skipped") or {}).items():
-        sentences.append(_("{name} was skipped: {reason}").format(name=proto.upper(), reason=reason))
+        sentences.append(_("{name} was skipped: {reason}").format(name=protocol_label(proto), reason=reason))
     return sentences
 
 
@@ -370,13 +322,13 @@ def link_reordered(result: Mapping[str, Any]) -> int:
 
 
 def retransmission_sentence(result: Mapping[str, Any]) -> str:
-    """Why a TCP run's retransmissions differ from the link's drops ('' without TCP counters or link
-    counters, or when there is nothing to explain)."""
+    """Why a run's retransmissions differ from the link's drops ('' for a protocol without the
+    `retransmits` figure, a run without link counters, or when there is nothing to explain)."""
     rexmit = retransmits(result)
     if rexmit is None or not result.get("link"):
         return ""
     drops, early = link_drops(result), link_reordered(result)
-    name = str(result.get("protocol", "tcp")).upper()
+    name = protocol_label(str(result.get("protocol", "?")))
     figures = {"name": name, "rexmit": rexmit, "drops": drops, "early": early}
     if drops and rexmit < drops:
         return _(
@@ -402,19 +354,19 @@ def retransmission_sentence(result: Mapping[str, Any]) -> str:
         if early:
             return _(
                 "{name} retransmitted {rexmit} segments although the link dropped none: it reordered "
-                "{early} packets, and a segment overtaken by later ones looks lost to TCP (the receiver "
+                "{early} packets, and a segment overtaken by later ones looks lost to {name} (the receiver "
                 "repeats its last ACK, and three duplicate ACKs trigger a fast retransmit), so it was "
                 "sent again needlessly: spurious retransmissions."
             ).format(**figures)
         return _(
             "{name} retransmitted {rexmit} segments although the link dropped none: a segment delayed "
-            "past TCP's retransmission timeout is sent again needlessly (a spurious retransmission)."
+            "past {name}'s retransmission timeout is sent again needlessly (a spurious retransmission)."
         ).format(**figures)
     return ""
 
 
 def retransmission_notes(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(point label, sentence) for every TCP run whose retransmissions differ from the link's drops."""
+    """(point label, sentence) for every run whose retransmissions differ from the link's drops."""
     notes = []
     for point in payload.get("points", []):
         for result in point.get("results", []):
@@ -427,7 +379,7 @@ def retransmission_notes(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
 def head_of_line_sentence(point: Mapping[str, Any]) -> str:
     """How many probes of each protocol waited behind another stream's loss ('' for one stream)."""
     figures = [
-        (proto.upper(), result["sent"], (result.get("extras") or {}).get("hol"))
+        (protocol_label(proto), result["sent"], hol_of(result))
         for proto, result in results_by_protocol(point).items()
     ]
     figures = [(name, sent, hol) for name, sent, hol in figures if hol]
@@ -463,37 +415,68 @@ def point_label(point: Mapping[str, Any] | None) -> str:
 baseline_label = point_label  # the name the story used first
 
 
-UDP_WHY = N_(
-    "UDP hands each probe to the network once: when the link drops it (on the way out or back), it is "
-    "gone, so UDP's loss is close to the link's round-trip drop rate."
+# Why protocols differ, phrased by what a protocol does (its `reliable` attribute), not by its name.
+UNRELIABLE_WHY = N_(
+    "{name} hands each probe to the network once: when the link drops it (on the way out or back), it "
+    "is gone, so {name}'s loss is close to the link's round-trip drop rate."
 )
-TCP_WHY = N_(
-    "TCP numbers every byte and retransmits what was not acknowledged, so it delivers everything in "
-    "order, but each retransmission waits for a timeout or duplicate ACKs, and the probes queued "
-    "behind a lost segment wait too: TCP pays for reliability in latency (its p99 RTT and the flat "
-    "steps in the arrival timeline)."
+RELIABLE_WHY = N_(
+    "{name} retransmits what was not acknowledged, so it delivers everything, but each retransmission "
+    "waits for a timeout or duplicate acknowledgements, and the probes queued behind a lost one wait "
+    "too: {name} pays for reliability in latency (its p99 RTT and the flat steps in the arrival "
+    "timeline)."
 )
 
 
-def demo_explanation(tcp_ran: bool) -> str:
-    """What `lab demo` prints after its table: why TCP and UDP differ (or, UDP only, why UDP loses)."""
-    if tcp_ran:
-        return " ".join(
-            (_("Both protocols crossed the same impaired link with the same seed."), _(UDP_WHY), _(TCP_WHY))
-        )
-    only = _(
-        "Only UDP could cross the impaired link here (see why TCP was skipped above; `sudo make demo` runs "
-        "both)."
-    )
-    return only + " " + _(UDP_WHY)
+def why_sentences(protocols: list[str]) -> list[str]:
+    """Why each of these protocols loses what it loses: the ones that do not retransmit first, then
+    those that do (a protocol this install does not know says nothing)."""
+    kinds = {p: protocol_reliable(p) for p in protocols}
+    return [
+        _(text).format(name=protocol_label(p))
+        for text, kind in ((UNRELIABLE_WHY, False), (RELIABLE_WHY, True))
+        for p in protocols
+        if kinds[p] is kind
+    ]
+
+
+def _both_kinds(protocols: list[str]) -> bool:
+    """Whether a protocol that retransmits and one that does not are both among these."""
+    kinds = {protocol_reliable(p) for p in protocols}
+    return True in kinds and False in kinds
+
+
+def demo_explanation(ran: list[str], skipped: list[str] | tuple[str, ...] = ()) -> str:
+    """What `lab demo` prints after its table: why the protocols that `ran` differ, or, where only some
+    could run (the others `skipped`, e.g. without root), why those lose what they lose."""
+    if len(ran) > 1 and _both_kinds(ran):
+        if len(ran) == 2:
+            crossed = _("Both protocols crossed the same impaired link with the same seed.")
+        else:
+            crossed = _("All {count} protocols crossed the same impaired link with the same seed.").format(
+                count=len(ran))
+        return " ".join((crossed, *why_sentences(ran)))
+    whys = why_sentences(ran)
+    if not skipped or not ran:
+        return " ".join(whys)
+    figures = {"names": ", ".join(map(protocol_label, ran)),
+               "skipped": ", ".join(map(protocol_label, skipped))}
+    if len(ran) + len(skipped) == 2:
+        only = _("Only {names} could cross the impaired link here (see why {skipped} was skipped above; "
+                 "`sudo make demo` runs both).")
+    else:
+        only = _("Only {names} could cross the impaired link here (see why {skipped} were skipped above; "
+                 "`sudo make demo` runs them all).")
+    return " ".join((only.format(**figures), *whys))
 
 
 def why_text(payload: Mapping[str, Any]) -> str:
-    """The report's 'why' paragraph where TCP and UDP both ran on a point ('' otherwise)."""
+    """The report's 'why' paragraph, for the first point where a protocol that retransmits and one that
+    does not both ran ('' if there is none)."""
     for point in payload.get("points", []):
-        ran = {r.get("protocol") for r in point.get("results", [])}
-        if {"tcp", "udp"} <= ran:
-            return " ".join((_("Why they differ:"), _(UDP_WHY), _(TCP_WHY)))
+        ran = [str(p) for p in dict.fromkeys(r.get("protocol") for r in point.get("results", []))]
+        if _both_kinds(ran):
+            return " ".join((_("Why they differ:"), *why_sentences(ran)))
     return ""
 
 
