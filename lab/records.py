@@ -257,3 +257,36 @@ class Result:
         """Inverse of `to_dict` (ignores keys it does not know, for forward compatibility)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# --- reading a result's parts -----------------------------------------------------------------------
+# Every reader of a result's timeline, head-of-line figures and notes goes through these, whether it
+# holds a `Result` or its dict form (a result.json entry): where those parts live is said only here.
+NOTE_KEYS_NOT_NOTES = ("timeline", "hol")  # extras that are data for the report, not notes
+
+
+def _extras(result: Result | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(result, Result):
+        return result.extras
+    return result.get("extras") or {}
+
+
+def timeline_of(result: Result | Mapping[str, Any]) -> list[list[Any]]:
+    """The per-probe timeline rows [[seq, t_ms, rtt_ms | None, stream], ...] ([] without one)."""
+    return list(_extras(result).get("timeline") or [])
+
+
+def hol_of(result: Result | Mapping[str, Any]) -> dict[str, Any] | None:
+    """The head-of-line figures of a multi-stream run (lab.metrics.HeadOfLine), None otherwise."""
+    hol = _extras(result).get("hol")
+    return dict(hol) if hol else None
+
+
+def notes_of(result: Result | Mapping[str, Any]) -> dict[str, Any]:
+    """What went unusually in a run (interrupted, deadline_hit, connection_ended, ...): key -> value."""
+    return {k: v for k, v in _extras(result).items() if k not in NOTE_KEYS_NOT_NOTES}
+
+
+def was_interrupted(result: Result | Mapping[str, Any]) -> bool:
+    """True for a run a stop signal cut short (its figures cover only what was sent)."""
+    return bool(notes_of(result).get("interrupted"))

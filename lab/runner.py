@@ -27,7 +27,8 @@ from lab import privileges
 from lab.errors import LabError, PrivilegeError
 from lab.i18n import N_, _
 from lab.interrupts import exit_status, interrupt_on_signals, signal_name
-from lab.records import TIMELINE_MAX_POINTS, Result, RunRecord
+from lab.records import TIMELINE_MAX_POINTS, Result, RunRecord, timeline_of, was_interrupted
+from lab.report.appearance import appearance
 from lab.scenario import Check, Scenario, SweepPoint, evaluate_all, load_scenario
 
 NS_PER_MS = 1_000_000
@@ -53,13 +54,13 @@ class PointOutcome:
     def evaluate(self) -> None:
         """Evaluate the point's expectations against every complete result.
 
-        A protocol run cut short (its result's extras say `interrupted`) is kept and shown, but
+        A protocol run cut short (`lab.records.was_interrupted`) is kept and shown, but
         judging it against expectations meant for the whole run would only mislead.
         """
         self.checks = {
             p: evaluate_all(self.point, p, r)
             for p, r in self.results.items()
-            if not r.extras.get("interrupted")
+            if not was_interrupted(r)
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -497,7 +498,8 @@ class _Display:
 
         def for_protocol(proto: str) -> Progress:
             label = self.scenario.name if point.id == "base" else point.id
-            task = self.bars.add_task(f"{escape(label)} {proto.upper()}", total=point.traffic.count)
+            name = appearance(proto).label
+            task = self.bars.add_task(f"{escape(label)} {escape(name)}", total=point.traffic.count)
             strip = self._strip(point, proto) if self.show_strips else None
 
             def report(sent: int, total: int, arrivals: list[tuple[int, float]] | None = None) -> None:
@@ -514,10 +516,10 @@ class _Display:
     def _strip(self, point: SweepPoint, proto: str) -> Any:
         from lab.live import ProbeStrip
 
-        styles = {"tcp": "bold blue", "udp": "bold red"}
-        label = proto.upper() if len(self.scenario.points) == 1 else f"{point.id} {proto.upper()}"
+        look = appearance(proto)
+        label = look.label if len(self.scenario.points) == 1 else f"{point.id} {look.label}"
         strip = ProbeStrip(label=label, count=point.traffic.count, timeout_s=point.traffic.timeout,
-                           style=styles.get(proto, "bold"))
+                           style=look.style)
         self.strips[(point.id, proto)] = strip
         return strip
 
@@ -526,7 +528,7 @@ class _Display:
         for proto, result in outcome.results.items():
             strip = self.strips.get((outcome.point.id, proto))
             if strip is not None and strip.lost is None:
-                strip.finish(result.extras.get("timeline"))
+                strip.finish(timeline_of(result))
         self._refresh()
 
     def _refresh(self) -> None:
@@ -566,9 +568,9 @@ def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
     mode = _(MODE_NAMES[outcome.mode]) if outcome.mode in MODE_NAMES else outcome.mode
     table = Table()
     table.add_column("")
-    styles = {"tcp": "bold blue", "udp": "bold red"}
     for proto in scenario.protocols:
-        table.add_column(proto.upper(), justify="right", header_style=styles.get(proto, "bold"))
+        look = appearance(proto)
+        table.add_column(look.label, justify="right", header_style=look.style)
     for header, cells in side_by_side(data, list(scenario.protocols)):
         table.add_row(header, *cells)
     # Title and the drop-rate line as lines of their own: a table's caption wraps at its narrow width.
@@ -670,8 +672,8 @@ def demo_command(out: Path, link: Mapping[str, str] | None = None, *, seed: int 
         outcome = run_scenario(scenario, out=out, console=console, capture=capture, live=live)
         _print_outcome(console, outcome)
         console.print()
-        tcp_ran = any("tcp" in point.results for point in outcome.points)
-        console.print(demo_explanation(tcp_ran))
+        ran = [p for p in scenario.protocols if any(p in point.results for point in outcome.points)]
+        console.print(demo_explanation(ran, [p for p in scenario.protocols if p not in ran]))
         if outcome.interrupted:
             console.print(_interrupted_line(outcome))
         if slides:
