@@ -8,6 +8,7 @@ receives that parsed object or its numbers (`to_wire`) and never parses a netem 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -216,6 +217,47 @@ def test_a_malformed_wire_form_is_one_config_error(bad):
         wire[key] = {**wire[key], **value} if isinstance(value, dict) else value
     with pytest.raises(ConfigError, match="malformed"):
         LinkConfig.from_wire(wire)
+
+
+def test_the_forwarder_child_applies_a_parsed_set_and_reseeds_from_its_seeds(forbid_parsing):
+    """The forwarder child's own request handling, in process: "set" carries numbers; a later reseed
+    starts from the new config's seeds; option strings are not understood there any more."""
+    from lab.link import forwarder
+
+    forbid_parsing()
+    new = LinkConfig(forward=models.Impairment(loss=0.5), seed=11)
+    dirs = forwarder._directions(LinkConfig(seed=3), capture_on=False)
+    assert all(d.fast for d in dirs) and [d.seed for d in dirs] == [3, 4]
+    handle = forwarder._control_handler(dirs, None)
+    assert handle("set", json.loads(json.dumps(new.to_wire()))) is None
+    assert [d.model.impairment for d in dirs] == [new.forward, new.reverse]
+    assert [d.fast for d in dirs] == [False, True] and [d.seed for d in dirs] == [11, 12]
+    with pytest.raises(ConfigError, match="malformed"):
+        handle("set", {"options": {"loss": "5%"}, "direction": "both"})
+    handle("reseed", None)
+    replay = models.DirectionModel(new.forward, 11)
+    packets = [bytes([0x45]) + bytes(40)] * 50
+    assert [dirs[0].model.decide(p, 0.0).dropped for p in packets] == [
+        replay.decide(p, 0.0).dropped for p in packets]
+
+
+def test_the_relay_process_loop_applies_a_parsed_config(forbid_parsing):
+    """The relay child's event loop, in process: it receives LinkConfig objects and builds models."""
+    from lab.child import Channel
+    from lab.link.relay import _Relay
+
+    forbid_parsing()
+    ours, theirs = socket.socketpair()
+    with ours, Channel(theirs) as conn:
+        relay = _Relay(conn, CONFIGS[1], ("127.0.0.1", 9), "127.0.0.1")
+        try:
+            assert (relay.forward.impairment, relay.reverse.impairment) == (CONFIGS[1].forward,
+                                                                          CONFIGS[1].reverse)
+            assert relay.handle("set", CONFIGS[3]) is None
+            applied = (relay.forward.impairment, relay.reverse.impairment)
+            assert applied == (CONFIGS[3].forward, CONFIGS[3].reverse)
+        finally:
+            relay.close()
 
 
 @pytest.mark.privileged
