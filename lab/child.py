@@ -16,7 +16,8 @@ network namespace all run in a child process (docs/architecture.md#processes). T
 - **errors**: a child that dies before it is ready, never answers or dies mid-run raises
   `HelperProcessError` with one line saying so and the tail of the child's stderr below it; the
   child is gone by then. A child that reports why it cannot start (`Failed`) raises its own
-  `LabError` (e.g. `EndpointError` for a port in use), prefixed with the helper's name.
+  `LabError` (e.g. `EndpointError` for a port in use), prefixed with the helper's name. A spawned
+  child's stderr still reaches ours as it comes (`quiet`: kept for errors only).
 
 The parent's end of a child's channel is a `Child`, a context manager; requests on it are
 serialised by a lock, so threads may share one.
@@ -372,11 +373,6 @@ class Child:
         """True while the child process runs."""
         return self.process.poll() is None
 
-    @property
-    def channel(self) -> Channel:
-        """The parent's end of the channel (for select: `fileno()`)."""
-        return self._channel
-
     def __enter__(self) -> Child:
         return self
 
@@ -405,14 +401,14 @@ class Child:
         return HelperProcessError(f"{self.name} (pid {self.pid}) {what}{below}", stderr_tail=tail)
 
     # --- messages ---
-    def send(self, message: Any) -> None:
-        """Send one message; HelperProcessError if the child is gone."""
+    def send(self, message: Any, during: str = "") -> None:
+        """Send one message; HelperProcessError if the child is gone (`during`: as next_message)."""
         if self._closed:
             raise HelperProcessError(f"{self.name} (pid {self.pid}) was already stopped")
         try:
             self._channel.send(message)
         except OSError:
-            raise self._fail(f"{self.exit_description()} (its channel is closed)") from None
+            raise self._fail(f"{self.exit_description()}{during}") from None
 
     def next_message(self, timeout: float | None = None, during: str = "") -> Any:
         """The child's next message, or None if none came within `timeout` (it keeps running).
@@ -455,7 +451,7 @@ class Child:
         """Ask the child to do `op`; its reply's value, or the error it replied with (re-raised).
         HelperProcessError if it dies or does not answer within `timeout` (it is stopped then)."""
         with self._lock:
-            self.send(Request(op, argument))
+            self.send(Request(op, argument), f" during {op}")
             while True:
                 reply = self.receive(timeout, op)
                 if isinstance(reply, Reply):
