@@ -266,14 +266,12 @@ def _run_loopback(
     progress: Callable[[str], Progress | None],
     on_result: Callable[[PointOutcome], None],
 ) -> PointOutcome:
-    from lab.endpoints.server import running_server
     from lab.protocols import get_protocol
 
     outcome = PointOutcome(point=point, mode="loopback")
     for proto in protocols:
-        with running_server(get_protocol(proto).server_kind) as server, \
-                _keeping_partial(outcome, proto, on_result):
-            outcome.results[proto] = _measure(proto, server.address, point, progress(proto), None)
+        with get_protocol(proto).serving() as address, _keeping_partial(outcome, proto, on_result):
+            outcome.results[proto] = _measure(proto, address, point, progress(proto), None)
         on_result(outcome)
     return outcome
 
@@ -284,7 +282,6 @@ def _run_relayed(
     progress: Callable[[str], Progress | None],
     on_result: Callable[[PointOutcome], None],
 ) -> PointOutcome:
-    from lab.endpoints.server import running_server
     from lab.link.relay import UdpRelay, tcp_needs_privileges_message
     from lab.protocols import get_protocol
 
@@ -298,7 +295,7 @@ def _run_relayed(
             continue
         # A fresh relay per protocol restarts the seeded models, so each protocol meets the same decisions.
         expected = config.expected_loss_ratio()
-        with running_server(protocol.server_kind) as server, UdpRelay(config, server.address) as relay, \
+        with protocol.serving() as address, UdpRelay(config, address) as relay, \
                 _keeping_partial(outcome, proto, on_result, expected_loss_ratio=expected,
                                  link_counters=relay.counters):
             result = _measure(proto, relay.address, point, progress(proto), expected)

@@ -18,10 +18,12 @@ The entry point names a `Protocol` instance (or a zero-argument callable returni
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from lab.errors import ConfigError
@@ -55,6 +57,22 @@ class Requirement:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a protocol's echo server runs: its bind address, and how to start a process there.
+
+    `LOOPBACK` is this machine's loopback; a link's server namespace is a Place whose `popen`
+    starts processes inside that namespace (lab.link.session).
+    """
+
+    name: str  # for messages: "loopback", "namespace lab-1a2b-server"
+    host: str  # the address the server binds
+    popen: Callable[..., subprocess.Popen[Any]] = field(default=subprocess.Popen, compare=False)
+
+
+LOOPBACK = Place("loopback", "127.0.0.1")
+
+
 class Protocol:
     """The interface every measured protocol implements (subclass it; set the class attributes).
 
@@ -64,8 +82,9 @@ class Protocol:
     - `label`: how tables and plots title it; `style`: its rich style in the terminal.
     - `reliable`: True if it retransmits until every probe is delivered (the report then
       explains its losses as retransmissions, not as losses).
-    - `server_kind`: which of the lab's echo servers it talks to ("tcp", "udp"): the runner starts
-      that server wherever the run happens.
+    - `server_kind`: which of the lab's echo servers it talks to ("tcp", "udp"); `serving(place)`
+      starts it wherever the run happens (a protocol with a server of its own overrides
+      `server_argv`).
     - `requires`: what it needs beyond the lab (see `Requirement`); `unavailable()` says what is
       missing. Root for the impaired link is the runner's business, not the protocol's.
     - `metrics`: per-protocol figures (`lab.metric_registry.Metric`) for expectations and tables.
@@ -104,6 +123,34 @@ class Protocol:
     def relayable(self) -> bool:
         """True if the unprivileged loopback relay (UDP only) can carry and impair it."""
         return self.transport == "udp"
+
+    def server_argv(self, host: str, port: int) -> list[str]:
+        """The command of the echo server this protocol talks to, serving at (host, port).
+
+        A helper process (lab.child): it answers Ready({transport: [host, port], ...}) on its
+        channel, or Failed(error). The default is the lab's own echo server of `server_kind`.
+        """
+        from lab.child import python_argv
+
+        return python_argv("lab.endpoints.server", self.server_kind, "--host", host, "--port", str(port))
+
+    def server_address(self, ready: Mapping[str, Any]) -> tuple[str, int]:
+        """Where the server that sent `ready` listens for this protocol (its transport's address)."""
+        host, port = ready.get(self.transport) or ready["address"]
+        return str(host), int(port)
+
+    @contextlib.contextmanager
+    def serving(self, place: Place = LOOPBACK, port: int = 0) -> Iterator[tuple[str, int]]:
+        """Run this protocol's echo server at `place` (port 0: any free one) for the block; its address.
+
+        Its own process, so the measured server never shares the client's GIL
+        (docs/architecture.md#processes); stopped, and gone, when the block ends.
+        """
+        from lab.child import spawn
+
+        name = f"the {self.label} echo server ({place.name})"
+        with spawn(name, self.server_argv(place.host, port), popen=place.popen, stop_op=None) as child:
+            yield self.server_address(child.info)
 
     def run(self, address: tuple[str, int], plan: TrafficPlan, **kw: Any) -> RunRecord:
         """`run_client`, after checking this machine has what the protocol needs."""
