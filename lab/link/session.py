@@ -25,6 +25,7 @@ from lab.errors import ConfigError, EndpointError, HelperProcessError, LabError
 from lab.interrupts import stop_signals_recorded
 from lab.link.models import LinkConfig
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
+from lab.protocols import Place
 from lab.records import Result, RunRecord, TrafficPlan
 
 T = TypeVar("T")
@@ -186,6 +187,8 @@ class Link:
         self._forwarder: Any = None
         self._echo: Child | None = None
         self._echo_port: int | None = None
+        self._servers = contextlib.ExitStack()  # echo servers of protocols with a server of their own
+        self._server_addresses: dict[str, tuple[str, int]] = {}
         self._closed = False
         self.final_counters: dict[str, dict[str, int]] | None = None
 
@@ -228,6 +231,8 @@ class Link:
                     end.close()
             if self._echo is not None:
                 self._echo.close()
+            with contextlib.suppress(Exception):
+                self._servers.close()
             if self._forwarder is not None:
                 self.final_counters = self._forwarder.stop()
         finally:
@@ -287,16 +292,39 @@ class Link:
         if self._echo is not None:
             self._echo.close()  # it died: reap it before starting another
 
-        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-            return in_netns_thread(self.server_ns, lambda: subprocess.Popen(argv, **kwargs))
-
         try:
             self._echo, ready = spawn_server_process(
-                "both", host=SERVER_ADDRESS, port=ECHO_PORT, popen=popen_inside)
+                "both", host=SERVER_ADDRESS, port=ECHO_PORT, popen=self.server_place.popen)
         except EndpointError as exc:
             raise EndpointError(f"in {self.server_ns}: {exc}") from exc
         self._echo_port = int(ready["udp"][1])
         return self._echo_port
+
+    @property
+    def server_place(self) -> Place:
+        """The server namespace as a place to run echo servers (lab.protocols.Place)."""
+
+        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+            return in_netns_thread(self.server_ns, lambda: subprocess.Popen(argv, **kwargs))
+
+        return Place(f"namespace {self.server_ns}", SERVER_ADDRESS, popen_inside)
+
+    def server_for(self, protocol: str) -> tuple[str, int]:
+        """Where `protocol`'s echo server listens in the server namespace; started once.
+
+        The lab's echo server (`echo_port`, TCP and UDP on one port) answers every protocol that
+        keeps the default `server_argv`; a protocol with a server of its own gets its process.
+        """
+        from lab.protocols import Protocol, get_protocol
+
+        self._check_open()
+        chosen = get_protocol(protocol)
+        if type(chosen).server_argv is Protocol.server_argv:
+            return SERVER_ADDRESS, self.echo_port()
+        if chosen.name not in self._server_addresses:
+            serving = chosen.serving(self.server_place)
+            self._server_addresses[chosen.name] = self._servers.enter_context(serving)
+        return self._server_addresses[chosen.name]
 
     def run(self, protocol: str, plan: TrafficPlan | None = None, *,
             progress: Callable[[int, int], None] | None = None, **plan_kwargs: Any) -> Result:
@@ -315,14 +343,14 @@ class Link:
         if plan is not None and plan_kwargs:
             raise ConfigError("give either a TrafficPlan or its keywords (count=, rate=...), not both")
         plan = plan if plan is not None else TrafficPlan(**plan_kwargs)
-        port = self.echo_port()
+        address = self.server_for(protocol)
         kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
         link_before = self.counters()
         forward, reverse = self.config.forward, self.config.reverse
         round_trip_s = forward.delay_s + forward.jitter_s + reverse.delay_s + reverse.jitter_s
         stopped: RunInterrupted | None = None
         try:
-            record = call_in_netns(self.client_ns, run_client, (protocol, (SERVER_ADDRESS, port), plan),
+            record = call_in_netns(self.client_ns, run_client, (protocol, address, plan),
                                    {"round_trip_s": round_trip_s}, progress=progress)
         except RunInterrupted as exc:  # Ctrl-C/SIGTERM: finish the partial result, then re-raise
             stopped, record = exc, exc.record

@@ -102,7 +102,7 @@ class Protocol:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.label and "name" in cls.__dict__:
+        if "name" in cls.__dict__ and "label" not in cls.__dict__:  # a subclass names its own
             cls.label = cls.name.upper()
         if not cls.server_kind and "transport" in cls.__dict__:
             cls.server_kind = cls.transport
