@@ -22,13 +22,8 @@ from typing import Any
 
 import pytest
 
-from lab.endpoints.server import (
-    UDP_RATE_BURST_S,
-    UDP_REFUSALS,
-    UdpGuard,
-    exposure_warning,
-    running_server,
-)
+from lab.endpoints.common import UDP_RATE_BURST_S, UDP_REFUSALS, UdpGuard
+from lab.endpoints.server import exposure_warning, running_server
 from lab.errors import ConfigError
 from lab.records import TrafficPlan
 from tests.test_load import tcp_echo
@@ -178,7 +173,7 @@ def test_defect_2_fastest_legitimate_clients_are_not_refused(variant: str) -> No
 
 def test_defect_2_guard_state_is_bounded_and_cheap() -> None:
     """Spoofed sources cannot grow the guard's tables; it costs about a microsecond a datagram."""
-    from lab.endpoints import server as srv
+    from lab.endpoints import common as srv
 
     guard = UdpGuard(("127.0.0.1", 7007))
     started = time.perf_counter()
@@ -331,7 +326,7 @@ def test_defect_15_lab_send_is_served_by_a_full_server() -> None:
         finally:
             for sock in idle:
                 sock.close()
-    assert len(record.arrivals) == 20, record.extras
+    assert len(record.arrivals) == 20, record.notes
 
 
 @contextlib.contextmanager

@@ -14,15 +14,11 @@ import threading
 import time
 from typing import Any
 
-from lab.endpoints.server import (
-    LOOP_SECONDS,
-    MAX_UDP_PAYLOAD,
+from lab.endpoints.common import (
     RECV_CHUNK,
-    UDP_RATE_LIMIT,
+    BoundEcho,
     Counters,
     UdpGuard,
-    bind_sockets,
-    check_limits,
 )
 
 POLL_INTERVAL_S = 0.05  # socketserver's serve_forever polls for shutdown this often (default 0.5)
@@ -181,42 +177,22 @@ class ClassicUDPServer(socketserver.UDPServer):
             raise
 
 
-class ClassicEchoServer:
-    """socketserver TCP and/or UDP echo with the same API as `EchoServer`."""
+class ClassicEchoServer(BoundEcho):
+    """socketserver TCP and/or UDP echo with the same API as `EchoServer` (binds in BoundEcho)."""
 
-    def __init__(
-        self,
-        kind: str,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        max_conns: int = 256,
-        idle_timeout: float = 60.0,
-        max_datagram: int = MAX_UDP_PAYLOAD,
-        udp_rate_limit: float = UDP_RATE_LIMIT,
-        loop_seconds: float = LOOP_SECONDS,
-    ) -> None:
-        check_limits(max_conns, idle_timeout, max_datagram, udp_rate_limit, loop_seconds)
-        self.counters = Counters()
-        tcp_sock, udp_sock = bind_sockets(kind, host, port)
-        self._servers: list[socketserver.BaseServer] = []
-        self._tcp = ClassicTCPServer(tcp_sock, self.counters, max_conns, idle_timeout) if tcp_sock else None
-        self._udp = ClassicUDPServer(
-            udp_sock, self.counters, max_datagram,
-            UdpGuard(udp_sock.getsockname(), rate=udp_rate_limit, loop_seconds=loop_seconds),
-        ) if udp_sock else None
-        self._servers = [s for s in (self._tcp, self._udp) if s is not None]
-        self.tcp_address = tcp_sock.getsockname()[:2] if tcp_sock else None
-        self.udp_address = udp_sock.getsockname()[:2] if udp_sock else None
+    def __init__(self, kind: str, *, host: str = "127.0.0.1", port: int = 0, **limits: Any) -> None:
+        super().__init__(kind, host=host, port=port, **limits)
+        limits_ = self.limits
+        self._tcp = (ClassicTCPServer(self.tcp_socket, self.counters, limits_.max_conns, limits_.idle_timeout)
+                     if self.tcp_socket else None)
+        guard = self.udp_guard()
+        self._udp = (ClassicUDPServer(self.udp_socket, self.counters, limits_.max_datagram, guard)
+                     if self.udp_socket and guard else None)
+        self._servers: list[socketserver.BaseServer] = [s for s in (self._tcp, self._udp) if s is not None]
         self._stop = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The first bound address (TCP's when both)."""
-        return self.tcp_address or self.udp_address  # type: ignore[return-value]
 
     @property
     def stats(self) -> dict[str, int]:
