@@ -75,7 +75,8 @@ class Metric:
     - `doc`: one line saying what it counts.
     - `label`: its row in the summary table, marked with `N_` and translated where the table is
       made; "" for a figure the table does not show. `row` orders the rows (lower first; equal ones
-      in registry order): the lab's own rows are 10..110, so a protocol's row comes after them.
+      in registry order): the lab's own rows are 10..100 (TCP's `retransmits` is 110), so a
+      protocol's row comes after them by default.
     - `format_cell`: (value, the table's time unit) -> the cell's text.
     - `expectable`: whether an expectation may check it.
     - `shown`: for a row, whether a point's table shows it (None: always), given the point's
@@ -132,20 +133,31 @@ def _hol_blocked(result: Mapping[str, Any]) -> Value:
     return (hol_of(result) or {}).get("blocked")
 
 
-def _retransmits(result: Mapping[str, Any]) -> Value:
-    from lab.metrics import retransmitted_segments
-
-    return retransmitted_segments(result)
-
-
 def _point_has_hol(point: Mapping[str, Any]) -> bool:
     return any(hol_of(r) for r in point.get("results", []))
 
 
-def _goodput_tells(point: Mapping[str, Any]) -> bool:
-    from lab.report.summary import goodput_tells
+GOODPUT_NOTABLE = 0.1  # goodput 10% off what the delivered share implies says something loss does not
 
-    return goodput_tells(point)
+
+def goodput_tells(point: Mapping[str, Any]) -> bool:
+    """Whether a point's goodput says more than its loss row. Always for ping-pong traffic (it follows
+    the RTT there). With open-loop traffic every protocol sends at the same rate, so goodput is the
+    delivered share again, unless the protocols' goodput per delivered probe differs by 10% (or, for
+    one protocol, its goodput is 10% off sent-rate x delivered share)."""
+    traffic = point.get("traffic") or {}
+    rate, size = traffic.get("rate"), traffic.get("size")
+    results = [r for r in point.get("results", []) if r.get("received") and r.get("goodput_bps") is not None]
+    if not results:
+        return False
+    if not rate or not size:
+        return True
+    per_probe = [r["goodput_bps"] / r["received"] for r in results]
+    if len(per_probe) > 1:
+        return max(per_probe) > (1 + GOODPUT_NOTABLE) * min(per_probe)
+    sent = results[0].get("sent") or results[0]["received"]
+    implied = results[0]["received"] * size * 8 / (sent / rate)
+    return abs(results[0]["goodput_bps"] - implied) > GOODPUT_NOTABLE * implied
 
 
 # The lab's own figures, in the order scenario errors list them; `row` orders the summary table.
@@ -177,11 +189,7 @@ CORE_METRICS: tuple[Metric, ...] = (
     Metric(name="jitter_ms", unit="ms", read=_jitter_ms, doc="RFC 3550 interarrival jitter, ms",
            label=N_("jitter"), row=60, format_cell=format_time),
     Metric(name="goodput_bps", unit="bit/s", read=_field("goodput_bps"), doc="echoed payload bits per second",
-           label=N_("goodput"), row=100, format_cell=format_rate, shown=_goodput_tells),
-    # TCP's figure: it moves to lab/protocols/tcp.py's `metrics` (a protocol's own figures).
-    Metric(name="retransmits", unit="segments", read=_retransmits,
-           doc="TCP segments retransmitted by both ends (client TCP_INFO + server namespace)",
-           label=N_("retransmits"), row=110),
+           label=N_("goodput"), row=100, format_cell=format_rate, shown=goodput_tells),
     Metric(name="hol_blocked", unit="probes", read=_hol_blocked,
            doc="probes held back by another stream's delayed probe (streams > 1, metrics.head_of_line)",
            label=N_("head-of-line blocked"), row=90, shown=_point_has_hol),
@@ -190,15 +198,9 @@ CORE_METRICS: tuple[Metric, ...] = (
 
 def _protocol_metrics() -> list[Metric]:
     """Figures the registered protocols contribute, in registry order."""
-    try:
-        from lab.protocols import registry
+    from lab.protocols import registry
 
-        protocols = list(registry().values())
-    except ImportError:  # before lab.protocols had a registry(): its PROTOCOLS table
-        from lab.protocols import PROTOCOLS
-
-        protocols = list(PROTOCOLS.values())
-    return [m for p in protocols for m in getattr(p, "metrics", ())]
+    return [m for p in registry().values() for m in getattr(p, "metrics", ())]
 
 
 def metrics() -> tuple[Metric, ...]:

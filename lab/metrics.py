@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -245,8 +245,8 @@ class HeadOfLine:
     blocked: int  # of those, the ones that waited behind another stream's delayed probe
     in_stream: int  # of those, the ones that waited behind a delayed probe of their own stream
 
-    def to_extras(self, sent: int) -> dict[str, Any]:
-        """The `result.extras["hol"]` form (µs, plus the share of sent probes blocked)."""
+    def to_dict(self, sent: int) -> dict[str, Any]:
+        """The `Result.hol` form (µs, plus the share of sent probes blocked)."""
         return {
             "streams": self.streams,
             "base_rtt_us": self.base_rtt_ns / NS_PER_US,
@@ -341,14 +341,8 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
     delivered = sum(sends[a.seq].size for a in delivered_arrivals)
     span_s = delivery_span_s(record.sends, delivered_arrivals)
 
-    extras: dict[str, Any] = {"unknown_seq": c.unknown}
     clamped = rtt.clamped + censored.clamped + (uncorrected.clamped if uncorrected else 0)
-    if clamped:
-        extras["rtt_clamped"] = clamped
-    if plan.streams > 1:
-        extras["hol"] = head_of_line(record, c.received).to_extras(sent)
-    extras.update(record.extras)
-    tcp = extras.pop("tcp_info", None)
+    notes = replace(record.notes, unknown_seq=c.unknown, rtt_clamped=clamped)
     return Result(
         protocol=record.protocol,
         sent=sent,
@@ -372,21 +366,7 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
         size=plan.size,
         rate=plan.rate,
         timeout_s=plan.timeout,
-        tcp_info=tcp,
-        extras=extras,
+        notes=notes,
+        observations={observer: dict(figures) for observer, figures in record.observations.items()},
+        hol=head_of_line(record, c.received).to_dict(sent) if plan.streams > 1 else None,
     )
-
-
-def retransmitted_segments(result: Mapping[str, Any]) -> int | None:
-    """TCP segments retransmitted by both ends of a run (None for a protocol without TCP_INFO).
-
-    The client's own count comes from its TCP_INFO (`total_retrans`); the echo server's — replies
-    lost on the way back — from the `TcpRetransSegs` delta of the server's namespace, which a linked
-    run measures (`result["kernel"]["server"]`). On loopback only the client's count exists.
-    """
-    info = result.get("tcp_info") or {}
-    client = info.get("total_retrans", info.get("retransmits"))
-    if client is None:
-        return None
-    server = ((result.get("kernel") or {}).get("server") or {}).get("TcpRetransSegs", 0)
-    return int(client) + int(server)

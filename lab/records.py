@@ -170,12 +170,46 @@ class Arrival:
 
 
 @dataclass(slots=True, kw_only=True)
+class RunNotes:
+    """What went unusually in one run; the defaults say nothing did (docs/architecture.md#result-object).
+
+    The client fills the first six, `lab.metrics.compute_result` the last two.
+    """
+
+    interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM...) cut the run short
+    undecided: int = 0  # ...and this many probes, still inside their timeout, were left out of it
+    deadline_hit: bool = False  # the run's overall deadline stopped it (TrafficPlan.deadline_s)
+    connection_ended: str | None = None  # a connection's peer ended it early: why
+    merged_replies: int = 0  # datagrams that held several replies (an echo server without boundaries)
+    icmp_refused: int = 0  # sends that drew ICMP port unreachable (the echo server went away)
+    unknown_seq: int = 0  # intact replies carrying a sequence number that was never sent
+    rtt_clamped: int = 0  # RTT values outside HdrHistogram's range, clamped into it
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (every field)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RunNotes:
+        """Inverse of `to_dict` (keys it does not know are ignored: a newer file's notes)."""
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+# Observations: what a protocol's own machinery reported beyond the probes, keyed by the protocol that
+# observed it, each a mapping of named figures. TCP adds `observations["tcp"] = {"tcp_info": {...TCP_INFO
+# of the client's socket at the end...}, "tcp_nodelay": True}`; a protocol built on another may add
+# both its own and the other's. The metrics that read them belong to that protocol (its `metrics`).
+Observations = dict[str, dict[str, Any]]
+
+
+@dataclass(slots=True, kw_only=True)
 class RunRecord:
     """Everything one client run observed. Times are `time.monotonic_ns()` of the client host.
 
     `arrivals` is in the order the client received them (duplicates and late replies included).
     `unattributed_corrupt` counts replies so damaged that no sequence number could be read.
-    `extras` carries protocol-specific observations, e.g. ``{"tcp_info": {...}}``.
+    `notes` says what went unusually; `observations` holds the protocol's own (see `Observations`).
     """
 
     protocol: str
@@ -185,7 +219,8 @@ class RunRecord:
     sends: list[Send] = field(default_factory=list)
     arrivals: list[Arrival] = field(default_factory=list)
     unattributed_corrupt: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    notes: RunNotes = field(default_factory=RunNotes)
+    observations: Observations = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form."""
@@ -202,7 +237,8 @@ class RunRecord:
             sends=[Send(**s) for s in data["sends"]],
             arrivals=[Arrival(**a) for a in data["arrivals"]],
             unattributed_corrupt=data.get("unattributed_corrupt", 0),
-            extras=dict(data.get("extras", {})),
+            notes=RunNotes.from_dict(data.get("notes")),
+            observations={k: dict(v) for k, v in (data.get("observations") or {}).items()},
         )
 
 
@@ -218,7 +254,10 @@ class Result:
     percentiles with every lost probe counted at the timeout (so losses stay visible in the
     latency picture). Open-loop runs measure from the *intended* send time (`rtt_us`) and also
     report `rtt_uncorrected_us`, measured from the actual send time (coordinated omission).
-    `expected_loss_ratio`, `link` and `kernel` are filled by a linked run; `tcp_info` by TCP.
+    `expected_loss_ratio`, `link` and `kernel` are filled by a linked run. `notes` and
+    `observations` come from the record; `hol` (head-of-line figures, lab.metrics.HeadOfLine) only
+    for several streams; `timeline` ([[seq, t_ms, rtt_ms | None, stream]], at most
+    TIMELINE_MAX_POINTS rows) is added by the runner for the report.
     """
 
     protocol: str
@@ -243,50 +282,78 @@ class Result:
     rate: float | None
     timeout_s: float
     expected_loss_ratio: float | None = None
-    tcp_info: dict[str, Any] | None = None
     link: dict[str, Any] | None = None
     kernel: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    notes: RunNotes = field(default_factory=RunNotes)
+    observations: Observations = field(default_factory=dict)
+    hol: dict[str, Any] | None = None
+    timeline: list[list[Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (the `--json` output and one entry of result.json)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
         """Inverse of `to_dict` (ignores keys it does not know, for forward compatibility)."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["notes"] = RunNotes.from_dict(data.get("notes"))
+        return cls(**values)
 
 
 # --- reading a result's parts -----------------------------------------------------------------------
-# Every reader of a result's timeline, head-of-line figures and notes goes through these, whether it
-# holds a `Result` or its dict form (a result.json entry): where those parts live is said only here.
-NOTE_KEYS_NOT_NOTES = ("timeline", "hol")  # extras that are data for the report, not notes
-
-
-def _extras(result: Result | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(result, Result):
-        return result.extras
-    return result.get("extras") or {}
+# Readers of a result's timeline, head-of-line figures, notes and observations go through these,
+# whether they hold a `Result` or its dict form (a result.json entry).
+def _part(result: Result | Mapping[str, Any], name: str) -> Any:
+    return getattr(result, name) if isinstance(result, Result) else result.get(name)
 
 
 def timeline_of(result: Result | Mapping[str, Any]) -> list[list[Any]]:
     """The per-probe timeline rows [[seq, t_ms, rtt_ms | None, stream], ...] ([] without one)."""
-    return list(_extras(result).get("timeline") or [])
+    return list(_part(result, "timeline") or [])
 
 
 def hol_of(result: Result | Mapping[str, Any]) -> dict[str, Any] | None:
     """The head-of-line figures of a multi-stream run (lab.metrics.HeadOfLine), None otherwise."""
-    hol = _extras(result).get("hol")
+    hol = _part(result, "hol")
     return dict(hol) if hol else None
 
 
-def notes_of(result: Result | Mapping[str, Any]) -> dict[str, Any]:
-    """What went unusually in a run (interrupted, deadline_hit, connection_ended, ...): key -> value."""
-    return {k: v for k, v in _extras(result).items() if k not in NOTE_KEYS_NOT_NOTES}
+def notes_of(result: Result | Mapping[str, Any]) -> RunNotes:
+    """What went unusually in a run."""
+    notes = _part(result, "notes")
+    return notes if isinstance(notes, RunNotes) else RunNotes.from_dict(notes)
 
 
 def was_interrupted(result: Result | Mapping[str, Any]) -> bool:
     """True for a run a stop signal cut short (its figures cover only what was sent)."""
-    return bool(notes_of(result).get("interrupted"))
+    return notes_of(result).interrupted
+
+
+def observations_of(result: Result | Mapping[str, Any], observer: str) -> dict[str, Any]:
+    """What protocol `observer` reported of this run (`Observations`; {} if nothing)."""
+    return dict((_part(result, "observations") or {}).get(observer) or {})
+
+
+# --- result.json's first format ------------------------------------------------------------------------
+V1_OBSERVATIONS = {"tcp_nodelay": "tcp"}  # v1 `extras` keys that were a protocol's observations
+
+
+def result_from_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A result dict of "wirelab-result/1" in today's layout: `extras` split into `timeline`, `hol`,
+    `notes` and `observations`, and `tcp_info` moved to `observations["tcp"]`. Keys of `extras` that
+    are none of these (none were written) are dropped."""
+    out = {k: v for k, v in data.items() if k not in ("extras", "tcp_info")}
+    extras = dict(data.get("extras") or {})
+    timeline, hol = extras.pop("timeline", None), extras.pop("hol", None)
+    observations: Observations = {}
+    if data.get("tcp_info") is not None:
+        observations.setdefault("tcp", {})["tcp_info"] = data["tcp_info"]
+    for key, observer in V1_OBSERVATIONS.items():
+        if key in extras:
+            observations.setdefault(observer, {})[key] = extras.pop(key)
+    known = set(RunNotes.__dataclass_fields__)
+    out["notes"] = RunNotes.from_dict({k: v for k, v in extras.items() if k in known}).to_dict()
+    out.update(observations=observations, hol=hol, timeline=timeline)  # Result's order
+    return out

@@ -167,7 +167,7 @@ def _measure(
 
     record = get_protocol(protocol).run(address, point.traffic, progress=progress)
     result = compute_result(record, expected_loss_ratio=expected_loss_ratio)
-    result.extras["timeline"] = timeline_from_record(record)
+    result.timeline = timeline_from_record(record)
     return result
 
 
@@ -192,7 +192,7 @@ def _keeping_partial(
         yield
     except RunInterrupted as stopped:
         result = stopped.result or compute_result(stopped.record, expected_loss_ratio=expected_loss_ratio)
-        result.extras["timeline"] = timeline_from_record(stopped.record)
+        result.timeline = timeline_from_record(stopped.record)
         if link_counters is not None:
             result.link = link_counters()
         outcome.results[protocol] = result
@@ -256,7 +256,7 @@ def _run_linked(
 def _run_on_link(link: Any, protocol: str, point: SweepPoint, progress: Progress | None) -> Result:
     """`Link.measure`, plus the per-probe timeline the report plots."""
     record, result = link.measure(protocol, point.traffic, progress=progress)
-    result.extras["timeline"] = timeline_from_record(record)
+    result.timeline = timeline_from_record(record)
     return result
 
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from lab.records import Arrival, RunRecord, Send, TrafficPlan
+from lab.records import Arrival, Observations, RunNotes, RunRecord, Send, TrafficPlan
 from lab.wire import HEADER_SIZE, Probe, make_payload
 
 Progress = Callable[..., None]  # progress(sent, total[, new_arrivals]) — see ProbeSchedule.report
@@ -70,7 +71,7 @@ class ProbeSchedule:
     __slots__ = (
         "protocol", "plan", "clock", "progress", "start_ns", "deadline_ns", "timeout_ns", "next_seq",
         "waiting", "waiting_until", "last_sent_ns", "answered", "sends", "arrivals", "unattributed",
-        "extras", "_progress_ns", "_arrivals_seen",
+        "notes", "observations", "_progress_ns", "_arrivals_seen",
     )
 
     def __init__(self, protocol: str, plan: TrafficPlan, *, deadline_s: float | None = None,
@@ -90,7 +91,8 @@ class ProbeSchedule:
         self.sends: list[Send] = []
         self.arrivals: list[Arrival] = []
         self.unattributed = 0  # replies too damaged to tell which probe they were
-        self.extras: dict[str, Any] = {}  # notes for the record (deadline_hit, interrupted, ...)
+        self.notes = RunNotes()  # what went unusually (deadline_hit, interrupted, ...)
+        self.observations: Observations = {}  # the protocol's own (lab.records.Observations)
         self._progress_ns = 0
         self._arrivals_seen = 0
 
@@ -142,10 +144,6 @@ class ProbeSchedule:
         if probe.seq == self.waiting:
             self.waiting = None  # any reply, even a damaged one, settles the probe in flight
 
-    def count(self, note: str, n: int = 1) -> None:
-        """Add `n` to the record's counter note `note` (e.g. "icmp_refused")."""
-        self.extras[note] = int(self.extras.get(note, 0)) + n
-
     # --- pacing and ending ---
     def tail_end_ns(self) -> int:
         """When to stop listening once everything is sent (unless every probe is answered)."""
@@ -160,7 +158,7 @@ class ProbeSchedule:
     def done(self, now: int) -> bool:
         """True when the run must stop: deadline hit, or all sent and answered or timed out."""
         if now >= self.deadline_ns:
-            self.extras["deadline_hit"] = True
+            self.notes.deadline_hit = True
             return True
         if self.next_seq < self.plan.count:
             return False
@@ -210,9 +208,8 @@ class ProbeSchedule:
         open_ = {s.seq for s in self.sends
                  if s.seq not in self.answered and now < s.sent_ns + self.timeout_ns}
         self.sends = [s for s in self.sends if s.seq not in open_]
-        self.extras["interrupted"] = True
-        if open_:
-            self.extras["undecided"] = len(open_)
+        self.notes.interrupted = True
+        self.notes.undecided = len(open_)
         # No final progress report: the callback may be what raised (or is being interrupted).
         return RunInterrupted(self.record(now, report=False))
 
@@ -228,5 +225,6 @@ class ProbeSchedule:
             sends=self.sends,
             arrivals=self.arrivals,
             unattributed_corrupt=self.unattributed,
-            extras=dict(self.extras),
+            notes=replace(self.notes),
+            observations={observer: dict(figures) for observer, figures in self.observations.items()},
         )

@@ -26,7 +26,7 @@ from lab.errors import ConfigError, EndpointError, TargetRefusedError
 from lab.metrics import compute_result
 from lab.protocols import get_protocol, registry
 from lab.protocols.udp import split_merged_reply
-from lab.records import RunRecord, Send, TrafficPlan
+from lab.records import RunNotes, RunRecord, Send, TrafficPlan
 from lab.schedule import RunInterrupted
 from lab.targets import check_lab_target
 from lab.wire import HEADER_SIZE, Probe, encode
@@ -153,8 +153,9 @@ def test_tcp_against_stdlib_echo(rate: float | None) -> None:
     _sends_are_consistent(record, plan)
     result = compute_result(record)
     assert (result.sent, result.received, result.lost) == (200, 200, 0), result
-    assert result.tcp_info is not None and result.tcp_info["rtt_us"] > 0
-    assert result.tcp_info["bytes_acked"] >= 200 * 100
+    info = result.observations["tcp"]["tcp_info"]
+    assert info["rtt_us"] > 0 and info["bytes_acked"] >= 200 * 100
+    assert result.observations["tcp"]["tcp_nodelay"] is True
 
 
 def test_open_loop_paces_on_schedule() -> None:
@@ -293,7 +294,7 @@ def test_udp_merged_replies_count_as_received_with_a_note() -> None:
         record = run_client("udp", server.address, plan)
     result = compute_result(record)
     assert (result.received, result.lost, result.corrupted) == (20, 0, 0), result.to_dict()
-    assert record.extras["merged_replies"] == 10 and record.unattributed_corrupt == 0
+    assert record.notes.merged_replies == 10 and record.unattributed_corrupt == 0
     assert "10 replies held several probes in one datagram" in "\n".join(notes(result))
 
 
@@ -305,7 +306,7 @@ def test_udp_merged_reply_with_a_damaged_part() -> None:
         record = run_client("udp", server.address, plan)
     # seq 0+1: 1's payload flipped (attributable corruption); seq 2+3: 3 cut short (unreadable).
     assert sorted((a.seq, a.intact) for a in record.arrivals) == [(0, True), (1, False)], record.arrivals
-    assert record.extras["merged_replies"] == 1 and record.unattributed_corrupt == 1
+    assert record.notes.merged_replies == 1 and record.unattributed_corrupt == 1
     result = compute_result(record)
     assert (result.received, result.lost, result.corrupted) == (1, 3, 2), result.to_dict()
 
@@ -335,19 +336,19 @@ def test_ctrl_c_keeps_what_was_measured(protocol: str) -> None:
     result = compute_result(record)
     # Progress reports come at most every 100 ms, so 50..~400 probes went out; every one still in
     # its timeout window and unanswered is left out rather than counted lost.
-    assert 50 <= len(record.sends) + record.extras.get("undecided", 0) < plan.count
+    assert 50 <= len(record.sends) + record.notes.undecided < plan.count
     assert result.lost == 0 and result.received == len(record.sends), result.to_dict()
-    assert record.extras["interrupted"] is True
+    assert record.notes.interrupted is True
     assert notes(result)[0].startswith("interrupted (Ctrl-C)")
 
 
-def test_notes_name_every_unusual_extra() -> None:
+def test_notes_name_every_unusual_note() -> None:
     record = RunRecord(protocol="udp", plan=TrafficPlan(count=1), started_ns=0, ended_ns=1,
                        sends=[Send(seq=0, intended_ns=0, sent_ns=0, size=64)])
-    record.extras.update(deadline_hit=True, connection_ended="the echo server closed the connection",
-                         icmp_refused=2)
+    record.notes = RunNotes(deadline_hit=True, connection_ended="the echo server closed the connection",
+                            icmp_refused=2)
     result = compute_result(record)
-    result.extras.update(rtt_clamped=3, unknown_seq=1)
+    result.notes.rtt_clamped, result.notes.unknown_seq = 3, 1
     text = "\n".join(notes(result))
     assert "no probe came back" in text  # one probe sent, nothing received
     for needle in ("deadline", "closed the connection", "2 sends drew ICMP", "3 RTT values",
@@ -385,7 +386,7 @@ def test_tcp_server_closing_midway_ends_the_run_with_a_note() -> None:
     with tcp_server(_CloseAfterFive) as server:
         record = run_client("tcp", addr(server), plan)
     assert len(record.arrivals) == 5
-    assert "connection_ended" in record.extras
+    assert record.notes.connection_ended
     assert compute_result(record).received == 5
 
 
@@ -413,7 +414,7 @@ def test_deadline_bounds_a_run_against_a_silent_server() -> None:
         t0 = time.monotonic()
         record = run_client("udp", server.address, plan, deadline_s=0.3)
         took = time.monotonic() - t0
-    assert record.extras.get("deadline_hit") is True
+    assert record.notes.deadline_hit is True
     assert 1 <= len(record.sends) < 100 and took < 2.0, f"deadline 0.3 s, took {took:.2f} s"
 
 
@@ -504,7 +505,7 @@ def test_against_lab_tcp_server(tcp_echo_server, rate: float | None) -> None:
     plan = TrafficPlan(count=200, rate=rate, size=1000, streams=2)
     result = compute_result(run_client("tcp", tcp_echo_server.address, plan))
     assert (result.received, result.lost) == (200, 0), result
-    assert result.tcp_info and result.tcp_info["total_retrans"] == 0
+    assert result.observations["tcp"]["tcp_info"]["total_retrans"] == 0
 
 
 ROUTE_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"

@@ -166,7 +166,8 @@ def mutated(draw: st.DrawFn, base: dict[str, Any], values: st.SearchStrategy[Any
         elif op == "delete":
             del parent[key]
         elif op == "add" and isinstance(parent[key], dict):
-            parent[key][draw(st.sampled_from(["extra", "id", "timeline", "hol", "$x$"]))] = draw(values)
+            added = draw(st.sampled_from(["extra", "id", "timeline", "hol", "notes", "observations", "$x$"]))
+            parent[key][added] = draw(values)
         elif op == "add" and isinstance(parent[key], list):
             parent[key].append(draw(values))
         else:
@@ -181,7 +182,7 @@ RANDOM_JSON = st.recursive(
     max_leaves=20,
 )
 FORMATTED = st.fixed_dictionaries(
-    {"format": st.just("wirelab-result/1")},
+    {"format": st.sampled_from(["wirelab-result/2", "wirelab-result/1"])},
     optional={"scenario": RANDOM_JSON, "points": st.lists(RANDOM_JSON, max_size=3)},
 )
 
@@ -237,6 +238,18 @@ def markdown_prose(markdown: str) -> str:
 @given(data=st.data())
 def test_fuzz_mutated_result_documents_validate_or_fail_in_one_line(real_run, data) -> None:
     check_document(data.draw(mutated(real_run[1])), render_plots=False)
+
+
+V1_SAMPLE = json.loads(
+    (Path(__file__).resolve().parent / "data" / "sample-run-v1" / "result.json").read_text(encoding="utf-8")
+)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_mutated_v1_documents_validate_or_fail_in_one_line(data) -> None:
+    """A "wirelab-result/1" file is checked as what it is, then converted: neither step may crash."""
+    check_document(data.draw(mutated(V1_SAMPLE)), render_plots=False)
 
 
 @settings(max_examples=60, **SETTINGS)

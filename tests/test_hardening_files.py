@@ -229,14 +229,14 @@ def _set(path: str, value):
             "points[0].results[0].loss_ratio: expected a number from 0 to 1, got 1.5",
         ),
         (
-            "points.0.results.0.extras.timeline.3",
+            "points.0.results.0.timeline.3",
             [1],
-            "points[0].results[0].extras.timeline[3]: expected a list of 3 or 4 items, got 1",
+            "points[0].results[0].timeline[3]: expected a list of 3 or 4 items, got 1",
         ),
         (
-            "points.0.results.0.extras.timeline.1",
+            "points.0.results.0.timeline.1",
             [0, "a", 1.0],
-            "points[0].results[0].extras.timeline[1][1]: expected a number, got 'a'",
+            "points[0].results[0].timeline[1][1]: expected a number, got 'a'",
         ),
         (
             "points.0.checks.tcp.0.passed",
@@ -266,11 +266,11 @@ def test_defect_11_a_wrong_value_is_one_line_naming_its_place(
 def test_defect_11_a_huge_stream_index_is_refused_not_drawn(tmp_path: Path) -> None:
     """The timeline drew one series per stream up to the largest index: 10**9 of them (unfixed, the
     child runs out of its 1 GiB)."""
-    run = sample_with(tmp_path, _set("points.0.results.0.extras.timeline.0", [0, 0.0, 1.0, 10**9]))
+    run = sample_with(tmp_path, _set("points.0.results.0.timeline.0", [0, 0.0, 1.0, 10**9]))
     done = lab_bounded("report", str(run))
     assert done.returncode == 2, done.stderr[-500:]
     assert done.stderr == (
-        f"lab: error: {run / 'result.json'}: points[0].results[0].extras.timeline[0][3]: expected an "
+        f"lab: error: {run / 'result.json'}: points[0].results[0].timeline[0][3]: expected an "
         "integer from 0 to 63, got 1000000000\n"
     )
 

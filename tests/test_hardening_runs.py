@@ -144,7 +144,7 @@ def test_defect_4_stop_signal_keeps_the_protocol_run_in_progress(tmp_path, signu
     assert point["interrupted"] is True
     (first,) = point["results"]
     assert 0 < first["sent"] < 300, first["sent"]
-    assert first["extras"]["interrupted"] is True
+    assert first["notes"]["interrupted"] is True
     assert first["received"] > 0
     assert "interrupted" in point["skipped"]["udp"] and name in point["skipped"]["udp"]
     assert point["checks"] == {}  # a cut-short run is not judged against whole-run expectations
@@ -376,6 +376,6 @@ def test_defect_4_interrupted_run_is_kept_in_every_mode(monkeypatch, impaired):
     with pytest.raises(KeyboardInterrupt):
         runner.run_point(plan, plan.points[0], progress=progress, on_result=kept.append)
     result = kept[-1].results["udp"]
-    assert kept[-1].interrupted and result.extras["interrupted"]
-    assert 50 <= result.sent < 400 and len(result.extras["timeline"]) == result.sent  # the undecided left out
+    assert kept[-1].interrupted and result.notes.interrupted
+    assert 50 <= result.sent < 400 and len(result.timeline) == result.sent  # the undecided left out
     assert (result.link is not None) == impaired

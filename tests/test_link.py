@@ -67,7 +67,7 @@ def test_no_impairment_tcp_every_byte_arrives(plain_link) -> None:
     """Null link, 1000 x 1400-byte TCP probes: every byte echoed intact (per-probe CRC)."""
     r = plain_link.run("tcp", count=1000, rate=10_000, size=1400, timeout=2.0)
     assert (r.received, r.lost, r.corrupted, r.duplicates) == (1000, 0, 0, 0), _figures(r)
-    assert r.tcp_info is not None and r.kernel["client"].get("TcpActiveOpens") == 1, _figures(r)
+    assert r.observations["tcp"]["tcp_info"] and r.kernel["client"].get("TcpActiveOpens") == 1, _figures(r)
 
 
 def test_loss_udp_within_interval(lossy_link) -> None:
@@ -85,8 +85,9 @@ def test_loss_tcp_delivers_everything_with_retransmissions(lossy_link) -> None:
     """loss=10%: TCP still delivers all bytes intact, and TCP_INFO/kernel show retransmissions."""
     r = lossy_link.run("tcp", count=500, rate=2000, size=512, timeout=5.0)
     assert (r.received, r.lost, r.corrupted, r.duplicates) == (500, 0, 0, 0), _figures(r)
-    retrans = r.tcp_info.get("total_retrans", 0) or r.tcp_info.get("retransmits", 0)
-    assert retrans > 0, f"tcp_info={r.tcp_info} " + _figures(r)
+    info = r.observations["tcp"]["tcp_info"]
+    retrans = info.get("total_retrans", 0) or info.get("retransmits", 0)
+    assert retrans > 0, f"tcp_info={info} " + _figures(r)
     assert r.kernel["client"].get("TcpRetransSegs", 0) > 0, _figures(r)
 
 

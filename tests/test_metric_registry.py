@@ -15,7 +15,7 @@ from lab.errors import ConfigError, ScenarioError
 from lab.link.models import LinkConfig
 from lab.link.params import parse_percent
 from lab.metric_registry import Metric, expectation_metrics, metrics, table_rows, value_of
-from lab.records import TrafficPlan
+from lab.records import TrafficPlan, observations_of
 from lab.report import write_report
 from lab.report.appearance import PROTOCOL_PALETTE, appearance, colour
 from lab.report.summary import side_by_side, what_happened, why_text
@@ -50,8 +50,8 @@ def relabelled(payload: dict, old: str, new: str) -> dict:
     return payload
 
 
-ACKS = Metric(name="acks_sent", unit="acks", read=lambda r: r.get("acks_sent"), doc="ACKs the sender sent",
-              label="ACKs sent")
+ACKS = Metric(name="acks_sent", unit="acks", read=lambda r: observations_of(r, "arq").get("acks_sent"),
+              doc="ACKs the sender sent", label="ACKs sent")
 
 
 class Arq(protocols.Protocol):
@@ -122,10 +122,10 @@ def test_a_protocols_metric_shows_up_in_expectations_and_the_table(arq):
     assert table_rows()[-1] is ACKS  # after the lab's own rows
     point = parse("[scenario]\nprotocols = [\"udp\"]\n[expect.udp]\nacks_sent = { min = 5 }\n").points[0]
     (expectation,) = point.expectations["udp"]
-    assert evaluate(expectation, {"protocol": "udp", "acks_sent": 7}).passed
+    assert evaluate(expectation, {"protocol": "udp", "observations": {"arq": {"acks_sent": 7}}}).passed
     assert not evaluate(expectation, {"protocol": "udp"}).passed  # not measured
     table = sample()["points"][0]
-    table["results"][1]["acks_sent"] = 12
+    table["results"][1]["observations"] = {"arq": {"acks_sent": 12}}
     rows = dict(side_by_side(table, ["tcp", "udp"]))
     assert rows["ACKs sent"] == ["-", "12"]
 

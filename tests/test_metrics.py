@@ -110,7 +110,7 @@ def test_unknown_seq_and_unattributed_corruption() -> None:
     record = _record([Arrival(seq=99, recv_ns=1)], n=1)
     record.unattributed_corrupt = 2
     r = compute_result(record)
-    assert r.extras["unknown_seq"] == 1 and r.corrupted == 2 and r.lost == 1
+    assert r.notes.unknown_seq == 1 and r.corrupted == 2 and r.lost == 1
 
 
 def test_empty_record() -> None:
@@ -120,12 +120,14 @@ def test_empty_record() -> None:
     assert r.rtt_us == dict.fromkeys(RTT_KEYS)
 
 
-def test_tcp_info_moves_from_extras_to_its_field() -> None:
+def test_notes_and_observations_carry_over_from_the_record() -> None:
     record = _record([], n=1)
-    record.extras["tcp_info"] = {"rtt_us": 30}
-    record.extras["tcp_nodelay"] = True
+    record.observations["tcp"] = {"tcp_info": {"rtt_us": 30}, "tcp_nodelay": True}
+    record.notes.deadline_hit = True
     r = compute_result(record)
-    assert r.tcp_info == {"rtt_us": 30} and "tcp_info" not in r.extras and r.extras["tcp_nodelay"]
+    assert r.observations == {"tcp": {"tcp_info": {"rtt_us": 30}, "tcp_nodelay": True}}
+    assert r.notes.deadline_hit and not r.notes.interrupted and r.notes.unknown_seq == 0
+    assert r.observations["tcp"] is not record.observations["tcp"]  # the result has its own copy
 
 
 @pytest.mark.parametrize(("lost", "sent"), [(0, 10), (2, 5), (10, 10), (37, 1000), (1, 3)])
@@ -258,11 +260,13 @@ def test_reordering_bounds(seqs: list[int]) -> None:
 
 def test_retransmitted_segments_counts_both_ends() -> None:
     """Client TCP_INFO plus the server namespace's TcpRetransSegs; None without TCP_INFO."""
-    from lab.metrics import retransmitted_segments
+    from lab.protocols.tcp import retransmitted_segments
 
-    assert retransmitted_segments({"tcp_info": None}) is None
-    assert retransmitted_segments({"tcp_info": {"total_retrans": 7}}) == 7
-    linked = {"tcp_info": {"total_retrans": 7}, "kernel": {"server": {"TcpRetransSegs": 5}}}
+    assert retransmitted_segments({"observations": {}}) is None
+    assert retransmitted_segments({"observations": {"tcp": {"tcp_info": None}}}) is None
+    assert retransmitted_segments({"observations": {"tcp": {"tcp_info": {"total_retrans": 7}}}}) == 7
+    linked = {"observations": {"tcp": {"tcp_info": {"total_retrans": 7}}},
+              "kernel": {"server": {"TcpRetransSegs": 5}}}
     assert retransmitted_segments(linked) == 12
 
 
@@ -309,15 +313,15 @@ def test_head_of_line_independent_flows_block_nothing() -> None:
     assert (hol.delayed, hol.blocked, hol.in_stream) == (2, 0, 0), hol
 
 
-def test_head_of_line_in_result_extras_only_with_streams() -> None:
-    """extras["hol"] (µs, ratio of sent) only for plan.streams > 1."""
+def test_head_of_line_in_the_result_only_with_streams() -> None:
+    """Result.hol (µs, ratio of sent) only for plan.streams > 1."""
     rtts: list[float | None] = [20.0] * 30
     for i in range(10, 17):
         rtts[i] = 120.0 - 5 * i if i > 10 else 70.0
-    hol = compute_result(_streams_record(rtts)).extras["hol"]
+    hol = compute_result(_streams_record(rtts)).hol
     assert hol == {"streams": 4, "base_rtt_us": 20_000.0, "threshold_us": 40_000.0, "delayed": 6,
                    "blocked": 4, "in_stream": 1, "blocked_ratio": pytest.approx(4 / 30)}
-    assert "hol" not in compute_result(_streams_record(rtts, streams=1)).extras
+    assert compute_result(_streams_record(rtts, streams=1)).hol is None
 
 
 def test_head_of_line_threshold_margin_on_fast_links() -> None:

@@ -104,7 +104,11 @@ def test_story_mentions_retransmissions():
     [
         (None, "result.json: not found; run `lab run SCENARIO.toml --out"),
         ("{not json", "result.json: not a readable result file"),
-        ('{"format": "other", "points": []}', 'not a wirelab result (expected "format": "wirelab-result/1"'),
+        ('{"format": "other", "points": []}', 'not a wirelab result (expected "format": "wirelab-result/2"'),
+        (
+            '{"format": "wirelab-result/2", "scenario": {"name": "x"}, "points": [{"id": "a"}]}',
+            "result.json: points[0].results: missing (required)",
+        ),
         (
             '{"format": "wirelab-result/1", "scenario": {"name": "x"}, "points": [{"id": "a"}]}',
             "result.json: points[0].results: missing (required)",
@@ -148,8 +152,8 @@ def test_longest_loss_run():
         [5, 5, None],
         [6, 6, None],
     ]
-    assert longest_loss_run({"extras": {"timeline": timeline}}) == 3
-    assert longest_loss_run({"extras": {}}) == 0
+    assert longest_loss_run({"timeline": timeline}) == 3
+    assert longest_loss_run({"timeline": None}) == 0 and longest_loss_run({}) == 0
 
 
 def _outline(html: str) -> _Outline:
@@ -236,7 +240,7 @@ def test_story_names_queue_drops():
                 "loss_ratio": 0.0,
                 "expected_loss_ratio": 0.0,
                 "rtt_us": {"p50": 1_512_000.0, "p99": 2_057_000.0},
-                "tcp_info": {"total_retrans": 139},
+                "observations": {"tcp": {"tcp_info": {"total_retrans": 139}}},
                 "link": {"forward": {"dropped_queue": 144}, "reverse": {"dropped_queue": 83}},
             },
         ],
@@ -288,7 +292,7 @@ def test_head_of_line_sentence():
 
     def result(proto, blocked):
         hol = {"streams": 3, "blocked": blocked}
-        return {"protocol": proto, "sent": 90, "extras": {"hol": hol}}
+        return {"protocol": proto, "sent": 90, "hol": hol}
 
     assert head_of_line_sentence({"results": [result("tcp", 0), result("udp", 0)]}) == (
         "Head-of-line blocking (3 streams): no probe waited behind another stream's loss (TCP: 0, UDP: 0)."
@@ -297,17 +301,17 @@ def test_head_of_line_sentence():
         "Head-of-line blocking (3 streams): a loss on one stream stalled the others: 7 of 90 TCP probes"
         " waited behind another stream's retransmission; UDP: 0."
     )
-    assert head_of_line_sentence({"results": [{"protocol": "tcp", "sent": 9, "extras": {}}]}) == ""
+    assert head_of_line_sentence({"results": [{"protocol": "tcp", "sent": 9, "hol": None}]}) == ""
 
 
 def test_timeline_rows_read_old_and_new_rows():
     from lab.report.summary import stream_count, timeline_rows
 
-    old = {"extras": {"timeline": [[0, 0.0, 1.0], [1, 1.0, None]]}}
-    new = {"extras": {"timeline": [[0, 0.0, 1.0, 0], [1, 1.0, None, 1], [2, 2.0, 3.0, 2]]}}
+    old = {"timeline": [[0, 0.0, 1.0], [1, 1.0, None]]}
+    new = {"timeline": [[0, 0.0, 1.0, 0], [1, 1.0, None, 1], [2, 2.0, 3.0, 2]]}
     assert timeline_rows(old) == [(0, 0.0, 1.0, 0), (1, 1.0, None, 0)]
     assert stream_count(old) == 1 and stream_count(new) == 3
-    assert stream_count({"extras": {"hol": {"streams": 4}, "timeline": []}}) == 4
+    assert stream_count({"hol": {"streams": 4}, "timeline": []}) == 4
 
 
 def test_result_json_text_is_indented_with_plain_lists_on_one_line():
@@ -318,7 +322,7 @@ def test_result_json_text_is_indented_with_plain_lists_on_one_line():
     payload = json.loads((SAMPLE / "result.json").read_text(encoding="utf-8"))
     text = to_json(payload)
     assert json.loads(text) == payload
-    assert '"timeline": [\n       [0, 0.0, 0.572],\n       [1, 10.0, 0.892],\n' in text
+    assert '"timeline": [\n      [0, 0.0, 0.572],\n      [1, 10.0, 0.892],\n' in text
     assert max(len(line) for line in text.splitlines()) < 400
     assert len(text) < len(json.dumps(payload, indent=1)) / 1.8
     odd = {"rows": [[1, None], [2.5, "x]"]], "nan": [float("nan"), 1.0], "brackets": ["[", "{"], "empty": []}

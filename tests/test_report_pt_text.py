@@ -37,7 +37,7 @@ def _payload() -> dict:
     udp = next(r for r in lossy["results"] if r["protocol"] == "udp")
     udp["link"] = {"forward": {"dropped_loss": 40, "dropped_queue": 5}, "reverse": {"dropped_loss": 11}}
     udp.update(duplicates=2, reordered=3)
-    udp.setdefault("extras", {})["interrupted"] = True
+    udp["notes"]["interrupted"] = True
     payload["interrupted"] = True
     payload["error"] = {"point": "loss=20%", "message": "boom"}
     payload["atlas"] = json.loads((DATA / "sample-atlas.json").read_text(encoding="utf-8"))
@@ -153,7 +153,7 @@ def test_retransmission_notes_in_portuguese(portuguese):
     def tcp(drops: int, rexmit: int, reordered: int = 0) -> dict:
         return {
             "protocol": "tcp",
-            "tcp_info": {"total_retrans": rexmit},
+            "observations": {"tcp": {"tcp_info": {"total_retrans": rexmit}}},
             "kernel": {"server": {"TcpRetransSegs": 0}},
             "link": {"forward": {"dropped_loss": drops, "dropped_queue": 0, "reordered": reordered}},
         }

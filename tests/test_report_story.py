@@ -46,7 +46,7 @@ def tcp_result(drops: int, rexmit: int, reordered: int = 0) -> dict:
     direction = {"dropped_loss": drops, "dropped_queue": 0, "reordered": reordered}
     return {
         "protocol": "tcp",
-        "tcp_info": {"total_retrans": rexmit},
+        "observations": {"tcp": {"tcp_info": {"total_retrans": rexmit}}},
         "kernel": {"server": {"TcpRetransSegs": 0}},
         "link": {"forward": direction, "reverse": {"dropped_loss": 0, "reordered": 0}},
     }
@@ -115,7 +115,7 @@ def test_report_explains_the_retransmission_counts(tmp_path):
 def reordered_payload() -> dict:
     payload = sample()
     udp = payload["points"][1]["results"][1]
-    rows = udp["extras"]["timeline"]
+    rows = udp["timeline"]
     answered = [i for i, row in enumerate(rows) if row[2] is not None]
     # probe a arrives 30 ms later than it did: after the next answered probes (sent 10 ms apart)
     a = answered[5]
@@ -126,7 +126,7 @@ def reordered_payload() -> dict:
 
 def test_reorder_series_finds_the_overtaken_probe():
     rows = [[0, 0.0, 5.0], [1, 1.0, 1.0], [2, 2.0, 1.0], [3, 3.0, None]]
-    in_order, overtaken = reorder_series({"extras": {"timeline": rows}})
+    in_order, overtaken = reorder_series({"timeline": rows})
     # arrivals: 1 (t=2), 2 (t=3), 0 (t=5): probe 0 came third, after probes sent later
     assert overtaken == [(0, 2)] and in_order == [(1, 0), (2, 1)]
 

@@ -61,7 +61,7 @@ def test_loopback_mode_runs_both(unprivileged, tmp_path):
     assert point.mode == "loopback" and set(point.results) == {"tcp", "udp"}
     for proto, result in point.results.items():
         assert result.sent == 60 and result.received == 60, (proto, result.to_dict())
-        assert len(result.extras["timeline"]) == 60
+        assert len(result.timeline) == 60
     assert not outcome.failed_checks
     payload = json.loads((tmp_path / "result.json").read_text())
     assert payload["points"][0]["mode"] == "loopback" and not payload["interrupted"]
@@ -143,7 +143,7 @@ def test_lab_run_sigint_writes_partial_result(tmp_path):
     assert len(payload["points"]) < 4, [p["id"] for p in payload["points"]]
     for point in payload["points"]:  # a point cut short keeps its protocols, finished or cut short
         assert point["results"]
-        assert all(r["sent"] == 200 or r["extras"].get("interrupted") for r in point["results"])
+        assert all(r["sent"] == 200 or r["notes"]["interrupted"] for r in point["results"])
     assert (out / "report.html").is_file()
 
 
@@ -159,7 +159,7 @@ def test_linked_mode_runs_both_over_one_link(tmp_path):
     for result in point.results.values():
         assert result.expected_loss_ratio == pytest.approx(0.19)
         assert result.link is not None
-        assert result.extras.get("timeline"), "per-probe timeline for the report"
+        assert result.timeline, "per-probe timeline for the report"
     assert not outcome.failed_checks, [c.message for _, _, c in outcome.failed_checks]
     assert Path(tmp_path / "report.html").is_file()
 

@@ -262,7 +262,6 @@ def result(**overrides):
         "jitter_us": 500.0,
         "size": 64,
         "expected_loss_ratio": 0.19,
-        "tcp_info": None,
     }
     base.update(overrides)
     return base
@@ -283,7 +282,7 @@ def test_equal_and_range():
 def test_missing_measurement_fails_with_reason():
     check = evaluate(Expectation(metric="retransmits", kind="range", min=1), result())
     assert not check.passed and "was not measured" in check.message
-    tcp = result(tcp_info={"total_retrans": 3, "retransmits": 0})
+    tcp = result(observations={"tcp": {"tcp_info": {"total_retrans": 3, "retransmits": 0}}})
     assert measured_value(tcp, "retransmits") == 3
 
 

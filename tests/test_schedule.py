@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lab.records import TrafficPlan
+from lab.records import RunNotes, TrafficPlan
 from lab.schedule import NS_PER_S, SPIN_NS, ProbeSchedule, RunInterrupted
 from lab.wire import Probe
 
@@ -101,7 +101,7 @@ def test_the_deadline_ends_any_run_and_says_so() -> None:
     clock.advance(1.999)
     assert not run.done(clock())
     clock.advance(0.001)
-    assert run.done(clock()) and run.extras["deadline_hit"] is True
+    assert run.done(clock()) and run.notes.deadline_hit is True
     assert run.wait_s(clock() - 1) <= 1e-9
 
 
@@ -126,7 +126,7 @@ def test_interrupted_leaves_undecided_probes_out() -> None:
     stopped = run.interrupted(clock())
     assert isinstance(stopped, RunInterrupted) and isinstance(stopped, KeyboardInterrupt)
     assert [s.seq for s in stopped.record.sends] == [0, 1]
-    assert stopped.record.extras == {"interrupted": True, "undecided": 1}
+    assert stopped.record.notes == RunNotes(interrupted=True, undecided=1)
 
 
 def test_progress_is_rate_limited_and_final() -> None:
@@ -157,8 +157,13 @@ def test_live_views_get_new_arrivals_with_their_rtt() -> None:
     assert seen[-1] == [(0, pytest.approx(4.0))]
 
 
-def test_counters_add_up_in_the_record() -> None:
+def test_notes_and_observations_go_into_the_record_as_copies() -> None:
     run = ProbeSchedule("udp", TrafficPlan(count=1), clock=Clock())
-    run.count("icmp_refused")
-    run.count("icmp_refused", 2)
-    assert run.record(0, report=False).extras == {"icmp_refused": 3}
+    run.notes.icmp_refused += 3
+    run.observations["udp"] = {"socket": {"rcvbuf": 212992}}
+    record = run.record(0, report=False)
+    assert record.notes == RunNotes(icmp_refused=3)
+    assert record.observations == {"udp": {"socket": {"rcvbuf": 212992}}}
+    run.notes.icmp_refused += 1
+    run.observations["udp"]["late"] = True
+    assert record.notes.icmp_refused == 3 and "late" not in record.observations["udp"]

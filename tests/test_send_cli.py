@@ -42,7 +42,7 @@ def test_send_json_has_every_result_field(protocol: str, request: pytest.Fixture
     assert set(data) == set(Result.__dataclass_fields__)
     assert (data["protocol"], data["sent"], data["received"], data["lost"]) == (protocol, 50, 50, 0)
     assert len(data["loss_ci95"]) == 2 and data["rtt_us"]["p50"] > 0
-    assert (data["tcp_info"] is not None) == (protocol == "tcp")
+    assert ("tcp_info" in data["observations"].get("tcp", {})) == (protocol == "tcp")
     Result.from_dict(data)
 
 
@@ -158,12 +158,12 @@ def test_send_open_loop_against_socat(protocol: str) -> None:
         proc = lab("send", protocol, "127.0.0.1", str(port), "--count", "1000", "--rate", "2000", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["sent"] == 1000 and data["corrupted"] == 0 and data["extras"]["unknown_seq"] == 0, data
+    assert data["sent"] == 1000 and data["corrupted"] == 0 and data["notes"]["unknown_seq"] == 0, data
     # socat may drop a datagram if a loaded machine stalls it for a buffer's worth (~0.1 s); a merged
     # reply never costs a probe.
     assert data["lost"] <= 10, data
     if protocol == "tcp":
-        assert data["lost"] == 0 and "merged_replies" not in data["extras"], data
+        assert data["lost"] == 0 and data["notes"]["merged_replies"] == 0, data
 
 
 def test_ctrl_c_prints_what_was_measured(udp_echo_server) -> None:
@@ -189,8 +189,8 @@ def test_ctrl_c_prints_what_was_measured(udp_echo_server) -> None:
         if extra:
             data = json.loads(out)
             # The server saw >= 20 probes; those still unanswered at Ctrl-C are left out as undecided.
-            assert data["extras"]["interrupted"] is True, data
-            assert 20 <= data["sent"] + data["extras"].get("undecided", 0) < 100000, data
+            assert data["notes"]["interrupted"] is True, data
+            assert 20 <= data["sent"] + data["notes"]["undecided"] < 100000, data
             assert data["lost"] == 0, data
         else:
             assert "note: interrupted (Ctrl-C)" in out and " 0 lost " in out, out

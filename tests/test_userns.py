@@ -198,7 +198,7 @@ def test_run_as_a_user_measures_tcp_and_udp_on_the_real_link(able: User) -> None
     by_proto = {r["protocol"]: r for r in point["results"]}
     assert set(by_proto) == {"tcp", "udp"}
     assert by_proto["tcp"]["received"] == 100
-    assert by_proto["tcp"]["tcp_info"]["total_retrans"] > 0
+    assert by_proto["tcp"]["observations"]["tcp"]["tcp_info"]["total_retrans"] > 0
     assert 0 < by_proto["udp"]["lost"] < 100
     assert {p.stat().st_uid for p in out.iterdir()} == {able.uid}
     assert _settle(able) == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from lab.protocols import get_protocol
-from lab.records import RTT_KEYS, Result, RunRecord, TrafficPlan
+from lab.records import RTT_KEYS, Result, RunRecord, TrafficPlan, observations_of
 from lab.schedule import Progress, RunInterrupted
 from lab.targets import resolve_lab_target, where
 
@@ -92,8 +92,8 @@ def format_summary(result: Result, where: str) -> str:
         f"duplicates {result.duplicates}  reordered {result.reordered}  corrupted {result.corrupted}  "
         f"goodput {result.goodput_bps / 1e6:.3f} Mbit/s  in {result.duration_s:.2f} s"
     )
-    if result.tcp_info:
-        info = result.tcp_info
+    info = observations_of(result, "tcp").get("tcp_info")
+    if info:
         srtt, rttvar = info.get("rtt_us"), info.get("rttvar_us")
         t_unit, t_scale = unit_of(srtt if isinstance(srtt, int | float) else None)
         shown = [
@@ -108,29 +108,29 @@ def format_summary(result: Result, where: str) -> str:
 
 
 def notes(result: Result) -> list[str]:
-    """Sentences for what a result's extras say went unusually (nothing here goes unmentioned)."""
-    x = result.extras
+    """Sentences for what a result's notes say went unusually (nothing here goes unmentioned)."""
+    x = result.notes
     out = []
-    if x.get("interrupted"):
-        undecided = x.get("undecided", 0)
+    if x.interrupted:
+        undecided = x.undecided
         out.append(f"interrupted (Ctrl-C): the figures cover the {result.sent} probes settled by then"
                    + (f"; {undecided} still inside their timeout were left out" if undecided else ""))
     if result.sent and not result.received and not result.late and not result.corrupted:
         out.append("no probe came back: is an echo server (RFC 862) listening there? "
                    "`lab serve` starts one")
-    if x.get("deadline_hit"):
+    if x.deadline_hit:
         out.append("the run hit its overall deadline before every probe was sent and settled")
-    if x.get("connection_ended"):
-        out.append(f"the connection ended early: {x['connection_ended']}")
-    if x.get("merged_replies"):
-        out.append(f"{x['merged_replies']} replies held several probes in one datagram: this echo "
+    if x.connection_ended:
+        out.append(f"the connection ended early: {x.connection_ended}")
+    if x.merged_replies:
+        out.append(f"{x.merged_replies} replies held several probes in one datagram: this echo "
                    "server does not keep datagram boundaries (e.g. socat UDP-LISTEN with PIPE); "
                    "their probes count as received")
-    if x.get("icmp_refused"):
-        out.append(f"{x['icmp_refused']} sends drew ICMP port unreachable: the echo server went away")
-    if x.get("unknown_seq"):
-        out.append(f"{x['unknown_seq']} replies carried a sequence number that was never sent")
-    if x.get("rtt_clamped"):
-        out.append(f"{x['rtt_clamped']} RTT values were outside HdrHistogram's range (1 µs to 1 h) "
+    if x.icmp_refused:
+        out.append(f"{x.icmp_refused} sends drew ICMP port unreachable: the echo server went away")
+    if x.unknown_seq:
+        out.append(f"{x.unknown_seq} replies carried a sequence number that was never sent")
+    if x.rtt_clamped:
+        out.append(f"{x.rtt_clamped} RTT values were outside HdrHistogram's range (1 µs to 1 h) "
                    "and were clamped into it for the percentiles; min, max and mean are exact")
     return out

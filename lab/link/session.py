@@ -363,7 +363,6 @@ class Link:
         result.kernel = {
             side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after
         }
-        result.tcp_info = record.extras.get("tcp_info", result.tcp_info)
         if stopped is not None:
             stopped.result = result
             raise stopped

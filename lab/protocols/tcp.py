@@ -1,7 +1,8 @@
 """`tcp`: probes framed back to back on one TCP connection (RFC 9293): reliable, in order.
 
 Logical streams share the one connection (the head-of-line experiment). TCP's own view of the run
-(TCP_INFO: retransmissions, smoothed RTT, congestion window) is read from the socket at the end.
+(TCP_INFO: retransmissions, smoothed RTT, congestion window) is read from the socket at the end
+into `observations["tcp"]`; the `retransmits` metric (expectations, the summary table) reads it.
 A TCP variant that differs only in its socket options (a congestion control, ...) subclasses
 `TCP` and overrides `prepare_socket`.
 """
@@ -12,12 +13,15 @@ import contextlib
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from lab.errors import CrcMismatchError, EndpointError, RemoteWireError
+from lab.i18n import N_
+from lab.metric_registry import Metric
 from lab.protocols import Protocol
 from lab.protocols.common import MAX_BURST, connect_timeout_s, selector, unreachable
-from lab.records import RunRecord, TrafficPlan
+from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address, where
 from lab.timing import fine_timers
@@ -30,6 +34,31 @@ OUTBUF_FULL_POLL_NS = 10_000_000  # re-check the deadline this often while the s
 DECODER_BUFFER = 1024 * 1024
 RECV_CHUNK = 256 * 1024
 SERVER_CLOSED = "the echo server closed the connection"
+# TCP's observations of a run (lab.records.Observations): observations["tcp"] = {"tcp_info": the
+# client socket's TCP_INFO at the end, "tcp_nodelay": True}; the same key for any variant of TCP.
+OBSERVER = "tcp"
+
+
+def retransmitted_segments(result: Mapping[str, Any]) -> int | None:
+    """TCP segments retransmitted by both ends of a run (None for a run without TCP_INFO).
+
+    The client's own count comes from its TCP_INFO (`total_retrans`); the echo server's — replies
+    lost on the way back — from the `TcpRetransSegs` delta of the server's namespace, which a linked
+    run measures (`result["kernel"]["server"]`). On loopback only the client's count exists.
+    """
+    info = observations_of(result, OBSERVER).get("tcp_info") or {}
+    client = info.get("total_retrans", info.get("retransmits"))
+    if client is None:
+        return None
+    server = ((result.get("kernel") or {}).get("server") or {}).get("TcpRetransSegs", 0)
+    return int(client) + int(server)
+
+
+RETRANSMITS = Metric(
+    name="retransmits", unit="segments", read=retransmitted_segments,
+    doc="TCP segments retransmitted by both ends (client TCP_INFO + server namespace)",
+    label=N_("retransmits"), row=110,  # the last of the summary table's rows, as it always was
+)
 
 
 class TCP(Protocol):
@@ -38,6 +67,7 @@ class TCP(Protocol):
     description = "probes framed on one TCP connection (reliable, in order)"
     reliable = True
     style = "bold blue"
+    metrics = (RETRANSMITS,)
 
     def prepare_socket(self, sock: socket.socket) -> None:
         """Options set on the connected socket before the first probe (subclasses add theirs)."""
@@ -66,7 +96,8 @@ class TCP(Protocol):
             self.prepare_socket(sock)
             sock.setblocking(False)
             run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
-            run.extras["tcp_nodelay"] = True
+            observed = run.observations.setdefault(OBSERVER, {})
+            observed["tcp_nodelay"] = True
             with fine_timers():
                 try:
                     _Connection(run, sock, (host, port)).loop(sel)
@@ -75,7 +106,7 @@ class TCP(Protocol):
             ended = time.monotonic_ns()
             # If the connection is already gone, the record stands without TCP_INFO.
             with contextlib.suppress(OSError):
-                run.extras["tcp_info"] = tcp_info(sock)
+                observed["tcp_info"] = tcp_info(sock)
             return run.record(ended)
 
 
@@ -178,5 +209,5 @@ class _Connection:
             raise EndpointError(f"echo server at {where(self.address)} over TCP gave no reply "
                                 f"({why})") from exc
         if not run.complete():
-            run.extras["connection_ended"] = why
+            run.notes.connection_ended = why
         return False

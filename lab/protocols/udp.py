@@ -125,7 +125,7 @@ class UDP(Protocol):
                 # Several whole probes in one datagram: the echo server does not keep datagram
                 # boundaries (socat's UDP-LISTEN...PIPE passes them through a pipe). Each probe did
                 # come back, so it counts; the note tells the user the server is not RFC 862.
-                run.count("merged_replies")
+                run.notes.merged_replies += 1
                 for part, intact in merged:
                     run.arrived(part, recv_ns, intact=intact)
             else:
@@ -135,7 +135,7 @@ class UDP(Protocol):
         if not run.arrivals:
             raise self.unreachable(address, exc) from exc
         # A server that answered before and is gone now: keep the record, note it.
-        run.count("icmp_refused")
+        run.notes.icmp_refused += 1
 
 
 def split_merged_reply(data: bytes, max_payload: int) -> list[tuple[Probe, bool]] | None:

@@ -2,7 +2,7 @@
 
 `lab report DIR --slides` (write_slides) adds DIR/slides/: projector-sized PNG and SVG figures.
 
-`result.json` layout (format "wirelab-result/1")::
+`result.json` layout (format "wirelab-result/2")::
 
     {"format", "scenario": {...}, "seed", "started_at", "finished_at", "interrupted",
      "environment": {kernel, python, packages, ...},
@@ -11,9 +11,14 @@
                  "skipped": {protocol: reason}, "checks": {protocol: [check dicts]}}],
      "atlas": [...] (optional)}
 
-Each Result may carry `extras["timeline"]`: [[seq, t_ms, rtt_ms | null, stream], ...] (t_ms: intended
+Each Result (lab.records.Result, docs/architecture.md#result-object) carries `notes`, `observations`,
+`hol` (several streams only) and `timeline`: [[seq, t_ms, rtt_ms | null, stream], ...] (t_ms: intended
 send time since the run started; rtt null = lost; stream absent in older files = 0), downsampled to at
-most TIMELINE_MAX_POINTS entries; a multi-stream run also `extras["hol"]` (lab.metrics.head_of_line).
+most TIMELINE_MAX_POINTS entries.
+
+`lab report` also reads "wirelab-result/1" files, where those four lived in a free-form `extras` (and
+TCP_INFO in `tcp_info`): such a file is checked against its own format, then converted on load
+(`upgrade`), so everything downstream sees one layout.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from typing import Any
 from lab.errors import LabError
 from lab.files import write_atomic
 
-FORMAT = "wirelab-result/1"
+FORMAT = "wirelab-result/2"
+FORMAT_V1 = "wirelab-result/1"  # read, converted on load
+READABLE_FORMATS = (FORMAT, FORMAT_V1)
 RESULT_FILE = "result.json"
 # The largest result the runner writes (200 sweep points x 2 protocols x 3000 timeline rows) is
 # about 35 MB; a bigger file is not one of ours, and parsing it would cost gigabytes.
@@ -98,14 +105,30 @@ def load_result(directory: Path) -> dict[str, Any]:
         raise LabError(f"{path}: not a readable result file (JSON nested too deeply)") from None
     except ValueError as exc:  # JSONDecodeError, and an integer of more than 4300 digits
         raise LabError(f"{path}: not a readable result file ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
         got = describe(payload.get("format")) if isinstance(payload, dict) else describe(payload)
         raise LabError(f'{path}: not a wirelab result (expected "format": "{FORMAT}", got {got})')
     try:
-        validate(payload, FORMAT)
+        validate(payload, payload["format"])  # an older file's errors name the places it has
+        if payload["format"] == FORMAT_V1:
+            payload = upgrade(payload)
+            validate(payload, FORMAT)
     except SchemaError as exc:
         raise LabError(f"{path}: {exc}") from None
     return payload
+
+
+def upgrade(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A "wirelab-result/1" document in today's format (lab.records.result_from_v1 for each result)."""
+    from lab.records import result_from_v1
+
+    if payload.get("format") != FORMAT_V1:
+        return dict(payload)
+    points = [
+        {**point, "results": [result_from_v1(r) for r in point.get("results", [])]}
+        for point in payload.get("points", [])
+    ]
+    return {**payload, "format": FORMAT, "points": points}
 
 
 def write_report(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]:

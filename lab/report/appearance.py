@@ -36,12 +36,8 @@ class Appearance:
 
 def registered() -> dict[str, Any]:
     """The protocol registry (name -> Protocol), in its order."""
-    try:
-        from lab.protocols import registry
-    except ImportError:  # before lab.protocols had a registry(): its PROTOCOLS table
-        from lab.protocols import PROTOCOLS
+    from lab.protocols import registry
 
-        return dict(PROTOCOLS)
     return dict(registry())
 
 

@@ -1,4 +1,4 @@
-"""The result.json schema ("wirelab-result/1"), checked before anything renders a document.
+"""The result.json schema ("wirelab-result/2", and the "/1" it replaces), checked before anything renders.
 
 `lab report DIR` re-renders whatever DIR/result.json holds, and the file may have been edited by
 hand. The runner writes it (`RunOutcome.payload`, `PointOutcome.to_dict`, `Result.to_dict`); this
@@ -337,16 +337,26 @@ def _plain_row(entry: Any) -> bool:
     )
 
 
-EXTRAS = obj(
+HOL = obj(
+    {"streams": integer(1, MAX_STREAMS), "blocked": COUNT},
+    {"threshold_us": nullable(MEASURE), "base_rtt_us": nullable(MEASURE)},
+)
+NOTES = obj(  # lab.records.RunNotes
     optional={
-        "timeline": timeline,
-        "hol": obj(
-            {"streams": integer(1, MAX_STREAMS), "blocked": COUNT},
-            {"threshold_us": nullable(MEASURE), "base_rtt_us": nullable(MEASURE)},
-        ),
         "interrupted": boolean,
+        "undecided": COUNT,
+        "deadline_hit": boolean,
+        "connection_ended": nullable(text()),
+        "merged_replies": COUNT,
+        "icmp_refused": COUNT,
+        "unknown_seq": COUNT,
+        "rtt_clamped": COUNT,
     }
 )
+TCP_INFO = obj(optional={"total_retrans": COUNT, "retransmits": COUNT})
+# lab.records.Observations: protocol -> named figures, free-form but for what the report reads (TCP's).
+OBSERVATIONS = obj(optional={"tcp": obj(optional={"tcp_info": nullable(TCP_INFO)})}, others=obj())
+EXTRAS_V1 = obj(optional={"timeline": timeline, "hol": HOL, "interrupted": boolean})
 
 
 
@@ -360,7 +370,7 @@ def link_counters(value: Any, where: str) -> None:
             counted(direction, key_path(where, key))
 
 
-RESULT = obj(
+RESULT_FIELDS = (
     {"protocol": PROTOCOL, "sent": COUNT, "received": COUNT, "lost": COUNT, "loss_ratio": RATIO},
     {
         "loss_ci95": nullable(array(RATIO, max_items=2, lengths=(2,))),
@@ -380,15 +390,21 @@ RESULT = obj(
         "rate": nullable(MEASURE),
         "timeout_s": nullable(MEASURE),
         "expected_loss_ratio": nullable(RATIO),
-        "tcp_info": nullable(obj(optional={"total_retrans": COUNT, "retransmits": COUNT})),
         "link": nullable(link_counters),
         "kernel": nullable(obj(optional={"server": nullable(obj(optional={"TcpRetransSegs": COUNT}))})),
-        "extras": EXTRAS,
     },
 )
+RESULT = obj(RESULT_FIELDS[0], {
+    **RESULT_FIELDS[1],
+    "notes": NOTES,
+    "observations": OBSERVATIONS,
+    "hol": nullable(HOL),
+    "timeline": nullable(timeline),
+})
+RESULT_V1 = obj(RESULT_FIELDS[0], {**RESULT_FIELDS[1], "tcp_info": nullable(TCP_INFO), "extras": EXTRAS_V1})
 
-POINT = obj(
-    {"id": LABEL, "results": array(RESULT, max_items=MAX_PROTOCOLS)},
+POINT_FIELDS = (
+    {"id": LABEL},
     {
         "link": mapping(scalar, max_items=64),
         "link_config": nullable(obj()),
@@ -400,6 +416,13 @@ POINT = obj(
         "checks": mapping(array(CHECK, max_items=1000), max_items=MAX_PROTOCOLS),
     },
 )
+
+
+def point_check(result: Check) -> Check:
+    return obj({**POINT_FIELDS[0], "results": array(result, max_items=MAX_PROTOCOLS)}, POINT_FIELDS[1])
+
+
+RESULT_OF_FORMAT = {"wirelab-result/2": RESULT, "wirelab-result/1": RESULT_V1}
 
 ATLAS_ROW = obj(
     optional={
@@ -420,7 +443,8 @@ def document_check(format_name: str) -> Check:
         {
             "format": _exactly(format_name),
             "scenario": SCENARIO,
-            "points": array(POINT, max_items=MAX_SWEEP_POINTS),
+            "points": array(point_check(RESULT_OF_FORMAT.get(format_name, RESULT)),
+                            max_items=MAX_SWEEP_POINTS),
         },
         {
             "seed": nullable(integer()),

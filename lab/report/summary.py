@@ -7,6 +7,7 @@ from typing import Any
 
 from lab.i18n import N_, _
 from lab.metric_registry import format_percent, format_rate, format_us, table_rows, value_of
+from lab.metric_registry import goodput_tells as goodput_tells  # the goodput row's rule (plots use it)
 from lab.records import hol_of, timeline_of, was_interrupted
 from lab.report.appearance import label as protocol_label
 from lab.report.appearance import reliable as protocol_reliable
@@ -36,7 +37,6 @@ def retransmits(result: Mapping[str, Any]) -> int | None:
 # are marked for translation there and translated (`_(label)`) when a table is made.
 PREDICTED_ROW = N_("predicted loss")  # only where a protocol's prediction is not the link's drop rate
 SKIPPED_CELL = N_("skipped")  # a skipped protocol's cells (`_(SKIPPED_CELL)` in the language in use)
-GOODPUT_NOTABLE = 0.1  # goodput 10% off what the delivered share implies says something loss does not
 
 
 def rtt_unit(results: list[Mapping[str, Any]]) -> str:
@@ -65,26 +65,6 @@ def link_drop_line(point: Mapping[str, Any]) -> str:
         "Link round-trip drop rate: {rate} (a probe or its echo dropped by the link: what a protocol "
         "that does not retransmit should lose)"
     ).format(rate=fmt_pct(rate))
-
-
-def goodput_tells(point: Mapping[str, Any]) -> bool:
-    """Whether a point's goodput says more than its loss row. Always for ping-pong traffic (it follows
-    the RTT there). With open-loop traffic every protocol sends at the same rate, so goodput is the
-    delivered share again, unless the protocols' goodput per delivered probe differs by 10% (or, for
-    one protocol, its goodput is 10% off sent-rate x delivered share)."""
-    traffic = point.get("traffic") or {}
-    rate, size = traffic.get("rate"), traffic.get("size")
-    results = [r for r in point.get("results", []) if r.get("received") and r.get("goodput_bps") is not None]
-    if not results:
-        return False
-    if not rate or not size:
-        return True
-    per_probe = [r["goodput_bps"] / r["received"] for r in results]
-    if len(per_probe) > 1:
-        return max(per_probe) > (1 + GOODPUT_NOTABLE) * min(per_probe)
-    sent = results[0].get("sent") or results[0]["received"]
-    implied = results[0]["received"] * size * 8 / (sent / rate)
-    return abs(results[0]["goodput_bps"] - implied) > GOODPUT_NOTABLE * implied
 
 
 def protocols_of(payload: Mapping[str, Any]) -> list[str]:
@@ -529,13 +509,19 @@ def link_description(point: Mapping[str, Any]) -> str:
 
 
 def counters_rows(point: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """Rows (protocol, source, 'name=value ...') of link, kernel and tcp_info counters."""
+    """Rows (protocol, source, 'name=value ...') of the link's and the kernel's counters, then each
+    group of counters a protocol observed (`observations`: TCP's `tcp_info`; single values such as
+    `tcp_nodelay` are settings, not counters, and are left out)."""
     rows = []
     for result in point.get("results", []):
-        for source in ("link", "kernel", "tcp_info"):
-            data = result.get(source)
-            if data:
-                rows.append((result["protocol"], source, _flatten(data)))
+        sources = [(source, result.get(source)) for source in ("link", "kernel")]
+        sources += [
+            (name, figures)
+            for observed in (result.get("observations") or {}).values()
+            for name, figures in observed.items()
+            if isinstance(figures, Mapping)
+        ]
+        rows += [(result["protocol"], source, _flatten(data)) for source, data in sources if data]
     return rows
 
 
