@@ -94,7 +94,7 @@ def test_the_vocabulary_users_see_is_kept():
     assert {"rtt_p50_ms", "jitter_ms", "goodput_bps", "retransmits", "hol_blocked"} <= set(scenario.METRICS)
     labels = [m.label for m in table_rows()]
     assert labels == ["sent", "received", "loss", "RTT p50", "RTT p99", "jitter", "reordered",
-                      "duplicates", "head-of-line blocked", "goodput", "retransmits"]
+                      "duplicates", "head-of-line blocked", "goodput", "retransmits", "congestion control"]
 
 
 def test_the_table_rows_come_from_the_registry():

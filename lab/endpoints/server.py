@@ -525,6 +525,23 @@ def server_process(kind: str = "both", **options: Any) -> Iterator[dict[str, Any
         yield ready
 
 
+def use_congestion_control(server: _Serving, name: str) -> str:
+    """Give every TCP connection `server` accepts the congestion control `name`: set on the listening
+    socket, which Linux copies to each accepted one (lab.protocols.tcp_cc). The algorithm read back."""
+    from lab.protocols.tcp import congestion_control
+    from lab.protocols.tcp_cc import congestion_control_problem, set_congestion_control
+
+    listener = getattr(server, "tcp_socket", None)
+    if listener is None:
+        raise ConfigError("--tcp-congestion needs a TCP echo server (kind tcp or both)")
+    try:
+        set_congestion_control(listener, name)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(congestion_control_problem(name)
+                          or f"cannot use the {name} TCP congestion control: {exc}") from exc
+    return congestion_control(listener)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Machine entry point: one JSON ready line, serve until SIGTERM/SIGINT, one JSON stats line."""
     parser = argparse.ArgumentParser(prog="python -m lab.endpoints.server", description=__doc__)
@@ -537,14 +554,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--udp-rate-limit", type=float, default=UDP_RATE_LIMIT)
     parser.add_argument("--loop-seconds", type=float, default=LOOP_SECONDS)
     parser.add_argument("--variant", choices=VARIANTS, default="selectors")
+    parser.add_argument("--tcp-congestion", metavar="NAME",
+                        help="TCP congestion control of every connection (e.g. reno, cubic, bbr)")
     args = parser.parse_args(argv)
     channel = child_channel()  # started by spawn_server_process: ready on the channel too
+    server = None
     try:
         server = make_server(args.kind, host=args.host, port=args.port, variant=args.variant,
                              max_conns=args.max_conns, idle_timeout=args.idle_timeout,
                              max_datagram=args.max_datagram, udp_rate_limit=args.udp_rate_limit,
                              loop_seconds=args.loop_seconds)
+        congestion = use_congestion_control(server, args.tcp_congestion) if args.tcp_congestion else None
     except (EndpointError, ConfigError) as exc:
+        if server is not None:
+            server.close()
         if channel is not None:
             channel.send(Failed(exc))
         print(json.dumps({"ready": False, "error": str(exc)}), flush=True)
@@ -552,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     ready = {"ready": True,
              "tcp": list(server.tcp_address) if server.tcp_address else None,
              "udp": list(server.udp_address) if server.udp_address else None}
+    if congestion is not None:
+        ready["tcp_congestion"] = congestion
 
     def announce() -> None:
         print(json.dumps(ready), flush=True)

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from lab.records import RunRecord, TrafficPlan
 
 ENTRY_POINT_GROUP = "wirelab.protocols"
-BUILTIN = ("lab.protocols.tcp:TCP", "lab.protocols.udp:UDP")
+BUILTIN = (
+    "lab.protocols.tcp:TCP", "lab.protocols.udp:UDP",
+    "lab.protocols.tcp_cc:TcpReno", "lab.protocols.tcp_cc:TcpCubic", "lab.protocols.tcp_cc:TcpBbr",
+)
 TRANSPORTS = ("tcp", "udp")  # kernel transports the lab's link and echo servers carry
 
 

@@ -35,8 +35,17 @@ DECODER_BUFFER = 1024 * 1024
 RECV_CHUNK = 256 * 1024
 SERVER_CLOSED = "the echo server closed the connection"
 # TCP's observations of a run (lab.records.Observations): observations["tcp"] = {"tcp_info": the
-# client socket's TCP_INFO at the end, "tcp_nodelay": True}; the same key for any variant of TCP.
+# client socket's TCP_INFO at the end, "tcp_nodelay": True, "congestion_control": the algorithm the
+# client's connection used, e.g. "cubic"}; the same key for any variant of TCP.
 OBSERVER = "tcp"
+TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)  # linux/tcp.h
+TCP_CA_NAME_MAX = 16  # linux/tcp.h: the longest algorithm name, NUL included
+
+
+def congestion_control(sock: socket.socket) -> str:
+    """The congestion control a TCP socket uses (getsockopt(TCP_CONGESTION): "cubic", "bbr"...)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, TCP_CA_NAME_MAX)
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 def retransmitted_segments(result: Mapping[str, Any]) -> int | None:
@@ -61,13 +70,34 @@ RETRANSMITS = Metric(
 )
 
 
+def _congestion_control(result: Mapping[str, Any]) -> Any:  # text ("cubic"), or None: not a number
+    return observations_of(result, OBSERVER).get("congestion_control")
+
+
+def _text_cell(value: object, _time_unit: str = "ms") -> str:
+    return "-" if value is None else str(value)
+
+
+def _point_has_congestion_control(point: Mapping[str, Any]) -> bool:
+    return any(_congestion_control(r) for r in point.get("results", []))
+
+
+# Which algorithm the client's connection ran: the system default for plain `tcp` (not always cubic).
+CONGESTION_CONTROL = Metric(
+    name="congestion_control", unit="", read=_congestion_control,
+    doc="the TCP congestion control the client's connection used (getsockopt TCP_CONGESTION)",
+    label=N_("congestion control"), row=115, format_cell=_text_cell, expectable=False,
+    shown=_point_has_congestion_control,
+)
+
+
 class TCP(Protocol):
     name = "tcp"
     transport = "tcp"
     description = "probes framed on one TCP connection (reliable, in order)"
     reliable = True
     style = "bold blue"
-    metrics = (RETRANSMITS,)
+    metrics = (RETRANSMITS, CONGESTION_CONTROL)
 
     def prepare_socket(self, sock: socket.socket) -> None:
         """Options set on the connected socket before the first probe (subclasses add theirs)."""
@@ -98,6 +128,7 @@ class TCP(Protocol):
             run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
             observed = run.observations.setdefault(OBSERVER, {})
             observed["tcp_nodelay"] = True
+            observed["congestion_control"] = congestion_control(sock)  # after prepare_socket's choice
             with fine_timers():
                 try:
                     _Connection(run, sock, (host, port)).loop(sel)
