@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from lab.endpoints.server import running_server
-from lab.lessons import select_server, tcp_client, tcp_server, udp_client, udp_server
+from lab.lessons import common, select_server, tcp_client, tcp_server, udp_client, udp_server
 
 IO_TIMEOUT = 5.0  # seconds for any one blocking step
 PROGRAM_TIMEOUT = 10.0  # seconds for a lesson run as a program (interpreter start included)
@@ -153,13 +153,36 @@ def test_lesson_programs_refuse_bad_ports(args: tuple[str, ...]) -> None:
     assert done.stdout == "", done  # in particular no "listening on ..." of a wrapped port
 
 
+def _imported_modules(module: Any) -> set[str]:
+    """Every module a source file imports, anywhere in it (read with ast, not run)."""
+    import ast
+
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, (module.__name__, "relative import")  # python -m needs absolute ones
+            names.add(node.module or "")
+    return names
+
+
 def test_lessons_use_only_the_standard_library() -> None:
-    """The lessons are for students: nothing but stdlib imports (checked on the source)."""
+    """The lessons are for students: nothing but stdlib imports and their shared helper
+    lab.lessons.common (checked on the source)."""
     allowed = set(sys.stdlib_module_names)
     for module in (tcp_client, udp_client, udp_server, tcp_server, select_server):
-        source = Path(module.__file__).read_text(encoding="utf-8")
-        imported = re.findall(r"^(?:import|from) (\w+)", source, flags=re.M)
-        assert set(imported) <= allowed, (module.__name__, set(imported) - allowed)
+        outside = {name for name in _imported_modules(module) if name.split(".")[0] not in allowed}
+        assert outside == {"lab.lessons.common"}, (module.__name__, outside)
+
+
+def test_lessons_common_imports_only_the_standard_library() -> None:
+    """What the lessons share is stdlib only too: a student can copy the lessons and common.py
+    anywhere with Python and nothing else."""
+    imported = _imported_modules(common)
+    assert imported, "no imports found: the check would prove nothing"
+    assert {name.split(".")[0] for name in imported} <= set(sys.stdlib_module_names), imported
 
 
 @pytest.mark.parametrize("lesson", [tcp_client, udp_client], ids=["tcp_client", "udp_client"])
@@ -560,12 +583,14 @@ def test_lesson_help_in_both_languages(module: str) -> None:
     assert english.returncode == portuguese.returncode == 0, (english, portuguese)
     lesson = LESSONS[LESSON_IDS.index(module)]
     for lang, done in (("en", english), ("pt", portuguese)):
-        text = lesson.MESSAGES[lang]
+        text = common.messages(lesson.MESSAGES, ["--lang", lang])  # the lesson's own and the shared ones
         flat = " ".join(done.stdout.split())  # argparse wraps help lines
         assert text["description"] in flat and text["lang"] in flat, (lang, done.stdout)
+        host = text["host" if "client" in module else "listen_host"]
+        assert text["port"] in flat and host in flat, (lang, done.stdout)
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=LESSON_IDS)
+@pytest.mark.parametrize("lesson", [*LESSONS, common], ids=[*LESSON_IDS, "common"])
 def test_lesson_messages_match_in_both_languages(lesson: Any) -> None:
     """Every message exists in both languages with the same {placeholders}, and they differ."""
     import string
@@ -580,7 +605,7 @@ def test_lesson_messages_match_in_both_languages(lesson: Any) -> None:
         assert english[key] != portuguese[key], key
 
 
-@pytest.mark.parametrize("lesson", LESSONS, ids=LESSON_IDS)
+@pytest.mark.parametrize("lesson", [*LESSONS, common], ids=[*LESSON_IDS, "common"])
 def test_lessons_are_commented_in_both_languages(lesson: Any) -> None:
     """Each comment (a block of consecutive comment lines) and each docstring has an English (EN:)
     and a Portuguese (PT:) part, so a student can read the lesson in either language."""

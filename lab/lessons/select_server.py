@@ -20,15 +20,16 @@ memória; os outros continuam sendo atendidos.
     (in another terminal / em outro terminal)  python -m lab.lessons.tcp_client 127.0.0.1 7007 "olá"
 """
 
-import argparse
 import errno
-import ipaddress
-import os
 import select
 import socket
 import sys
 import time
 from collections.abc import Callable
+
+# EN: what every lesson needs that is not the lesson (language, command line, the lab's addresses):
+# PT: o que toda lição precisa e que não é a lição (idioma, linha de comando, os endereços do lab):
+from lab.lessons.common import messages, parse_args, serve_until_ctrl_c, server_parser
 
 # EN: bytes read per recv(), and the most we hold for one client before we stop reading from it.
 # PT: bytes lidos por recv(), e o máximo que guardamos para um cliente antes de parar de ler dele.
@@ -42,58 +43,27 @@ MAX_CLIENTS = 256
 # EN: a client that makes no progress (sends nothing, reads nothing) this long is closed.
 # PT: um cliente que não avança (não envia, não lê) por este tempo é fechado.
 IDLE_TIMEOUT = 60.0
+PROG = "select_server"  # EN: our name in error messages  PT: nosso nome nas mensagens de erro
 TICK = 0.2  # EN: longest select() wait, so we check timeouts and stop requests  PT: idem, para timeouts
 
 MESSAGES = {
     "en": {
         "description": "A TCP echo server for many clients at once, in one thread (select).",
-        "host": "address to listen on (default 127.0.0.1, this machine only)",
         "port": "TCP port (0 = any free one)",
-        "lang": "language of the messages: en or pt (default: from LANG)",
-        "bad_port": "port must be 0..65535, got {port}",
         "listening": "select echo server listening on {host}:{port} (Ctrl-C to stop)",
-        "exposed": "{prog}: warning: listening on {host}, not loopback: other machines can reach this server",
-        "in_use": "{prog}: cannot listen on {host}:{port}: the port is already in use (pick another --port)",
-        "cannot_listen": "{prog}: cannot listen on {host}:{port}: {error}",
         "connected": "client {client} connected ({count} now)",
         "closed": "client {client} gone ({count} now)",
         "full": "client {client} refused: already {max} clients",
-        "stopped": "server stopped",
     },
     "pt": {
         "description": "Um servidor TCP de eco para vários clientes ao mesmo tempo, numa thread (select).",
-        "host": "endereço onde escutar (padrão 127.0.0.1, só esta máquina)",
         "port": "porta TCP (0 = qualquer uma livre)",
-        "lang": "idioma das mensagens: en ou pt (padrão: conforme LANG)",
-        "bad_port": "a porta deve estar entre 0 e 65535, não {port}",
         "listening": "Servidor de eco com select ouvindo em {host}:{port} (Ctrl-C para parar)",
-        "exposed": "{prog}: aviso: ouvindo em {host}, que não é loopback: outras máquinas alcançam "
-                   "este servidor",
-        "in_use": "{prog}: não foi possível ouvir em {host}:{port}: a porta já está em uso "
-                  "(escolha outra --port)",
-        "cannot_listen": "{prog}: não foi possível ouvir em {host}:{port}: {error}",
         "connected": "cliente {client} conectado ({count} agora)",
         "closed": "cliente {client} saiu ({count} agora)",
         "full": "cliente {client} recusado: já há {max} clientes",
-        "stopped": "servidor parado",
     },
 }
-
-
-def pick_language(argv: list[str]) -> str:
-    """EN: "pt" or "en": `--lang` if given, else the locale variables (as gettext reads them).
-
-    PT: "pt" ou "en": `--lang` se houver, senão as variáveis de idioma (na ordem do gettext).
-    """
-    for i, arg in enumerate(argv):
-        if arg.startswith("--lang="):
-            return arg.split("=", 1)[1]
-        if arg == "--lang" and i + 1 < len(argv):
-            return argv[i + 1]
-    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
-        if os.environ.get(name):
-            return "pt" if os.environ[name].lower().startswith("pt") else "en"
-    return "en"
 
 
 class Client:
@@ -223,45 +193,15 @@ def main(argv: list[str]) -> int:
 
     PT: `python -m lab.lessons.select_server --port N [--host H] [--lang pt]`: serve até o Ctrl-C.
     """
-    prog = "select_server"
-    lang = pick_language(argv)
-    text = MESSAGES.get(lang, MESSAGES["en"])
-    parser = argparse.ArgumentParser(prog="python -m lab.lessons.select_server",
-                                     description=text["description"], allow_abbrev=False)
-    parser.add_argument("--host", default="127.0.0.1", help=text["host"])
-    parser.add_argument("--port", type=int, required=True, help=text["port"])
-    parser.add_argument("--lang", choices=["en", "pt"], help=text["lang"])
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:  # EN: ports are 16 bits  PT: portas têm 16 bits
-        parser.error(text["bad_port"].format(port=args.port))
-    try:
-        listener = make_server(args.host, args.port)
-    except OSError as exc:
-        key = "in_use" if exc.errno == errno.EADDRINUSE else "cannot_listen"
-        print(text[key].format(prog=prog, host=args.host, port=args.port, error=exc.strerror or exc),
-              file=sys.stderr)
-        return 2
-    host, port = listener.getsockname()[:2]
-    ip = ipaddress.ip_address(host)
-    if not (ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")):
-        # EN: anyone on the network could use this server (198.18/15 is only the lab's link).
-        # PT: qualquer um na rede poderia usar este servidor (198.18/15 é só o enlace do lab).
-        print(text["exposed"].format(prog=prog, host=host), file=sys.stderr, flush=True)
+    text = messages(MESSAGES, argv)
+    args = parse_args(server_parser(PROG, text), text, argv)
 
     def log(key: str, **values: object) -> None:
         print(text[key].format(**values), flush=True)
 
-    try:
-        # EN: from here on, Ctrl-C is a clean stop. PT: daqui em diante, Ctrl-C é uma parada limpa.
-        print(text["listening"].format(host=host, port=port), flush=True)
-        serve(listener, log=log)
-    except KeyboardInterrupt:
-        # EN: Ctrl-C: a normal way to stop a server, not an error. PT: Ctrl-C: jeito normal de parar.
-        pass
-    finally:
-        listener.close()
-    print(text["stopped"], flush=True)
-    return 0
+    # EN: make_server(host, port), then serve() every client in this one thread until Ctrl-C.
+    # PT: make_server(host, port), depois serve() atende todos os clientes nesta thread até o Ctrl-C.
+    return serve_until_ctrl_c(PROG, text, args, make_server, lambda listener: serve(listener, log=log))
 
 
 if __name__ == "__main__":

@@ -16,69 +16,28 @@ Run it against any echo server / Rode contra qualquer servidor de eco, e.g. `lab
     python -m lab.lessons.tcp_client 127.0.0.1 7007 "hello, TCP" [--lang pt]
 """
 
-import argparse
-import ipaddress
-import os
 import socket
 import sys
+
+# EN: what every lesson needs that is not the lesson (language, command line, the lab's addresses):
+# PT: o que toda lição precisa e que não é a lição (idioma, linha de comando, os endereços do lab):
+from lab.lessons.common import client_failed, client_parser, lab_address, messages, parse_args, print_reply
 
 # EN: how many bytes we ask for per recv(); any size works, TCP is a stream.
 # PT: quantos bytes pedimos por recv(); qualquer tamanho serve, TCP é um fluxo.
 BUFFER_SIZE = 4096
+PROG = "tcp_client"  # EN: our name in error messages  PT: nosso nome nas mensagens de erro
 
 MESSAGES = {
     "en": {
         "description": "A TCP client: sends MESSAGE to an echo server and prints the reply.",
-        "host": "server address (this machine or a lab address)",
         "port": "server's TCP port",
-        "message": "text to send",
-        "lang": "language of the messages: en or pt (default: from LANG)",
-        "bad_port": "port must be 0..65535, got {port}",
-        "refusing": "{prog}: refusing {host}: {host} is neither this machine (127.0.0.0/8, ::1) "
-                    "nor a lab address (198.18/15)",
-        "cannot": "{prog}: cannot talk to {host}:{port}: {error}",
     },
     "pt": {
         "description": "Um cliente TCP: envia MESSAGE a um servidor de eco e mostra a resposta.",
-        "host": "endereço do servidor (esta máquina ou um endereço do lab)",
         "port": "porta TCP do servidor",
-        "message": "texto a enviar",
-        "lang": "idioma das mensagens: en ou pt (padrão: conforme LANG)",
-        "bad_port": "a porta deve estar entre 0 e 65535, não {port}",
-        "refusing": "{prog}: recusando {host}: {host} não é esta máquina (127.0.0.0/8, ::1) "
-                    "nem um endereço do lab (198.18/15)",
-        "cannot": "{prog}: não foi possível falar com {host}:{port}: {error}",
     },
 }
-
-
-def pick_language(argv: list[str]) -> str:
-    """EN: "pt" or "en": `--lang` if given, else the locale variables (as gettext reads them).
-
-    PT: "pt" ou "en": `--lang` se houver, senão as variáveis de idioma (na ordem do gettext).
-    """
-    for i, arg in enumerate(argv):
-        if arg.startswith("--lang="):
-            return arg.split("=", 1)[1]
-        if arg == "--lang" and i + 1 < len(argv):
-            return argv[i + 1]
-    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
-        if os.environ.get(name):
-            return "pt" if os.environ[name].lower().startswith("pt") else "en"
-    return "en"
-
-
-def lab_address(host: str) -> str:
-    """EN: This lab's rule: talk only to this machine or the lab's namespaces, never the network.
-
-    PT: A regra deste lab: falar só com esta máquina ou com os namespaces do lab, nunca com a rede.
-    """
-    # EN: a name other than localhost is a ValueError: we look no name up.
-    # PT: um nome que não seja localhost dá ValueError: não consultamos nomes (DNS).
-    ip = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
-    if not (ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")):
-        raise ValueError(f"{host} is neither this machine (127.0.0.0/8, ::1) nor a lab address (198.18/15)")
-    return str(ip)
 
 
 def exchange(host: str, port: int, data: bytes, timeout: float = 5.0) -> bytes:
@@ -117,35 +76,15 @@ def main(argv: list[str]) -> int:
 
     PT: `python -m lab.lessons.tcp_client HOST PORT MESSAGE [--lang pt]`: envia e mostra a resposta.
     """
-    prog = "tcp_client"
-    text = MESSAGES.get(pick_language(argv), MESSAGES["en"])
-    parser = argparse.ArgumentParser(prog="python -m lab.lessons.tcp_client", description=text["description"],
-                                     allow_abbrev=False)
-    parser.add_argument("host", help=text["host"])
-    parser.add_argument("port", type=int, help=text["port"])
-    parser.add_argument("message", help=text["message"])
-    parser.add_argument("--lang", choices=["en", "pt"], help=text["lang"])
-    # EN: a PORT that is not a number: usage message, exit status 2.
-    # PT: uma PORT que não é número: mensagem de uso, código de saída 2.
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        # EN: ports are 16 bits; Python would quietly use 99999 % 65536.
-        # PT: portas têm 16 bits; o Python usaria calado 99999 % 65536.
-        parser.error(text["bad_port"].format(port=args.port))
-    host, port, message = args.host, args.port, args.message
+    text = messages(MESSAGES, argv)
+    args = parse_args(client_parser(PROG, text), text, argv)
     try:
-        reply = exchange(host, port, message.encode())
-    except ValueError:
-        # EN: not an address this lab may talk to: nothing was sent.
-        # PT: não é um endereço com que este lab pode falar: nada foi enviado.
-        print(text["refusing"].format(prog=prog, host=host), file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(text["cannot"].format(prog=prog, host=host, port=port, error=exc.strerror or exc),
-              file=sys.stderr)
-        return 1
-    print(reply.decode(errors="replace"))
-    return 0
+        reply = exchange(args.host, args.port, args.message.encode())
+    except (ValueError, OSError) as exc:
+        # EN: not a lab address (nothing was sent), or the system said no: one line, exit 2 or 1.
+        # PT: não é endereço do lab (nada foi enviado), ou o sistema disse não: uma linha, código 2 ou 1.
+        return client_failed(PROG, text, args, exc)
+    return print_reply(reply)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,15 @@ e devolve na hora (o serviço de eco da RFC 862) até o cliente fechar o lado de
     (in another terminal / em outro terminal)  python -m lab.lessons.tcp_client 127.0.0.1 7007 "olá"
 """
 
-import argparse
 import contextlib
-import errno
-import ipaddress
-import os
 import socket
 import socketserver
 import sys
 import threading
+
+# EN: what every lesson needs that is not the lesson (language, command line, the lab's addresses):
+# PT: o que toda lição precisa e que não é a lição (idioma, linha de comando, os endereços do lab):
+from lab.lessons.common import messages, parse_args, pick_language, serve_until_ctrl_c, server_parser
 
 # EN: the most we hold per client: read 4 KiB, echo it, only then read more.
 # PT: o máximo que guardamos por cliente: lê 4 KiB, ecoa, só então lê mais.
@@ -37,57 +37,26 @@ MAX_CLIENTS = 64
 # EN: seconds a client may send nothing, or read nothing, before we close it.
 # PT: segundos que um cliente pode ficar sem enviar, ou sem ler, antes de o fecharmos.
 IDLE_TIMEOUT = 60.0
+PROG = "tcp_server"  # EN: our name in error messages  PT: nosso nome nas mensagens de erro
 
 MESSAGES = {
     "en": {
         "description": "A TCP echo server (socketserver): every client gets its bytes back.",
-        "host": "address to listen on (default 127.0.0.1, this machine only)",
         "port": "TCP port (0 = any free one)",
-        "lang": "language of the messages: en or pt (default: from LANG)",
         "listening": "TCP echo server listening on {host}:{port} (Ctrl-C to stop)",
-        "exposed": "{prog}: warning: listening on {host}, not loopback: other machines can reach this server",
-        "in_use": "{prog}: cannot listen on {host}:{port}: the port is already in use (pick another --port)",
-        "cannot_listen": "{prog}: cannot listen on {host}:{port}: {error}",
         "connected": "client {client} connected",
         "closed": "client {client} gone ({count} bytes echoed)",
         "full": "client {client} refused: already {max} clients",
-        "stopped": "server stopped",
-        "bad_port": "port must be 0..65535, got {port}",
     },
     "pt": {
         "description": "Um servidor TCP de eco (socketserver): cada cliente recebe seus bytes de volta.",
-        "host": "endereço onde escutar (padrão 127.0.0.1, só esta máquina)",
         "port": "porta TCP (0 = qualquer uma livre)",
-        "lang": "idioma das mensagens: en ou pt (padrão: conforme LANG)",
         "listening": "Servidor TCP de eco ouvindo em {host}:{port} (Ctrl-C para parar)",
-        "exposed": "{prog}: aviso: ouvindo em {host}, que não é loopback: outras máquinas alcançam "
-                   "este servidor",
-        "in_use": "{prog}: não foi possível ouvir em {host}:{port}: a porta já está em uso "
-                  "(escolha outra --port)",
-        "cannot_listen": "{prog}: não foi possível ouvir em {host}:{port}: {error}",
         "connected": "cliente {client} conectado",
         "closed": "cliente {client} saiu ({count} bytes ecoados)",
         "full": "cliente {client} recusado: já há {max} clientes",
-        "stopped": "servidor parado",
-        "bad_port": "a porta deve estar entre 0 e 65535, não {port}",
     },
 }
-
-
-def pick_language(argv: list[str]) -> str:
-    """EN: "pt" or "en": `--lang` if given, else the locale variables (as gettext reads them).
-
-    PT: "pt" ou "en": `--lang` se houver, senão as variáveis de idioma (na ordem do gettext).
-    """
-    for i, arg in enumerate(argv):
-        if arg.startswith("--lang="):
-            return arg.split("=", 1)[1]
-        if arg == "--lang" and i + 1 < len(argv):
-            return argv[i + 1]
-    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
-        if os.environ.get(name):
-            return "pt" if os.environ[name].lower().startswith("pt") else "en"
-    return "en"
 
 
 class EchoHandler(socketserver.StreamRequestHandler):
@@ -222,41 +191,19 @@ def main(argv: list[str]) -> int:
 
     PT: `python -m lab.lessons.tcp_server --port N [--host H] [--lang pt]`: serve até o Ctrl-C.
     """
-    prog = "tcp_server"
     lang = pick_language(argv)
-    text = MESSAGES.get(lang, MESSAGES["en"])
-    parser = argparse.ArgumentParser(prog="python -m lab.lessons.tcp_server", description=text["description"],
-                                     allow_abbrev=False)
-    parser.add_argument("--host", default="127.0.0.1", help=text["host"])
-    parser.add_argument("--port", type=int, required=True, help=text["port"])
-    parser.add_argument("--lang", choices=["en", "pt"], help=text["lang"])
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:  # EN: ports are 16 bits  PT: portas têm 16 bits
-        parser.error(text["bad_port"].format(port=args.port))
-    try:
-        server = make_server(args.host, args.port, lang=lang, verbose=True)
-    except OSError as exc:
-        key = "in_use" if exc.errno == errno.EADDRINUSE else "cannot_listen"
-        print(text[key].format(prog=prog, host=args.host, port=args.port, error=exc.strerror or exc),
-              file=sys.stderr)
-        return 2
-    host, port = server.server_address[:2]
-    ip = ipaddress.ip_address(host)
-    if not (ip.is_loopback or ip in ipaddress.ip_network("198.18.0.0/15")):
-        # EN: anyone on the network could use this server (198.18/15 is only the lab's link).
-        # PT: qualquer um na rede poderia usar este servidor (198.18/15 é só o enlace do lab).
-        print(text["exposed"].format(prog=prog, host=host), file=sys.stderr, flush=True)
-    try:
-        # EN: from here on, Ctrl-C is a clean stop. PT: daqui em diante, Ctrl-C é uma parada limpa.
-        print(text["listening"].format(host=host, port=port), flush=True)
-        server.serve_forever(poll_interval=0.2)  # EN: the accept() loop  PT: o laço de accept()
-    except KeyboardInterrupt:
-        # EN: Ctrl-C: a normal way to stop a server, not an error. PT: Ctrl-C: jeito normal de parar.
-        pass
-    finally:
-        server.server_close()
-    print(text["stopped"], flush=True)
-    return 0
+    text = messages(MESSAGES, argv)
+    args = parse_args(server_parser(PROG, text), text, argv)
+
+    def listen(host: str, port: int) -> EchoServer:
+        return make_server(host, port, lang=lang, verbose=True)
+
+    def serve(server: EchoServer) -> None:
+        # EN: socketserver's accept() loop; it checks for a stop every 0.2 s.
+        # PT: o laço de accept() do socketserver; ele confere se deve parar a cada 0,2 s.
+        server.serve_forever(poll_interval=0.2)
+
+    return serve_until_ctrl_c(PROG, text, args, listen, serve)
 
 
 if __name__ == "__main__":
