@@ -110,6 +110,8 @@ def send(
     rate: float | None = typer.Option(None, "--rate", "-r", help=N_(
         "Probes/s, paced open loop (default: ping-pong, one in flight).")),
     timeout: float = typer.Option(1.0, "--timeout", "-t", help=N_("Seconds before a probe counts as lost.")),
+    window: int | None = typer.Option(None, "--window", "-w", min=1, help=N_(
+        "Segments in flight, for protocols with a window (the ARQ ones: default 8); others ignore it.")),
     as_json: bool = typer.Option(False, "--json", help=N_("Print one result object as JSON.")),
     lang: str | None = LANG,
 ) -> None:
@@ -120,7 +122,7 @@ def send(
         raise LabError(f"--rate must be a positive number of messages per second, got {rate}")
     if timeout <= 0:
         raise LabError(f"--timeout must be a positive number of seconds, got {timeout}")
-    plan = TrafficPlan(count=count, size=size, rate=rate, timeout=timeout)
+    plan = TrafficPlan(count=count, size=size, rate=rate, timeout=timeout, window=window)
     raise typer.Exit(send_command(protocol.value, host, port, plan, as_json))
 
 

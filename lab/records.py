@@ -19,6 +19,7 @@ from lab.errors import ConfigError
 # probes peaked 90 MB above one of 20 000); 600 leaves a margin.
 PROBE_MEMORY_BYTES = 600
 MAX_COUNT = 10_000_000
+MAX_WINDOW = 65535  # TrafficPlan.window: a protocol may accept less (the ARQ ones: 64)
 MAX_RATE = 1_000_000.0
 DEFAULT_MAX_RUN_SECONDS = 3600.0
 DEFAULT_MAX_RUN_MB = 1024
@@ -77,7 +78,9 @@ class TrafficPlan:
     timeout expires); a positive `rate` (probes/s) is paced open loop, receiving concurrently.
     `size` is the whole message on the wire (32-byte probe header + payload). `streams` > 1
     spreads probes round-robin over that many logical streams (one TCP connection carries them
-    all; UDP gives each its own socket) — the head-of-line experiment.
+    all; UDP gives each its own socket) — the head-of-line experiment. `window` is for protocols
+    with a sending window (the ARQ ones): segments in flight at once, None for their default;
+    protocols without one ignore it.
 
     A plan must be able to end within `run_limits()`: a paced plan's count/rate may not exceed the
     time limit and its records may not exceed the memory limit (ping-pong has no schedule: its run
@@ -89,6 +92,7 @@ class TrafficPlan:
     rate: float | None = None
     timeout: float = 1.0
     streams: int = 1
+    window: int | None = None
 
     def __post_init__(self) -> None:
         import math
@@ -114,6 +118,10 @@ class TrafficPlan:
             raise ConfigError(f"timeout must be > 0 and <= 3600 seconds, got {self.timeout!r}", key="timeout")
         if not isinstance(self.streams, int) or not 1 <= self.streams <= 64:
             raise ConfigError(f"streams must be between 1 and 64, got {self.streams!r}", key="streams")
+        window_ok = isinstance(self.window, int) and not isinstance(self.window, bool)
+        if self.window is not None and not (window_ok and 1 <= self.window <= MAX_WINDOW):
+            raise ConfigError(f"window must be between 1 and {MAX_WINDOW} segments, got {self.window!r}",
+                              key="window")
         limits = run_limits()
         if self.count > limits.max_probes:
             raise ConfigError(

@@ -63,7 +63,7 @@ from lab.records import Result, TrafficPlan
 
 # The impairment keys of `lab link` and `impaired_link(...)` (one list, lab.link.models.OPTION_KEYS).
 LINK_KEYS = (*OPTION_KEYS, "direction")
-TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration")
+TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration", "window")
 SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "privileged", "atlas")
 TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect")
 DEFAULT_PROTOCOLS = ("tcp", "udp")
@@ -544,7 +544,7 @@ class _Parser:
 
     def traffic_plan(self, traffic: dict[str, Any], where: str) -> TrafficPlan:
         kwargs = dict(traffic)
-        for key in ("count", "streams"):
+        for key in ("count", "streams", "window"):
             if key in kwargs and not _is_int(kwargs[key]):
                 raise self.fail(f"{where}[traffic] {key}", f"must be an integer, got {_show(kwargs[key])}")
         for key in ("rate", "timeout", "duration"):

@@ -35,6 +35,8 @@ ENTRY_POINT_GROUP = "wirelab.protocols"
 BUILTIN = (
     "lab.protocols.tcp:TCP", "lab.protocols.udp:UDP",
     "lab.protocols.tcp_cc:TcpReno", "lab.protocols.tcp_cc:TcpCubic", "lab.protocols.tcp_cc:TcpBbr",
+    "lab.protocols.arq.protocol:StopAndWait", "lab.protocols.arq.protocol:GoBackN",
+    "lab.protocols.arq.protocol:SelectiveRepeat",
 )
 TRANSPORTS = ("tcp", "udp")  # kernel transports the lab's link and echo servers carry
 
