@@ -187,11 +187,12 @@ def test_seed_override_error_names_the_seed():
 # --- how a protocol is shown --------------------------------------------------------------------------
 def test_a_protocol_this_install_does_not_know_gets_a_label_and_the_next_colour():
     known = list(protocols.registry())
-    look = appearance("quic")
-    assert (look.label, look.reliable, look.known) == ("QUIC", None, False)
+    look = appearance("dccp")
+    assert (look.label, look.reliable, look.known) == ("DCCP", None, False)
     assert colour(known[0]) == PROTOCOL_PALETTE[0] and colour(known[1]) == PROTOCOL_PALETTE[1]
-    assert colour("quic", ["tcp", "sctp", "quic"]) == PROTOCOL_PALETTE[len(known) + 1]
-    assert colour("sctp", ["tcp", "sctp", "quic"]) == PROTOCOL_PALETTE[len(known)]
+    palette = len(PROTOCOL_PALETTE)  # more protocols than colours: they go round again
+    assert colour("dccp", ["tcp", "sctp", "dccp"]) == PROTOCOL_PALETTE[(len(known) + 1) % palette]
+    assert colour("sctp", ["tcp", "sctp", "dccp"]) == PROTOCOL_PALETTE[len(known) % palette]
 
 
 def test_registered_attributes_decide_label_style_and_the_why(arq):
@@ -204,11 +205,11 @@ def test_registered_attributes_decide_label_style_and_the_why(arq):
 
 
 def test_report_of_a_protocol_this_install_does_not_know(tmp_path):
-    renamed = relabelled(sample(), "tcp", "quic")
-    assert why_text(renamed) == ""  # whether QUIC retransmits is not known here: nothing is claimed
+    renamed = relabelled(sample(), "tcp", "dccp")
+    assert why_text(renamed) == ""  # whether DCCP retransmits is not known here: nothing is claimed
     paths = write_report(tmp_path / "out", renamed)
     md = paths["markdown"].read_text(encoding="utf-8")
     html = paths["html"].read_text(encoding="utf-8")
-    assert "|  | QUIC | UDP |" in md and "QUIC delivered all" in md
-    assert f'<th style="color: {colour("quic", ["quic", "udp"])}">QUIC</th>' in html
+    assert "|  | DCCP | UDP |" in md and "DCCP delivered all" in md
+    assert f'<th style="color: {colour("dccp", ["dccp", "udp"])}">DCCP</th>' in html
     assert f'<th style="color: {PROTOCOL_PALETTE[list(protocols.registry()).index("udp")]}">UDP</th>' in html

@@ -1,0 +1,463 @@
+"""`quic` and `quic-datagram`: probes over one QUIC connection (RFC 9000), with aioquic.
+
+`quic` carries the probes on streams: `streams = N` opens N bidirectional QUIC streams and probe
+`seq` goes on stream `seq % N`, framed with the lab's wire format (one `lab.wire.StreamDecoder` per
+stream). Each stream is an ordered byte stream of its own, so a lost packet holds back only the
+later probes of the streams it carried (RFC 9000 §2.2), where one TCP connection holds back every
+stream behind it: the head-of-line scenario shows the difference. `quic-datagram` sends one probe
+per DATAGRAM frame (RFC 9221) on the same kind of connection: encrypted and congestion-controlled,
+never retransmitted — QUIC's answer to "UDP's behaviour, with encryption".
+
+Both drive aioquic's sans-IO `QuicConnection` from the lab's own selectors loop (like udp.py), so
+the timestamps are the loop's: a probe is stamped when handed to the connection, a reply when the
+UDP datagram carrying it is read. They talk to the lab's own QUIC echo server
+(`lab.protocols.quic_server`, a helper process with a self-signed certificate made when it
+starts). aioquic's own view of the run — packets its loss detection declared lost, packets whose
+data it sent again, smoothed RTT, congestion window — goes into `observations["quic"]`, for the
+client's end and, asked over a stream once the probes are done, the server's.
+
+aioquic is imported only when a QUIC run starts: the registry loads this module for every command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import selectors
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lab.errors import ConfigError, CrcMismatchError, EndpointError, LabError, RemoteWireError
+from lab.i18n import N_
+from lab.metric_registry import Metric
+from lab.protocols import Protocol, Requirement
+from lab.protocols.common import (
+    MAX_BURST,
+    big_buffers,
+    connect_timeout_s,
+    family,
+    selector,
+    unreachable,
+)
+from lab.records import RunRecord, TrafficPlan, observations_of
+from lab.schedule import ProbeSchedule
+from lab.targets import lab_address, where
+from lab.timing import fine_timers
+from lab.wire import EOF, HEADER_SIZE, NEED_DATA, Probe, StreamDecoder, decode_untrusted_datagram, frame
+
+ALPN = "wirelab-echo"  # both ends offer only this: a QUIC server of anything else refuses the handshake
+OBSERVER = "quic"  # observations["quic"] = {"client": {...}, "server": {...}} (see `recovery_figures`)
+# A DATAGRAM frame must fit one QUIC packet (RFC 9221 §3): aioquic's packets carry 1200 bytes, less
+# header, packet number, AEAD tag and the frame's own header; 1100 leaves room for an ACK beside it.
+MAX_DATAGRAM_PROBE = 1100
+MAX_DATAGRAM_FRAME_SIZE = 65536  # what each end advertises it accepts (a packet bounds it anyway)
+STATS_REQUEST = b"stats"  # on a client unidirectional stream: the server answers with its figures
+MAX_STATS_BYTES = 4096
+STATS_WAIT_MIN_S = 0.5  # how long the client waits for the server's figures after the probes...
+STATS_WAIT_MAX_S = 2.0  # ...at most: a lossy link may need a retransmission or two
+DECODER_BUFFER = 1024 * 1024
+MAX_DRAIN = 256
+RECV_BUFSIZE = 65536
+IDLE_TIMEOUT_S = 30.0
+CONGESTION_CONTROL = "cubic"
+CLIENT_BIDI_STREAM_STEP = 4  # stream ids: the two low bits say who opened it and whether it is one-way
+
+
+# --- aioquic's counters ----------------------------------------------------------------------------
+def watch_recovery(connection: Any) -> dict[str, int]:
+    """Counters of what a connection's loss recovery (RFC 9002) does, kept up to date from now on.
+
+    aioquic counts none of this itself: its `QuicPacketRecovery` (`connection._loss`) hands every
+    packet it gives up on to `_on_packets_lost` — declared lost by loss detection
+    (`congestion_event=True`), or rescheduled after a probe timeout — and the frames of those packets
+    are sent again. We wrap that method on this one connection's instance: `lost_packets` counts
+    the declared losses, `retransmitted_packets` the given-up packets whose stream or handshake data
+    is sent again (a lost DATAGRAM frame is not). If aioquic's internals change, the counters stay
+    absent (`{}`) instead of breaking the run.
+    """
+    counts: dict[str, int] = {}
+    recovery = getattr(connection, "_loss", None)
+    original = getattr(recovery, "_on_packets_lost", None)
+    if original is None:
+        return counts
+    try:
+        from aioquic.quic.stream import QuicStreamSender
+    except ImportError:
+        return counts
+    resend = QuicStreamSender.on_data_delivery
+    counts.update(lost_packets=0, retransmitted_packets=0)
+
+    def counting(**kwargs: Any) -> Any:
+        packets = kwargs["packets"] = list(kwargs.get("packets", ()))
+        if kwargs.get("congestion_event", True):
+            counts["lost_packets"] += len(packets)
+        counts["retransmitted_packets"] += sum(
+            any(getattr(handler, "__func__", None) is resend for handler, _ in packet.delivery_handlers)
+            for packet in packets
+        )
+        return original(**kwargs)
+
+    recovery._on_packets_lost = counting  # type: ignore[union-attr]
+    return counts
+
+
+def recovery_figures(connection: Any, counts: Mapping[str, int], *, datagrams_sent: int,
+                     datagrams_received: int) -> dict[str, Any]:
+    """One end's figures: its counters, UDP datagrams each way, RTT estimates and congestion window.
+
+    Read defensively from aioquic's recovery state (private attributes: a missing one is left out).
+    """
+    figures: dict[str, Any] = dict(counts)
+    figures.update(datagrams_sent=datagrams_sent, datagrams_received=datagrams_received)
+    recovery = getattr(connection, "_loss", None)
+    for name, attribute in (("smoothed_rtt_ms", "_rtt_smoothed"), ("min_rtt_ms", "_rtt_min"),
+                            ("latest_rtt_ms", "_rtt_latest")):
+        value = getattr(recovery, attribute, None)
+        if isinstance(value, int | float) and 0 < value < float("inf"):
+            figures[name] = round(value * 1000, 3)
+    with contextlib.suppress(AttributeError, TypeError, ValueError):
+        figures["congestion_window_bytes"] = int(recovery.congestion_window)  # type: ignore[union-attr]
+    return figures
+
+
+def _both_ends(result: Mapping[str, Any], counter: str) -> int | None:
+    """A counter summed over the client's and (when it answered) the server's end; None without QUIC."""
+    observed = observations_of(result, OBSERVER)
+    client = (observed.get("client") or {}).get(counter)
+    if client is None:
+        return None
+    return int(client) + int((observed.get("server") or {}).get(counter, 0) or 0)
+
+
+def _has_quic(point: Mapping[str, Any]) -> bool:
+    return any(observations_of(r, OBSERVER) for r in point.get("results", []))
+
+
+QUIC_LOST = Metric(
+    name="quic_lost_packets", unit="packets", read=lambda r: _both_ends(r, "lost_packets"),
+    doc="QUIC packets aioquic's loss detection declared lost, both ends (RFC 9002 §6)",
+)
+QUIC_RETRANSMITS = Metric(
+    name="quic_retransmits", unit="packets", read=lambda r: _both_ends(r, "retransmitted_packets"),
+    doc="QUIC packets whose stream data was sent again, both ends (lost, or after a probe timeout)",
+    label=N_("QUIC retransmits"), row=120, shown=_has_quic,
+)
+
+
+# --- the protocols ---------------------------------------------------------------------------------
+class QUIC(Protocol):
+    name = "quic"
+    transport = "udp"  # the link and the unprivileged relay carry it like any UDP flow
+    description = "probes on QUIC streams, one per logical stream (reliable, ordered per stream, encrypted)"
+    reliable = True
+    style = "bold green"
+    requires = (Requirement("the aioquic module", module="aioquic"),)
+    metrics = (QUIC_LOST, QUIC_RETRANSMITS)
+    datagrams = False  # True: one probe per RFC 9221 DATAGRAM frame instead of streams
+
+    def server_argv(self, host: str, port: int) -> list[str]:
+        """The lab's QUIC echo server (lab.protocols.quic_server) at (host, port)."""
+        from lab.child import python_argv
+
+        return python_argv("lab.protocols.quic_server", "--host", host, "--port", str(port))
+
+    def run_client(self, address: tuple[str, int], plan: TrafficPlan, *,
+                   progress: Callable[..., None] | None = None, deadline_s: float | None = None,
+                   round_trip_s: float = 0.0) -> RunRecord:
+        """One QUIC connection: the handshake (given time to cross a slow, lossy path, like TCP's
+        connect), the probes, then the server's figures. An aioquic failure is one EndpointError."""
+        host, port = lab_address(address)
+        if self.datagrams and plan.size > MAX_DATAGRAM_PROBE:
+            raise ConfigError(f"{self.name} sends each probe in one DATAGRAM frame, which must fit one "
+                              f"QUIC packet: size may be at most {MAX_DATAGRAM_PROBE} bytes, got "
+                              f"{plan.size} (the quic protocol carries larger probes on streams)",
+                              key="size")
+        handshake_s = connect_timeout_s(plan, round_trip_s)
+        if deadline_s is not None:
+            handshake_s = min(handshake_s, deadline_s)
+        sock = socket.socket(family(host), socket.SOCK_DGRAM)
+        try:
+            big_buffers(sock)
+            try:
+                sock.connect((host, port))  # replies only from the server; ICMP errors surface
+            except OSError as exc:
+                raise unreachable((host, port), self.label, exc, connected=False) from exc
+            sock.setblocking(False)
+            with selector([sock]) as sel:
+                sel.register(sock, selectors.EVENT_READ)
+                client = _Client(self, sock, sel, (host, port))
+                try:
+                    return client.run(plan, handshake_s, round_trip_s, progress=progress,
+                                      deadline_s=deadline_s)
+                except (LabError, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # inside aioquic: one line, the cause chained for debugging
+                    raise EndpointError(f"the QUIC connection to {where((host, port))} failed inside "
+                                        f"aioquic: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sock.close()
+
+
+class QUICDatagram(QUIC):
+    name = "quic-datagram"
+    label = "QUIC-DGRAM"
+    description = "one probe per QUIC DATAGRAM frame, RFC 9221 (encrypted, never retransmitted)"
+    reliable = False
+    style = "bold yellow"
+    metrics = ()  # QUIC's metrics are registered once, by `quic`
+    datagrams = True
+
+
+def client_configuration(datagrams: bool) -> Any:
+    """The client's QuicConfiguration."""
+    import ssl
+
+    from aioquic.quic.configuration import QuicConfiguration
+
+    return QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        # The server is the lab's own, started for this run with a certificate made when it started
+        # (lab.protocols.quic_server): there is no authority to check it against, and nothing to
+        # protect — the encryption is what is measured, not who answers.
+        verify_mode=ssl.CERT_NONE,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE if datagrams else None,
+        idle_timeout=IDLE_TIMEOUT_S, congestion_control_algorithm=CONGESTION_CONTROL,
+    )
+
+
+class _Client:
+    """One run's connection, socket and decoders, driven by `pump` (sans-IO aioquic, our own loop)."""
+
+    def __init__(self, protocol: QUIC, sock: socket.socket, sel: selectors.BaseSelector,
+                 address: tuple[str, int]) -> None:
+        self.protocol = protocol
+        self.sock = sock
+        self.sel = sel
+        self.address = address
+        self.conn: Any = None
+        self.counts: dict[str, int] = {}
+        self.run_: ProbeSchedule | None = None
+        self.decoders: dict[int, StreamDecoder] = {}  # stream id -> decoder of its replies
+        self.stream_ids: list[int] = []  # logical stream -> QUIC stream id
+        self.handshake_done = False
+        self.terminated: str | None = None  # why the connection ended, once it has
+        self.stats_stream: int | None = None
+        self.stats_reply = bytearray()
+        self.stats_done = False
+        self.sent = self.received = 0
+
+    # --- the run's phases ---
+    def run(self, plan: TrafficPlan, handshake_s: float, round_trip_s: float, *,
+            progress: Callable[..., None] | None, deadline_s: float | None) -> RunRecord:
+        from aioquic.quic.connection import QuicConnection
+
+        self.conn = QuicConnection(configuration=client_configuration(self.protocol.datagrams))
+        self.counts = watch_recovery(self.conn)
+        with fine_timers():
+            self.handshake(handshake_s)
+            run = self.run_ = ProbeSchedule(self.protocol.name, plan, deadline_s=deadline_s,
+                                            progress=progress)
+            if not self.protocol.datagrams:
+                for stream in range(plan.streams):
+                    # Client-initiated bidirectional streams are 0, 4, 8... (RFC 9000 §2.1); aioquic
+                    # creates one when data is first sent on it.
+                    stream_id = CLIENT_BIDI_STREAM_STEP * stream
+                    self.stream_ids.append(stream_id)
+                    self.decoders[stream_id] = StreamDecoder(max_payload=plan.size - HEADER_SIZE,
+                                                             max_buffer=DECODER_BUFFER)
+            try:
+                self.probe_loop(run)
+            except KeyboardInterrupt:
+                raise run.interrupted(time.monotonic_ns()) from None
+            ended = time.monotonic_ns()
+            if self.terminated is not None and not run.arrivals:
+                raise EndpointError(f"the QUIC connection to {where(self.address)} ended before any reply: "
+                                    f"{self.terminated}")
+            self.run_ = None  # replies from here on are not part of the run
+            server = self.server_figures(round_trip_s) if self.terminated is None else None
+            if self.terminated is not None and not run.complete():
+                run.notes.connection_ended = self.terminated
+            run.observations[OBSERVER] = {
+                "client": recovery_figures(self.conn, self.counts, datagrams_sent=self.sent,
+                                           datagrams_received=self.received),
+                "server": server,
+            }
+            self.close()
+            return run.record(ended)
+
+    def handshake(self, timeout_s: float) -> None:
+        """Connect, and pump until the TLS handshake completes (aioquic resends lost packets itself)."""
+        started = time.monotonic()
+        self.conn.connect(self.address, now=started)
+        self.flush()
+        while not self.handshake_done:
+            if self.terminated is not None:
+                raise EndpointError(f"the QUIC handshake with {where(self.address)} failed: "
+                                    f"{self.terminated}")
+            left = started + timeout_s - time.monotonic()
+            if left <= 0:
+                raise EndpointError(f"no QUIC echo server answering at {where(self.address)} (no handshake "
+                                    f"within {timeout_s:.0f} s: is it the lab's QUIC server?)")
+            self.pump(left)
+
+    def probe_loop(self, run: ProbeSchedule) -> None:
+        conn = self.conn
+        while True:
+            now = time.monotonic_ns()
+            burst = 0
+            while burst < MAX_BURST and (due := run.due_ns(now)) is not None and due <= now:
+                seq, stream, payload, crc = run.next_probe()
+                intended, sent_ns = run.stamp(seq)
+                # Stamped when handed to the connection: time in QUIC's buffers (congestion window,
+                # pacing, retransmission) is part of the latency the application sees, as with TCP.
+                data = frame(seq, stream, intended, payload, crc)
+                if self.protocol.datagrams:
+                    conn.send_datagram_frame(data)
+                else:
+                    conn.send_stream_data(self.stream_ids[stream], data)
+                run.sent(seq, stream, intended, sent_ns)
+                burst += 1
+                now = time.monotonic_ns()
+            if burst:
+                self.flush()
+            if self.terminated is not None or run.done(now):
+                return
+            self.pump(0.0 if burst >= MAX_BURST else run.wait_s(now))
+
+    def server_figures(self, round_trip_s: float) -> dict[str, Any] | None:
+        """Ask the server for its end's figures on a unidirectional stream; None if no answer in time."""
+        self.stats_stream = self.conn.get_next_available_stream_id(is_unidirectional=True)
+        self.conn.send_stream_data(self.stats_stream, STATS_REQUEST, end_stream=True)
+        self.flush()
+        until = time.monotonic() + min(STATS_WAIT_MAX_S, max(STATS_WAIT_MIN_S, 4 * round_trip_s))
+        while not self.stats_done and self.terminated is None and (left := until - time.monotonic()) > 0:
+            self.pump(left)
+        if not self.stats_done:
+            return None
+        try:
+            figures = json.loads(bytes(self.stats_reply))
+        except ValueError:
+            return None
+        return figures if isinstance(figures, dict) else None
+
+    def close(self) -> None:
+        """Close the connection politely (one CONNECTION_CLOSE; the server times out if it is lost)."""
+        if self.terminated is None:
+            self.conn.close(reason_phrase="run done")
+            self.flush()
+
+    # --- I/O ---
+    def pump(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for a datagram or the connection's timer; feed what came; send what
+        the connection has to send."""
+        timer = self.conn.get_timer()
+        if timer is not None:
+            wait_s = min(wait_s, max(0.0, timer - time.monotonic()))
+        if self.sel.select(wait_s):
+            self.read()
+        timer = self.conn.get_timer()
+        now = time.monotonic()
+        if timer is not None and timer <= now:
+            self.conn.handle_timer(now)
+            self.events(time.monotonic_ns())
+        self.flush()
+
+    def read(self) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                data = self.sock.recv(RECV_BUFSIZE)
+            except BlockingIOError:
+                return
+            except ConnectionRefusedError as exc:  # ICMP port unreachable for an earlier datagram
+                self.refused(exc)
+                continue
+            recv_ns = time.monotonic_ns()  # the reply's timestamp: when its datagram was read
+            self.received += 1
+            self.conn.receive_datagram(data, self.address, now=recv_ns / 1e9)
+            self.events(recv_ns)
+
+    def flush(self) -> None:
+        for data, _ in self.conn.datagrams_to_send(now=time.monotonic()):
+            try:
+                self.sock.send(data)
+            except BlockingIOError:
+                continue  # our own send buffer is full: QUIC recovers it as a lost packet
+            except ConnectionRefusedError as exc:
+                self.refused(exc)
+                continue
+            except OSError as exc:
+                raise unreachable(self.address, self.protocol.label, exc, connected=False) from exc
+            self.sent += 1
+
+    def refused(self, exc: OSError) -> None:
+        if not self.handshake_done:
+            raise unreachable(self.address, self.protocol.label, exc, connected=False) from exc
+        if self.run_ is not None:
+            self.run_.notes.icmp_refused += 1
+
+    # --- what the connection reports ---
+    def events(self, recv_ns: int) -> None:
+        from aioquic.quic import events
+
+        while (event := self.conn.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                self.stream_data(event.stream_id, event.data, event.end_stream, recv_ns)
+            elif isinstance(event, events.DatagramFrameReceived):
+                self.datagram(event.data, recv_ns)
+            elif isinstance(event, events.HandshakeCompleted):
+                self.handshake_done = True
+            elif isinstance(event, events.ConnectionTerminated):
+                self.terminated = _termination(event)
+
+    def stream_data(self, stream_id: int, data: bytes, end_stream: bool, recv_ns: int) -> None:
+        if stream_id == self.stats_stream or stream_id % 4 == 3:  # the server's figures (its uni stream)
+            if len(self.stats_reply) + len(data) <= MAX_STATS_BYTES:
+                self.stats_reply += data
+            self.stats_done = self.stats_done or end_stream
+            return
+        run, decoder = self.run_, self.decoders.get(stream_id)
+        if run is None or decoder is None:
+            return  # after the run, or a stream we never opened
+        try:
+            decoder.receive_data(data)
+            while True:
+                try:
+                    item = decoder.next_message()
+                except CrcMismatchError as exc:
+                    if isinstance(exc.probe, Probe):
+                        run.arrived(exc.probe, recv_ns, intact=False)
+                    continue
+                if item is NEED_DATA or item is EOF:
+                    return
+                assert isinstance(item, Probe)
+                run.arrived(item, recv_ns, intact=True)
+        except RemoteWireError as exc:
+            # This stream's bytes are desynchronised: nothing more on it can be attributed.
+            run.unattributed += 1
+            self.decoders.pop(stream_id, None)
+            run.notes.connection_ended = f"reply stream {stream_id} unreadable: {exc}"
+
+    def datagram(self, data: bytes, recv_ns: int) -> None:
+        run = self.run_
+        if run is None:
+            return
+        try:
+            probe = decode_untrusted_datagram(data, max_payload=run.plan.size - HEADER_SIZE)
+        except CrcMismatchError as exc:
+            if isinstance(exc.probe, Probe):
+                run.arrived(exc.probe, recv_ns, intact=False)
+            else:
+                run.unattributed += 1
+        except RemoteWireError:
+            run.unattributed += 1
+        else:
+            run.arrived(probe, recv_ns, intact=True)
+
+
+def _termination(event: Any) -> str:
+    """Why a connection ended, in words: aioquic's reason phrase and the RFC 9000 error code."""
+    reason = event.reason_phrase or "no reason given"
+    return f"{reason} (QUIC error 0x{event.error_code:x})"
