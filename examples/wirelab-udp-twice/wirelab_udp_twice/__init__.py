@@ -62,7 +62,7 @@ class UdpTwice(Protocol):
             try:
                 sock.send(data)
             except ConnectionRefusedError:  # an ICMP port unreachable from an earlier send
-                run.count("icmp_refused")
+                run.notes.icmp_refused += 1
         run.sent(seq, stream, intended, sent_ns)
 
     def _receive(self, run: ProbeSchedule, sock: socket.socket) -> None:
