@@ -35,6 +35,7 @@ ENTRY_POINT_GROUP = "wirelab.protocols"
 BUILTIN = (
     "lab.protocols.tcp:TCP", "lab.protocols.udp:UDP",
     "lab.protocols.tcp_cc:TcpReno", "lab.protocols.tcp_cc:TcpCubic", "lab.protocols.tcp_cc:TcpBbr",
+    "lab.protocols.udplite:UdpLite",
     "lab.protocols.quic:QUIC", "lab.protocols.quic:QUICDatagram",
     "lab.protocols.arq.protocol:StopAndWait", "lab.protocols.arq.protocol:GoBackN",
     "lab.protocols.arq.protocol:SelectiveRepeat",
