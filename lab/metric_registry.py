@@ -54,6 +54,16 @@ def format_time(value_ms: Value, time_unit: str = "ms") -> str:
     return format_us(round(value_ms * US_PER_MS, 6), time_unit)  # the µs result.json holds, no residue
 
 
+def time_unit_of(us: float | None) -> tuple[str, float]:
+    """(unit, µs per unit) a line of times reads best in: ms from a 1 ms median on, else µs."""
+    return ("ms", US_PER_MS) if us is not None and us >= US_PER_MS else ("µs", 1.0)
+
+
+def format_scaled(value: float | None) -> str:
+    """A time already scaled to its unit, for a summary line: `1,234`, `12.5`, or '-'."""
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
 def format_rate(bps: Value, _time_unit: str = "ms") -> str:
     """Bits per second with a unit: `1.23 Mbit/s`."""
     if bps is None:

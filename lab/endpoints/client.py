@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 
-from lab.protocols import get_protocol
-from lab.records import RTT_KEYS, Result, RunRecord, TrafficPlan, observations_of
+from lab.metric_registry import format_scaled, time_unit_of
+from lab.protocols import get_protocol, registry
+from lab.records import RTT_KEYS, Result, RunRecord, TrafficPlan
 from lab.schedule import Progress, RunInterrupted
 from lab.targets import resolve_lab_target, where
 
@@ -52,23 +53,16 @@ def send_command(protocol: str, host: str, port: int, plan: TrafficPlan, as_json
     return code
 
 
-def _fmt_us(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
 def format_summary(result: Result, where: str) -> str:
     """A short human summary of one result (what `lab send` prints without --json).
 
     Each line of times is in the unit its median fits: µs on loopback, ms over a 40 ms link.
     """
 
-    def unit_of(us: float | None) -> tuple[str, float]:
-        return ("ms", 1000.0) if us is not None and us >= 1000 else ("µs", 1.0)
-
     def times(label: str, figures: dict, keys: tuple[str, ...]) -> str:
-        unit, scale = unit_of(figures.get("p50"))
+        unit, scale = time_unit_of(figures.get("p50"))
         values = "  ".join(
-            f"{k} {_fmt_us(None if figures.get(k) is None else figures[k] / scale)}" for k in keys
+            f"{k} {format_scaled(None if figures.get(k) is None else figures[k] / scale)}" for k in keys
         )
         return label.format(unit=unit) + values
 
@@ -86,23 +80,14 @@ def format_summary(result: Result, where: str) -> str:
     if result.rtt_uncorrected_us is not None:
         lines.append(times("rtt {unit} from actual send (uncorrected): ", result.rtt_uncorrected_us,
                            ("p50", "p99", "max")))
-    j_unit, j_scale = unit_of(result.jitter_us)
+    j_unit, j_scale = time_unit_of(result.jitter_us)
     lines.append(
         f"jitter {result.jitter_us / j_scale:.{3 if j_unit == 'ms' else 1}f} {j_unit}  late {result.late}  "
         f"duplicates {result.duplicates}  reordered {result.reordered}  corrupted {result.corrupted}  "
         f"goodput {result.goodput_bps / 1e6:.3f} Mbit/s  in {result.duration_s:.2f} s"
     )
-    info = observations_of(result, "tcp").get("tcp_info")
-    if info:
-        srtt, rttvar = info.get("rtt_us"), info.get("rttvar_us")
-        t_unit, t_scale = unit_of(srtt if isinstance(srtt, int | float) else None)
-        shown = [
-            _fmt_us(v / t_scale) if isinstance(v, int | float) else str(v) for v in (srtt, rttvar)
-        ]
-        lines.append(
-            f"tcp_info: srtt {shown[0]} {t_unit}  rttvar {shown[1]} {t_unit}  "
-            f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"
-        )
+    if result.protocol in registry():  # a result of a protocol this install knows: its own lines
+        lines += registry()[result.protocol].summary_lines(result)
     lines += [f"note: {note}" for note in notes(result)]
     return "\n".join(lines)
 

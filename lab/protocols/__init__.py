@@ -165,6 +165,10 @@ class Protocol:
             raise ConfigError(f"protocol {self.name} cannot run here: {why}")
         return self.run_client(address, plan, **kw)
 
+    def summary_lines(self, result: Any) -> list[str]:
+        """Extra lines for `lab send`'s summary of one of its results (its own observations)."""
+        return []
+
     def unavailable(self) -> str | None:
         """None if everything the protocol needs is here; else what is missing."""
         for requirement in self.requires:

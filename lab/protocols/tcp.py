@@ -18,7 +18,7 @@ from typing import Any
 
 from lab.errors import CrcMismatchError, EndpointError, RemoteWireError
 from lab.i18n import N_
-from lab.metric_registry import Metric
+from lab.metric_registry import Metric, format_scaled, time_unit_of
 from lab.protocols import Protocol
 from lab.protocols.common import MAX_BURST, connect_timeout_s, selector, unreachable
 from lab.records import RunRecord, TrafficPlan, observations_of
@@ -98,6 +98,17 @@ class TCP(Protocol):
     reliable = True
     style = "bold blue"
     metrics = (RETRANSMITS, CONGESTION_CONTROL)
+
+    def summary_lines(self, result: Any) -> list[str]:
+        """TCP's own view of the run (TCP_INFO of the client's socket at the end)."""
+        info = observations_of(result, "tcp").get("tcp_info")
+        if not info:
+            return []
+        srtt, rttvar = info.get("rtt_us"), info.get("rttvar_us")
+        unit, scale = time_unit_of(srtt if isinstance(srtt, int | float) else None)
+        shown = [format_scaled(v / scale) if isinstance(v, int | float) else str(v) for v in (srtt, rttvar)]
+        return [f"tcp_info: srtt {shown[0]} {unit}  rttvar {shown[1]} {unit}  "
+                f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"]
 
     def prepare_socket(self, sock: socket.socket) -> None:
         """Options set on the connected socket before the first probe (subclasses add theirs)."""
