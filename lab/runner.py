@@ -185,8 +185,8 @@ def _keeping_partial(
     One place for every mode: the result is the link's (`Link.measure` already counted it) or is
     computed here from the client's record; the timeline and the relay's counters are added here.
     """
-    from lab.schedule import RunInterrupted
     from lab.metrics import compute_result
+    from lab.schedule import RunInterrupted
 
     try:
         yield
