@@ -58,6 +58,7 @@ class Outstanding:
     first_sent: float  # when it was first sent: its RTT sample, if it is never sent again
     transmissions: int = 1
     deadline: float = 0.0  # selective repeat: when this segment's own timer expires
+    backoffs: int = 0  # the timer's backoff count when this copy was sent (selective repeat)
 
 
 def check_window(window: int) -> int:
@@ -125,7 +126,7 @@ class Sender:
         while self.queue and self.next_seq - self.base < self.window:
             seq = self.next_seq
             self.unacked[seq] = Outstanding(self.queue.popleft(), first_sent=now,
-                                            deadline=now + self.timer.rto)
+                                            deadline=now + self.timer.rto, backoffs=self.timer.backoffs)
             self.next_seq += 1
             self.counters.sent += 1
             out.append(self.segment(seq))
@@ -148,6 +149,7 @@ class Sender:
         outstanding = self.unacked[seq]
         outstanding.transmissions += 1
         outstanding.deadline = now + self.timer.rto
+        outstanding.backoffs = self.timer.backoffs
         self.counters.retransmitted += 1
         return self.segment(seq)
 

@@ -34,10 +34,12 @@ class SelectiveRepeatSender(Sender):
         expired = [seq for seq, o in self.unacked.items() if o.deadline <= now]
         if not expired:
             return []
-        # One expiry event, one backoff, however many segments it covers (a burst lost together
-        # would otherwise multiply the RTO by 2**burst).
         self.counters.timeouts += 1
-        self.timer.backoff()
+        # Back off once per round: only if a copy sent with the current RTO expired. Segments sent
+        # a few ms apart expire a few ms apart; if each doubled the RTO, a window whose ACKs were
+        # lost would multiply it by 2**window.
+        if any(self.unacked[seq].backoffs == self.timer.backoffs for seq in expired):
+            self.timer.backoff()
         return [self.resend(seq, now) for seq in expired]
 
     def on_ack(self, segment: Segment, now: float) -> None:
