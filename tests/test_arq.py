@@ -264,3 +264,17 @@ def test_the_window_is_checked_against_what_the_header_carries() -> None:
         window_of(TrafficPlan(window=65))
     with pytest.raises(ConfigError, match="window must be between 1 and"):
         TrafficPlan(window=0)
+
+
+# --- the lesson ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheme", ["sw", "gbn", "sr"])
+def test_the_lesson_tells_the_same_story_for_the_same_seed(scheme: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from lab.protocols.arq.lesson import main
+
+    args = ["--scheme", scheme, "--loss", "20%", "--count", "6", "--seed", "3", "--lang", "en"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0 and capsys.readouterr().out == first
+    assert "delivered 6 of 6 messages in order" in first and "retransmitted" in first
+    assert main([*args[:-1], "pt"]) == 0 and "entregou 6 de 6 mensagens" in capsys.readouterr().out

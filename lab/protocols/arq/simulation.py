@@ -123,9 +123,9 @@ def simulate(sender: Sender, receiver: InOrderReceiver, payloads: Iterable[bytes
             segment = decode(datagram)
             if to == "receiver":
                 payloads_now, ack = receiver.on_data(segment)
-                delivered += payloads_now
                 for payload in payloads_now:
-                    note(now, "deliver", f"{len(payload)} bytes ({len(delivered) - 1})")
+                    delivered.append(payload)
+                    note(now, "deliver", f"#{len(delivered) - 1} ({len(payload)} bytes)")
                 arrivals = reverse.carry(now)
                 note(now, "ack", describe_ack(ack) + ("" if arrivals else " (lost)"))
                 for when in arrivals:
