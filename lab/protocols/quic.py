@@ -289,11 +289,16 @@ class _Client:
             return run.record(ended)
 
     def handshake(self, timeout_s: float) -> None:
-        """Connect, and pump until the TLS handshake completes (aioquic resends lost packets itself)."""
+        """Connect, and pump until the handshake is confirmed (aioquic resends lost packets itself).
+
+        Confirmed, not just complete (RFC 9001 §4.1.2, the server's HANDSHAKE_DONE): until the server
+        has our Finished it does not read our 1-RTT packets (§5.7). Streams would send those probes
+        again; DATAGRAM frames would be lost, a loss of the handshake's and not the link's.
+        """
         started = time.monotonic()
         self.conn.connect(self.address, now=started)
         self.flush()
-        while not self.handshake_done:
+        while not (self.handshake_done and getattr(self.conn, "_handshake_confirmed", True)):
             if self.terminated is not None:
                 raise EndpointError(f"the QUIC handshake with {where(self.address)} failed: "
                                     f"{self.terminated}")
