@@ -11,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from lab.errors import ScenarioError
+from lab.protocols import names as protocol_names
 from lab.records import TrafficPlan
 from lab.scenario import (
     EXPECTATION_DOC,
@@ -162,8 +163,8 @@ def test_shipped_scenarios_parse(path):
         ),
         (
             '[scenario]\nprotocols = ["sctp"]',
-            F + "[scenario] protocols: must be a non-empty list of distinct names from tcp, udp, "
-            "got ['sctp']",
+            F + "[scenario] protocols: must be a non-empty list of distinct names from "
+            + ", ".join(sorted(protocol_names())) + ", got ['sctp']",
         ),
         (
             "[scenario]\nmtu = 100",
