@@ -290,7 +290,7 @@ def _run_relayed(
     for proto in protocols:
         protocol = get_protocol(proto)
         if not protocol.relayable:
-            outcome.skipped[proto] = tcp_needs_privileges_message()
+            outcome.skipped[proto] = tcp_needs_privileges_message(protocol.label, protocol.transport)
             on_result(outcome)
             continue
         # A fresh relay per protocol restarts the seeded models, so each protocol meets the same decisions.

@@ -49,14 +49,17 @@ _FAKE_HEADER = bytes([0x47]) + bytes(27)
 _FAKE_HEADER_SIZE = len(_FAKE_HEADER)
 
 
-def tcp_needs_privileges_message() -> str:
-    """What to tell a user who asked for TCP impairment without the privileges it needs."""
+def tcp_needs_privileges_message(label: str = "TCP", transport: str = "tcp") -> str:
+    """What to tell a user who asked to impair a protocol the relay cannot carry (TCP, or a protocol
+    on another IP protocol such as UDP-Lite), without the privileges the real link needs."""
     lacking = privileges.missing(privileges.CAP_NET_ADMIN)
     why = f" (this process lacks {', '.join(lacking)})" if lacking else ""
+    below = (f"below {label}" if transport == "tcp"
+             else f"below {label} (the loopback relay carries plain UDP only)")
     # Says more than privileges.explain(): namespaces also need CAP_SYS_ADMIN (unshare and a bind
     # mount under /run/netns), and UDP still works without any of it.
     return (
-        "impairing TCP needs root: it happens below TCP, on an emulated link between two network "
+        f"impairing {label} needs root: it happens {below}, on an emulated link between two network "
         f"namespaces, which takes CAP_NET_ADMIN and CAP_SYS_ADMIN{why}; run with sudo. "
         "UDP runs impaired without root, through the loopback UDP relay."
         f"{privileges.userns_note()}"
