@@ -540,7 +540,8 @@ class _Display:
             from lab.live import render_strips
 
             parts.append(render_strips(list(self.strips.values()), self.console.width))
-        parts += [side_by_side_table(self.scenario, o) for o in self.outcomes.values()]
+        width = self.console.width
+        parts += [side_by_side_table(self.scenario, o, width=width) for o in self.outcomes.values()]
         return Group(*parts)
 
 
@@ -552,9 +553,13 @@ MODE_NAMES = {  # how each point ran, as the terminal table's title says it
 }
 
 
-def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
-    """A rich Table: metrics as rows, one column per protocol, for one point (the link's round-trip
-    drop rate under it: the same for every protocol, only one that does not retransmit loses it)."""
+def side_by_side_table(scenario: Scenario, outcome: PointOutcome, *, width: int = 100) -> Any:
+    """Rich Tables: metrics as rows, one column per protocol, for one point (the link's round-trip
+    drop rate under it: the same for every protocol, only one that does not retransmit loses it).
+
+    As many protocols as fit in `width` columns share a table; the rest follow in further tables
+    with the same rows, so eleven protocols stay readable in an 80-column terminal.
+    """
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -563,17 +568,30 @@ def side_by_side_table(scenario: Scenario, outcome: PointOutcome) -> Any:
 
     data = outcome.to_dict()
     mode = _(MODE_NAMES[outcome.mode]) if outcome.mode in MODE_NAMES else outcome.mode
-    table = Table()
-    table.add_column("")
-    for proto in scenario.protocols:
+    rows = side_by_side(data, list(scenario.protocols))
+    header_width = max((len(header) for header, _cells in rows), default=0) + 3
+    tables: list[Any] = []
+    table: Any = None
+    used = 0
+    for index, proto in enumerate(scenario.protocols):
         look = appearance(proto)
+        cell_width = max([len(look.label), *(len(cells[index]) for _header, cells in rows)]) + 3
+        if table is None or used + cell_width > width:
+            table, used = Table(), header_width + 1
+            table.add_column("")
+            tables.append((table, []))
         table.add_column(look.label, justify="right", header_style=look.style)
-    for header, cells in side_by_side(data, list(scenario.protocols)):
-        table.add_row(header, *cells)
+        tables[-1][1].append(index)
+        used += cell_width
+    rendered = []
+    for table, indexes in tables:
+        for header, cells in rows:
+            table.add_row(header, *(cells[i] for i in indexes))
+        rendered.append(table)
     # Title and the drop-rate line as lines of their own: a table's caption wraps at its narrow width.
     title = Text(f"{scenario.name}: {point_label(data)}  ({mode})", style="bold")
     drop_line = link_drop_line(data)
-    return Group(title, table, *([Text(drop_line)] if drop_line else []))
+    return Group(title, *rendered, *([Text(drop_line)] if drop_line else []))
 
 
 # --- commands ---------------------------------------------------------------------------------------

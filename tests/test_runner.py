@@ -210,3 +210,32 @@ def test_atlas_scenario_puts_the_probe_atlas_in_the_report(tmp_path):
     matched = sum(1 for row in outcome.atlas if row["matches_expected"])
     assert f"{matched} of {len(outcome.atlas)} cases behaved as expected." in section
     assert "## Malformed-packet atlas" in (tmp_path / "report.md").read_text()
+
+
+def test_side_by_side_table_splits_many_protocols_to_fit_the_terminal() -> None:
+    """Eleven protocols in 80 columns: several tables with the same rows, none wider than 80."""
+    from rich.console import Console
+
+    from lab.metrics import compute_result
+    from lab.protocols import names
+    from lab.records import RunRecord, TrafficPlan
+    from lab.report.appearance import appearance
+    from lab.runner import PointOutcome, side_by_side_table
+    from lab.scenario import parse_scenario
+
+    protocols = list(names())
+    listed = ", ".join(f'"{p}"' for p in protocols)
+    scenario = parse_scenario(f"[scenario]\nname = 'wide'\nprotocols = [{listed}]\n")
+    outcome = PointOutcome(point=scenario.points[0], mode="loopback")
+    plan = TrafficPlan(count=1)
+    for proto in protocols:
+        record = RunRecord(protocol=proto, plan=plan, started_ns=0, ended_ns=1)
+        outcome.results[proto] = compute_result(record)
+    console = Console(width=80, record=True, highlight=False)
+    console.print(side_by_side_table(scenario, outcome, width=80))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    headers = [line for line in lines if line.startswith("┃")]
+    assert len(headers) >= 2  # more than one table
+    shown = " ".join(headers)
+    assert all(appearance(proto).label in shown for proto in protocols)
