@@ -19,7 +19,8 @@ from lab.errors import ConfigError
 from lab.metrics import compute_result
 from lab.protocols import get_protocol
 from lab.protocols.arq import segment as seg
-from lab.protocols.arq.endpoint import machines
+from lab.protocols.arq.base import Sender
+from lab.protocols.arq.endpoint import MACHINES, machines
 from lab.protocols.arq.go_back_n import GoBackNSender
 from lab.protocols.arq.protocol import window_of
 from lab.protocols.arq.segment import Kind, Scheme, SegmentError, decode
@@ -160,29 +161,112 @@ def test_karn_no_sample_from_a_retransmitted_segment_and_the_backoff_stays_until
     assert sender.timer.rto == MIN_RTO_S and sender.idle
 
 
-@given(scheme=schemes, window=windows, payloads=streams, forward=fates, reverse=fates)
-def test_karn_samples_only_segments_sent_once(
-        scheme: Scheme, window: int, payloads: list[bytes], forward: list[Fate], reverse: list[Fate]) -> None:
+class RecordingTimer(RetransmissionTimer):
+    """The real timer, remembering its samples and whether one came after the last backoff."""
+
+    __slots__ = ("taken", "sampled_since_backoff")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: list[float] = []
+        self.sampled_since_backoff = False
+
+    def sample(self, rtt: float) -> None:
+        super().sample(rtt)
+        self.taken.append(max(0.0, rtt))
+        self.sampled_since_backoff = True
+
+    def backoff(self) -> None:
+        super().backoff()
+        self.sampled_since_backoff = False
+
+
+def check_rto_after_samples(timer: RecordingTimer) -> None:
+    """RFC 6298 (5.7): once a valid sample follows the last backoff, the RTO is the formula's."""
+    if timer.sampled_since_backoff:
+        assert timer.rto == pytest.approx(reference_rto(timer.taken))
+
+
+def run_with_recording_timer(scheme: Scheme, window: int, payloads: list[bytes], forward: Channel,
+                             reverse: Channel) -> tuple[RecordingTimer, dict[int, int], Sender]:
     transmissions: dict[int, int] = {}
+    sender_class, receiver_class = MACHINES[scheme]
+    timer = RecordingTimer()
+    sender, receiver = sender_class(0, window, timer), receiver_class(0, window)
 
     def observe(_now: float, segment: seg.Segment, _sender: object) -> None:
         transmissions[segment.seq] = transmissions.get(segment.seq, 0) + 1
+        assert segment.copy == transmissions[segment.seq]  # each copy says which one it is
+        check_rto_after_samples(timer)
 
-    sender, receiver = machines(scheme, window=window)
-    simulate(sender, receiver, payloads, forward=Channel(forward), reverse=Channel(reverse), until=FOREVER,
-             observe=observe)
-    sent_once = sum(1 for n in transmissions.values() if n == 1)
-    assert sender.timer.samples <= sent_once
+    simulate(sender, receiver, payloads, forward=forward, reverse=reverse, until=FOREVER, observe=observe)
+    check_rto_after_samples(timer)
+    return timer, transmissions, sender
+
+
+@given(scheme=schemes, window=windows, payloads=streams, forward=fates, reverse=fates)
+def test_every_sample_times_a_named_copy_and_then_the_rto_is_rfc_6298s(
+        scheme: Scheme, window: int, payloads: list[bytes], forward: list[Fate], reverse: list[Fate]) -> None:
+    timer, transmissions, sender = run_with_recording_timer(scheme, window, payloads, Channel(forward),
+                                                            Channel(reverse))
     assert sum(transmissions.values()) == sender.counters.sent + sender.counters.retransmitted
+    assert timer.samples <= len(transmissions)  # at most one per segment: the copy its ACK names
     if sender.counters.retransmitted == 0:
-        assert sender.timer.backoffs == 0
+        assert timer.backoffs == 0
+
+
+@given(scheme=schemes, seed=st.integers(0, 2**32 - 1))
+def test_over_a_long_run_at_20_percent_loss_each_way_a_sample_after_a_backoff_restores_the_rto(
+        scheme: Scheme, seed: int) -> None:
+    """The scenario that stalled arq-sw (5 ms each way, 20 % loss each way), 300 segments long."""
+    payloads = [i.to_bytes(2, "big") for i in range(300)]
+    timer, _, sender = run_with_recording_timer(
+        scheme, 8, payloads, Channel(random_fates(seed, loss=0.2, delay=0.005)),
+        Channel(random_fates(seed + 1, loss=0.2, delay=0.005)))
+    assert sender.idle
+    if scheme == Scheme.STOP_AND_WAIT:  # one ACK per segment gets through, and it names its copy
+        assert timer.samples == len(payloads)
+
+
+def test_a_backoff_does_not_outlive_the_segment_that_suffered_it() -> None:
+    """Regression (arq-sw at 20 % loss each way: RTO 60 s with SRTT 11 ms): every segment's first
+    copy lost, its second acknowledged. The ACK names copy 2, so it is a sample and the RTO comes
+    back; an ACK that names no copy leaves Karn's rule nothing to sample, and the RTO climbs."""
+    def run(named: bool) -> StopAndWaitSender:
+        sender = StopAndWaitSender(conn=1)
+        for n in range(12):
+            sender.send(b"probe %d" % n)
+        now = 0.0
+        for n in range(12):
+            assert [s.copy for s in sender.poll(now)] == [1]  # the first copy: lost
+            now = sender.next_deadline()  # type: ignore[assignment]
+            (copy,) = sender.poll(now)  # timeout: the RTO doubles, copy 2 leaves
+            assert (copy.seq, copy.copy) == (n, 2)
+            now += 0.01
+            answer = seg.ack(Scheme.STOP_AND_WAIT, 1, 1, n + 1, answering=copy if named else None)
+            sender.on_ack(answer, now)
+            assert sender.is_acknowledged(n)
+        return sender
+
+    named = run(named=True)
+    assert named.timer.samples == 12 and named.timer.rto == MIN_RTO_S and named.timer.backoffs == 12
+    assert run(named=False).timer.rto == MAX_RTO_S  # without names: 1 s doubled 12 times, capped
+
+
+def test_an_ack_answering_an_old_copy_times_that_copy_not_the_newest() -> None:
+    sender = StopAndWaitSender(conn=1)
+    sender.send(b"x")
+    (first,) = sender.poll(0.0)
+    (second,) = sender.poll(1.0)  # the first copy was only slow: the RTO of 1 s expired
+    sender.on_ack(seg.ack(Scheme.STOP_AND_WAIT, 1, 1, 1, answering=first), 1.3)
+    assert sender.timer.srtt == pytest.approx(1.3)  # the first copy's round trip, not 0.3 s
 
 
 # --- the segment format and the server's handling of any bytes -------------------------------------------
 segments = st.builds(
     seg.Segment, kind=st.sampled_from(list(Kind)), scheme=schemes, conn=st.integers(0, 2**32 - 1),
     window=st.integers(1, seg.MAX_WINDOW), seq=st.integers(0, 2**32 - 1), ack=st.integers(0, 2**32 - 1),
-    sack=st.integers(0, 2**64 - 1), payload=st.binary(max_size=64),
+    sack=st.integers(0, 2**64 - 1), copy=st.integers(0, 2**32 - 1), payload=st.binary(max_size=64),
 ).filter(lambda s: s.kind == Kind.DATA or not s.payload)
 
 

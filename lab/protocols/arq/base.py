@@ -16,7 +16,7 @@ payloads it can now hand the application, in order, and the ACK to send back.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from lab.protocols.arq.segment import MAX_WINDOW, Scheme, Segment, ack, data
@@ -55,8 +55,9 @@ class Outstanding:
     """A segment sent and not yet acknowledged."""
 
     payload: bytes
-    first_sent: float  # when it was first sent: its RTT sample, if it is never sent again
+    first_sent: float  # when it was first sent
     transmissions: int = 1
+    sent_at: list[float] = field(default_factory=list)  # when each copy left (copy n: sent_at[n-1])
     deadline: float = 0.0  # selective repeat: when this segment's own timer expires
     backoffs: int = 0  # the timer's backoff count when this copy was sent (selective repeat)
 
@@ -125,7 +126,7 @@ class Sender:
         out = []
         while self.queue and self.next_seq - self.base < self.window:
             seq = self.next_seq
-            self.unacked[seq] = Outstanding(self.queue.popleft(), first_sent=now,
+            self.unacked[seq] = Outstanding(self.queue.popleft(), first_sent=now, sent_at=[now],
                                             deadline=now + self.timer.rto, backoffs=self.timer.backoffs)
             self.next_seq += 1
             self.counters.sent += 1
@@ -141,31 +142,48 @@ class Sender:
         """Hook: a new segment `seq` just left (a scheme starts its timer here)."""
 
     def segment(self, seq: int) -> Segment:
-        """The DATA segment for `seq` (for its first transmission or another one)."""
-        return data(self.scheme, self.conn, self.window, seq, self.unacked[seq].payload)
+        """The DATA segment for `seq` (for its first transmission or another one), naming its copy."""
+        outstanding = self.unacked[seq]
+        return data(self.scheme, self.conn, self.window, seq, outstanding.payload, outstanding.transmissions)
 
     def resend(self, seq: int, now: float) -> Segment:
         """Segment `seq` once more; counted, and never again an RTT sample (Karn's rule)."""
         outstanding = self.unacked[seq]
         outstanding.transmissions += 1
+        outstanding.sent_at.append(now)
         outstanding.deadline = now + self.timer.rto
         outstanding.backoffs = self.timer.backoffs
         self.counters.retransmitted += 1
         return self.segment(seq)
 
-    def acknowledge(self, seqs: list[int], now: float) -> None:
-        """Forget the segments in `seqs` (just acknowledged) and take an RTT sample from them.
-
-        Karn's rule: only a segment sent exactly once gives a sample, since the ack of a resent one
-        may answer either copy. Of those, the newest: the ack most likely answers it.
-        """
-        clean = [seq for seq in seqs if self.unacked[seq].transmissions == 1]
-        if clean:
-            newest = max(clean)
-            self.timer.sample(now - self.unacked[newest].first_sent)
+    def acknowledge(self, seqs: list[int], now: float, answering: Segment | None = None) -> None:
+        """Forget the segments in `seqs` (just acknowledged by the ACK `answering`) and take an RTT
+        sample from them (see `rtt_sample`)."""
+        rtt = self.rtt_sample(seqs, now, answering)
+        if rtt is not None:
+            self.timer.sample(rtt)  # a valid sample: it also ends any backoff (RFC 6298 (5.7))
         for seq in seqs:
             del self.unacked[seq]
         self.base = min(self.unacked) if self.unacked else self.next_seq
+
+    def rtt_sample(self, seqs: list[int], now: float, answering: Segment | None) -> float | None:
+        """The round trip the ACK `answering` measures, or None if it measures none for sure.
+
+        An ACK that names the copy it answers (segment.py: our receivers always do) times that
+        copy, retransmitted or not, as TCP's timestamps do (RFC 7323 section 4); if the copy it
+        names was not just acknowledged (an old duplicate), it times nothing. Without a name,
+        Karn's rule: only a segment sent exactly once gives a sample, since the ACK of a resent
+        one may answer either copy; of those, the newest (the ACK most likely answers it).
+        Without names, a backoff outlives the segment that caused it until some segment gets
+        through at the first try: at 20 % loss each way that took the RTO to 60 s.
+        """
+        if answering is not None and answering.copy:
+            if answering.seq not in seqs:
+                return None
+            sent_at = self.unacked[answering.seq].sent_at
+            return now - sent_at[answering.copy - 1] if answering.copy <= len(sent_at) else None
+        clean = [seq for seq in seqs if self.unacked[seq].transmissions == 1]
+        return now - self.unacked[max(clean)].first_sent if clean else None
 
 
 class InOrderReceiver:
@@ -195,8 +213,9 @@ class InOrderReceiver:
         else:
             self.counters.out_of_order += 1
         self.counters.delivered += len(delivered)
-        return delivered, self.ack()
+        return delivered, self.ack(segment)
 
-    def ack(self) -> Segment:
+    def ack(self, answering: Segment) -> Segment:
+        """The cumulative ACK, naming the DATA segment (seq and copy) that prompted it."""
         self.counters.acks_sent += 1
-        return ack(self.scheme, self.conn, self.window, self.expected)
+        return ack(self.scheme, self.conn, self.window, self.expected, answering=answering)

@@ -53,7 +53,7 @@ class GoBackNSender(Sender):
         if not self.base < segment.ack <= self.next_seq:  # acknowledges nothing new (or nonsense)
             self.counters.duplicate_acks += 1
             return
-        self.acknowledge([seq for seq in self.unacked if seq < segment.ack], now)
+        self.acknowledge([seq for seq in self.unacked if seq < segment.ack], now, segment)
         # RFC 6298 (5.2, 5.3): all acknowledged -> stop the timer; else restart it for the rest.
         self.deadline = now + self.timer.rto if self.unacked else None
 

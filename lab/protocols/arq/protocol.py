@@ -26,6 +26,7 @@ from lab.i18n import N_
 from lab.metric_registry import Metric
 from lab.protocols import Protocol
 from lab.protocols.arq.endpoint import Endpoint
+from lab.protocols.arq.segment import HEADER_SIZE as ARQ_HEADER_SIZE
 from lab.protocols.arq.segment import MAX_PAYLOAD, MAX_WINDOW, Scheme
 from lab.protocols.common import MAX_BURST, big_buffers, family, selector, unreachable
 from lab.records import RunRecord, TrafficPlan, observations_of
@@ -94,7 +95,8 @@ class ArqProtocol(Protocol):
         window = window_of(plan)
         if plan.size > MAX_PAYLOAD:
             raise ConfigError(f"size must be at most {MAX_PAYLOAD} bytes for the ARQ protocols (a UDP "
-                              f"datagram holds the probe and the 32-byte ARQ header), got {plan.size}",
+                              f"datagram holds the probe and the {ARQ_HEADER_SIZE}-byte ARQ header), "
+                              f"got {plan.size}",
                               key="size")
         endpoint = Endpoint(self.scheme, secrets.randbits(32), window)
         with socket.socket(family(host), socket.SOCK_DGRAM) as sock:

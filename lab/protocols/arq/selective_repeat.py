@@ -48,7 +48,7 @@ class SelectiveRepeatSender(Sender):
         if not newly:
             self.counters.duplicate_acks += 1
             return
-        self.acknowledge(newly, now)
+        self.acknowledge(newly, now, segment)
 
 
 class SelectiveRepeatReceiver(InOrderReceiver):
@@ -74,11 +74,11 @@ class SelectiveRepeatReceiver(InOrderReceiver):
             delivered.append(self.buffer.pop(self.expected))
             self.expected += 1
         self.counters.delivered += len(delivered)
-        return delivered, self.ack()
+        return delivered, self.ack(segment)
 
-    def ack(self) -> Segment:
+    def ack(self, answering: Segment) -> Segment:
         self.counters.acks_sent += 1
         sack = 0
         for seq in self.buffer:  # every buffered seq is in expected+1 .. expected+window-1
             sack |= 1 << (seq - self.expected - 1)
-        return ack(self.scheme, self.conn, self.window, self.expected, sack)
+        return ack(self.scheme, self.conn, self.window, self.expected, sack, answering=answering)

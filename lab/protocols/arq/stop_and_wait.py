@@ -47,7 +47,7 @@ class StopAndWaitSender(Sender):
     def on_ack(self, segment: Segment, now: float) -> None:
         seq = self.in_flight()
         if seq is not None and segment.ack == seq + 1:
-            self.acknowledge([seq], now)
+            self.acknowledge([seq], now, segment)
         else:
             self.counters.duplicate_acks += 1  # an ACK of an older segment: a copy, or late
 

@@ -13,8 +13,9 @@ Before any sample the RTO is 1 s. Each time the timer expires the RTO doubles (b
 may be congested, so back off), up to a maximum; the next valid sample computes it afresh.
 
 Karn's rule: a segment sent more than once gives no sample, because its acknowledgement may be
-for either copy. The sender (not this class) applies it: it calls `sample` only for segments it
-sent exactly once.
+for either copy. The sender (not this class) applies it, and only to an ACK that does not name the
+copy it answers: the lab's ACKs do name it (segment.py), so each one is a valid sample, as TCP's
+timestamps make it (RFC 7323), and a backoff ends with the next ACK of new data.
 
 The lab's choices: RTO at least 200 ms (RFC 6298 says 1 s; Linux TCP uses 200 ms, and the lab's
 links are short), at most 60 s, G = 1 ms. Times are seconds, passed in by the caller: no clock here.
