@@ -139,7 +139,7 @@ def test_every_variant_delivers_everything_at_20_percent_loss_with_its_algorithm
     link = impaired_link(loss="20%", delay="2ms")
     host, port = link.server_for(name)
     sender = link.client.popen(
-        [sys.executable, "-m", "lab", "send", name, host, str(port), "--count", "200", "--rate", "400",
+        [sys.executable, "-m", "lab", "send", name, host, str(port), "--count", "100", "--rate", "100",
          "--timeout", "10", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen: dict[str, list[str]] = {}
@@ -154,7 +154,7 @@ def test_every_variant_delivers_everything_at_20_percent_loss_with_its_algorithm
     assert sender.returncode == 0, err
     result = json.loads(out)
     assert seen == {"server": [algorithm], "client": [algorithm]}
-    assert (result["sent"], result["received"], result["corrupted"]) == (200, 200, 0)
+    assert (result["sent"], result["received"], result["corrupted"]) == (100, 100, 0)
     assert result["observations"]["tcp"]["congestion_control"] == algorithm
     assert result["observations"]["tcp"]["tcp_info"]["total_retrans"] > 0  # the loss was real
 
