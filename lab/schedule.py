@@ -24,8 +24,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from lab.errors import CrcMismatchError, RemoteWireError
 from lab.records import Arrival, Observations, RunNotes, RunRecord, Send, TrafficPlan
-from lab.wire import HEADER_SIZE, Probe, make_payload
+from lab.wire import (
+    EOF,
+    HEADER_SIZE,
+    NEED_DATA,
+    Probe,
+    StreamDecoder,
+    decode_untrusted_datagram,
+    make_payload,
+)
 
 Progress = Callable[..., None]  # progress(sent, total[, new_arrivals]) — see ProbeSchedule.report
 Clock = Callable[[], int]  # monotonic nanoseconds
@@ -143,6 +152,37 @@ class ProbeSchedule:
             self.answered.add(probe.seq)
         if probe.seq == self.waiting:
             self.waiting = None  # any reply, even a damaged one, settles the probe in flight
+
+    def arrived_datagram(self, data: bytes, recv_ns: int) -> bool:
+        """Book the reply one datagram holds (damaged or not); False, booking nothing, when the
+        datagram is no probe at all (the caller decides what else it may be)."""
+        try:
+            probe = decode_untrusted_datagram(data, max_payload=self.plan.size - HEADER_SIZE)
+        except CrcMismatchError as exc:
+            if isinstance(exc.probe, Probe):
+                self.arrived(exc.probe, recv_ns, intact=False)
+            else:
+                self.unattributed += 1
+        except RemoteWireError:
+            return False
+        else:
+            self.arrived(probe, recv_ns, intact=True)
+        return True
+
+    def arrived_stream(self, decoder: StreamDecoder, recv_ns: int) -> object:
+        """Book every whole reply `decoder` holds; returns NEED_DATA, or EOF once the peer closed.
+        RemoteWireError (from the decoder) when the byte stream is unreadable from here on."""
+        while True:
+            try:
+                item = decoder.next_message()
+            except CrcMismatchError as exc:
+                if isinstance(exc.probe, Probe):
+                    self.arrived(exc.probe, recv_ns, intact=False)
+                continue
+            if item is NEED_DATA or item is EOF:
+                return item
+            assert isinstance(item, Probe)
+            self.arrived(item, recv_ns, intact=True)
 
     # --- pacing and ending ---
     def tail_end_ns(self) -> int:

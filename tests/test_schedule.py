@@ -167,3 +167,25 @@ def test_notes_and_observations_go_into_the_record_as_copies() -> None:
     run.notes.icmp_refused += 1
     run.observations["udp"]["late"] = True
     assert record.notes.icmp_refused == 3 and "late" not in record.observations["udp"]
+
+
+def test_replies_are_decoded_and_booked_from_datagrams_and_streams() -> None:
+    from lab.wire import EOF, NEED_DATA, StreamDecoder, encode, make_payload
+
+    clock = Clock()
+    run = ProbeSchedule("udp", TrafficPlan(count=3, rate=100.0, size=40), clock=clock)
+    for _ in range(3):
+        send_next(run)
+    good = encode(Probe(seq=0, send_ns=0, payload=make_payload(8, 0)))
+    damaged = bytearray(encode(Probe(seq=1, send_ns=0, payload=make_payload(8, 1))))
+    damaged[-1] ^= 0xFF
+    assert run.arrived_datagram(good, clock()) and run.arrived_datagram(bytes(damaged), clock())
+    assert not run.arrived_datagram(b"not a probe", clock())
+    assert [(a.seq, a.intact) for a in run.arrivals] == [(0, True), (1, False)]
+    decoder = StreamDecoder(max_payload=8)
+    decoder.receive_data(encode(Probe(seq=2, send_ns=0, payload=make_payload(8, 2))) + good[:5])
+    assert run.arrived_stream(decoder, clock()) is NEED_DATA
+    decoder.receive_data(good[5:])
+    decoder.receive_data(b"")
+    assert run.arrived_stream(decoder, clock()) is EOF
+    assert [a.seq for a in run.arrivals] == [0, 1, 2, 0]

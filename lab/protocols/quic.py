@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lab.errors import ConfigError, CrcMismatchError, EndpointError, LabError, RemoteWireError
+from lab.errors import ConfigError, EndpointError, LabError, RemoteWireError
 from lab.i18n import N_
 from lab.metric_registry import Metric
 from lab.protocols import Protocol, Requirement
@@ -45,7 +45,7 @@ from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import ProbeSchedule
 from lab.targets import lab_address, where
 from lab.timing import fine_timers
-from lab.wire import EOF, HEADER_SIZE, NEED_DATA, Probe, StreamDecoder, decode_untrusted_datagram, frame
+from lab.wire import HEADER_SIZE, StreamDecoder, frame
 
 ALPN = "wirelab-echo"  # both ends offer only this: a QUIC server of anything else refuses the handshake
 OBSERVER = "quic"  # observations["quic"] = {"client": {...}, "server": {...}} (see `recovery_figures`)
@@ -428,17 +428,7 @@ class _Client:
             return  # after the run, or a stream we never opened
         try:
             decoder.receive_data(data)
-            while True:
-                try:
-                    item = decoder.next_message()
-                except CrcMismatchError as exc:
-                    if isinstance(exc.probe, Probe):
-                        run.arrived(exc.probe, recv_ns, intact=False)
-                    continue
-                if item is NEED_DATA or item is EOF:
-                    return
-                assert isinstance(item, Probe)
-                run.arrived(item, recv_ns, intact=True)
+            run.arrived_stream(decoder, recv_ns)
         except RemoteWireError as exc:
             # This stream's bytes are desynchronised: nothing more on it can be attributed.
             run.unattributed += 1
@@ -447,19 +437,8 @@ class _Client:
 
     def datagram(self, data: bytes, recv_ns: int) -> None:
         run = self.run_
-        if run is None:
-            return
-        try:
-            probe = decode_untrusted_datagram(data, max_payload=run.plan.size - HEADER_SIZE)
-        except CrcMismatchError as exc:
-            if isinstance(exc.probe, Probe):
-                run.arrived(exc.probe, recv_ns, intact=False)
-            else:
-                run.unattributed += 1
-        except RemoteWireError:
-            run.unattributed += 1
-        else:
-            run.arrived(probe, recv_ns, intact=True)
+        if run is not None and not run.arrived_datagram(data, recv_ns):
+            run.unattributed += 1  # not a probe at all
 
 
 def _termination(event: Any) -> str:

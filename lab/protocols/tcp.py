@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lab.errors import CrcMismatchError, EndpointError, RemoteWireError
+from lab.errors import EndpointError, RemoteWireError
 from lab.i18n import N_
 from lab.metric_registry import Metric, format_scaled, time_unit_of
 from lab.protocols import Protocol
@@ -25,7 +25,7 @@ from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address, where
 from lab.timing import fine_timers
-from lab.wire import EOF, HEADER_SIZE, NEED_DATA, Probe, StreamDecoder, frame
+from lab.wire import EOF, HEADER_SIZE, StreamDecoder, frame
 
 # Bound of bytes queued in the client for a connection that does not drain; beyond it the
 # sender waits (and open loop falls behind schedule, which the intended times record).
@@ -222,19 +222,9 @@ class _Connection:
         recv_ns = time.monotonic_ns()
         try:
             decoder.receive_data(data)
-            while True:
-                try:
-                    item = decoder.next_message()
-                except CrcMismatchError as exc:
-                    if isinstance(exc.probe, Probe):
-                        run.arrived(exc.probe, recv_ns, intact=False)
-                    continue
-                if item is NEED_DATA:
-                    return True
-                if item is EOF:
-                    return self.broken(SERVER_CLOSED, None)
-                assert isinstance(item, Probe)
-                run.arrived(item, recv_ns, intact=True)
+            if run.arrived_stream(decoder, recv_ns) is EOF:
+                return self.broken(SERVER_CLOSED, None)
+            return True
         except RemoteWireError as exc:
             # The byte stream is desynchronised: nothing after this point can be attributed.
             run.unattributed += 1

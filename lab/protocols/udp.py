@@ -20,7 +20,7 @@ from lab.records import RunRecord, TrafficPlan
 from lab.schedule import ProbeSchedule
 from lab.targets import lab_address
 from lab.timing import fine_timers
-from lab.wire import EOF, HEADER_SIZE, Probe, StreamDecoder, decode_untrusted_datagram, frame
+from lab.wire import EOF, HEADER_SIZE, Probe, StreamDecoder, frame
 
 # Datagrams drained per wake-up before the loop checks the send schedule again.
 MAX_DRAIN = 256
@@ -110,26 +110,18 @@ class UDP(Protocol):
                 self._refused(run, address, exc)
                 continue
             recv_ns = time.monotonic_ns()
-            try:
-                probe = decode_untrusted_datagram(data, max_payload=max_payload)
-            except CrcMismatchError as exc:
-                if isinstance(exc.probe, Probe):
-                    run.arrived(exc.probe, recv_ns, intact=False)
-                else:
-                    run.unattributed += 1
-            except RemoteWireError:
-                merged = split_merged_reply(data, max_payload)
-                if merged is None:
-                    run.unattributed += 1  # too damaged to know which probe it was
-                    continue
-                # Several whole probes in one datagram: the echo server does not keep datagram
-                # boundaries (socat's UDP-LISTEN...PIPE passes them through a pipe). Each probe did
-                # come back, so it counts; the note tells the user the server is not RFC 862.
-                run.notes.merged_replies += 1
-                for part, intact in merged:
-                    run.arrived(part, recv_ns, intact=intact)
-            else:
-                run.arrived(probe, recv_ns, intact=True)
+            if run.arrived_datagram(data, recv_ns):
+                continue
+            merged = split_merged_reply(data, max_payload)
+            if merged is None:
+                run.unattributed += 1  # too damaged to know which probe it was
+                continue
+            # Several whole probes in one datagram: the echo server does not keep datagram
+            # boundaries (socat's UDP-LISTEN...PIPE passes them through a pipe). Each probe did
+            # come back, so it counts; the note tells the user the server is not RFC 862.
+            run.notes.merged_replies += 1
+            for part, intact in merged:
+                run.arrived(part, recv_ns, intact=intact)
 
     def _refused(self, run: ProbeSchedule, address: tuple[str, int], exc: OSError) -> None:
         if not run.arrivals:
