@@ -200,8 +200,13 @@ def test_figures_are_wide_with_readable_text(tmp_path):
                 plt.close(fig)
 
 
-def test_colours_are_okabe_ito_and_streams_differ_in_shape_too():
-    assert set(PROTOCOL_PALETTE) <= set(OKABE_ITO) and "#F0E442" not in PROTOCOL_PALETTE
+def test_colours_are_colour_blind_safe_and_streams_differ_in_shape_too():
+    from lab.protocols import names
+    from lab.report.appearance import TOL_MUTED, colour
+
+    assert set(PROTOCOL_PALETTE) <= set(OKABE_ITO) | set(TOL_MUTED) and "#F0E442" not in PROTOCOL_PALETTE
+    assert PROTOCOL_PALETTE[:2] == OKABE_ITO[:2]  # TCP blue, UDP vermillion, as the classroom knows them
+    assert len({colour(name) for name in names()}) == len(names())  # every built-in its own colour
     assert len(set(STREAM_COLORS)) == len(STREAM_COLORS) and set(STREAM_COLORS) <= set(OKABE_ITO)
     assert len(set(STREAM_MARKERS)) == len(STREAM_MARKERS) >= 4
     assert "#F0E442" not in STREAM_COLORS[:4]  # yellow is unreadable on white: not among the first four

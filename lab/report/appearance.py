@@ -15,9 +15,12 @@ from typing import Any
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour deficiency.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
+# Paul Tol's "muted" scheme, also colour-blind safe: after Okabe-Ito's, so a dozen protocols (the
+# built-ins) each get a colour of their own.
+TOL_MUTED = ("#332288", "#88CCEE", "#117733", "#999933", "#882255", "#44AA99")
 # A protocol's colour is its place in the registry (TCP first: blue, UDP: vermillion); yellow is left
 # out (unreadable on white).
-PROTOCOL_PALETTE = tuple(c for c in OKABE_ITO if c != "#F0E442")
+PROTOCOL_PALETTE = tuple(c for c in OKABE_ITO if c != "#F0E442") + TOL_MUTED
 # rich styles in the same order (the terminal's nearest to the palette's colours).
 STYLE_PALETTE = ("bold blue", "bold red", "bold green", "bold magenta", "bold yellow", "bold cyan", "bold")
 UNKNOWN_STYLE = "bold"
