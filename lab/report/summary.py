@@ -400,6 +400,7 @@ UNRELIABLE_WHY = N_(
     "{name} hands each probe to the network once: when the link drops it (on the way out or back), it "
     "is gone, so {name}'s loss is close to the link's round-trip drop rate."
 )
+SAME_FOR = N_("The same holds for {names}.")
 RELIABLE_WHY = N_(
     "{name} retransmits what was not acknowledged, so it delivers everything, but each retransmission "
     "waits for a timeout or duplicate acknowledgements, and the probes queued behind a lost one wait "
@@ -412,12 +413,14 @@ def why_sentences(protocols: list[str]) -> list[str]:
     """Why each of these protocols loses what it loses: the ones that do not retransmit first, then
     those that do (a protocol this install does not know says nothing)."""
     kinds = {p: protocol_reliable(p) for p in protocols}
-    return [
-        _(text).format(name=protocol_label(p))
-        for text, kind in ((UNRELIABLE_WHY, False), (RELIABLE_WHY, True))
-        for p in protocols
-        if kinds[p] is kind
-    ]
+    out = []
+    for text, kind in ((UNRELIABLE_WHY, False), (RELIABLE_WHY, True)):
+        alike = [p for p in protocols if kinds[p] is kind]
+        if alike:  # the explanation once, then who else it holds for (eleven protocols, two stories)
+            out.append(_(text).format(name=protocol_label(alike[0])))
+        if len(alike) > 1:
+            out.append(_(SAME_FOR).format(names=", ".join(map(protocol_label, alike[1:]))))
+    return out
 
 
 def _both_kinds(protocols: list[str]) -> bool:
