@@ -70,6 +70,10 @@ DEFAULT_PROTOCOLS = ("tcp", "udp")
 DEFAULT_MTU = 1500  # Ethernet
 MTU_RANGE = (576, 65535)  # RFC 791: every IPv4 host must accept 576-byte datagrams
 MAX_SWEEP_POINTS = 200  # a sweep beyond this is almost certainly a typo, and would run for hours
+MAX_SCENARIO_PROTOCOLS = 16  # lab.report.schema.MAX_PROTOCOLS: what one result file may hold
+# Protocol runs in one scenario (points x protocols): bounds result.json (3000 timeline rows each, about
+# 35 MB at 400) so that `lab report` reads back whatever `lab run` wrote.
+MAX_PROTOCOL_RUNS = 400
 MAX_DURATION_S = 3600.0
 MAX_SEED = 2**32 - 1  # seeds are recorded in result.json and passed on as 32-bit values
 SCENARIO_FILE_LIMIT = 1024 * 1024  # the shipped scenarios are under 4 KiB; a bigger file is a mistake
@@ -338,6 +342,12 @@ class _Parser:
         ]
         if len(set(ids)) != len(ids):
             raise self.fail("[sweep]", "two sweep values give the same point id; make values distinct")
+        if len(ids) * len(meta["protocols"]) > MAX_PROTOCOL_RUNS:
+            raise self.fail(
+                "[sweep]" if sweep else "[scenario] protocols",
+                f"{len(ids)} points x {len(meta['protocols'])} protocols is over the limit of "
+                f"{MAX_PROTOCOL_RUNS} protocol runs in one scenario; split the scenario",
+            )
         expectations = self.expect_table(data.get("expect", {}), meta["protocols"], ids if sweep else [])
 
         points = []
@@ -400,11 +410,12 @@ class _Parser:
             or not protocols
             or not all(isinstance(p, str) and p in known for p in protocols)
             or len(set(protocols)) != len(protocols)
+            or len(protocols) > MAX_SCENARIO_PROTOCOLS
         ):
             raise self.fail(
                 "[scenario] protocols",
-                f"must be a non-empty list of distinct names from {', '.join(sorted(known))}, "
-                f"got {_show(protocols)}",
+                f"must be a non-empty list of at most {MAX_SCENARIO_PROTOCOLS} distinct names from "
+                f"{', '.join(sorted(known))}, got {_show(protocols)}",
             )
         seed = table.get("seed", 1)
         if not _is_int(seed) or not 0 <= seed <= MAX_SEED:

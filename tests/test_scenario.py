@@ -163,7 +163,7 @@ def test_shipped_scenarios_parse(path):
         ),
         (
             '[scenario]\nprotocols = ["sctp"]',
-            F + "[scenario] protocols: must be a non-empty list of distinct names from "
+            F + "[scenario] protocols: must be a non-empty list of at most 16 distinct names from "
             + ", ".join(sorted(protocol_names())) + ", got ['sctp']",
         ),
         (
@@ -510,3 +510,16 @@ def test_link_keys_are_the_same_as_lab_link_options():
     assert plan.points[0].link_options()["limit_bytes"] == "1mb"
     with pytest.raises(ScenarioError, match="limit_bytes"):
         parse_scenario('[link]\nlimit_bytes = "1tb"\n', source="x.toml", default_name="x")
+
+
+def test_a_scenario_is_bounded_in_protocol_runs_so_its_result_reads_back() -> None:
+    """Points x protocols stays within what result.json may hold (lab.report.schema.MAX_PROTOCOLS)."""
+    from lab.scenario import MAX_PROTOCOL_RUNS, MAX_SCENARIO_PROTOCOLS
+
+    losses = ", ".join(f'"{n}%"' for n in range(15))
+    delays = ", ".join(f'"{n}ms"' for n in range(10))  # 150 points x 3 protocols = 450 runs
+    text = f'[scenario]\nprotocols = ["tcp", "udp", "quic"]\n[sweep]\nloss = [{losses}]\ndelay = [{delays}]\n'
+    limit = f"150 points x 3 protocols is over the limit of {MAX_PROTOCOL_RUNS}"
+    with pytest.raises(ScenarioError, match=limit):
+        parse_scenario(text)
+    assert len(protocol_names()) <= MAX_SCENARIO_PROTOCOLS

@@ -18,12 +18,12 @@ from typing import Any
 
 from lab.errors import LabError
 from lab.records import TIMELINE_MAX_POINTS
-from lab.scenario import MAX_SWEEP_POINTS
+from lab.scenario import MAX_SCENARIO_PROTOCOLS, MAX_SWEEP_POINTS
 
 MAX_DEPTH = 32  # the runner nests at most 8 deep (scenario.source of a per-point expectation)
 MAX_INT = 2**64  # kernel counters are unsigned 64-bit (TCP_INFO max_pacing_rate "unlimited" is 2^64-1)
 MAX_VALUE = 1e15  # measured figures (µs, ms, bit/s, counts): far beyond any run, small for a plot
-MAX_PROTOCOLS = 4  # distinct protocols in one file (2 are registered): a plot column each
+MAX_PROTOCOLS = MAX_SCENARIO_PROTOCOLS  # distinct protocols in one file (11 are built in): a plot column each
 MAX_STREAMS = 64  # lab.records.TrafficPlan: 1..64 logical streams
 MAX_TIMELINE_ROWS = TIMELINE_MAX_POINTS  # rows the runner keeps per result (plot time stays bounded)
 MAX_LABEL = 500  # characters of a point id or protocol name (drawn in the plots)
