@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -80,7 +80,7 @@ class ProbeSchedule:
     __slots__ = (
         "protocol", "plan", "clock", "progress", "start_ns", "deadline_ns", "timeout_ns", "next_seq",
         "waiting", "waiting_until", "last_sent_ns", "answered", "sends", "arrivals", "unattributed",
-        "notes", "observations", "_progress_ns", "_arrivals_seen",
+        "notes", "observations", "burst", "_progress_ns", "_arrivals_seen",
     )
 
     def __init__(self, protocol: str, plan: TrafficPlan, *, deadline_s: float | None = None,
@@ -102,6 +102,7 @@ class ProbeSchedule:
         self.unattributed = 0  # replies too damaged to tell which probe they were
         self.notes = RunNotes()  # what went unusually (deadline_hit, interrupted, ...)
         self.observations: Observations = {}  # the protocol's own (lab.records.Observations)
+        self.burst = 0  # probes the last `due_probes` handed out
         self._progress_ns = 0
         self._arrivals_seen = 0
 
@@ -132,6 +133,22 @@ class ProbeSchedule:
         now = self.clock()
         # Ping-pong has no schedule: it means to send exactly when it does.
         return (self.intended_ns(seq) if self.plan.rate is not None else now), now
+
+    def due_probes(self, limit: int) -> Iterator[tuple[int, int, bytes, int, int, int]]:
+        """The probes due now, at most `limit` in a row (then the loop must drain replies):
+        (seq, stream, payload, crc, intended_ns, sent_ns), each stamped as it is handed out.
+
+        Send it, then book it with `sent(...)`; a probe not booked (its send failed) is due again.
+        `burst` counts what was handed out: a full burst means the sender is behind schedule.
+        """
+        self.burst = 0
+        now = self.clock()
+        while self.burst < limit and (due := self.due_ns(now)) is not None and due <= now:
+            seq, stream, payload, crc = self.next_probe()
+            intended, sent_ns = self.stamp(seq)
+            self.burst += 1
+            yield seq, stream, payload, crc, intended, sent_ns
+            now = self.clock()
 
     def sent(self, seq: int, stream: int, intended_ns: int, sent_ns: int) -> None:
         """Book probe `seq` as sent (call only once the send succeeded)."""

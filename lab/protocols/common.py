@@ -6,6 +6,8 @@ import errno
 import ipaddress
 import selectors
 import socket
+import time
+from collections.abc import Callable, Iterator
 
 from lab.errors import EndpointError
 from lab.records import TrafficPlan
@@ -20,6 +22,9 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT_MIN_S = 3.0
 CONNECT_TIMEOUT_MAX_S = 10.0
 FD_SETSIZE = 1024  # sys/select.h: select(2) handles descriptors below this
+# Datagrams drained per wake-up before a loop checks its send schedule again.
+MAX_DRAIN = 256
+RECV_BUFSIZE = 65536  # larger than any UDP payload (65507 over IPv4, 65527 over IPv6)
 
 
 def family(host: str) -> socket.AddressFamily:
@@ -48,6 +53,25 @@ def big_buffers(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
     except OSError:
         pass
+
+
+def connected_datagram_socket(address: tuple[str, int], over: str,
+                              sock: socket.socket | None = None) -> socket.socket:
+    """A non-blocking datagram socket (`sock`, or a new UDP one) with big buffers, connected to
+    `address`: replies come only from there and ICMP errors surface. The one-line EndpointError
+    (naming `over`) when it cannot even be connected; the socket is closed then."""
+    sock = sock or socket.socket(family(address[0]), socket.SOCK_DGRAM)
+    try:
+        big_buffers(sock)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            raise unreachable(address, over, exc, connected=False) from exc
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def connect_timeout_s(plan: TrafficPlan, round_trip_s: float = 0.0) -> float:
@@ -79,3 +103,21 @@ def unreachable(address: tuple[str, int], over: str, exc: OSError, *, connected:
     else:
         why = exc.strerror or str(exc)
     return EndpointError(f"no echo server answering at {where(address)} over {over} ({why})")
+
+
+def received_datagrams(sock: socket.socket,
+                       refused: Callable[[OSError], None]) -> Iterator[tuple[bytes, int]]:
+    """The datagrams waiting on `sock` (at most MAX_DRAIN), each with when it was read (monotonic ns).
+
+    An ICMP error for an earlier send (ConnectionRefusedError: nothing listens there) goes to
+    `refused`, which may raise; otherwise draining goes on.
+    """
+    for _ in range(MAX_DRAIN):
+        try:
+            data = sock.recv(RECV_BUFSIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except ConnectionRefusedError as exc:
+            refused(exc)
+            continue
+        yield data, time.monotonic_ns()

@@ -35,9 +35,9 @@ from lab.metric_registry import Metric
 from lab.protocols import Protocol, Requirement
 from lab.protocols.common import (
     MAX_BURST,
-    big_buffers,
     connect_timeout_s,
-    family,
+    connected_datagram_socket,
+    received_datagrams,
     selector,
     unreachable,
 )
@@ -58,8 +58,6 @@ MAX_STATS_BYTES = 4096
 STATS_WAIT_MIN_S = 0.5  # how long the client waits for the server's figures after the probes...
 STATS_WAIT_MAX_S = 2.0  # ...at most: a lossy link may need a retransmission or two
 DECODER_BUFFER = 1024 * 1024
-MAX_DRAIN = 256
-RECV_BUFSIZE = 65536
 IDLE_TIMEOUT_S = 30.0
 CONGESTION_CONTROL = "cubic"
 CLIENT_BIDI_STREAM_STEP = 4  # stream ids: the two low bits say who opened it and whether it is one-way
@@ -177,14 +175,8 @@ class QUIC(Protocol):
         handshake_s = connect_timeout_s(plan, round_trip_s)
         if deadline_s is not None:
             handshake_s = min(handshake_s, deadline_s)
-        sock = socket.socket(family(host), socket.SOCK_DGRAM)
+        sock = connected_datagram_socket((host, port), self.label)
         try:
-            big_buffers(sock)
-            try:
-                sock.connect((host, port))  # replies only from the server; ICMP errors surface
-            except OSError as exc:
-                raise unreachable((host, port), self.label, exc, connected=False) from exc
-            sock.setblocking(False)
             with selector([sock]) as sel:
                 sel.register(sock, selectors.EVENT_READ)
                 client = _Client(self, sock, sel, (host, port))
@@ -311,11 +303,7 @@ class _Client:
     def probe_loop(self, run: ProbeSchedule) -> None:
         conn = self.conn
         while True:
-            now = time.monotonic_ns()
-            burst = 0
-            while burst < MAX_BURST and (due := run.due_ns(now)) is not None and due <= now:
-                seq, stream, payload, crc = run.next_probe()
-                intended, sent_ns = run.stamp(seq)
+            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
                 # Stamped when handed to the connection: time in QUIC's buffers (congestion window,
                 # pacing, retransmission) is part of the latency the application sees, as with TCP.
                 data = frame(seq, stream, intended, payload, crc)
@@ -324,13 +312,12 @@ class _Client:
                 else:
                     conn.send_stream_data(self.stream_ids[stream], data)
                 run.sent(seq, stream, intended, sent_ns)
-                burst += 1
-                now = time.monotonic_ns()
-            if burst:
+            now = time.monotonic_ns()
+            if run.burst:
                 self.flush()
             if self.terminated is not None or run.done(now):
                 return
-            self.pump(0.0 if burst >= MAX_BURST else run.wait_s(now))
+            self.pump(0.0 if run.burst >= MAX_BURST else run.wait_s(now))
 
     def server_figures(self, round_trip_s: float) -> dict[str, Any] | None:
         """Ask the server for its end's figures on a unidirectional stream; None if no answer in time."""
@@ -371,15 +358,9 @@ class _Client:
         self.flush()
 
     def read(self) -> None:
-        for _ in range(MAX_DRAIN):
-            try:
-                data = self.sock.recv(RECV_BUFSIZE)
-            except BlockingIOError:
-                return
-            except ConnectionRefusedError as exc:  # ICMP port unreachable for an earlier datagram
-                self.refused(exc)
-                continue
-            recv_ns = time.monotonic_ns()  # the reply's timestamp: when its datagram was read
+        # An ICMP port unreachable for an earlier datagram goes to `refused`; a reply's timestamp is
+        # when its datagram was read.
+        for data, recv_ns in received_datagrams(self.sock, self.refused):
             self.received += 1
             self.conn.receive_datagram(data, self.address, now=recv_ns / 1e9)
             self.events(recv_ns)

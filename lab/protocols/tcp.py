@@ -167,22 +167,16 @@ class _Connection:
         sel.register(self.sock, selectors.EVENT_READ)
         writing = False
         while True:
-            now = time.monotonic_ns()
-            burst = 0
-            while (
-                burst < MAX_BURST
-                and len(outbuf) < OUTBUF_LIMIT
-                and (due := run.due_ns(now)) is not None
-                and due <= now
-            ):
-                seq, stream, payload, crc = run.next_probe()
-                intended, sent_ns = run.stamp(seq)
+            # A full buffer takes no more until the connection drains (open loop falls behind).
+            limit = MAX_BURST if len(outbuf) < OUTBUF_LIMIT else 0
+            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(limit):
                 # Stamped when handed to the connection; bytes still queued in our buffer behind a
                 # stalled connection wait there, which is part of the latency the application sees.
                 outbuf += frame(seq, stream, intended, payload, crc)
                 run.sent(seq, stream, intended, sent_ns)
-                burst += 1
-                now = time.monotonic_ns()
+                if len(outbuf) >= OUTBUF_LIMIT:
+                    break
+            now = time.monotonic_ns()
             if outbuf and not self.flush():
                 return
             if run.done(now):
@@ -190,7 +184,7 @@ class _Connection:
             if bool(outbuf) != writing:
                 writing = bool(outbuf)
                 sel.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0))
-            if burst >= MAX_BURST:
+            if run.burst >= MAX_BURST:
                 wait_s = 0.0
             elif len(outbuf) >= OUTBUF_LIMIT:  # only a writable socket or a reply can help now
                 wait_s = min(run.deadline_ns - now, OUTBUF_FULL_POLL_NS) / NS_PER_S

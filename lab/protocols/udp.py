@@ -15,16 +15,12 @@ from collections.abc import Callable
 
 from lab.errors import CrcMismatchError, RemoteWireError
 from lab.protocols import Protocol
-from lab.protocols.common import MAX_BURST, big_buffers, family, selector, unreachable
+from lab.protocols.common import MAX_BURST, big_buffers, family, received_datagrams, selector, unreachable
 from lab.records import RunRecord, TrafficPlan
 from lab.schedule import ProbeSchedule
 from lab.targets import lab_address
 from lab.timing import fine_timers
 from lab.wire import EOF, HEADER_SIZE, Probe, StreamDecoder, frame
-
-# Datagrams drained per wake-up before the loop checks the send schedule again.
-MAX_DRAIN = 256
-RECV_BUFSIZE = 65536  # larger than any UDP payload (65507 over IPv4, 65527 over IPv6)
 
 
 class UDP(Protocol):
@@ -78,12 +74,7 @@ class UDP(Protocol):
               address: tuple[str, int]) -> None:
         max_payload = run.plan.size - HEADER_SIZE
         while True:
-            now = time.monotonic_ns()
-            burst = 0
-            while burst < MAX_BURST and (due := run.due_ns(now)) is not None and due <= now:
-                seq, stream, payload, crc = run.next_probe()
-                intended, sent_ns = run.stamp(seq)
-                burst += 1
+            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
                 try:
                     socks[stream].send(frame(seq, stream, intended, payload, crc))
                 except ConnectionRefusedError as exc:  # an earlier datagram drew ICMP port unreachable
@@ -92,24 +83,16 @@ class UDP(Protocol):
                 except OSError as exc:
                     raise self.unreachable(address, exc) from exc
                 run.sent(seq, stream, intended, sent_ns)
-                now = time.monotonic_ns()
+            now = time.monotonic_ns()
             if run.done(now):
                 return
-            wait_s = 0.0 if burst >= MAX_BURST else run.wait_s(now)
+            wait_s = 0.0 if run.burst >= MAX_BURST else run.wait_s(now)
             for key, _ in sel.select(wait_s):
                 self._drain(run, key.fileobj, max_payload, address)  # type: ignore[arg-type]
 
     def _drain(self, run: ProbeSchedule, sock: socket.socket, max_payload: int,
                address: tuple[str, int]) -> None:
-        for _ in range(MAX_DRAIN):
-            try:
-                data = sock.recv(RECV_BUFSIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except ConnectionRefusedError as exc:
-                self._refused(run, address, exc)
-                continue
-            recv_ns = time.monotonic_ns()
+        for data, recv_ns in received_datagrams(sock, lambda exc: self._refused(run, address, exc)):
             if run.arrived_datagram(data, recv_ns):
                 continue
             merged = split_merged_reply(data, max_payload)

@@ -17,9 +17,9 @@ perda.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from lab.lessons.common import pick_language
 from lab.protocols.arq.endpoint import SHORT_NAMES, machines
 from lab.protocols.arq.simulation import Channel, random_fates, simulate
 
@@ -74,19 +74,6 @@ MESSAGES = {
 }
 SCHEME_NAMES = {"sw": "stop-and-wait", "gbn": "go-back-N", "sr": "selective repeat"}
 MAX_COUNT = 1000  # a lesson prints every event: keep it readable
-
-
-def pick_language(argv: list[str]) -> str:
-    """EN: `--lang` if given, else the locale variables. PT: `--lang` se houver, senão o LANG."""
-    for i, arg in enumerate(argv):
-        if arg.startswith("--lang="):
-            return arg.split("=", 1)[1]
-        if arg == "--lang" and i + 1 < len(argv):
-            return argv[i + 1]
-    for name in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
-        if os.environ.get(name):
-            return "pt" if os.environ[name].lower().startswith("pt") else "en"
-    return "en"
 
 
 def share(text: str) -> float:

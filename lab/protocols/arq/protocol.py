@@ -21,24 +21,28 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lab.errors import ConfigError, CrcMismatchError, RemoteWireError
+from lab.errors import ConfigError
 from lab.i18n import N_
 from lab.metric_registry import Metric
 from lab.protocols import Protocol
 from lab.protocols.arq.endpoint import Endpoint
 from lab.protocols.arq.segment import HEADER_SIZE as ARQ_HEADER_SIZE
 from lab.protocols.arq.segment import MAX_PAYLOAD, MAX_WINDOW, Scheme
-from lab.protocols.common import MAX_BURST, big_buffers, family, selector, unreachable
+from lab.protocols.common import (
+    MAX_BURST,
+    connected_datagram_socket,
+    received_datagrams,
+    selector,
+    unreachable,
+)
 from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address
 from lab.timing import fine_timers
-from lab.wire import HEADER_SIZE, Probe, decode_untrusted_datagram, frame
+from lab.wire import HEADER_SIZE, frame
 
 OBSERVER = "arq"  # observations["arq"]: the client's endpoint (lab.protocols.arq.endpoint.observations)
 DEFAULT_WINDOW = 8
-MAX_DRAIN = 256  # datagrams read per wake-up before the loop checks the schedule again
-RECV_BUFSIZE = 65536
 
 
 def _sender_count(name: str) -> Callable[[Mapping[str, Any]], int | None]:
@@ -99,13 +103,7 @@ class ArqProtocol(Protocol):
                               f"got {plan.size}",
                               key="size")
         endpoint = Endpoint(self.scheme, secrets.randbits(32), window)
-        with socket.socket(family(host), socket.SOCK_DGRAM) as sock:
-            big_buffers(sock)
-            try:
-                sock.connect((host, port))  # replies only from the server; ICMP errors surface
-            except OSError as exc:
-                raise unreachable((host, port), self.label, exc, connected=False) from exc
-            sock.setblocking(False)
+        with connected_datagram_socket((host, port), self.label) as sock:
             run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
             with selector([sock]) as sel, fine_timers():
                 sel.register(sock, selectors.EVENT_READ)
@@ -133,36 +131,23 @@ class _Client:
     def loop(self, sel: selectors.BaseSelector) -> None:
         run, endpoint = self.run, self.endpoint
         while True:
-            now = time.monotonic_ns()
-            burst = 0
-            while burst < MAX_BURST and (due := run.due_ns(now)) is not None and due <= now:
-                seq, stream, payload, crc = run.next_probe()
-                intended, sent_ns = run.stamp(seq)
+            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
                 # Booked as sent when handed to the ARQ sender: time it waits there for the window
                 # is part of the latency the application sees (as in TCP's send buffer).
                 endpoint.send(frame(seq, stream, intended, payload, crc))
                 run.sent(seq, stream, intended, sent_ns)
-                burst += 1
-                now = time.monotonic_ns()
+            now = time.monotonic_ns()
             self.transmit(endpoint.poll(now / NS_PER_S))
             if run.done(now):
                 return
-            wait_s = 0.0 if burst >= MAX_BURST else run.wait_s(now)
+            wait_s = 0.0 if run.burst >= MAX_BURST else run.wait_s(now)
             if (deadline := endpoint.next_deadline()) is not None:
                 wait_s = min(wait_s, max(0.0, deadline - now / NS_PER_S))
             if sel.select(wait_s):
                 self.drain()
 
     def drain(self) -> None:
-        for _ in range(MAX_DRAIN):
-            try:
-                datagram = self.sock.recv(RECV_BUFSIZE)
-            except BlockingIOError:
-                return
-            except ConnectionRefusedError as exc:
-                self.refused(exc)
-                continue
-            recv_ns = time.monotonic_ns()
+        for datagram, recv_ns in received_datagrams(self.sock, self.refused):
             delivered, out = self.endpoint.receive(datagram, recv_ns / NS_PER_S)
             self.transmit(out)  # the ACK first: the server's timer is running
             for payload in delivered:
@@ -170,17 +155,8 @@ class _Client:
 
     def book(self, payload: bytes, recv_ns: int) -> None:
         """One echo delivered in order: the probe it carries arrived now."""
-        try:
-            probe = decode_untrusted_datagram(payload, max_payload=self.max_payload)
-        except CrcMismatchError as exc:
-            if isinstance(exc.probe, Probe):
-                self.run.arrived(exc.probe, recv_ns, intact=False)
-            else:
-                self.run.unattributed += 1
-        except RemoteWireError:
+        if not self.run.arrived_datagram(payload, recv_ns):
             self.run.unattributed += 1  # delivered, but not a probe: the server echoed something else
-        else:
-            self.run.arrived(probe, recv_ns, intact=True)
 
     def transmit(self, datagrams: list[bytes]) -> None:
         for datagram in datagrams:
