@@ -20,7 +20,7 @@ from lab.errors import EndpointError, RemoteWireError
 from lab.i18n import N_
 from lab.metric_registry import Metric, format_scaled, time_unit_of
 from lab.protocols import Protocol
-from lab.protocols.common import MAX_BURST, connect_timeout_s, selector, unreachable
+from lab.protocols.common import MAX_BURST, connect_timeout_s, family, selector, unreachable
 from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address, where
@@ -129,12 +129,20 @@ class TCP(Protocol):
         connect_timeout = connect_timeout_s(plan, round_trip_s)
         if deadline_s is not None:
             connect_timeout = min(connect_timeout, deadline_s)
+        sock = socket.socket(family(host), socket.SOCK_STREAM)
         try:
-            sock = socket.create_connection((host, port), timeout=connect_timeout)
-        except OSError as exc:
-            raise unreachable((host, port), self.label, exc, connected=True) from exc
-        with sock, selector([sock]) as sel:
+            # Before connect: the whole connection, handshake included, runs with these options
+            # (a congestion control chosen after it would leave a moment under the default).
             self.prepare_socket(sock)
+            sock.settimeout(connect_timeout)
+            sock.connect((host, port))
+        except OSError as exc:
+            sock.close()
+            raise unreachable((host, port), self.label, exc, connected=True) from exc
+        except BaseException:
+            sock.close()
+            raise
+        with sock, selector([sock]) as sel:
             sock.setblocking(False)
             run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
             observed = run.observations.setdefault(OBSERVER, {})

@@ -76,8 +76,7 @@ class CongestionControlled(TCP):
 
     def prepare_socket(self, sock: socket.socket) -> None:
         super().prepare_socket(sock)
-        # After connect: the handshake ran under the default algorithm, the probes run under ours
-        # (the kernel switches a connected socket's algorithm and restarts its state).
+        # Called before connect (lab.protocols.tcp): the handshake and the probes run under ours.
         set_congestion_control(sock, self.algorithm)
 
     def server_argv(self, host: str, port: int) -> list[str]:
