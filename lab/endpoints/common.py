@@ -234,10 +234,37 @@ def format_address(address: tuple[Any, ...]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _bind(host: str, port: int, socktype: int) -> socket.socket:
-    """A bound (and, for TCP, listening) non-blocking socket; EndpointError with a reason if not."""
+# UDP-Lite (RFC 3828, Linux): the datagram socket of the `udplite` protocol and of its echo server.
+IPPROTO_UDPLITE = getattr(socket, "IPPROTO_UDPLITE", 136)  # netinet/in.h
+UDPLITE_SEND_CSCOV = 10  # linux/udp.h: bytes the checksum covers on sending (0: all)
+UDPLITE_RECV_CSCOV = 11  # linux/udp.h: the least coverage accepted on receiving
+HEADER_COVERAGE = 8  # the UDP-Lite header only: a damaged payload still reaches the application
+
+
+def udplite_socket(sock_family: int = socket.AF_INET, coverage: int = HEADER_COVERAGE) -> socket.socket:
+    """A UDP-Lite datagram socket whose checksum covers `coverage` bytes, both ways (OSError if the
+    kernel has no UDP-Lite)."""
+    sock = socket.socket(sock_family, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
+    try:
+        sock.setsockopt(IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV, coverage)
+        sock.setsockopt(IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV, coverage)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind(host: str, port: int, socktype: int, *, udp_lite: bool = False) -> socket.socket:
+    """A bound (and, for TCP, listening) non-blocking socket; EndpointError with a reason if not.
+    `udp_lite`: the datagram socket is UDP-Lite, its checksum over the header only."""
     family, sockaddr = resolve_bind(host, port, socktype)
-    sock = socket.socket(family, socktype)
+    if udp_lite:
+        try:
+            sock = udplite_socket(family)
+        except OSError as exc:
+            raise EndpointError(f"cannot open a UDP-Lite socket: {exc.strerror or exc}") from exc
+    else:
+        sock = socket.socket(family, socktype)
     try:
         if socktype == socket.SOCK_STREAM:
             # Restarting `lab serve` must not fail on the old server's TIME_WAIT connections; on
@@ -267,14 +294,18 @@ def _bind(host: str, port: int, socktype: int) -> socket.socket:
     return sock
 
 
-def bind_sockets(kind: str, host: str, port: int) -> tuple[socket.socket | None, socket.socket | None]:
-    """Bind the listening TCP and/or UDP sockets; with kind="both" they share one port number."""
+def bind_sockets(kind: str, host: str, port: int, *,
+                 udp_lite: bool = False) -> tuple[socket.socket | None, socket.socket | None]:
+    """Bind the listening TCP and/or UDP sockets; with kind="both" they share one port number.
+    `udp_lite`: the datagram socket is UDP-Lite (kind "udp" only)."""
     if kind not in KINDS:
         raise ConfigError(f"server kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if udp_lite and kind != "udp":
+        raise ConfigError("a UDP-Lite echo server is of kind udp")
     if kind == "tcp":
         return _bind(host, port, socket.SOCK_STREAM), None
     if kind == "udp":
-        return None, _bind(host, port, socket.SOCK_DGRAM)
+        return None, _bind(host, port, socket.SOCK_DGRAM, udp_lite=udp_lite)
     for attempt in range(BOTH_BIND_ATTEMPTS):
         tcp = _bind(host, port, socket.SOCK_STREAM)
         try:
@@ -289,15 +320,17 @@ def bind_sockets(kind: str, host: str, port: int) -> tuple[socket.socket | None,
 class BoundEcho:
     """What both echo servers do first: check their limits, bind their sockets, start counting.
 
-    `kind` is "tcp", "udp" or "both" (one port number for both); `limits` are the keywords of
-    `ServerLimits`. Binding happens here, so a port in use fails before anything is served.
+    `kind` is "tcp", "udp" or "both" (one port number for both); `udp_lite` makes the datagram
+    socket UDP-Lite (the `udplite` protocol's server); `limits` are the keywords of `ServerLimits`.
+    Binding happens here, so a port in use fails before anything is served.
     """
 
-    def __init__(self, kind: str, *, host: str = "127.0.0.1", port: int = 0, **limits: Any) -> None:
+    def __init__(self, kind: str, *, host: str = "127.0.0.1", port: int = 0, udp_lite: bool = False,
+                 **limits: Any) -> None:
         self.kind = kind
         self.limits = ServerLimits(**limits)
         self.counters = Counters()
-        self.tcp_socket, self.udp_socket = bind_sockets(kind, host, port)
+        self.tcp_socket, self.udp_socket = bind_sockets(kind, host, port, udp_lite=udp_lite)
         self.tcp_address = self.tcp_socket.getsockname()[:2] if self.tcp_socket else None
         self.udp_address = self.udp_socket.getsockname()[:2] if self.udp_socket else None
 

@@ -556,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=VARIANTS, default="selectors")
     parser.add_argument("--tcp-congestion", metavar="NAME",
                         help="TCP congestion control of every connection (e.g. reno, cubic, bbr)")
+    parser.add_argument("--udp-lite", action="store_true",
+                        help="serve UDP-Lite instead of UDP, checksum over the header only (kind udp)")
     args = parser.parse_args(argv)
     channel = child_channel()  # started by spawn_server_process: ready on the channel too
     server = None
@@ -563,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         server = make_server(args.kind, host=args.host, port=args.port, variant=args.variant,
                              max_conns=args.max_conns, idle_timeout=args.idle_timeout,
                              max_datagram=args.max_datagram, udp_rate_limit=args.udp_rate_limit,
-                             loop_seconds=args.loop_seconds)
+                             loop_seconds=args.loop_seconds, udp_lite=args.udp_lite)
         congestion = use_congestion_control(server, args.tcp_congestion) if args.tcp_congestion else None
     except (EndpointError, ConfigError) as exc:
         if server is not None:
