@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from lab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from lab.bulk import BulkPlan, BulkResult
     from lab.records import RunRecord, TrafficPlan
 
 ENTRY_POINT_GROUP = "wirelab.protocols"
@@ -123,6 +124,16 @@ class Protocol:
         `lab.schedule.RunInterrupted` (from `schedule.interrupted(now)`) on KeyboardInterrupt and
         `lab.errors.EndpointError` when nothing answers. `round_trip_s` is the path's known
         round-trip delay (a handshake may need several).
+        """
+        raise NotImplementedError
+
+    def run_bulk(self, address: tuple[str, int], plan: BulkPlan, *,
+                 progress: Callable[..., None] | None = None) -> BulkResult:
+        """One bulk flow (lab.bulk) to this protocol's sink at `address` (see `sink_argv`).
+
+        Bounded by `plan` (duration, bytes); on KeyboardInterrupt it returns what was measured
+        with `stopped="interrupted"` rather than raising. Raise `lab.errors.EndpointError` when
+        nothing answers.
         """
         raise NotImplementedError
 
