@@ -1,0 +1,177 @@
+"""The rows of `make bench`'s anchor table: each a lab figure, its anchor's figure from the same run, the
+ratio, and the target it is held to (issue 13). Targets are verdicts shown in the table, never asserts.
+
+`AnchorTable` collects the rows of one pytest session; `write` puts them, with what the machine was
+doing (load averages, cores, kernel, tool versions), in a JSON file that `tools/bench_table.py`
+prints and turns into Markdown. A row never measured says why instead of holding a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "wirelab-anchors/1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a row must show: `of` ("ratio", "lab", or "difference" = lab - anchor) compared by `kind`
+    ("max", "min" or "range") with `limit` (a number, or (low, high) for a range)."""
+
+    of: str
+    kind: str
+    limit: float | tuple[float, float]
+    unit: str = ""
+
+    def describe(self) -> str:
+        name = {"ratio": "lab/anchor", "lab": "lab", "difference": "lab - anchor"}[self.of]
+        unit = f" {self.unit}" if self.unit else ("x" if self.of == "ratio" else "")
+        if self.kind == "range":
+            low, high = self.limit  # type: ignore[misc]
+            return f"{low:g}{unit} <= {name} <= {high:g}{unit}"
+        sign = "<=" if self.kind == "max" else ">="
+        return f"{name} {sign} {self.limit:g}{unit}"
+
+    def met(self, value: float) -> bool:
+        if self.kind == "range":
+            low, high = self.limit  # type: ignore[misc]
+            return low <= value <= high
+        return value <= self.limit if self.kind == "max" else value >= self.limit  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of the table, before it is measured."""
+
+    id: str
+    what: str
+    anchor: str  # what the anchor is, e.g. "sockperf ping-pong"
+    lab: str  # what the lab's figure is
+    unit: str
+    target: Target | None = None
+
+
+@dataclass
+class Row:
+    id: str
+    what: str
+    anchor_name: str
+    lab_name: str
+    unit: str
+    anchor: float | None = None
+    lab: float | None = None
+    ratio: float | None = None
+    difference: float | None = None
+    target: str | None = None
+    passed: bool | None = None
+    not_measured: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def measured(spec: RowSpec, anchor: float, lab: float, **details: Any) -> Row:
+    """A measured row: ratio lab/anchor, difference lab - anchor, and the target's verdict."""
+    row = _row(spec)
+    row.anchor, row.lab = anchor, lab
+    row.ratio = lab / anchor if anchor else None
+    row.difference = lab - anchor
+    row.details = details
+    if spec.target is not None:
+        value = {"ratio": row.ratio, "lab": lab, "difference": row.difference}[spec.target.of]
+        row.passed = None if value is None else spec.target.met(value)
+    return row
+
+
+def not_measured(spec: RowSpec, why: str) -> Row:
+    row = _row(spec)
+    row.not_measured = why
+    return row
+
+
+def _row(spec: RowSpec) -> Row:
+    return Row(spec.id, spec.what, spec.anchor, spec.lab, spec.unit,
+               target=spec.target.describe() if spec.target else None)
+
+
+def machine_state() -> dict[str, Any]:
+    """How busy the machine was: a figure taken on a loaded machine says so beside it."""
+    load = os.getloadavg()
+    return {"loadavg": [round(x, 2) for x in load], "cores": os.cpu_count(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+class AnchorTable:
+    """The rows one session measured; `write` adds the rows it never reached as not measured."""
+
+    def __init__(self, specs: list[RowSpec]) -> None:
+        self.specs = {spec.id: spec for spec in specs}
+        self.rows: dict[str, Row] = {}
+        self.started = machine_state()
+
+    def add(self, row: Row) -> Row:
+        self.rows[row.id] = row
+        return row
+
+    def document(self) -> dict[str, Any]:
+        from tests.benchmarks.anchors import tool_version
+
+        rows = [self.rows.get(i) or not_measured(spec, "its benchmark did not run or failed before "
+                                                       "recording it (see the pytest output)")
+                for i, spec in self.specs.items()]
+        return {
+            "schema": SCHEMA,
+            "machine": {"kernel": platform.release(), "python": platform.python_version(),
+                        "started": self.started, "ended": machine_state(),
+                        "tools": {t: tool_version(t) for t in ("sockperf", "iperf3", "socat")}},
+            "rows": [asdict(row) for row in rows],
+        }
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.document(), indent=2) + "\n")
+
+
+# --- the rows ------------------------------------------------------------------------------------------
+ECHO_CLIENTS = 16
+SOCKPERF = "sockperf ping-pong"
+
+
+def _rtt_rows(transport: str) -> list[RowSpec]:
+    targets = {("udp", "p50", "kernel"): Target("ratio", "max", 1.0),
+               ("udp", "p50", "user"): Target("ratio", "max", 1.4)}
+    return [RowSpec(f"rtt-{transport}-{pct}-{stamps}",
+                    f"{transport.upper()} RTT {pct}, loopback, lab {stamps}-stamped",
+                    SOCKPERF, f"lab send {transport} ({stamps} stamps)", "µs",
+                    targets.get((transport, pct, stamps)))
+            for pct in ("p50", "p99") for stamps in ("kernel", "user")]
+
+
+ROWS: list[RowSpec] = [
+    *_rtt_rows("udp"),
+    *_rtt_rows("tcp"),
+    *[RowSpec(f"echo-{kind}-{ECHO_CLIENTS}",
+              f"{kind.upper()} echo capacity, {ECHO_CLIENTS} clients, loopback",
+              "socat echo (a child per peer, PIPE)", "lab echo server", "round trips/s")
+      for kind in ("udp", "tcp")],
+    RowSpec("link-iperf3-unimpaired", "iperf3 TCP goodput, unimpaired link",
+            "iperf3, plain veth pair", "iperf3 through the lab link", "Gbit/s",
+            Target("lab", "min", 10, "Gbit/s")),
+    RowSpec("link-iperf3-delay10ms", "iperf3 TCP goodput, link with delay 10ms alone",
+            "iperf3, plain veth pair (no delay)", "iperf3 through the lab link", "Gbit/s",
+            Target("lab", "min", 5, "Gbit/s")),
+    RowSpec("link-added-rtt", "UDP RTT p50 added by the unimpaired link",
+            "sockperf, plain veth pair", "sockperf through the lab link", "µs",
+            Target("difference", "max", 15, "µs")),
+    RowSpec("link-bulk-unimpaired", "TCP bulk goodput, unimpaired link",
+            "iperf3 through the lab link", "lab bulk tcp through the lab link", "Gbit/s",
+            Target("ratio", "range", (0.9, 1.1))),
+    RowSpec("link-bulk-rate50mbit", "TCP bulk goodput, link with rate 50mbit",
+            "iperf3 through the lab link", "lab bulk tcp through the lab link", "Mbit/s",
+            Target("ratio", "range", (0.9, 1.1))),
+]
+SPECS = {spec.id: spec for spec in ROWS}

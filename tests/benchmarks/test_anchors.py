@@ -1,0 +1,229 @@
+"""The lab against its anchors (issue 13): each test measures the lab and a well-known tool doing the
+same job, in the same test, and records ratios (tests/benchmarks/anchor_rows.py has the rows and
+their targets). `make bench` prints the table (tools/bench_table.py) and writes
+reports/benchmarks/anchors.json and anchors.md. Targets are verdicts in the table, never asserts.
+
+Each benchmark's timed call is the whole row's measurement (one round): the figures that matter are
+in `benchmark.extra_info`, taken by the tools themselves. Lab and anchor alternate REPEATS times
+and each side's median is kept, so load from elsewhere on the machine hits both alike. Marked
+`slow`: `make test` leaves them out (`make bench` runs them).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.benchmarks import anchors
+from tests.benchmarks.anchor_rows import ECHO_CLIENTS, SPECS, AnchorTable, Row, measured, not_measured
+
+pytestmark = pytest.mark.slow
+
+REPEATS = 3  # lab and anchor alternate this many times per row
+RTT_SECONDS = 2.0  # one sockperf ping-pong run (it drops its first 400 ms as warm-up)
+LAB_PROBES = 10_000  # one `lab send` run: about as many round trips as sockperf's on a quiet loopback
+ECHO_SECONDS = 2.0
+IPERF_SECONDS = 3.0
+BULK_SECONDS = 3.0
+
+
+def _record(benchmark: Any, table: AnchorTable, rows: list[Row]) -> None:
+    for row in rows:
+        table.add(row)
+    benchmark.extra_info["rows"] = {row.id: {k: v for k, v in vars(row).items() if k != "details"}
+                                    for row in rows}
+    missing = [f"{row.id}: {row.not_measured}" for row in rows if row.not_measured]
+    if len(missing) == len(rows):
+        pytest.skip("not measured: " + "; ".join(missing))
+
+
+def _measure(benchmark: Any, measure: Callable[[], Any]) -> Any:
+    """Run the row's whole measurement once as the benchmark's timed call; its return value."""
+    box: list[Any] = []
+    benchmark.pedantic(lambda: box.append(measure()), rounds=1, iterations=1, warmup_rounds=0)
+    return box[0]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _need_net_admin() -> None:
+    from lab.privileges import CAP_NET_ADMIN, explain
+
+    if reason := explain(CAP_NET_ADMIN):
+        raise anchors.NotMeasured(f"the link and the veth pair {reason}")
+
+
+# --- RTT on loopback: the lab's client and echo server vs sockperf's -----------------------------------
+@pytest.mark.benchmark(group="anchors-rtt")
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_rtt_vs_sockperf(benchmark, anchor_table: AnchorTable, transport: str) -> None:
+    """Ping-pong RTT p50/p99, 64-byte messages, one in flight, blocking sockets: `lab send` against
+    the lab's echo server vs sockperf against its own server, both on 127.0.0.1."""
+    ids = [f"rtt-{transport}-{pct}-{stamps}" for pct in ("p50", "p99") for stamps in ("kernel", "user")]
+
+    def measure() -> tuple[list[anchors.Latency], list[dict[str, Any]]]:
+        tool: list[anchors.Latency] = []
+        lab: list[dict[str, Any]] = []
+        for _ in range(REPEATS):
+            tool.append(anchors.sockperf_rtt(anchors.LOOPBACK, anchors.LOOPBACK, tcp=transport == "tcp",
+                                             seconds=RTT_SECONDS))
+            with anchors.lab_echo_server(anchors.LOOPBACK) as port:
+                lab.append(anchors.lab_send(anchors.LOOPBACK, transport, "127.0.0.1", port, count=LAB_PROBES))
+        return tool, lab
+
+    try:
+        anchors.require_tool("sockperf")
+        tool, lab = _measure(benchmark, measure)
+    except anchors.NotMeasured as why:
+        _record(benchmark, anchor_table, [not_measured(SPECS[i], str(why)) for i in ids])
+        return
+    rows = []
+    for stamps in ("kernel", "user"):
+        runs = [anchors.lab_latencies(result)[stamps] for result in lab]
+        problem = next((r for r in runs if isinstance(r, str)), None)
+        for pct in ("p50", "p99"):
+            spec = SPECS[f"rtt-{transport}-{pct}-{stamps}"]
+            if problem is not None:
+                rows.append(not_measured(spec, problem))
+                continue
+            key = f"{pct}_us"
+            rows.append(measured(
+                spec, _median([getattr(t, key) for t in tool]), _median([getattr(r, key) for r in runs]),
+                anchor_runs=[getattr(t, key) for t in tool], lab_runs=[getattr(r, key) for r in runs],
+                anchor_samples=[t.samples for t in tool], lab_samples=[r.samples for r in runs]))
+    _record(benchmark, anchor_table, rows)
+
+
+# --- echo capacity: the lab's echo server vs socat's, under one load generator -------------------------
+@pytest.mark.benchmark(group="anchors-echo")
+@pytest.mark.parametrize("kind", ["udp", "tcp"])
+def test_echo_capacity_vs_socat(benchmark, anchor_table: AnchorTable, kind: str) -> None:
+    """Round trips/s that ECHO_CLIENTS clients with one 64-byte message in flight each complete
+    against the lab's echo server and against socat's, driven by the same load-generator process."""
+    spec = SPECS[f"echo-{kind}-{ECHO_CLIENTS}"]
+
+    def measure() -> tuple[list[float], list[float]]:
+        tool: list[float] = []
+        lab: list[float] = []
+        for _ in range(REPEATS):
+            port = anchors.free_port(anchors.LOOPBACK)
+            socat = anchors.socat_echo_argv(kind, "127.0.0.1", port)
+            with anchors.serving(anchors.LOOPBACK, socat, port, [kind]):
+                tool.append(anchors.echo_capacity(anchors.LOOPBACK, "127.0.0.1", port, kind,
+                                                  clients=ECHO_CLIENTS, seconds=ECHO_SECONDS))
+            with anchors.lab_echo_server(anchors.LOOPBACK) as port:
+                lab.append(anchors.echo_capacity(anchors.LOOPBACK, "127.0.0.1", port, kind,
+                                                 clients=ECHO_CLIENTS, seconds=ECHO_SECONDS))
+        return tool, lab
+
+    try:
+        anchors.require_tool("socat")
+        tool, lab = _measure(benchmark, measure)
+    except anchors.NotMeasured as why:
+        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
+        return
+    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
+                                               anchor_runs=tool, lab_runs=lab)])
+
+
+# --- the link against a plain veth pair ---------------------------------------------------------------
+IPERF_CASES = {"unimpaired": {}, "delay10ms": {"delay": "10ms"}}
+
+
+@pytest.mark.benchmark(group="anchors-link")
+@pytest.mark.parametrize("case", list(IPERF_CASES))
+def test_link_iperf3_vs_veth(benchmark, anchor_table: AnchorTable, case: str) -> None:
+    """iperf3 TCP goodput through the lab's link vs through a plain veth pair between two namespaces
+    (no netem here: the veth pair has no delay in either case)."""
+    spec = SPECS[f"link-iperf3-{case}"]
+
+    def measure() -> tuple[list[float], list[float], dict[str, Any]]:
+        from lab.link.session import open_link
+
+        tool: list[float] = []
+        lab: list[float] = []
+        retransmits: dict[str, list[Any]] = {"veth": [], "link": []}
+        with anchors.veth_pair() as veth, open_link(**IPERF_CASES[case]) as link:
+            for _ in range(REPEATS):
+                for label, path, out in (("veth", veth, tool), ("link", link, lab)):
+                    figures = anchors.iperf3_goodput(path.client, path.server, seconds=IPERF_SECONDS)
+                    out.append(figures.bps / 1e9)
+                    retransmits[label].append(figures.extra["retransmits"])
+        return tool, lab, retransmits
+
+    try:
+        anchors.require_tool("iperf3")
+        _need_net_admin()
+        tool, lab, retransmits = _measure(benchmark, measure)
+    except anchors.NotMeasured as why:
+        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
+        return
+    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab), anchor_runs=tool,
+                                               lab_runs=lab, retransmits=retransmits)])
+
+
+@pytest.mark.benchmark(group="anchors-link")
+def test_link_added_rtt(benchmark, anchor_table: AnchorTable) -> None:
+    """sockperf UDP ping-pong p50 through the unimpaired link minus through a plain veth pair."""
+    spec = SPECS["link-added-rtt"]
+
+    def measure() -> tuple[list[float], list[float]]:
+        from lab.link.session import open_link
+
+        tool: list[float] = []
+        lab: list[float] = []
+        with anchors.veth_pair() as veth, open_link() as link:
+            for _ in range(REPEATS):
+                for path, out in ((veth, tool), (link, lab)):
+                    out.append(anchors.sockperf_rtt(path.client, path.server, tcp=False,
+                                                    seconds=RTT_SECONDS).p50_us)
+        return tool, lab
+
+    try:
+        anchors.require_tool("sockperf")
+        _need_net_admin()
+        tool, lab = _measure(benchmark, measure)
+    except anchors.NotMeasured as why:
+        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
+        return
+    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
+                                               anchor_runs=tool, lab_runs=lab)])
+
+
+BULK_CASES = {"unimpaired": ({}, 1e9), "rate50mbit": ({"rate": "50mbit"}, 1e6)}
+
+
+@pytest.mark.benchmark(group="anchors-link")
+@pytest.mark.parametrize("case", list(BULK_CASES))
+def test_lab_bulk_vs_iperf3(benchmark, anchor_table: AnchorTable, case: str) -> None:
+    """The lab's bulk TCP flow vs iperf3, both through the same link in the same run (issue 12)."""
+    spec = SPECS[f"link-bulk-{case}"]
+    impairment, scale = BULK_CASES[case]
+
+    def measure() -> tuple[list[float], list[float]]:
+        from lab.link.session import open_link
+
+        tool: list[float] = []
+        lab: list[float] = []
+        with open_link(**impairment) as link:
+            anchors.lab_bulk_goodput(link, seconds=0.5)  # NotMeasured before iperf3 runs, if not landed
+            for _ in range(REPEATS):
+                iperf3 = anchors.iperf3_goodput(link.client, link.server, seconds=BULK_SECONDS)
+                tool.append(iperf3.bps / scale)
+                lab.append(anchors.lab_bulk_goodput(link, seconds=BULK_SECONDS).bps / scale)
+        return tool, lab
+
+    try:
+        anchors.require_tool("iperf3")
+        _need_net_admin()
+        tool, lab = _measure(benchmark, measure)
+    except anchors.NotMeasured as why:
+        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
+        return
+    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
+                                               anchor_runs=tool, lab_runs=lab)])

@@ -1,0 +1,47 @@
+"""Issue 12: the lab's bulk TCP goodput is within 10 % of iperf3's through the same link, in the same test.
+
+iperf3 is the anchor: a C sender and sink that the lab's Python ones (`Link.bulk`) must match, through
+an unimpaired link (multi-Gbit/s: the lab's sender and sink costs show) and through `rate 50mbit`
+(the link's shaper decides: both must fill it). Each case alternates one iperf3 run and one lab run
+through one link; when the ratio falls outside the band, one more pair runs and the ratio of the
+pooled goodputs is judged (a loaded host can stall one run of either). Runners are shared with
+`make bench` (tests/benchmarks/anchors.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.benchmarks import anchors
+
+pytestmark = pytest.mark.privileged
+
+RUN_SECONDS = 2.0
+BAND = (0.9, 1.1)  # lab / iperf3
+CASES = {"unimpaired": {}, "rate-50mbit": {"rate": "50mbit"}}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lab_bulk_tcp_goodput_within_10_percent_of_iperf3(impaired_link, case: str) -> None:
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is not installed: apt-get install iperf3 (.ci/run installs it)")
+    link = impaired_link(**CASES[case])
+    if getattr(link, "bulk", None) is None:
+        pytest.skip(anchors.BULK_NOT_LANDED)
+    iperf3: list[float] = []
+    lab: list[float] = []
+    for _ in range(2):
+        iperf3.append(anchors.iperf3_goodput(link.client, link.server, seconds=RUN_SECONDS).bps)
+        lab.append(anchors.lab_bulk_goodput(link, seconds=RUN_SECONDS).bps)
+        ratio = sum(lab) / sum(iperf3)
+        if BAND[0] <= ratio <= BAND[1]:
+            break
+    figures = ", ".join(f"iperf3 {i / 1e6:.1f} / lab {b / 1e6:.1f} Mbit/s"
+                        for i, b in zip(iperf3, lab, strict=True))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    assert BAND[0] <= ratio <= BAND[1], (
+        f"{case}: lab/iperf3 goodput {ratio:.3f}, outside {BAND[0]}-{BAND[1]} "
+        f"({figures}; load average {load})")
