@@ -28,11 +28,22 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m lab.userns -- $(BIN)/pytest -n 4 --hypothesis-profile=ci
 
+# The benchmarks, then the table of the lab against its anchors (tests/benchmarks/test_anchors.py):
+# sockperf, iperf3 and socat, installed here with apt-get when root (tools/bench_tools.sh says why not
+# otherwise; their rows then say "not measured"). Without root, lab.userns gives the link benchmarks
+# namespaces of their own, as for `make test`. The table is printed even when a benchmark failed.
+BENCH_TOOLS := sockperf iperf3 socat
+BENCH_DIR := reports/benchmarks
+
 bench: $(STAMP)
-	mkdir -p reports/benchmarks
-	$(BIN)/pytest tests/benchmarks -p no:xdist --benchmark-only \
-		--benchmark-json=reports/benchmarks/benchmarks.json --benchmark-group-by=group \
-		--benchmark-columns=min,median,mean,max,rounds
+	bash tools/bench_tools.sh $(BENCH_TOOLS)
+	mkdir -p $(BENCH_DIR)
+	rm -f $(BENCH_DIR)/anchors.json $(BENCH_DIR)/anchors.md
+	WIRELAB_ANCHORS_JSON=$(BENCH_DIR)/anchors.json $(BIN)/python -m lab.userns -- \
+		$(BIN)/pytest tests/benchmarks -p no:xdist --benchmark-only \
+		--benchmark-json=$(BENCH_DIR)/benchmarks.json --benchmark-group-by=group \
+		--benchmark-columns=min,median,mean,max,rounds; status=$$?; \
+	uptime; $(BIN)/python tools/bench_table.py $(BENCH_DIR)/anchors.json; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
