@@ -206,6 +206,24 @@ CORE_METRICS: tuple[Metric, ...] = (
 )
 
 
+# Bulk flows and flow groups (lab.flows, docs/architecture.md#flows-and-oracles): read from a point's
+# `flows` entries (a bulk flow's goodput_bps is the core metric above) and its group's figures
+# ([expect.all]). No table row: the report's flows table shows them.
+FLOW_METRICS: tuple[Metric, ...] = (
+    Metric(name="utilisation", unit="ratio", read=_field("utilisation"),
+           doc="a bulk flow's goodput / the link's rate (0..1; only over a rated link)",
+           format_cell=format_percent),
+    Metric(name="bytes_delivered", unit="bytes", read=_field("bytes_delivered"),
+           doc="payload bytes a bulk flow's sink counted, in order and intact"),
+    Metric(name="jain_index", unit="ratio", read=_field("jain_index"),
+           doc="Jain's fairness index of the group's bulk goodputs ([expect.all]; 1 = equal shares)"),
+    Metric(name="rpm_idle", unit="RTT/min", read=_field("rpm_idle"),
+           doc="responsiveness before the load: 60 / trimmed-mean RTT of the idle probes ([expect.all])"),
+    Metric(name="rpm_loaded", unit="RTT/min", read=_field("rpm_loaded"),
+           doc="responsiveness under the load: 60 / trimmed-mean RTT of the probes flows ([expect.all])"),
+)
+
+
 def _protocol_metrics() -> list[Metric]:
     """Figures the registered protocols contribute, in registry order."""
     from lab.protocols import registry
@@ -215,13 +233,13 @@ def _protocol_metrics() -> list[Metric]:
 
 def metrics() -> tuple[Metric, ...]:
     """Every figure: the lab's own, then the protocols' (a name already taken is not added again)."""
-    seen = {m.name for m in CORE_METRICS}
+    seen = {m.name for m in CORE_METRICS} | {m.name for m in FLOW_METRICS}
     extra = []
     for metric in _protocol_metrics():
         if metric.name not in seen:
             seen.add(metric.name)
             extra.append(metric)
-    return (*CORE_METRICS, *extra)
+    return (*CORE_METRICS, *FLOW_METRICS, *extra)
 
 
 def by_name() -> dict[str, Metric]:

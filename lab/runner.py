@@ -50,6 +50,9 @@ class PointOutcome:
     link_config: dict[str, Any] | None = None
     checks: dict[str, list[Check]] = field(default_factory=dict)
     interrupted: bool = False  # a stop signal or an error cut this point short
+    # bulk points and flow groups (lab.flow_runner): one entry per flow, and the group's figures
+    flows: list[dict[str, Any]] = field(default_factory=list)
+    group: dict[str, Any] | None = None
 
     def evaluate(self) -> None:
         """Evaluate the point's expectations against every complete result.
@@ -62,6 +65,12 @@ class PointOutcome:
             for p, r in self.results.items()
             if not was_interrupted(r)
         }
+        if self.flows and not self.interrupted:  # a flow group cut short is shown, not judged
+            for flow in self.flows:
+                self.checks[str(flow["name"])] = evaluate_all(self.point, str(flow["name"]), flow)
+            if self.group is not None:
+                self.checks[self.group["name"]] = evaluate_all(self.point, self.group["name"], self.group)
+            self.checks = {name: checks for name, checks in self.checks.items() if checks}
 
     def to_dict(self) -> dict[str, Any]:
         """One entry of result.json's `points`."""
@@ -78,6 +87,8 @@ class PointOutcome:
             "results": [r.to_dict() for r in self.results.values()],
             "skipped": dict(self.skipped),
             "checks": {p: [c.to_dict() for c in checks] for p, checks in self.checks.items()},
+            **({"flows": self.flows} if self.flows else {}),
+            **({"group": self.group} if self.group is not None else {}),
         }
 
 
@@ -220,6 +231,10 @@ def run_point(
     protocols = protocols or scenario.protocols
     progress = progress or (lambda _proto: None)
     on_result = on_result or (lambda _outcome: None)
+    if point.bulk is not None or point.flows:  # docs/architecture.md#flows-and-oracles
+        from lab.flow_runner import run_flows_point
+
+        return run_flows_point(PointOutcome(point=point, mode="link"), point, protocols, capture, on_result)
     if has_link_privileges():
         return _run_linked(point, protocols, capture, progress, on_result)
     if scenario.privileged:
@@ -393,7 +408,7 @@ def run_scenario(
 def _keep_unfinished(outcome: RunOutcome, partial: list[PointOutcome], reason: str) -> None:
     """Append the point in progress (if it measured anything), naming what it did not measure."""
     for unfinished in partial:
-        if unfinished.results:
+        if unfinished.results or unfinished.flows:
             unfinished.interrupted = True
             for proto in outcome.scenario.protocols:
                 if proto not in unfinished.results and proto not in unfinished.skipped:

@@ -68,7 +68,7 @@ def jain_index(values: Sequence[float]) -> float:
     squares = sum(v * v for v in xs)
     if squares == 0:
         raise ValueError("jain_index: every value is 0")
-    return sum(xs) ** 2 / (len(xs) * squares)
+    return min(1.0, sum(xs) ** 2 / (len(xs) * squares))  # rounding may not lift it over 1
 
 
 def trimmed_mean(values: Sequence[float], keep_percentile: float = RPM_TRIM_PERCENTILE) -> float:

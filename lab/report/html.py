@@ -8,6 +8,7 @@ from typing import Any
 from lab import i18n
 from lab.i18n import _
 from lab.report.appearance import colour, label
+from lab.report.flows import FLOW_HEADERS, flow_rows, group_line, has_flows, prediction_notes
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -38,6 +39,11 @@ def _traffic_description(point: Mapping[str, Any]) -> str:
     return _("{count} × {size} B, {pace}, timeout {timeout} s").format(**fields)
 
 
+def _probes_ran(point: Mapping[str, Any]) -> bool:
+    """A point of probe runs (its side-by-side table), not one of bulk flows only."""
+    return bool(point.get("results")) or not has_flows(point)
+
+
 def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     """The report page for one result.json payload and its SVG plots."""
     import jinja2
@@ -62,9 +68,13 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
                 "link": link_description(point),
                 "drop_line": link_drop_line(point),
                 "traffic": _traffic_description(point),
-                "rows": side_by_side(point, protocols),
+                "rows": side_by_side(point, protocols) if _probes_ran(point) else [],
                 "checks": checks,
                 "skipped": list((point.get("skipped") or {}).items()),
+                # bulk points and flow groups (lab.report.flows): goodput measured beside predicted
+                "flows": flow_rows(point),
+                "group": group_line(point),
+                "predictions": prediction_notes(point),
             }
         )
     names = {str(r.get("protocol")) for p in points for r in p.get("results", [])}
@@ -93,6 +103,7 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         rexmit_notes=retransmission_notes(payload),
         tables=tables,
         plots={name: plots.get(name, "") for name in PLOT_NAMES},
+        flow_headers=[_(h) for h in FLOW_HEADERS],
         counters=counters,
         atlas=[atlas_row(row) for row in payload.get("atlas") or []],
         environment=flat_environment(payload.get("environment") or {}),
@@ -100,5 +111,6 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
 
 
 # Every plot the template can show; one missing from `plots` (nothing to show) leaves its section out.
-PLOT_NAMES = ("latency_cdf", "loss", "timeline", "reordering", "goodput", "retransmissions")
+PLOT_NAMES = ("latency_cdf", "loss", "timeline", "reordering", "goodput", "retransmissions",
+              "flow_oracle", "flow_goodput", "flow_cwnd", "flow_fairness", "flow_latency")
 

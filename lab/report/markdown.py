@@ -15,6 +15,7 @@ from typing import Any
 
 from lab.i18n import _
 from lab.report.appearance import label
+from lab.report.flows import FLOW_HEADERS, flow_rows, group_line, has_flows, prediction_notes
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -83,9 +84,16 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
         drop_line = link_drop_line(point)
         if drop_line:
             lines += [_paragraph(drop_line) + ".", ""]
-        lines += [_row(["", *[_text(label(p)) for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
-        lines += [_row([header, *map(_text, cells)]) for header, cells in side_by_side(point, protocols)]
-        lines.append("")
+        if point.get("results") or not has_flows(point):
+            lines += [_row(["", *[_text(label(p)) for p in protocols]]), _row(["---"] * (len(protocols) + 1))]
+            lines += [_row([header, *map(_text, cells)]) for header, cells in side_by_side(point, protocols)]
+            lines.append("")
+        if has_flows(point):  # bulk points and flow groups: goodput measured beside predicted
+            lines += [_row([_(h) for h in FLOW_HEADERS]), _row(["---"] * len(FLOW_HEADERS))]
+            lines += [_row([_text(c) for c in cells]) for cells in flow_rows(point)]
+            lines.append("")
+            extra = [group_line(point), *prediction_notes(point)]
+            lines += [f"- {_text(line)}" for line in extra if line] + [""]
         for proto, checks in (point.get("checks") or {}).items():
             for check in checks:
                 verdict = _("pass") if check["passed"] else "**" + _("FAIL") + "**"

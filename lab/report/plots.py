@@ -605,14 +605,24 @@ FIGURES = {
 def figures_for(payload: Mapping[str, Any]) -> list[str]:
     """The figures this payload has something to show in: reordering only where some run saw it,
     goodput only where it says more than the loss does."""
+    from lab.report.flow_plots import flow_figures_for
+
     names = []
-    for name in FIGURES:
+    probes_ran = any(p.get("results") for p in payload.get("points", []))
+    for name in FIGURES if probes_ran or not flow_figures_for(payload) else ():
         if name == "reordering" and not reordering_panels(payload):
             continue
         if name == "goodput" and not any(goodput_tells(p) for p in payload.get("points", [])):
             continue
         names.append(name)
-    return names
+    return names + flow_figures_for(payload)  # bulk points and flow groups (lab.report.flow_plots)
+
+
+def figure(name: str) -> Any:
+    """The builder of figure `name` (the probes' FIGURES, or the flows' lab.report.flow_plots)."""
+    from lab.report.flow_plots import FLOW_FIGURES
+
+    return FIGURES.get(name) or FLOW_FIGURES[name]
 
 
 def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
@@ -625,4 +635,4 @@ def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {name: _svg(FIGURES[name](payload, REPORT)) for name in figures_for(payload)}
+        return {name: _svg(figure(name)(payload, REPORT)) for name in figures_for(payload)}

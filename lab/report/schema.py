@@ -403,6 +403,53 @@ RESULT = obj(RESULT_FIELDS[0], {
 })
 RESULT_V1 = obj(RESULT_FIELDS[0], {**RESULT_FIELDS[1], "tcp_info": nullable(TCP_INFO), "extras": EXTRAS_V1})
 
+# Bulk points and flow groups (lab.flow_runner, docs/architecture.md#flows-and-oracles): optional, so
+# older files stay readable. A flow entry holds the figures metrics read at its top, a bulk flow's
+# BulkResult under `bulk` (intervals and TCP_INFO trace bounded for the plots), the textbook's
+# predictions; a probes flow is a whole Result with its name.
+MAX_FLOWS = 16  # lab.flows.MAX_FLOWS
+MAX_TRACE_ROWS = 100_000  # lab.bulk.counting.MAX_INTERVALS
+FLOW_ROW = array(nullable(number()), max_items=8)
+BULK = obj(optional={
+    "protocol": PROTOCOL,
+    "bytes_sent": COUNT,
+    "bytes_delivered": COUNT,
+    "duration_s": MEASURE,
+    "goodput_bps": MEASURE,
+    "interval_s": MEASURE,
+    "intervals": array(FLOW_ROW, max_items=MAX_TRACE_ROWS),
+    "tcp_trace": array(FLOW_ROW, max_items=MAX_TRACE_ROWS),
+    "retransmits": nullable(COUNT),
+    "mss": nullable(COUNT),
+    "min_rtt_us": nullable(MEASURE),
+    "datagrams": nullable(obj()),
+    "observations": obj(),
+    "stopped": text(100),
+    "plan": obj(),
+})
+FLOW = obj(
+    {"name": LABEL, "protocol": PROTOCOL, "kind": text(20)},
+    {
+        "start_s": MEASURE,
+        "goodput_bps": nullable(MEASURE),
+        "utilisation": nullable(MEASURE),
+        "bytes_delivered": nullable(COUNT),
+        "srtt_mean_ms": nullable(MEASURE),
+        "bulk": BULK,
+        "predictions": mapping(obj(), max_items=16),
+        "rtt_us": nullable(PERCENTILES),
+        "timeline": nullable(timeline),
+    },
+)
+GROUP = obj(optional={
+    "name": LABEL,
+    "jain_index": RATIO,
+    "rpm_idle": MEASURE,
+    "rpm_loaded": MEASURE,
+    "rtt_us": nullable(PERCENTILES),
+    "idle_rtt_us": nullable(PERCENTILES),
+})
+
 POINT_FIELDS = (
     {"id": LABEL},
     {
@@ -413,7 +460,9 @@ POINT_FIELDS = (
         "mode": text(100),
         "interrupted": boolean,
         "skipped": mapping(text(), max_items=MAX_PROTOCOLS),
-        "checks": mapping(array(CHECK, max_items=1000), max_items=MAX_PROTOCOLS),
+        "checks": mapping(array(CHECK, max_items=1000), max_items=MAX_PROTOCOLS + MAX_FLOWS + 1),
+        "flows": array(FLOW, max_items=MAX_FLOWS),
+        "group": nullable(GROUP),
     },
 )
 

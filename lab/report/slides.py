@@ -25,7 +25,7 @@ STORY = "story"
 def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
     """Write DIR/slides/*.png and *.svg for one result payload; returns the paths written, PNG then
     SVG per figure, the story last."""
-    from lab.report.plots import FIGURES, SLIDE, _pyplot, figures_for, story_figure
+    from lab.report.plots import SLIDE, _pyplot, figure, figures_for, story_figure
 
     target = Path(directory) / SLIDES_DIR
     try:
@@ -35,7 +35,7 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
         raise LabError(message.format(path=target, reason=exc.strerror or exc)) from None
     plt = _pyplot(SLIDE)
     written: list[Path] = []
-    builders = [(name, FIGURES[name]) for name in figures_for(payload)] + [(STORY, story_figure)]
+    builders = [(name, figure(name)) for name in figures_for(payload)] + [(STORY, story_figure)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # see lab.report.plots.render_plots
         for name, build in builders:

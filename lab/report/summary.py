@@ -465,10 +465,18 @@ def why_text(payload: Mapping[str, Any]) -> str:
 
 def what_happened(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
     """One plain-language paragraph per sweep point: [(point id, paragraph)]."""
+    from lab.report.flows import has_flows, headline, point_story
+
     points = payload.get("points", [])
     baseline = points[0] if points else None
     out = []
+    first = headline(payload)  # bulk points and flow groups: the story across the points comes first
+    if first:
+        out.append((_("in short"), first))
     for point in points:
+        if has_flows(point):
+            out.append((point_label(point), point_story(point) or _("Nothing was measured.")))
+            continue
         sentences = _point_sentence(point, baseline if point is not baseline else None)
         out.append((point_label(point), " ".join(sentences) or _("Nothing was measured.")))
     if payload.get("interrupted"):

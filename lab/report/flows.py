@@ -1,0 +1,208 @@
+"""The report's words and tables for bulk points and flow groups (docs/architecture.md#flows-and-oracles).
+
+Pure: result.json data in, sentences and table rows out. `headline` is the report's first paragraph
+for a scenario with flows (the story across its points: the Mathis curve, the shares, the queue's
+delay); `point_story` one point's paragraph; `flow_rows` the summary table of goodput measured
+beside predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lab.i18n import N_, _
+from lab.metric_registry import format_rate
+from lab.report.appearance import label as protocol_label
+
+US_PER_MS = 1000.0
+ORACLE_NAMES = {"mathis": N_("Mathis"), "link_rate": N_("link rate"), "textbook": N_("ARQ textbook")}
+FLOW_HEADERS = (N_("flow"), N_("protocol"), N_("start"), N_("goodput"), N_("predicted"),
+                N_("measured / predicted"), N_("retransmits"), N_("RTT p50"))
+
+
+def has_flows(point: Mapping[str, Any]) -> bool:
+    return bool(point.get("flows"))
+
+
+def any_flows(payload: Mapping[str, Any]) -> bool:
+    return any(has_flows(p) for p in payload.get("points", []))
+
+
+def bulk_flows(point: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [f for f in point.get("flows") or [] if f.get("kind") == "bulk"]
+
+
+def probe_flows(point: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [f for f in point.get("flows") or [] if f.get("kind") == "probes"]
+
+
+def link_rate(point: Mapping[str, Any]) -> float | None:
+    """The forward rate (bits/s) the flows' predictions recorded, None for an unrated link."""
+    for flow in point.get("flows") or []:
+        rate = ((flow.get("predictions") or {}).get("link_rate") or {}).get("rate_bps")
+        if rate:
+            return float(rate)
+    return None
+
+
+def main_prediction(flow: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """The prediction a flow is best compared with: Mathis (TCP with loss), the ARQ textbook, else
+    the link's rate (a ceiling, not a forecast)."""
+    predictions = flow.get("predictions") or {}
+    for name in ("mathis", "textbook", "link_rate"):
+        if predictions.get(name, {}).get("goodput_bps"):
+            return name, predictions[name]
+    return None
+
+
+def _mbit(bps: float | None) -> str:
+    return "-" if bps is None else f"{bps / 1e6:.3g}"
+
+
+def _flow_name(flow: Mapping[str, Any]) -> str:
+    name, proto = str(flow.get("name")), str(flow.get("protocol"))
+    return protocol_label(proto) if name == proto else f"{name} ({protocol_label(proto)})"
+
+
+def _sending_rate(flow: Mapping[str, Any]) -> float | None:
+    return ((flow.get("bulk") or {}).get("plan") or {}).get("rate_bps")
+
+
+def flow_rows(point: Mapping[str, Any]) -> list[list[str]]:
+    """One row per flow: name, protocol, start, goodput, predicted (which oracle), ratio, retransmits,
+    RTT p50 (probes flows)."""
+    rows = []
+    for flow in point.get("flows") or []:
+        goodput = flow.get("goodput_bps")
+        predicted, ratio = "-", "-"
+        best = main_prediction(flow) if flow.get("kind") == "bulk" else None
+        if best is not None:
+            name, prediction = best
+            predicted = f"{format_rate(prediction['goodput_bps'])} ({_(ORACLE_NAMES[name])})"
+            if goodput is not None:
+                ratio = f"{goodput / prediction['goodput_bps']:.2f}"
+        rexmit = flow.get("bulk_retransmits")
+        p50 = (flow.get("rtt_us") or {}).get("p50")
+        rows.append([
+            str(flow.get("name")), protocol_label(str(flow.get("protocol"))),
+            f"{float(flow.get('start_s') or 0):g} s",
+            format_rate(goodput) if flow.get("kind") == "bulk" else _("probes"),
+            predicted, ratio, "-" if rexmit is None else str(rexmit),
+            "-" if p50 is None else f"{p50 / US_PER_MS:.1f} ms",
+        ])
+    return rows
+
+
+def prediction_notes(point: Mapping[str, Any]) -> list[str]:
+    """Every prediction's inputs, one line each: the constant, p, RTT and MSS used for Mathis."""
+    notes = []
+    for flow in bulk_flows(point):
+        for name, prediction in (flow.get("predictions") or {}).items():
+            if name != "link_rate" and prediction.get("label"):
+                predicted = format_rate(prediction["goodput_bps"])
+                notes.append(f"{flow.get('name')}: {prediction['label']} = {predicted}")
+    return notes
+
+
+def group_line(point: Mapping[str, Any]) -> str:
+    """Jain's index and RPM, idle and loaded, as one line ('' when the point has neither)."""
+    group = point.get("group") or {}
+    parts = []
+    if group.get("jain_index") is not None:
+        parts.append(_("Jain's index {jain}").format(jain=f"{group['jain_index']:.3f}"))
+    if group.get("rpm_idle") is not None:
+        parts.append(_("RPM idle {rpm}").format(rpm=f"{group['rpm_idle']:.0f}"))
+    if group.get("rpm_loaded") is not None:
+        parts.append(_("RPM under upload load {rpm}").format(rpm=f"{group['rpm_loaded']:.0f}"))
+    return " · ".join(parts)
+
+
+# --- the story -------------------------------------------------------------------------------------
+def point_story(point: Mapping[str, Any]) -> str:
+    """One point's paragraph: who got what (and what was predicted), fairness, latency under load."""
+    sentences = []
+    flows = bulk_flows(point)
+    rate = link_rate(point)
+    if flows:
+        shares = []
+        for flow in flows:
+            goodput = format_rate(flow.get("goodput_bps"))
+            text = _("{flow} got {goodput}").format(flow=_flow_name(flow), goodput=goodput)
+            sending = _sending_rate(flow)
+            if sending:
+                text += " " + _("(sending at {rate})").format(rate=format_rate(sending))
+            best = main_prediction(flow)
+            if best is not None and best[0] != "link_rate" and flow.get("goodput_bps") is not None:
+                name, prediction = best
+                text += " " + _("({ratio} x the {oracle} prediction, {predicted})").format(
+                    ratio=f"{flow['goodput_bps'] / prediction['goodput_bps']:.2f}",
+                    oracle=_(ORACLE_NAMES[name]),
+                    predicted=format_rate(prediction["goodput_bps"]))
+            shares.append(text)
+        sentences.append("; ".join(shares) + ".")
+        total = sum(float(f.get("goodput_bps") or 0) for f in flows)
+        if rate and len(flows) > 1:
+            sentences.append(_("Together {total} of the link's {rate} ({share})").format(
+                total=format_rate(total), rate=format_rate(rate), share=f"{100 * total / rate:.0f}%")
+                + (", " + _("Jain's index {jain}").format(jain=f"{point['group']['jain_index']:.3f}")
+                   if (point.get("group") or {}).get("jain_index") is not None else "") + ".")
+    group = point.get("group") or {}
+    idle, loaded = (group.get("idle_rtt_us") or {}).get("p50"), (group.get("rtt_us") or {}).get("p50")
+    if loaded is not None:
+        sentence = _("Probes under the load: RTT p50 {loaded} ms (RPM {rpm})").format(
+            loaded=f"{loaded / US_PER_MS:.1f}", rpm=f"{group.get('rpm_loaded', 0):.0f}")
+        if idle is not None:
+            sentence += ", " + _("against {idle} ms idle (RPM {rpm}): the queue added {added} ms").format(
+                idle=f"{idle / US_PER_MS:.1f}", rpm=f"{group.get('rpm_idle', 0):.0f}",
+                added=f"{(loaded - idle) / US_PER_MS:.0f}")
+        sentences.append(sentence + ".")
+    return " ".join(sentences)
+
+
+def headline(payload: Mapping[str, Any]) -> str:
+    """The report's first paragraph for a scenario with flows: the story across its points."""
+    points = [p for p in payload.get("points", []) if has_flows(p)]
+    if not points:
+        return ""
+    if all(len(bulk_flows(p)) == 1 and not probe_flows(p) and not p.get("group") for p in points):
+        return _curve_headline(points)
+    if any((p.get("group") or {}).get("rpm_loaded") is not None for p in points) and len(points) > 1:
+        return _latency_headline(points)
+    return " ".join(f"{p.get('id')}: {point_story(p)}" if len(points) > 1 else point_story(p) for p in points)
+
+
+def _curve_headline(points: list[Mapping[str, Any]]) -> str:
+    """Each protocol alone at every point: its goodput across the sweep, beside Mathis."""
+    by_protocol: dict[str, list[str]] = {}
+    for point in points:
+        for flow in bulk_flows(point):
+            cell = f"{_mbit(flow.get('goodput_bps'))} @ {point.get('id')}"
+            mathis = (flow.get("predictions") or {}).get("mathis")
+            if mathis and flow.get("goodput_bps") is not None:
+                ratio = f"{flow['goodput_bps'] / mathis['goodput_bps']:.2f}"
+                cell += " " + _("({ratio} x Mathis)").format(ratio=ratio)
+            by_protocol.setdefault(str(flow.get("protocol")), []).append(cell)
+    parts = [f"{protocol_label(proto)}: {', '.join(cells)}" for proto, cells in by_protocol.items()]
+    return _("Goodput in Mbit/s of each protocol alone on the link: {parts}. Mathis's model "
+             "(MSS/RTT x C/sqrt(p)) describes a loss-driven TCP; a ratio far above 1 is a sender that does "
+             "not halve its window on each loss.").format(parts="; ".join(parts))
+
+
+def _latency_headline(points: list[Mapping[str, Any]]) -> str:
+    """Latency under load across the points (the queue limit): idle vs loaded RTT and RPM."""
+    parts = []
+    for point in points:
+        group = point.get("group") or {}
+        loaded = (group.get("rtt_us") or {}).get("p50")
+        if loaded is not None:
+            parts.append(_("{point}: {loaded} ms (RPM {rpm})").format(
+                point=point.get("id"), loaded=f"{loaded / US_PER_MS:.1f}",
+                rpm=f"{group.get('rpm_loaded', 0):.0f}"))
+    idle = [(p.get("group") or {}).get("idle_rtt_us", {}) or {} for p in points]
+    idle_p50 = [i.get("p50") for i in idle if i.get("p50") is not None]
+    text = _("RTT p50 of probes while a bulk flow filled the queue: {parts}").format(parts="; ".join(parts))
+    if idle_p50:
+        text += "; " + _("idle it was {idle} ms").format(idle=f"{min(idle_p50) / US_PER_MS:.1f}")
+    return text + ". " + _("A longer queue lets the bulk flow keep more packets waiting in front of "
+                           "every probe: the delay grows with the limit (bufferbloat).")
