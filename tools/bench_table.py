@@ -27,24 +27,25 @@ def _figure(value: float | None) -> str:
 
 
 def table_rows(document: dict[str, Any]) -> list[list[str]]:
-    """One list of cells per row: what, unit, anchor, lab, ratio, target, verdict."""
+    """One list of cells per row: what, anchor, lab (figure, unit and what it is), ratio, target, verdict."""
     out = []
     for row in document["rows"]:
-        what = f"{row['what']}\n  anchor: {row['anchor_name']}; lab: {row['lab_name']}"
+        target = row["target"] or "-"
         if row["not_measured"]:
-            out.append([what, row["unit"], "-", "-", "-", row["target"] or "-",
+            out.append([row["what"], f"- \n{row['anchor_name']}", f"- \n{row['lab_name']}", "-", target,
                         f"not measured: {row['not_measured']}"])
             continue
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
-        target = row["target"] or "-"
         if row["target"] and "lab - anchor" in row["target"]:
-            target += f" (is {_figure(row['difference'])})"
-        out.append([what, row["unit"], _figure(row["anchor"]), _figure(row["lab"]), ratio, target,
+            target += f" (is {_figure(row['difference'])} {row['unit']})"
+        out.append([row["what"], f"{_figure(row['anchor'])} {row['unit']}\n{row['anchor_name']}",
+                    f"{_figure(row['lab'])} {row['unit']}\n{row['lab_name']}", ratio, target,
                     MARKS[row["passed"]]])
     return out
 
 
-HEADERS = ["row", "unit", "anchor", "lab", "lab/anchor", "target", "verdict"]
+HEADERS = ["row", "anchor", "lab", "lab/anchor", "target", "verdict"]
+WIDTH = 150  # when the output is not a terminal (make's log, CI): rich would assume 80 columns
 
 
 def machine_line(document: dict[str, Any]) -> str:
@@ -58,7 +59,7 @@ def machine_line(document: dict[str, Any]) -> str:
 def markdown(document: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for cells in table_rows(document):
-        cells = [c.replace("\n  ", "<br>").replace("|", "\\|") for c in cells]
+        cells = [c.replace("\n", "<br>").replace("|", "\\|") for c in cells]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\nMeasured {machine_line(document)}.\n"
 
@@ -69,14 +70,16 @@ def show(document: dict[str, Any]) -> None:
 
     table = Table(title="wirelab against its anchors (one run; ratios, not timings)", show_lines=True)
     for header in HEADERS:
-        table.add_column(header, overflow="fold", justify="right" if header in ("anchor", "lab", "lab/anchor")
-                         else "left")
+        table.add_column(header, overflow="fold", justify="right" if header == "lab/anchor" else "left",
+                         max_width=44 if header == "verdict" else None)
     styles = {"pass": "green", "FAIL": "bold red", "-": ""}
     for cells in table_rows(document):
         verdict = cells[-1]
         style = styles.get(verdict, "yellow")
         table.add_row(*cells[:-1], f"[{style}]{verdict}[/]" if style else verdict)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=WIDTH)
     console.print(table)
     console.print(f"measured {machine_line(document)}", soft_wrap=True)
 
