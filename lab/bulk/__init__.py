@@ -7,7 +7,11 @@ of small messages; a bulk flow measures what a protocol does when it wants all t
 - `BulkResult`: what it achieved, as the sink counted it (bytes delivered in order and intact,
   per interval), plus the sender's view (retransmissions; TCP: a cwnd/srtt trace from TCP_INFO;
   rate-driven datagrams: receive-side loss, jitter and reordering from sequence numbers).
-- `Protocol.run_bulk(address, plan)` (lab.protocols) runs one flow against the protocol's sink.
+- `Protocol.run_bulk(address, plan)` (lab.protocols) runs one flow against the protocol's sink
+  (`Protocol.sinking(place)` starts one; `run_bulk_loopback` does both on loopback;
+  `lab.link.session.Link.bulk`/`start_bulk` run flows through the impaired link).
+- `BulkInterrupted`: a flow stopped by Ctrl-C/SIGTERM where the caller must stop too (`Link.bulk`),
+  carrying what was measured.
 
 Both are plain data with `to_dict`/`from_dict`: they cross process boundaries (a flow run inside
 the link's client namespace) and land in `result.json` unchanged.
@@ -15,100 +19,36 @@ the link's client namespace) and land in `result.json` unchanged.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from lab.bulk.plan import (
+    DEFAULT_INTERVAL_S,
+    MAX_BULK_BYTES,
+    MAX_BULK_RATE_BPS,
+    MAX_BULK_SECONDS,
+    MIN_INTERVAL_S,
+    BulkInterrupted,
+    BulkPlan,
+    BulkResult,
+)
 from lab.errors import ConfigError
 
-MAX_BULK_SECONDS = 600.0  # one flow; a scenario's run limits bound the whole
-MAX_BULK_BYTES = 100 * 10**9  # 100 GB: at 40 Gbit/s, 20 s
-MAX_BULK_RATE_BPS = 100e9
-DEFAULT_INTERVAL_S = 0.1  # goodput sample period: the report's goodput-over-time lines
-MIN_INTERVAL_S = 0.01
+if TYPE_CHECKING:
+    from lab.protocols import Protocol
+
+__all__ = ["DEFAULT_INTERVAL_S", "MAX_BULK_BYTES", "MAX_BULK_RATE_BPS", "MAX_BULK_SECONDS", "MIN_INTERVAL_S",
+           "BulkInterrupted", "BulkPlan", "BulkResult", "run_bulk_loopback"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BulkPlan:
-    """One bulk flow.
+def run_bulk_loopback(protocol: str | Protocol, plan: BulkPlan, *,
+                      progress: Callable[..., None] | None = None) -> BulkResult:
+    """One flow of `protocol` to its sink on loopback (started for it, stopped after)."""
+    from lab.protocols import get_protocol
 
-    It sends for `duration_s` seconds, or until `max_bytes` payload bytes are sent, whichever
-    comes first (a flow is always bounded in time). `rate_bps` paces it (bits/s on the wire of
-    payload); a protocol without congestion control (UDP, UDP-Lite, QUIC DATAGRAM) needs one, a
-    reliable protocol with None sends as fast as it allows. `size` is the message size for
-    datagram protocols (payload bytes per datagram). `interval_s` is the sampling period of
-    goodput (and of the TCP_INFO trace). `start_at_ns` (CLOCK_MONOTONIC, which every process on
-    the host shares) makes several flows start together; None starts at once. `window` is for
-    the protocols with a sending window (ARQ), as in `TrafficPlan`.
-    """
+    chosen = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    if why := chosen.unavailable():
+        raise ConfigError(f"protocol {chosen.name} cannot run here: {why}")
+    with chosen.sinking() as address:
+        return chosen.run_bulk(address, plan, progress=progress)
 
-    duration_s: float = 5.0
-    max_bytes: int | None = None
-    rate_bps: float | None = None
-    size: int = 1200
-    interval_s: float = DEFAULT_INTERVAL_S
-    start_at_ns: int | None = None
-    window: int | None = None
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.duration_s, int | float) and 0 < self.duration_s <= MAX_BULK_SECONDS):
-            raise ConfigError(f"duration must be > 0 and <= {MAX_BULK_SECONDS:g} seconds, "
-                              f"got {self.duration_s!r}", key="duration")
-        if self.max_bytes is not None and not (
-            isinstance(self.max_bytes, int) and not isinstance(self.max_bytes, bool)
-            and 1 <= self.max_bytes <= MAX_BULK_BYTES
-        ):
-            raise ConfigError(f"bytes must be between 1 and {MAX_BULK_BYTES}, got {self.max_bytes!r}",
-                              key="bytes")
-        if self.rate_bps is not None and not (
-            isinstance(self.rate_bps, int | float) and math.isfinite(self.rate_bps)
-            and 0 < self.rate_bps <= MAX_BULK_RATE_BPS
-        ):
-            raise ConfigError(f"rate must be > 0 and <= 100gbit, got {self.rate_bps!r}", key="rate")
-        if not (isinstance(self.size, int) and 16 <= self.size <= 65507):
-            raise ConfigError(f"size must be between 16 and 65507 bytes, got {self.size!r}", key="size")
-        interval_ok = isinstance(self.interval_s, int | float)
-        if not (interval_ok and MIN_INTERVAL_S <= self.interval_s <= self.duration_s):
-            raise ConfigError(f"interval must be between {MIN_INTERVAL_S} s and the duration, "
-                              f"got {self.interval_s!r}", key="interval")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True, kw_only=True)
-class BulkResult:
-    """What one bulk flow achieved (docs/architecture.md#bulk-traffic).
-
-    `bytes_delivered` is what the sink counted in order and intact; `goodput_bps` is
-    bytes_delivered * 8 / duration_s, where `duration_s` runs from the flow's first byte sent to
-    its last byte delivered. `intervals` is `[[t_s, bytes]]`: bytes delivered per `interval_s`
-    (receiver side), t_s the interval's end since the flow started. `stopped` says why sending
-    stopped: "duration", "bytes", "interrupted", "error".
-    """
-
-    protocol: str
-    bytes_sent: int = 0
-    bytes_delivered: int = 0
-    duration_s: float = 0.0
-    goodput_bps: float = 0.0
-    interval_s: float = DEFAULT_INTERVAL_S
-    intervals: list[list[float]] = field(default_factory=list)
-    retransmits: int | None = None  # segments/packets the sender sent again (None: not known)
-    # TCP: [[t_s, snd_cwnd (segments), srtt_us, total_retrans, delivery_rate_bps]], sampled every interval
-    tcp_trace: list[list[float]] = field(default_factory=list)
-    mss: int | None = None  # TCP: the connection's MSS (tcpi_snd_mss), for the Mathis model
-    min_rtt_us: float | None = None  # the flow's own smallest RTT sample (TCP: tcpi_min_rtt)
-    # rate-driven datagrams: sent, received, lost, loss_ratio, loss_ci95, jitter_us, reordered, duplicates
-    datagrams: dict[str, Any] | None = None
-    observations: dict[str, Any] = field(default_factory=dict)  # protocol-specific, as Result.observations
-    stopped: str = "duration"
-    plan: dict[str, Any] = field(default_factory=dict)  # BulkPlan.to_dict()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BulkResult:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from lab.child import Channel, Child, Progress, Reply, end_process, fork_call
 from lab.errors import ConfigError, EndpointError, HelperProcessError, LabError
@@ -27,6 +27,10 @@ from lab.link.models import LinkConfig
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
 from lab.protocols import Place
 from lab.records import Result, RunRecord, TrafficPlan
+
+if TYPE_CHECKING:
+    from lab.bulk.plan import BulkPlan, BulkResult
+    from lab.bulk.running import BulkFlow
 
 T = TypeVar("T")
 
@@ -189,6 +193,7 @@ class Link:
         self._echo_port: int | None = None
         self._servers = contextlib.ExitStack()  # echo servers of protocols with a server of their own
         self._server_addresses: dict[str, tuple[str, int]] = {}
+        self._sink_addresses: dict[tuple[str, ...], tuple[str, int]] = {}  # by the sink's argv
         self._closed = False
         self.final_counters: dict[str, dict[str, int]] | None = None
 
@@ -367,6 +372,64 @@ class Link:
             stopped.result = result
             raise stopped
         return record, result
+
+
+    # --- bulk flows (docs/architecture.md#bulk-traffic) ---
+    def sink_for(self, protocol: str) -> tuple[str, int]:
+        """Where `protocol`'s discard sink listens in the server namespace; started once (protocols
+        with the same `sink_argv` share one: the lab's sink serves TCP and UDP on one port)."""
+        from lab.protocols import get_protocol
+
+        self._check_open()
+        chosen = get_protocol(protocol)
+        key = tuple(chosen.sink_argv(SERVER_ADDRESS, 0))
+        if key not in self._sink_addresses:
+            self._sink_addresses[key] = self._servers.enter_context(chosen.sinking(self.server_place))
+        return self._sink_addresses[key]
+
+    def round_trip_s(self) -> float:
+        """The path's configured round trip (both directions' delay and jitter), for timeouts."""
+        forward, reverse = self.config.forward, self.config.reverse
+        return forward.delay_s + forward.jitter_s + reverse.delay_s + reverse.jitter_s
+
+    def start_bulk(self, protocol: str, plan: BulkPlan, *,
+                   progress: Callable[..., None] | None = None) -> BulkFlow:
+        """Start one bulk flow of `protocol` from the client namespace to its sink, without waiting:
+        its handle (`.result()`). Several started together run at once (give them one
+        `plan.start_at_ns` to line them up); the link's counters are the caller's to take around them."""
+        from lab.bulk.running import start_flow_in_netns
+
+        address = self.sink_for(protocol)
+        return start_flow_in_netns(self.client_ns, protocol, address, plan, progress=progress,
+                                   round_trip_s=self.round_trip_s())
+
+    def bulk(self, protocol: str, plan: BulkPlan, *,
+             progress: Callable[..., None] | None = None) -> BulkResult:
+        """One bulk flow through the link, waited for: its BulkResult with the link's per-direction
+        counters (`link`) and both kernels' counter deltas (`kernel`) during it. A Ctrl-C/SIGTERM
+        raises BulkInterrupted carrying the partial result (as `measure` raises RunInterrupted)."""
+        from lab.bulk.plan import BulkInterrupted
+        from lab.bulk.running import flow_in_namespace
+        from lab.kernel import counter_deltas, read_counters
+
+        address = self.sink_for(protocol)
+        kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
+        link_before = self.counters()
+        stopped: BulkInterrupted | None = None
+        try:
+            result = call_in_netns(self.client_ns, flow_in_namespace, (protocol, address, plan),
+                                   {"round_trip_s": self.round_trip_s()}, progress=progress)
+        except BulkInterrupted as exc:
+            stopped, result = exc, exc.result
+        link_after = self.counters()
+        kernel_after = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
+        result.link = {d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()}
+                       for d in link_after}
+        result.kernel = {side: counter_deltas(kernel_before[side], kernel_after[side])
+                         for side in kernel_after}
+        if stopped is not None:
+            raise stopped
+        return result
 
 
 def open_link(config: LinkConfig | None = None, *, name: str | None = None, mtu: int = 1500,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from lab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from lab.bulk import BulkPlan, BulkResult
+    from lab.bulk.plan import BulkPlan, BulkResult
     from lab.records import RunRecord, TrafficPlan
 
 ENTRY_POINT_GROUP = "wirelab.protocols"
@@ -128,14 +128,33 @@ class Protocol:
         raise NotImplementedError
 
     def run_bulk(self, address: tuple[str, int], plan: BulkPlan, *,
-                 progress: Callable[..., None] | None = None) -> BulkResult:
+                 progress: Callable[..., None] | None = None, round_trip_s: float = 0.0) -> BulkResult:
         """One bulk flow (lab.bulk) to this protocol's sink at `address` (see `sink_argv`).
 
         Bounded by `plan` (duration, bytes); on KeyboardInterrupt it returns what was measured
         with `stopped="interrupted"` rather than raising. Raise `lab.errors.EndpointError` when
-        nothing answers.
+        nothing answers. `round_trip_s` is the path's known round-trip delay (how long the last
+        bytes may take). A protocol without bulk traffic keeps this default: a ConfigError.
         """
-        raise NotImplementedError
+        raise ConfigError(f"bulk traffic is not available for {self.name}: its protocol module has "
+                          "no run_bulk (docs/architecture.md#bulk-traffic)")
+
+    def sink_argv(self, host: str, port: int) -> list[str]:
+        """The command of the sink this protocol's bulk flows go to, serving at (host, port): a
+        helper process like `server_argv`'s. The default is the lab's discard sink
+        (lab.endpoints.sink: TCP and UDP on one port)."""
+        from lab.child import python_argv
+
+        return python_argv("lab.endpoints.sink", "--host", host, "--port", str(port))
+
+    @contextlib.contextmanager
+    def sinking(self, place: Place = LOOPBACK, port: int = 0) -> Iterator[tuple[str, int]]:
+        """Run this protocol's sink at `place` for the block (its own process, as `serving`); its address."""
+        from lab.child import spawn
+
+        name = f"the {self.label} discard sink ({place.name})"
+        with spawn(name, self.sink_argv(place.host, port), popen=place.popen, stop_op=None) as child:
+            yield self.server_address(child.info)
 
     @property
     def relayable(self) -> bool:

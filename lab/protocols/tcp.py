@@ -110,6 +110,13 @@ class TCP(Protocol):
         return [f"tcp_info: srtt {shown[0]} {unit}  rttvar {shown[1]} {unit}  "
                 f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"]
 
+    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
+                 round_trip_s: float = 0.0) -> Any:
+        """A bulk flow on one connection, with this protocol's socket options (lab.bulk.stream)."""
+        from lab.bulk.stream import run_tcp_bulk
+
+        return run_tcp_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
+
     def prepare_socket(self, sock: socket.socket) -> None:
         """Options set on the connected socket before the first probe (subclasses add theirs)."""
         # Latency is what we measure: do not let Nagle hold a probe back waiting for an ACK.

@@ -82,6 +82,9 @@ class CongestionControlled(TCP):
     def server_argv(self, host: str, port: int) -> list[str]:
         return [*super().server_argv(host, port), "--tcp-congestion", self.algorithm]
 
+    def sink_argv(self, host: str, port: int) -> list[str]:
+        return [*super().sink_argv(host, port), "--tcp-congestion", self.algorithm]
+
 
 class TcpReno(CongestionControlled):
     name = "tcp-reno"

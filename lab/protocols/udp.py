@@ -12,6 +12,7 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from lab.errors import CrcMismatchError, RemoteWireError
 from lab.protocols import Protocol
@@ -66,6 +67,13 @@ class UDP(Protocol):
                 sel.close()
             for sock in socks:
                 sock.close()
+
+    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
+                 round_trip_s: float = 0.0) -> Any:
+        """Datagrams paced at `plan.rate_bps` (required) to the sink (lab.bulk.datagrams)."""
+        from lab.bulk.datagrams import run_datagram_bulk
+
+        return run_datagram_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
 
     def unreachable(self, address: tuple[str, int], exc: OSError) -> Exception:
         return unreachable(address, self.label, exc, connected=False)

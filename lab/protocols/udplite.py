@@ -99,6 +99,9 @@ class UdpLite(UDP):
     def server_argv(self, host: str, port: int) -> list[str]:
         return python_argv("lab.protocols.udplite", "--host", host, "--port", str(port))
 
+    def sink_argv(self, host: str, port: int) -> list[str]:
+        return [*super().sink_argv(host, port), "--udp-lite"]
+
 
 
 # --- the echo server ---------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""What the bulk senders share: the flow's clock and bounds, the sink's answer, the result."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from lab.bulk import wire
+from lab.bulk.plan import BulkPlan, BulkResult
+from lab.errors import EndpointError, RemoteWireError
+from lab.metrics import wilson_interval
+from lab.targets import where
+
+NS_PER_S = 1_000_000_000
+SUMMARY_WAIT_S = 10.0  # after the end of a flow, how long its sink may take to answer (plus the path)
+INTERRUPTED_WAIT_S = 2.0  # ... after a Ctrl-C: less (the caller waits at most ~3 s for us)
+CONNECT_TIMEOUT_S = 5.0
+
+
+def new_flow_id() -> int:
+    return int.from_bytes(os.urandom(8), "big")
+
+
+def wait_until(start_at_ns: int | None) -> None:
+    """Sleep until `start_at_ns` (CLOCK_MONOTONIC) so flows planned together start together."""
+    if start_at_ns is None:
+        return
+    while (left := start_at_ns - time.monotonic_ns()) > 0:
+        time.sleep(min(left / NS_PER_S, 0.5))
+
+
+class Bounds:
+    """A flow's end: its duration from `started_ns`, its byte budget; `stopped` says which ended it."""
+
+    def __init__(self, plan: BulkPlan, started_ns: int) -> None:
+        self.started_ns = started_ns
+        self.end_ns = started_ns + round(plan.duration_s * NS_PER_S)
+        self.max_bytes = plan.max_bytes
+        self.interval_ns = round(plan.interval_s * NS_PER_S)
+        self.next_sample_ns = started_ns + self.interval_ns
+        self.stopped: str | None = None
+
+    def over(self, now_ns: int, sent_bytes: int) -> bool:
+        if self.stopped is None:
+            if self.max_bytes is not None and sent_bytes >= self.max_bytes:
+                self.stopped = "bytes"
+            elif now_ns >= self.end_ns:
+                self.stopped = "duration"
+        return self.stopped is not None
+
+    def left(self, sent_bytes: int) -> int | None:
+        return None if self.max_bytes is None else max(0, self.max_bytes - sent_bytes)
+
+    def sample_due(self, now_ns: int) -> bool:
+        if now_ns < self.next_sample_ns:
+            return False
+        while self.next_sample_ns <= now_ns:
+            self.next_sample_ns += self.interval_ns
+        return True
+
+    def t_s(self, now_ns: int) -> float:
+        return (now_ns - self.started_ns) / NS_PER_S
+
+
+def connect_tcp(address: tuple[str, int], label: str, prepare: Callable[[socket.socket], None] | None,
+                round_trip_s: float) -> socket.socket:
+    """A connected TCP socket to the sink (options from `prepare` set before connect)."""
+    from lab.protocols.common import family, unreachable
+
+    sock = socket.socket(family(address[0]), socket.SOCK_STREAM)
+    try:
+        if prepare is not None:
+            prepare(sock)
+        sock.settimeout(CONNECT_TIMEOUT_S + 3 * round_trip_s)
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        raise _no_sink(unreachable(address, label, exc, connected=True)) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _no_sink(error: EndpointError) -> EndpointError:
+    return EndpointError(str(error).replace("no echo server", "no discard sink")
+                         + "; `lab serve discard` starts one")
+
+
+def read_summary(sock: socket.socket, timeout_s: float, address: tuple[str, int]) -> dict[str, Any]:
+    """The sink's SUMMARY from a connection whose sending side is done; EndpointError if none comes."""
+    reader = wire.SummaryReader()
+    deadline = time.monotonic() + timeout_s
+    sock.setblocking(False)
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EndpointError(f"the sink at {where(address)} gave no summary within {timeout_s:g} s")
+            if not sel.select(left):
+                continue
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise EndpointError(f"the sink at {where(address)} broke the connection before its "
+                                    f"summary ({exc.strerror or exc})") from exc
+            if not data:
+                raise EndpointError(f"the sink at {where(address)} closed without a summary "
+                                    "(a plain discard server counts nothing: use `lab serve discard`)")
+            try:
+                if (summary := reader.feed(data)) is not None:
+                    return summary
+            except RemoteWireError as exc:
+                raise EndpointError(f"the sink at {where(address)}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Ignore SIGINT within the block, where possible: the bounded last exchange after a Ctrl-C must
+    not be cut by the second SIGINT the caller sends a child that has not answered yet."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def apply_summary(result: BulkResult, summary: dict[str, Any], started_ns: int) -> None:
+    """Fill `result` from the sink's summary: delivered bytes, intervals, duration, goodput."""
+    result.bytes_delivered = int(summary.get("bytes") or 0)
+    interval_ns = int(summary.get("interval_ns") or round(result.interval_s * NS_PER_S))
+    booked = {int(index): int(size) for index, size in summary.get("intervals") or []}
+    last = max(booked, default=-1)
+    result.intervals = [[round((index + 1) * interval_ns / NS_PER_S, 6), booked.get(index, 0)]
+                        for index in range(last + 1)]
+    last_ns = summary.get("last_ns")
+    if last_ns is not None and result.bytes_delivered:
+        result.duration_s = max(0.0, (int(last_ns) - started_ns) / NS_PER_S)
+    result.goodput_bps = 8 * result.bytes_delivered / result.duration_s if result.duration_s > 0 else 0.0
+    result.observations.setdefault("sink", {}).update(
+        {k: v for k, v in summary.items() if k not in ("intervals", "interval_ns")})
+
+
+def datagram_figures(summary: dict[str, Any], sent: int) -> dict[str, Any]:
+    """`BulkResult.datagrams` from a datagram sink's summary and what the sender sent (without a
+    summary: only `sent`, the rest None: unknown, not zero)."""
+    if not summary:
+        return {"sent": sent, **dict.fromkeys(("received", "lost", "loss_ratio", "loss_ci95", "jitter_us",
+                                               "reordered", "duplicates", "corrupted"))}
+    received = min(int(summary.get("received") or 0), sent)
+    lost = sent - received
+    lo, hi = wilson_interval(lost, sent) if sent else (0.0, 1.0)
+    return {
+        "sent": sent, "received": received, "lost": lost,
+        "loss_ratio": lost / sent if sent else 0.0, "loss_ci95": [lo, hi],
+        "jitter_us": float(summary.get("jitter_us") or 0.0),
+        "reordered": int(summary.get("reordered") or 0), "duplicates": int(summary.get("duplicates") or 0),
+        "corrupted": int(summary.get("corrupted") or 0),
+    }
+
+
+def sink_missing(result: BulkResult, why: str) -> None:
+    """The sink's summary never came: say so (bytes_delivered stays what the sender knows)."""
+    result.observations.setdefault("sink", {})["missing"] = why

@@ -1,0 +1,163 @@
+"""A bulk flow over TCP (any congestion control): blocks as fast as the connection takes them.
+
+The protocol's `prepare_socket` runs before connect, so a variant's congestion control governs the
+whole connection. TCP_NOTSENT_LOWAT keeps the bytes waiting unsent in the kernel small: when the
+flow's time is up, what is left to deliver is about one congestion window, not a 4 MB send buffer
+(the flow stays bounded in time). TCP_INFO is sampled every interval into `tcp_trace`
+(docs/architecture.md#bulk-traffic). At the end the sender half-closes and reads the sink's summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from lab.bulk import wire
+from lab.bulk.common import (
+    INTERRUPTED_WAIT_S,
+    NS_PER_S,
+    SUMMARY_WAIT_S,
+    Bounds,
+    apply_summary,
+    connect_tcp,
+    new_flow_id,
+    read_summary,
+    sink_missing,
+    uninterrupted,
+    wait_until,
+)
+from lab.bulk.plan import BulkPlan, BulkResult
+from lab.errors import EndpointError
+from lab.targets import lab_address
+
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
+TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
+NOTSENT_LOWAT = 256 * 1024
+LAST_BLOCK_WAIT_S = 2.0  # finishing the block under way when the time is up
+
+
+def congestion_control(sock: socket.socket) -> str:
+    """The connection's congestion control (as lab.protocols.tcp reads it; not imported: that module
+    calls this one)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, 16)
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def trace_row(t_s: float, info: dict[str, Any]) -> list[float]:
+    """One `tcp_trace` row: [t_s, snd_cwnd, srtt_us, total_retrans, delivery_rate_bps]."""
+    return [round(t_s, 6), info.get("snd_cwnd", 0), info.get("rtt_us", 0), info.get("total_retrans", 0),
+            8 * info.get("delivery_rate", 0)]
+
+
+def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
+                 progress: Callable[..., None] | None = None, round_trip_s: float = 0.0) -> BulkResult:
+    """One bulk flow of `protocol` (TCP or a variant: its `prepare_socket`) to the sink at `address`."""
+    from lab.kernel import tcp_info
+
+    host, port = lab_address(address)
+
+    def prepare(sock: socket.socket) -> None:
+        protocol.prepare_socket(sock)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+
+    sock = connect_tcp((host, port), protocol.label, prepare, round_trip_s)
+    result = BulkResult(protocol=protocol.name, interval_s=plan.interval_s, plan=plan.to_dict())
+    with sock:
+        wait_until(plan.start_at_ns)
+        started = time.monotonic_ns()
+        result.started_ns = started
+        bounds = Bounds(plan, started)
+        flow = wire.Hello(wire.MODE_STREAM, new_flow_id(), started, bounds.interval_ns)
+        writer = wire.BlockWriter()
+        observed = result.observations.setdefault("tcp", {})
+        observed["congestion_control"] = congestion_control(sock)
+        sent = 0  # block bytes handed to the kernel
+        pending = memoryview(b"")
+        interrupted = False
+        try:
+            sock.sendall(flow.encode())
+            sock.setblocking(False)
+            while True:
+                now = time.monotonic_ns()
+                if bounds.sample_due(now):
+                    _sample(sock, bounds, now, result, sent, progress)
+                if pending and now >= bounds.end_ns:  # the sink counts whole blocks: finish this one
+                    _finish_block(sock, pending)
+                    sent += len(pending)
+                    pending = memoryview(b"")
+                if not pending:
+                    if bounds.over(now, sent):
+                        break
+                    left = bounds.left(sent)
+                    size = None if left is None else max(0, left - wire.BLOCK.size)
+                    pending = memoryview(writer.block(size))
+                try:
+                    n = sock.send(pending)
+                except BlockingIOError:
+                    wait_ns = min(bounds.next_sample_ns, bounds.end_ns) - time.monotonic_ns()
+                    select.select([], [sock], [], max(wait_ns, 0) / NS_PER_S)
+                    continue
+                sent += n
+                pending = pending[n:]
+        except KeyboardInterrupt:
+            interrupted, bounds.stopped = True, "interrupted"
+        except OSError as exc:
+            bounds.stopped = "error"
+            result.observations.setdefault("sink", {})["error"] = f"send failed: {exc.strerror or exc}"
+        sending_ended = time.monotonic_ns()
+        result.bytes_sent = sent
+        result.stopped = bounds.stopped or "error"
+        result.duration_s = (sending_ended - started) / NS_PER_S
+        wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
+        try:
+            with uninterrupted() if interrupted else contextlib.nullcontext():
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+                summary = read_summary(sock, wait_s, (host, port))
+            apply_summary(result, summary, started)
+        except EndpointError as exc:
+            sink_missing(result, str(exc))
+        except KeyboardInterrupt:
+            result.stopped = "interrupted"
+            sink_missing(result, "interrupted while waiting for the sink's summary")
+        with contextlib.suppress(OSError):
+            info = tcp_info(sock)
+            observed["tcp_info"] = info
+            result.tcp_trace.append(trace_row(bounds.t_s(time.monotonic_ns()), info))
+            result.retransmits = info.get("total_retrans")
+            result.mss = info.get("snd_mss")
+            result.min_rtt_us = info.get("min_rtt_us")
+    return result
+
+
+def _sample(sock: socket.socket, bounds: Bounds, now: int, result: BulkResult, sent: int,
+            progress: Callable[..., None] | None) -> None:
+    from lab.kernel import tcp_info
+
+    try:
+        info = tcp_info(sock)
+    except OSError:
+        return
+    row = trace_row(bounds.t_s(now), info)
+    result.tcp_trace.append(row)
+    if progress is not None:
+        progress({"t_s": row[0], "bytes_sent": sent, "cwnd": row[1], "srtt_us": row[2],
+                  "retransmits": row[3]})
+
+
+def _finish_block(sock: socket.socket, rest: memoryview) -> None:
+    """Hand the rest of the block under way to the kernel (bounded): the sink counts whole blocks."""
+    deadline = time.monotonic() + LAST_BLOCK_WAIT_S
+    while rest:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise OSError("the connection took no more data")
+        try:
+            rest = rest[sock.send(rest):]
+        except BlockingIOError:
+            select.select([], [sock], [], left)
