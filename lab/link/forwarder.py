@@ -3,18 +3,29 @@
 A helper process (`lab.child`): `python -m lab.link.forwarder --name NAME`, started by
 `Forwarder.start` with the two TUN fds inherited; its setup message is the spec, which carries the
 link's parsed configuration (`LinkConfig.to_wire`: numbers, no netem strings;
-docs/architecture.md#link-configuration), so nothing is parsed here. One select loop serves both
-TUN fds and the control channel; packets the model delays wait in a heap ordered by release time.
+docs/architecture.md#link-configuration), so nothing is parsed here. One thread per direction
+reads its TUN device (a blocking read while nothing is held; select with the next release time
+while the link holds packets) and writes the other; the main thread answers the control channel.
 Per direction one `DirectionModel` decides (forward: client->server with `seed`, reverse:
-server->client with `seed + 1`, as `LinkConfig` does). A null impairment
-takes a fast path: read, write, count.
+server->client with `seed + 1`, as `LinkConfig` does).
 
-Counters per direction: the model's decisions (packets_in, dropped_*, duplicated, delayed...) plus
-the forwarder's own: `forwarded`/`bytes_out` count packets actually written to the other TUN
-device, `queued` those the link holds right now (in the final counters `queued_at_close`: never
-delivered), `write_errors`, `ignored_non_ipv4` and, with a capture, `not_captured` (packets after
-the capture's size limit). So packets_in + duplicated = forwarded + dropped_loss + dropped_queue +
-queued + write_errors.
+The kernel's offloads (docs/architecture.md#the-forwarder, lab.link.gso): where the TUN devices
+have virtio_net_hdr, a direction whose impairment decides nothing per packet takes the kernel's
+GSO batches (up to 64 KB of TCP) whole: no impairment (the fast path: read, write, count) or a
+plain delay (one release time for the batch; `limit`/`limit_bytes` still count its segments and
+their bytes, and a batch that does not fit is cut, so the queue drops exactly the segments a
+packet-by-packet link would). Every other impairment (loss, duplicate, corrupt, reorder, jitter,
+rate) and a capture need a verdict per packet: the direction switches the kernel's offloads off
+(TUNSETOFFLOAD 0), so the sending kernel segments and checksums in C, and the few batches already
+on their way are cut in software (lab.link.gso.segment).
+
+Counters per direction count packets as they are on the wire (a batch of N segments is N packets,
+its bytes include each segment's headers): the model's decisions (packets_in, dropped_*,
+duplicated, delayed...) plus the forwarder's own: `forwarded`/`bytes_out` count packets actually
+written to the other TUN device, `queued` those the link holds right now (in the final counters
+`queued_at_close`: never delivered), `write_errors`, `ignored_non_ipv4` and, with a capture,
+`not_captured` (packets after the capture's size limit). So packets_in + duplicated = forwarded +
+dropped_loss + dropped_queue + queued + write_errors.
 
 Requests on the channel (`lab.child.Request` -> `Reply`; Ready's info is the pid, a spec it cannot
 use is answered with Failed):
@@ -32,6 +43,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -40,40 +52,115 @@ from typing import TYPE_CHECKING, Any
 
 from lab.child import Channel, Child, Failed, Ready, answer, python_argv, spawn, start_child
 from lab.errors import LabError
+from lab.link import gso
 
 if TYPE_CHECKING:
-    from lab.link.models import LinkConfig
+    from lab.link.models import DirectionModel, Impairment, LinkConfig
 
-BATCH = 64  # packets read per readiness event per fd: amortises select calls under load
-MAX_PACKET = 65535  # largest IPv4 datagram (RFC 791)
+BATCH = 64  # packets read per readiness event while the link holds packets: amortises select calls
+MAX_PACKET = 65535  # largest IPv4 datagram (RFC 791), and so the largest GSO batch
 EXIT_CRASHED = 70  # sysexits.h EX_SOFTWARE
 # Longest single wait in the loop: a release time far ahead (a slow rate) must never reach select as
 # a timeout it cannot represent (1e-8bit gave OverflowError); waking once a second costs nothing.
 MAX_WAIT_S = 1.0
+STOP_WAIT_S = 2.0  # how long stop waits for a direction to finish the batch in hand
 FORWARD, REVERSE = 0, 1
 DIRECTIONS = ("forward", "reverse")
 # the forwarder's own counters, beside the model's (forwarded/bytes_out are replaced by its writes)
 EXTRA_KEYS = ("queued", "ignored_non_ipv4", "write_errors", "not_captured")
+# How a direction treats what it reads (see the module docstring): FAST and BATCH take the kernel's
+# GSO batches whole, PACKET asks the model about each packet on the wire.
+FAST, BATCH_DELAY, PER_PACKET = "fast", "batch-delay", "per-packet"
+
+
+def direction_mode(impairment: Impairment, capture_on: bool) -> str:
+    """FAST (no impairment), BATCH_DELAY (a delay alone: the same for every segment of a batch) or
+    PER_PACKET (anything that decides per packet, or a capture, which comments on each packet)."""
+    if capture_on:
+        return PER_PACKET
+    if impairment.is_null:
+        return FAST
+    per_packet = (impairment.loss or impairment.gemodel is not None or impairment.jitter_s
+                  or impairment.duplicate or impairment.corrupt or impairment.reorder
+                  or impairment.rate_bps is not None)
+    return PER_PACKET if per_packet else BATCH_DELAY
+
+
+def admit_delayed(model: DirectionModel, count: int, size: int, each: int, now: float) -> bool:
+    """What `count` calls of `model.decide` would do to the segments of one GSO batch (`size` wire
+    bytes, `each` for all but the last) arriving at `now` under a delay-only impairment, without
+    building them: counters, and the model's queue holding each segment. True if every segment fits
+    the queue (`limit` packets, `limit_bytes` bytes); on False nothing is counted, and the caller
+    cuts the batch and asks `model.decide` about each segment, so exactly the right ones are dropped.
+
+    Mirrors DirectionModel.decide for an impairment that draws nothing random (tests/test_gso.py
+    checks that the two agree), using its queue directly: per batch, not per segment, is the point.
+    """
+    imp = model.impairment
+    held = model._held  # noqa: SLF001 - the model's own queue: a batch must count against it
+    while held and held[0][0] <= now:
+        model._held_bytes -= heapq.heappop(held)[1]  # noqa: SLF001
+    if len(held) + count > imp.limit or model._held_bytes + size > imp.limit_bytes:  # noqa: SLF001
+        return False
+    at = now + imp.delay_s
+    push = heapq.heappush
+    for _ in range(count - 1):
+        push(held, (at, each))
+    push(held, (at, size - (count - 1) * each))
+    model._held_bytes += size  # noqa: SLF001
+    c = model.counters
+    c["packets_in"] += count
+    c["bytes_in"] += size
+    c["forwarded"] += count
+    c["bytes_out"] += size
+    c["delayed"] += count
+    return True
 
 
 class _Direction:
-    """One direction's state: model, fast-path flag and the forwarder's own counts."""
+    """One direction: its model, mode, queue of frames to release, counts and the thread moving it.
 
-    __slots__ = ("model", "seed", "fast", "fast_packets", "fast_bytes", "out_packets", "out_bytes",
-                 "queued", "ignored", "write_errors", "not_captured")
+    Frames are what the TUN devices read and write: with virtio_net_hdr (`hdr` = 10) the header
+    first, else the bare packet (`hdr` = 0). Everything but the reading itself runs under `lock`,
+    which the control thread takes to read counters or change the configuration.
+    """
 
-    def __init__(self, model: Any, seed: int, fast: bool) -> None:
+    def __init__(self, index: int, model: DirectionModel, seed: int, fds: tuple[int, int], hdr: int,
+                 capture: Any, capture_lock: threading.Lock) -> None:
+        self.index = index
         self.model = model
         self.seed = seed  # what `reseed` restarts the model from
-        self.fast = fast
+        self.in_fd, self.out_fd = fds
+        self.hdr = hdr
+        self.capture = capture
+        self.capture_lock = capture_lock
+        self.lock = threading.Lock()
+        self.mode = PER_PACKET
+        self.offloaded = False  # what TUNSETOFFLOAD last set on in_fd
+        # (at, order, frame's parts, packets, bytes): a frame is written whole with writev, so a
+        # packet and its virtio_net_hdr are never copied into one buffer
+        self.heap: list[tuple[float, int, tuple[bytes, ...], int, int]] = []
+        self.order = 0  # tie-breaker: equal release times keep decision order
         self.fast_packets = 0  # entered through the fast path (the model never saw them)
         self.fast_bytes = 0
         self.out_packets = 0  # written to the other TUN device
         self.out_bytes = 0
-        self.queued = 0  # in the delay heap now
+        self.queued = 0  # packets (segments) in the release queue now
         self.ignored = 0
         self.write_errors = 0
         self.not_captured = 0
+
+    # --- control (called with `lock` held) ---
+    def configure(self, impairment: Impairment, seed: int) -> None:
+        """Apply `impairment` from the next packet on; turn the kernel's offloads on or off to suit."""
+        self.model.update(impairment)
+        self.seed = seed
+        self.mode = direction_mode(impairment, self.capture is not None)
+        wanted = bool(self.hdr) and self.mode != PER_PACKET
+        if wanted != self.offloaded and gso.set_offloads(self.in_fd, wanted):
+            self.offloaded = wanted
+        # refused: batches still arrive in PER_PACKET mode and are cut in software; none arrive in
+        # the others, which then simply see packets one by one
 
     def counters(self, *, final: bool = False) -> dict[str, int]:
         out = dict(self.model.counters)
@@ -88,15 +175,150 @@ class _Direction:
         out["not_captured"] = self.not_captured
         return out
 
-    def write(self, fd: int, packet: bytes) -> None:
-        """Write one packet to the other TUN device, counting the outcome."""
+    # --- the direction's thread ---
+    def run(self) -> None:
+        """Move packets until the device goes away (the process ends with the control thread)."""
+        fd = self.in_fd
+        size = MAX_PACKET + self.hdr
+        read, monotonic, wait, heap = os.read, time.monotonic, select.select, self.heap
+        blocking = None
         try:
-            os.write(fd, packet)
+            while True:
+                if not heap:  # nothing to release: sleep in read itself, the fewest syscalls per packet
+                    if blocking is not True:
+                        os.set_blocking(fd, True)
+                        blocking = True
+                    frame = read(fd, size)
+                    with self.lock:
+                        self.take(frame)
+                    continue
+                if blocking is not False:
+                    os.set_blocking(fd, False)
+                    blocking = False
+                if wait((fd,), (), (), min(MAX_WAIT_S, max(0.0, heap[0][0] - monotonic())))[0]:
+                    with self.lock:
+                        for _ in range(BATCH):
+                            try:
+                                frame = read(fd, size)
+                            except BlockingIOError:
+                                break
+                            self.take(frame)
+                if heap[0][0] <= monotonic():
+                    self.release_due()
+        except OSError:  # the device went away (namespace deleted): this direction is over
+            return
+
+    def release_due(self) -> None:
+        now = time.monotonic()
+        heap = self.heap
+        with self.lock:
+            while heap and heap[0][0] <= now:
+                _, _, parts, packets, size = heapq.heappop(heap)
+                self.queued -= packets
+                self.write(parts, packets, size)
+
+    def write(self, parts: tuple[bytes, ...], packets: int, size: int) -> None:
+        """Write one frame (one packet or a batch; header and packet as `parts`) to the other TUN
+        device, counting the outcome."""
+        try:
+            os.writev(self.out_fd, parts)
         except OSError:
-            self.write_errors += 1
+            self.write_errors += packets
         else:
-            self.out_packets += 1
-            self.out_bytes += len(packet)
+            self.out_packets += packets
+            self.out_bytes += size
+
+    def hold(self, at: float, parts: tuple[bytes, ...], packets: int, size: int) -> None:
+        self.order += 1
+        self.queued += packets
+        heapq.heappush(self.heap, (at, self.order, parts, packets, size))
+
+    def take(self, frame: bytes) -> None:
+        """Handle one frame just read."""
+        hdr = self.hdr
+        if len(frame) <= hdr or frame[hdr] >> 4 != 4:
+            self.ignored += 1  # IPv6 noise; the lab's link is IPv4
+            return
+        mode = self.mode
+        if mode is PER_PACKET:
+            if hdr and (frame[0] or frame[1]):  # a batch or a partial checksum: see take_packets
+                self.take_packets(frame, time.monotonic())
+                return
+            # the common case inline (one plain packet): this runs once per packet on the wire;
+            # a view, not a copy, of the packet behind its header
+            packet = memoryview(frame)[hdr:] if hdr else frame
+            now = time.monotonic()
+            verdict = self.model.decide(packet, now)
+            if self.capture is not None:
+                self.capture_packet(packet, verdict.notes)
+            for release in verdict.releases:
+                parts = (gso.ZERO_HDR, release.packet) if hdr else (release.packet,)
+                if release.at > now:
+                    self.order += 1
+                    self.queued += 1
+                    heapq.heappush(self.heap, (release.at, self.order, parts, 1, len(release.packet)))
+                    continue
+                try:
+                    os.writev(self.out_fd, parts)
+                except OSError:
+                    self.write_errors += 1
+                else:
+                    self.out_packets += 1
+                    self.out_bytes += len(release.packet)
+            return
+        if hdr and frame[1]:
+            packets, size, each = gso.wire_size(frame)
+        else:
+            packets = 1
+            size = each = len(frame) - hdr
+        if mode is FAST:
+            self.fast_packets += packets
+            self.fast_bytes += size
+            try:
+                os.write(self.out_fd, frame)
+            except OSError:
+                self.write_errors += packets
+            else:
+                self.out_packets += packets
+                self.out_bytes += size
+            return
+        now = time.monotonic()  # BATCH_DELAY
+        if admit_delayed(self.model, packets, size, each, now):
+            self.hold(now + self.model.impairment.delay_s, (frame,), packets, size)
+        else:  # the queue is (nearly) full: exactly the segments a per-packet link keeps, their
+            # checksums left partial (nothing here needs them whole)
+            self.take_packets(frame, now, complete=False)
+
+    def take_packets(self, frame: bytes, now: float, *, complete: bool = True) -> None:
+        """Ask the model about each packet on the wire `frame` holds (a batch is cut first; a partial
+        checksum is completed unless `complete` is False: corrupt and the capture need it whole)."""
+        hdr = self.hdr
+        prefix = gso.ZERO_HDR if hdr else b""
+        if not hdr:
+            packets = [frame]
+        elif frame[1] or frame[0] & gso.F_NEEDS_CSUM:
+            packets = gso.segment(frame, complete=complete)
+            if not complete and frame[0] & gso.F_NEEDS_CSUM:
+                prefix = gso.partial_header(frame)
+        else:
+            packets = [frame[hdr:]]
+        for packet in packets:
+            verdict = self.model.decide(packet, now)
+            if self.capture is not None:
+                self.capture_packet(packet, verdict.notes)
+            for release in verdict.releases:
+                parts = (prefix, release.packet) if hdr else (release.packet,)
+                if release.at <= now:
+                    self.write(parts, 1, len(release.packet))
+                else:
+                    self.hold(release.at, parts, 1, len(release.packet))
+
+    def capture_packet(self, packet: bytes | memoryview, notes: tuple[str, ...]) -> None:
+        comment = "; ".join(notes) or "forwarded"
+        with self.capture_lock:
+            captured = self.capture.packet(self.index, time.time_ns(), bytes(packet), comment)
+        if not captured:
+            self.not_captured += 1
 
 
 def _config_from_wire(data: Any) -> Any:
@@ -106,95 +328,74 @@ def _config_from_wire(data: Any) -> Any:
     return LinkConfig.from_wire(data)
 
 
-def _directions(config: Any, capture_on: bool) -> list[_Direction]:
-    """One _Direction per way (forward, reverse), each with its model seeded as `config` says."""
+def _frame_header_len(client_fd: int, server_fd: int) -> int:
+    """10 (virtio_net_hdr) if both TUN devices carry it, 0 if neither (a kernel that refused it)."""
+    with_hdr = (gso.has_vnet_hdr(client_fd), gso.has_vnet_hdr(server_fd))
+    if with_hdr[0] != with_hdr[1]:
+        raise LabError("the link's TUN devices disagree about IFF_VNET_HDR: recreate the link")
+    return gso.VNET_HDR_LEN if with_hdr[0] else 0
+
+
+def _directions(config: Any, fds: tuple[int, int], hdr: int, capture: Any) -> list[_Direction]:
+    """One _Direction per way (forward: client fd -> server fd, reverse), seeded as `config` says."""
     from lab.link.models import DirectionModel
 
+    capture_lock = threading.Lock()
     dirs = []
-    for impairment, seed in ((config.forward, config.forward_seed), (config.reverse, config.reverse_seed)):
-        dirs.append(_Direction(DirectionModel(impairment, seed), seed, impairment.is_null and not capture_on))
+    for index, (impairment, seed) in enumerate(((config.forward, config.forward_seed),
+                                                (config.reverse, config.reverse_seed))):
+        ends = fds if index == FORWARD else (fds[1], fds[0])
+        direction = _Direction(index, DirectionModel(impairment, seed), seed, ends, hdr, capture,
+                               capture_lock)
+        direction.configure(impairment, seed)
+        dirs.append(direction)
     return dirs
 
 
-def _apply_config(dirs: list[_Direction], config: Any, capture_on: bool) -> None:
-    """Switch the running link to `config` from the next packet on (counters and RNG state carry on;
-    a later reseed starts from `config`'s seeds). With a capture every packet goes through the model,
-    which writes its comment."""
+def _apply_config(dirs: list[_Direction], config: Any) -> None:
+    """Switch the running link to `config` from the next packet on (counters, RNG state and packets
+    already held carry on; a later reseed starts from `config`'s seeds)."""
     for d, impairment, seed in zip(dirs, (config.forward, config.reverse),
                                    (config.forward_seed, config.reverse_seed), strict=True):
-        d.model.update(impairment)
-        d.seed = seed
-        d.fast = impairment.is_null and not capture_on
+        with d.lock:
+            d.configure(impairment, seed)
+
+
+def _run_direction(direction: _Direction, name: str) -> None:
+    """A direction's thread: a bug in it ends the whole forwarder loudly (the owner notices)."""
+    try:
+        direction.run()
+    except Exception:
+        print(f"lab link {name}: the forwarder crashed ({DIRECTIONS[direction.index]}):\n"
+              f"{traceback.format_exc()}", file=sys.stderr, end="", flush=True)
+        os._exit(EXIT_CRASHED)
 
 
 def serve(spec: Mapping[str, Any], control: Channel) -> None:
     """The forwarder's main loop (runs until stop, control EOF or SIGTERM)."""
     client_fd, server_fd = spec["fds"]
-    control_fd = control.fileno()
     try:
         config = _config_from_wire(spec["link"])
+        hdr = _frame_header_len(client_fd, server_fd)
         capture = _open_capture(spec.get("capture"), spec.get("capture_limit"))
     except (OSError, LabError) as exc:  # the owner checked first; still, say why instead of a traceback
         control.send(Failed(exc if isinstance(exc, LabError) else LabError(str(exc))))
         return
-    dirs = _directions(config, capture is not None)  # with a capture every packet gets a comment
-
-    out_fds = (server_fd, client_fd)
-    heap: list[tuple[float, int, int, bytes]] = []
-    order = 0  # tie-breaker: equal release times keep decision order
-    # select(), not epoll: epoll_wait's timeout is whole milliseconds (rounded up), which released
-    # every delayed packet up to 1 ms late; select's is microseconds. Three fds: no cost to speak of.
-    watched = [client_fd, server_fd, control_fd]
-    handle = _control_handler(dirs, capture)
+    dirs = _directions(config, (client_fd, server_fd), hdr, capture)
+    stopped: list[bool] = []
+    handle = _control_handler(dirs, capture, stopped)
+    for direction in dirs:
+        threading.Thread(target=_run_direction, args=(direction, spec.get("name", "?")),
+                         name=f"forwarder-{DIRECTIONS[direction.index]}", daemon=True).start()
     control.send(Ready(os.getpid()))
-
-    read, monotonic, wait = os.read, time.monotonic, select.select
     try:
-        while True:
-            timeout = None if not heap else min(MAX_WAIT_S, max(0.0, heap[0][0] - monotonic()))
-            for fd in wait(watched, (), (), timeout)[0]:
-                if fd == control_fd:
-                    if not answer(control, handle):
-                        return  # stopped (final counters sent) or the owner is gone
-                    continue
-                d = FORWARD if fd == client_fd else REVERSE
-                state = dirs[d]
-                out = out_fds[d]
-                for _ in range(BATCH):
-                    try:
-                        packet = read(fd, MAX_PACKET)
-                    except BlockingIOError:
-                        break
-                    except OSError:  # the device went away (namespace deleted): stop reading it
-                        watched.remove(fd)
-                        break
-                    if packet[0] >> 4 != 4:
-                        state.ignored += 1  # IPv6 noise; the lab's link is IPv4
-                        continue
-                    if state.fast:
-                        state.fast_packets += 1
-                        state.fast_bytes += len(packet)
-                        state.write(out, packet)
-                        continue
-                    now = monotonic()
-                    verdict = state.model.decide(packet, now)
-                    if capture is not None and not capture.packet(
-                            d, time.time_ns(), packet, "; ".join(verdict.notes) or "forwarded"):
-                        state.not_captured += 1
-                    for release in verdict.releases:
-                        if release.at <= now:
-                            state.write(out, release.packet)
-                        else:
-                            order += 1
-                            state.queued += 1
-                            heapq.heappush(heap, (release.at, order, d, release.packet))
-            if heap:
-                now = monotonic()
-                while heap and heap[0][0] <= now:
-                    _, _, d, packet = heapq.heappop(heap)
-                    dirs[d].queued -= 1
-                    dirs[d].write(out_fds[d], packet)
+        while answer(control, handle):
+            pass  # answer() returns when no request is buffered; the next receive blocks
     finally:
+        # the directions' threads die with the process; first make sure none is mid-write
+        if not stopped:  # (stop has taken their locks already)
+            for direction in dirs:
+                direction.lock.acquire(timeout=STOP_WAIT_S)
         if capture is not None:
             capture.close()
 
@@ -208,26 +409,35 @@ def _open_capture(path: str | None, limit: int | None) -> Any:
 
 
 def _counters(dirs: list[_Direction], *, final: bool = False) -> dict[str, dict[str, int]]:
-    return {name: dirs[i].counters(final=final) for i, name in enumerate(DIRECTIONS)}
+    out = {}
+    for i, name in enumerate(DIRECTIONS):
+        with dirs[i].lock:
+            out[name] = dirs[i].counters(final=final)
+    return out
 
 
-def _control_handler(dirs: list[_Direction], capture: Any) -> Callable[[str, Any], Any]:
+def _control_handler(dirs: list[_Direction], capture: Any, stopped: list[bool]) -> Callable[[str, Any], Any]:
     """What answers the owner's requests (see the module's docstring)."""
-    capture_on = capture is not None
 
     def handle(op: str, argument: Any) -> Any:
         if op == "counters":
             return _counters(dirs)
         if op == "stop":
+            final = {}
+            stopped.append(True)
+            for i, name in enumerate(DIRECTIONS):  # the locks stay taken: the directions stop here
+                dirs[i].lock.acquire(timeout=STOP_WAIT_S)
+                final[name] = dirs[i].counters(final=True)
             if capture is not None:
-                capture.close()  # before the final counters: closing may count what it could not write
-            return _counters(dirs, final=True)
+                capture.close()  # the directions are stopped, so nothing writes to it any more
+            return final
         if op == "set":
-            _apply_config(dirs, _config_from_wire(argument), capture_on)
+            _apply_config(dirs, _config_from_wire(argument))
             return None
         if op == "reseed":
             for direction in dirs:
-                direction.model.reseed(direction.seed)
+                with direction.lock:
+                    direction.model.reseed(direction.seed)
             return None
         raise LabError(f"unknown forwarder request {op!r}")
 
