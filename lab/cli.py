@@ -40,6 +40,7 @@ class ServeWhich(StrEnum):
     tcp = "tcp"
     udp = "udp"
     both = "both"
+    discard = "discard"  # the discard sink of bulk flows (lab.endpoints.sink)
 
 
 def _protocol_choices() -> type[StrEnum]:
@@ -75,12 +76,16 @@ LANG = typer.Option(None, "--lang", metavar="en|pt", help=N_(
 @app.command(help=N_(
     "Run RFC 862 echo servers: TCP echoes the byte stream, UDP echoes each datagram.\n\n"
     "Any echo client works against them (nc, socat, `lab send`). Ctrl-C prints a stats line.\n\n"
+    "`lab serve discard` runs the RFC 863 discard sink of bulk flows instead (TCP and UDP, port 9009 "
+    "by default): it counts what arrives, in order and intact, for `lab send PROTO HOST 9009 --bulk`.\n\n"
     "Example: lab serve both --port 7007   then   nc 127.0.0.1 7007"
 ))
 def serve(
-    which: ServeWhich = typer.Argument(..., help=N_("tcp, udp, or both (same port number).")),
+    which: ServeWhich = typer.Argument(..., help=N_(
+        "tcp, udp, or both (same port number); discard: the sink of bulk flows.")),
     host: str = typer.Option("127.0.0.1", help=N_("Address to listen on (loopback by default).")),
-    port: int = PORT,
+    port: int | None = typer.Option(None, "--port", "-p", min=0, max=65535, help=N_(
+        "Port (0 = any free; default 7007, discard 9009).")),
     max_conns: int = typer.Option(256, min=1, max=100_000, help=N_(
         "TCP connections at once; when full, the longest-idle one is closed to make room.")),
     idle_timeout: float = typer.Option(60.0, min=0.0, max=86_400.0, help=N_(
@@ -90,40 +95,96 @@ def serve(
         "UDP answers per second per source address, beyond it datagrams go unanswered (0 = no limit).")),
     lang: str | None = LANG,
 ) -> None:
+    if which == ServeWhich.discard:
+        from lab.endpoints.sink import DISCARD_PORT
+        from lab.endpoints.sink import serve_command as serve_discard
+
+        raise typer.Exit(serve_discard(host, DISCARD_PORT if port is None else port, max_conns, idle_timeout))
     from lab.endpoints.server import serve_command
 
-    raise typer.Exit(serve_command(which.value, host, port, max_conns, idle_timeout, max_datagram,
-                                   udp_rate_limit=udp_rate_limit))
+    raise typer.Exit(serve_command(which.value, host, DEFAULT_PORT if port is None else port, max_conns,
+                                   idle_timeout, max_datagram, udp_rate_limit=udp_rate_limit))
 
 
 @app.command(help=N_(
     "Measure RTT, loss, jitter, reordering against any echo server (ours, socat, ...).\n\n"
-    "Example: lab send udp 127.0.0.1 7007 --count 1000 --rate 500"
+    "With --bulk, send as fast as the protocol allows (UDP: at --rate) to a discard sink "
+    "(`lab serve discard`) and print goodput per interval, as iperf3 does.\n\n"
+    "Example: lab send udp 127.0.0.1 7007 --count 1000 --rate 500\n\n"
+    "Example: lab send tcp 127.0.0.1 9009 --bulk --duration 5"
 ))
 def send(
     protocol: Proto = typer.Argument(..., help=N_("The protocol (`lab protocols` describes each).")),
     host: str = typer.Argument(..., help=N_("Echo server address, e.g. 127.0.0.1.")),
     port: int = typer.Argument(..., min=1, max=65535, help=N_("Echo server port.")),
     count: int = typer.Option(100, "--count", "-c", min=1, max=10_000_000, help=N_("Probes to send.")),
-    size: int = typer.Option(64, "--size", "-s", min=32, max=65507,
-                             help=N_("Bytes per probe on the wire (32-byte header + payload).")),
-    rate: float | None = typer.Option(None, "--rate", "-r", help=N_(
-        "Probes/s, paced open loop (default: ping-pong, one in flight).")),
+    size: int | None = typer.Option(None, "--size", "-s", min=32, max=65507, help=N_(
+        "Bytes per probe on the wire (32-byte header + payload; default 64); with --bulk, per "
+        "datagram (default 1200).")),
+    rate: str | None = typer.Option(None, "--rate", "-r", help=N_(
+        "Probes/s, paced open loop (default: ping-pong, one in flight). With --bulk: a bit rate "
+        "such as 20mbit (udp, udplite and quic-datagram need one).")),
     timeout: float = typer.Option(1.0, "--timeout", "-t", help=N_("Seconds before a probe counts as lost.")),
     window: int | None = typer.Option(None, "--window", "-w", min=1, help=N_(
         "Segments in flight, for protocols with a window (the ARQ ones: default 8); others ignore it.")),
+    bulk: bool = typer.Option(False, "--bulk", help=N_(
+        "Bulk traffic to a discard sink instead of probes to an echo server.")),
+    duration: float = typer.Option(5.0, "--duration", help=N_("With --bulk: seconds to send.")),
+    max_bytes: str | None = typer.Option(None, "--bytes", help=N_(
+        "With --bulk: stop after this many bytes, e.g. 100mb (tc units, powers of 1024).")),
+    interval: float = typer.Option(1.0, "--interval", "-i", help=N_(
+        "With --bulk: seconds per goodput line.")),
     as_json: bool = typer.Option(False, "--json", help=N_("Print one result object as JSON.")),
     lang: str | None = LANG,
 ) -> None:
+    if bulk:
+        from lab.bulk.summary import send_bulk_command
+
+        plan = bulk_plan(duration, max_bytes, rate, size, interval, window)
+        raise typer.Exit(send_bulk_command(protocol.value, host, port, plan, as_json))
     from lab.endpoints.client import send_command
     from lab.records import TrafficPlan
 
-    if rate is not None and rate <= 0:
-        raise LabError(f"--rate must be a positive number of messages per second, got {rate}")
+    probes_per_s = probe_rate(rate)
     if timeout <= 0:
         raise LabError(f"--timeout must be a positive number of seconds, got {timeout}")
-    plan = TrafficPlan(count=count, size=size, rate=rate, timeout=timeout, window=window)
+    plan = TrafficPlan(count=count, size=64 if size is None else size, rate=probes_per_s, timeout=timeout,
+                       window=window)
     raise typer.Exit(send_command(protocol.value, host, port, plan, as_json))
+
+
+def probe_rate(rate: str | None) -> float | None:
+    """--rate without --bulk: probes per second, a positive number."""
+    if rate is None:
+        return None
+    try:
+        value = float(rate)
+    except ValueError:
+        raise LabError(f"--rate is probes per second (a number such as 500), got {rate!r}; a bit rate "
+                       "such as 20mbit is for bulk traffic (--bulk)") from None
+    if not value > 0 or value == float("inf"):
+        raise LabError(f"--rate must be a positive number of messages per second, got {rate}")
+    return value
+
+
+def bulk_plan(duration: float, max_bytes: str | None, rate: str | None, size: int | None,
+              interval: float, window: int | None) -> Any:
+    """--bulk's options as a lab.bulk.BulkPlan (--rate is a bit rate with a unit here)."""
+    from lab.bulk import MAX_BULK_BYTES, BulkPlan
+    from lab.link.params import parse_rate, parse_size
+
+    rate_bps = None
+    if rate is not None:
+        try:
+            float(rate)
+        except ValueError:
+            rate_bps = parse_rate(rate, key="rate")
+        else:
+            raise LabError(f"with --bulk, --rate is a bit rate with a unit such as 20mbit or 500kbit, "
+                           f"got {rate!r}")
+    budget = parse_size(max_bytes, key="bytes", minimum=1, maximum=MAX_BULK_BYTES) if max_bytes else None
+    return BulkPlan(duration_s=duration, max_bytes=budget, rate_bps=rate_bps,
+                    size=1200 if size is None else size, interval_s=min(interval, duration), window=window)
 
 
 # --- impairment options: one list (lab.link.models.OPTION_KEYS) for `lab link` and `lab demo` ---------

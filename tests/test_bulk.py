@@ -3,7 +3,10 @@ TCP and UDP flows on loopback and through the impaired link."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -255,3 +258,63 @@ def test_flows_started_together_run_at_once(impaired_link: Any) -> None:
     for result in results:
         assert result.bytes_delivered > 0 and result.started_ns is not None
         assert abs(result.started_ns - start) < 100 * MS  # both honoured start_at_ns
+
+
+# --- lab send --bulk, lab serve discard -----------------------------------------------------------------
+def _lab(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_lab_send_bulk_prints_intervals_and_totals() -> None:
+    with get_protocol("udp").sinking() as (host, port):
+        sender = _lab("send", "udp", host, str(port), "--bulk", "--duration", "0.6", "--interval", "0.2",
+                      "--rate", "4mbit")
+        out, err = sender.communicate(timeout=60)
+    assert sender.returncode == 0, err
+    assert "bulk for 0.6 s at 4.0 Mbit/s" in out and "0.00-0.20" in out
+    assert "datagrams: " in out and " 0 lost" in out and "goodput" in out
+
+
+def test_lab_send_bulk_ctrl_c_prints_what_was_measured() -> None:
+    with get_protocol("tcp").sinking() as (host, port):
+        sender = _lab("send", "tcp", host, str(port), "--bulk", "--duration", "60", "--interval", "0.2")
+        try:
+            assert sender.stdout is not None
+            assert "bulk for 60 s" in sender.stdout.readline()  # the flow is about to start
+            time.sleep(1.0)
+            sender.send_signal(signal.SIGINT)
+            out, err = sender.communicate(timeout=30)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.communicate()
+    assert sender.returncode == 130, err
+    assert "interrupted (Ctrl-C)" in out and "delivered" in out, err
+    assert "missing" not in out  # the sink still gave its counts
+
+
+def test_lab_send_rate_means_probes_without_bulk_and_bits_with_it() -> None:
+    for args, message in ((["--rate", "20mbit"], "probes per second"),
+                          (["--bulk", "--rate", "20"], "bit rate with a unit")):
+        sender = _lab("send", "udp", "127.0.0.1", "9", *args)
+        _, err = sender.communicate(timeout=60)
+        assert sender.returncode == 2 and message in err and err.count("\n") == 1
+
+
+def test_lab_serve_discard_counts_and_prints_its_stats() -> None:
+    server = _lab("serve", "discard", "--port", "0")
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("discard tcp and udp listening on 127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        result = get_protocol("tcp").run_bulk(("127.0.0.1", port), BulkPlan(duration_s=0.2))
+        assert result.bytes_delivered > 0
+        server.send_signal(signal.SIGINT)
+        out, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert "stream_flows=1" in out and "summaries=1" in out
