@@ -95,7 +95,8 @@ def lab_seed(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def impaired_link(request: pytest.FixtureRequest, lab_seed: int) -> Iterator[Any]:
-    """Factory: `impaired_link(loss="5%", delay="10ms")` -> a live link; all torn down after."""
+    """Factory: `impaired_link(loss="5%", delay="10ms")` -> a live link; all torn down after.
+    One direction's own: `impaired_link(forward={"delay": "10ms"}, reverse={"delay": "2ms"})`."""
     reason = privileges.explain(privileges.CAP_NET_ADMIN)
     if reason:
         pytest.skip(f"impaired_link {reason}")

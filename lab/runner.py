@@ -676,11 +676,18 @@ def demo_scenario(link: Mapping[str, str] | None = None, seed: int | None = None
     source = str(DEMO_SCENARIO)
     if link:
         data.setdefault("link", {}).update(link)
-        given = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in link.items())
+        given = ", ".join(f"--{key.replace('_', '-')} {_given(value)}" for key, value in link.items())
         meta["description"] = f"{meta.get('description', '')} Steered with {given}.".strip()
         source = f"lab demo {given}"
     scenario = scenario_from_data(data, source=source, default_name="demo", path=DEMO_SCENARIO)
     return scenario.with_seed(seed) if seed is not None else scenario
+
+
+def _given(value: object) -> str:
+    """A demo option as typed: --loss 30%, --forward 'delay 10ms loss 5%' (a direction's netem words)."""
+    from lab.link.params import format_netem
+
+    return f"'{format_netem(value)}'" if isinstance(value, Mapping) else str(value)
 
 
 def demo_command(out: Path, link: Mapping[str, str] | None = None, *, seed: int | None = None,

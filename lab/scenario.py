@@ -23,10 +23,15 @@ Format (every table but `[scenario]` is optional)::
     [link]                         # lab link's impairment keys, netem vocabulary
     loss = "5%"                    # also delay, jitter, distribution, reorder, duplicate, corrupt,
                                    # rate, limit, direction
+    [link.forward]                 # client->server only: the same keys, over [link]'s
+    delay = "10ms"
+    [link.reverse]                 # server->client only
+    delay = "2ms"
 
     [sweep]                        # key -> list of values; the cartesian product runs, in file order
     loss = ["0%", "5%"]            # a bare key is a link or traffic key; `rate` exists in both, so
     traffic.rate = [10, 100]       # write `link.rate` or `traffic.rate`
+    link.forward.loss = ["0%", "20%"]   # one direction's key
 
     [expect.udp]                   # assertions on each protocol's Result (see EXPECTATION_DOC)
     loss_ratio = "within_ci"
@@ -58,11 +63,14 @@ from typing import Any
 from lab.errors import ConfigError, ScenarioError
 from lab.files import read_limited
 from lab.i18n import _
-from lab.link.models import DIRECTIONS, OPTION_KEYS, LinkConfig
+from lab.link.models import DIRECTION_NAMES, DIRECTIONS, OPTION_KEYS, LinkConfig
 from lab.records import Result, TrafficPlan
 
 # The impairment keys of `lab link` and `impaired_link(...)` (one list, lab.link.models.OPTION_KEYS).
 LINK_KEYS = (*OPTION_KEYS, "direction")
+# [link.forward] / [link.reverse]: one direction's own OPTION_KEYS, over [link]'s
+# (docs/architecture.md#link-configuration).
+LINK_DIRECTION_TABLES = DIRECTION_NAMES
 TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration", "window")
 SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "privileged", "atlas")
 TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect")
@@ -187,12 +195,16 @@ class SweepPoint:
 
     @property
     def impaired(self) -> bool:
-        """True if any impairment is configured (direction alone impairs nothing)."""
-        return any(k != "direction" for k in self.link)
+        """True if any impairment is configured (direction alone, or an empty table, impairs nothing)."""
+        return any(k != "direction" and (k not in LINK_DIRECTION_TABLES or v) for k, v in self.link.items())
 
     def link_options(self) -> dict[str, Any]:
-        """Impairment keyword options (without `direction`), as open_link/LinkConfig take them."""
-        return {k: v for k, v in self.link.items() if k != "direction"}
+        """[link]'s impairment keys (without `direction` and the per-direction tables)."""
+        return {k: v for k, v in self.link.items() if k != "direction" and k not in LINK_DIRECTION_TABLES}
+
+    def direction_options(self, name: str) -> dict[str, Any]:
+        """[link.forward] or [link.reverse] (`name`) as written: that direction's own keys."""
+        return dict(self.link.get(name) or {})
 
     @property
     def direction(self) -> str:
@@ -329,10 +341,7 @@ class _Parser:
         for key in traffic:
             if key not in TRAFFIC_KEYS:
                 raise self.fail(f"[traffic] {key}", f"unknown key; allowed: {', '.join(TRAFFIC_KEYS)}")
-        link = dict(data.get("link", {}))
-        for key in link:
-            if key not in LINK_KEYS:
-                raise self.fail(f"[link] {key}", f"unknown key; allowed: {', '.join(LINK_KEYS)}")
+        link = self.link_table(dict(data.get("link", {})))
         sweep = self.sweep_table(data.get("sweep", {}))
         names = [name for name, _, _ in sweep]
         combos = list(itertools.product(*[values for _, _, values in sweep])) if sweep else [()]
@@ -355,7 +364,7 @@ class _Parser:
             point_link = dict(link)
             point_traffic = dict(traffic)
             for (_name, (table, key), _values), value in zip(sweep, combo, strict=True):
-                (point_link if table == "link" else point_traffic)[key] = value
+                _set_swept(point_link, point_traffic, table, key, value)
             where = f"[sweep] point {point_id}: " if sweep else ""
             plan = self.traffic_plan(point_traffic, where)
             link_config = self.link_config(point_link, meta["seed"], where)
@@ -447,6 +456,9 @@ class _Parser:
             if key in ("link", "traffic") and isinstance(value, dict):
                 allowed = LINK_KEYS if key == "link" else TRAFFIC_KEYS
                 for sub, values in value.items():
+                    if key == "link" and sub in LINK_DIRECTION_TABLES and isinstance(values, dict):
+                        entries += self.direction_sweep(sub, values)
+                        continue
                     if sub not in allowed:
                         raise self.fail(
                             f"[sweep] {key}.{sub}", f"unknown {key} key; allowed: {', '.join(allowed)}"
@@ -465,7 +477,8 @@ class _Parser:
                 raise self.fail(
                     f"[sweep] {key}",
                     f"unknown key; allowed: a [link] key ({', '.join(LINK_KEYS)}) or a [traffic] key "
-                    f"({', '.join(TRAFFIC_KEYS)}), `rate` written as link.rate or traffic.rate",
+                    f"({', '.join(TRAFFIC_KEYS)}), `rate` written as link.rate or traffic.rate, one "
+                    "direction's key as link.forward.KEY or link.reverse.KEY",
                 )
         total = math.prod(len(v) for _, _, v in entries) if entries else 1
         if total > MAX_SWEEP_POINTS:
@@ -586,26 +599,68 @@ class _Parser:
             key = exc.key or str(exc).split(" ", 1)[0]
             raise self.fail(f"{where}[traffic] {key}", str(exc)) from None
 
+    def link_table(self, link: dict[str, Any]) -> dict[str, Any]:
+        """[link] with its keys checked: LINK_KEYS, and [link.forward]/[link.reverse] tables of
+        OPTION_KEYS (values are judged per point, in `link_config`)."""
+        for key, value in link.items():
+            if key in LINK_DIRECTION_TABLES:
+                if not isinstance(value, dict):
+                    raise self.fail(f"[link] {key}", f"must be a table ([link.{key}]) of impairment keys "
+                                    f"such as loss = \"5%\", got {_show(value)}")
+                for sub in value:
+                    if sub not in OPTION_KEYS:
+                        why = ("a table is one direction already; `direction` belongs in [link]"
+                               if sub == "direction" else f"unknown key; allowed: {', '.join(OPTION_KEYS)}")
+                        raise self.fail(f"[link.{key}] {sub}", why)
+            elif key not in LINK_KEYS:
+                raise self.fail(f"[link] {key}", f"unknown key; allowed: {', '.join(LINK_KEYS)}, and the "
+                                f"tables [link.forward], [link.reverse]")
+        return link
+
+    def direction_sweep(
+        self, name: str, table: dict[str, Any]
+    ) -> list[tuple[str, tuple[str, str], list[Any]]]:
+        """`[sweep] link.forward.loss = [...]`: entries on one direction's key."""
+        entries = []
+        for sub, values in table.items():
+            label = f"link.{name}.{sub}"
+            if sub not in OPTION_KEYS:
+                raise self.fail(f"[sweep] {label}", f"unknown key of [link.{name}]; allowed: "
+                                f"{', '.join(OPTION_KEYS)}")
+            entries.append((label, (f"link.{name}", sub), self.sweep_values(label, values)))
+        return entries
+
     def link_config(self, link: dict[str, Any], seed: int, where: str) -> LinkConfig:
-        """The point's [link] table parsed, once, into the LinkConfig the runner hands on."""
+        """The point's [link] table (and its [link.forward]/[link.reverse]) parsed, once, into the
+        LinkConfig the runner hands on."""
         direction = link.get("direction", "both")
         if direction not in DIRECTIONS:
             raise self.fail(
                 f"{where}[link] direction", f"must be both, forward or reverse, got {_show(direction)}"
             )
-        options = {k: v for k, v in link.items() if k != "direction"}
+        options = {k: v for k, v in link.items() if k != "direction" and k not in LINK_DIRECTION_TABLES}
+        tables = {name: dict(link.get(name) or {}) for name in LINK_DIRECTION_TABLES}
         try:
-            return LinkConfig.from_options(options, direction=direction, seed=seed)
+            return LinkConfig.from_options(options, direction=direction, seed=seed, **tables)
         except ConfigError as exc:
             whole = exc
         # Only on failure: find the key that is wrong, so the message names it. Reorder alone is
         # refused (netem reorders by sending some packets without the delay): judge it with a delay.
-        for key, value in options.items():
+        keyed = [("[link]", key, value) for key, value in options.items()]
+        keyed += [(f"[link.{name}]", key, value)
+                  for name, table in tables.items() for key, value in table.items()]
+        for table, key, value in keyed:
             alone = {key: value, "delay": "1ms"} if key == "reorder" else {key: value}
             try:
-                LinkConfig.from_options(alone, direction=direction, seed=seed)
+                LinkConfig.from_options(alone, seed=seed)
             except ConfigError as exc:
-                raise self.fail(f"{where}[link] {key}", _strip_key(str(exc), key)) from None
+                raise self.fail(f"{where}{table} {key}", _strip_key(str(exc), key)) from None
+        if whole.key == "direction":  # a direction's own impairments where `direction` excludes it
+            raise self.fail(f"{where}[link] direction", _strip_key(str(whole), "direction")) from None
+        for name in LINK_DIRECTION_TABLES:  # e.g. reorder in [link.forward] with no delay that way
+            if str(whole).startswith(f"{name}: "):
+                raise self.fail(f"{where}[link.{name}]", str(whole)[len(name) + 2:],
+                                key=f"link.{whole.key or name}") from None
         raise self.fail(f"{where}[link]", str(whole)) from None
 
 
@@ -728,6 +783,18 @@ def _dotted_key(where: str) -> str | None:
     if match is None:
         return where or None
     return match["table"] + (f".{match['key']}" if match["key"] else "")
+
+
+def _set_swept(link: dict[str, Any], traffic: dict[str, Any], table: str, key: str, value: Any) -> None:
+    """Put one sweep value where its key lives: `traffic`, `link`, or `link.forward`/`link.reverse`
+    (a per-direction table is copied first: the points must not share it)."""
+    if table == "traffic":
+        traffic[key] = value
+    elif table == "link":
+        link[key] = value
+    else:
+        name = table.split(".", 1)[1]
+        link[name] = {**(link.get(name) or {}), key: value}
 
 
 def _known_protocols() -> set[str]:

@@ -30,8 +30,8 @@ EVERY_KEY = {
 }
 # What `lab link` and `lab demo` take besides the impairment keys.
 NOT_IMPAIRMENT = {
-    "link": {"name", "direction", "seed", "mtu", "capture", "capture_limit"},
-    "demo": {"out", "direction", "seed", "live", "capture", "slides", "lang"},
+    "link": {"name", "direction", "forward", "reverse", "seed", "mtu", "capture", "capture_limit"},
+    "demo": {"out", "direction", "forward", "reverse", "seed", "live", "capture", "slides", "lang"},
 }
 QUICK = "[traffic]\ncount = 20\nrate = 400\ntimeout = 0.5\n"
 
@@ -289,14 +289,14 @@ def test_open_link_refuses_a_config_and_keywords_together():
         open_link({"loss": "5%"})  # type: ignore[arg-type]
 
 
-# --- per direction (for later [link.forward]/[link.reverse] tables) ------------------------------
+# --- per direction ([link.forward]/[link.reverse], --forward/--reverse; tests/test_asymmetric.py) --
 def test_per_direction_overrides_are_parsed_with_the_rest():
     config = LinkConfig.from_options({"delay": "10ms", "loss": "1%"}, forward={"loss": "5%"},
                                      reverse={"delay": "30ms"}, seed=2)
     assert (config.forward.loss, config.forward.delay_s) == (0.05, 0.01)
     assert (config.reverse.loss, config.reverse.delay_s) == (0.01, 0.03)
-    one_way = LinkConfig.from_options({"loss": "1%"}, direction="forward", reverse={"delay": "5ms"})
-    assert (one_way.forward.loss, one_way.reverse.loss, one_way.reverse.delay_s) == (0.01, 0.0, 0.005)
+    one_way = LinkConfig.from_options({"loss": "1%"}, direction="forward", forward={"delay": "5ms"})
+    assert (one_way.forward.loss, one_way.forward.delay_s, one_way.reverse) == (0.01, 0.005, models.NULL)
     changed = config.with_options({}, reverse={"loss": None})
     assert changed.forward == config.forward and changed.reverse.loss == 0.0
     with pytest.raises(ConfigError, match="unknown impairment option"):

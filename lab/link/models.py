@@ -268,19 +268,56 @@ def _check_direction(direction: str) -> str:
     return direction
 
 
+DIRECTION_NAMES = ("forward", "reverse")  # forward = client -> server
+_OTHER = {"forward": "reverse", "reverse": "forward"}
+_ARROW = {"forward": "client->server", "reverse": "server->client"}
+
+
+def _check_tables(direction: str, forward: Mapping[str, object] | None,
+                  reverse: Mapping[str, object] | None) -> None:
+    """Refuse a direction's own impairments where `direction` says that direction is left alone
+    (docs/architecture.md#link-configuration: `direction` picks where the shared keys apply)."""
+    for name, own in (("forward", forward), ("reverse", reverse)):
+        if direction == _OTHER[name] and own and any(v is not None for v in own.values()):
+            raise ConfigError(
+                f"direction {direction} leaves {_ARROW[name]} unimpaired, yet {name} impairments "
+                f"were given too; drop direction (each direction's own impairments already say which "
+                f"way they apply) or make it both", key="direction")
+
+
 def _per_direction(
     options: Mapping[str, object], direction: str,
     forward: Mapping[str, object] | None, reverse: Mapping[str, object] | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Impairment field changes for (forward, reverse): `options` where `direction` says, then each
-    direction's own overrides on top (each value parsed exactly once)."""
+    direction's own overrides on top (each value parsed exactly once; an error in a direction's own
+    says which direction: `forward: loss must be ...`, key `forward.loss`)."""
+    _check_tables(direction, forward, reverse)
     shared = _fields_from_options(options)
     out = []
     for name, own in (("forward", forward), ("reverse", reverse)):
         changes = dict(shared) if direction in ("both", name) else {}
-        changes.update(_fields_from_options(own or {}))
+        try:
+            changes.update(_fields_from_options(own or {}))
+        except ConfigError as exc:
+            raise _in_direction(name, exc) from None
         out.append(changes)
     return out[0], out[1]
+
+
+def _in_direction(name: str, exc: ConfigError) -> ConfigError:
+    """`exc` said of direction `name`'s own impairments."""
+    return ConfigError(f"{name}: {exc}", key=f"{name}.{exc.key}" if exc.key else name)
+
+
+def _impairment(name: str, fields_: Mapping[str, Any], own: Mapping[str, object] | None,
+                base: Impairment | None = None) -> Impairment:
+    """Impairment(**fields_) (or `base` changed by them); a direction given its own impairments
+    names itself in an error (`forward: reorder needs a delay...`)."""
+    try:
+        return replace(base, **fields_) if base is not None else Impairment(**fields_)
+    except ConfigError as exc:
+        raise (_in_direction(name, exc) if own else exc) from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -303,10 +340,13 @@ class LinkConfig:
         """Options with the impairment keys (OPTION_KEYS, netem-style values) -> validated config.
 
         `options` apply in `direction`; `forward`/`reverse` (same keys) override one direction only.
+        A direction's own impairments where `direction` leaves that direction alone (direction
+        forward with reverse=...) contradict it: ConfigError (key `direction`).
         """
         _check_direction(direction)
         forward_fields, reverse_fields = _per_direction(options, direction, forward, reverse)
-        return cls(forward=Impairment(**forward_fields), reverse=Impairment(**reverse_fields),
+        return cls(forward=_impairment("forward", forward_fields, forward),
+                   reverse=_impairment("reverse", reverse_fields, reverse),
                    seed=seed, direction=direction)
 
     def with_options(
@@ -317,11 +357,12 @@ class LinkConfig:
         `reverse` changed in that direction only; every other setting kept."""
         direction = _check_direction(direction or self.direction)
         changed = []
-        for impairment, fields_ in zip((self.forward, self.reverse),
-                                       _per_direction(options, direction, forward, reverse), strict=True):
+        for name, impairment, own, fields_ in zip(
+                DIRECTION_NAMES, (self.forward, self.reverse), (forward, reverse),
+                _per_direction(options, direction, forward, reverse), strict=True):
             if "delay_s" in fields_ and fields_["delay_s"] == 0 and "reorder" not in fields_:
                 fields_["reorder"] = 0.0  # removing the delay removes netem-style reordering with it
-            changed.append(replace(impairment, **fields_) if fields_ else impairment)
+            changed.append(_impairment(name, fields_, own, impairment) if fields_ else impairment)
         return replace(self, forward=changed[0], reverse=changed[1], direction=direction)
 
     def to_wire(self) -> dict[str, Any]:
@@ -360,6 +401,20 @@ class LinkConfig:
     def expected_loss_ratio(self) -> float:
         """Loss of an echo round trip: 1-(1-pf)(1-pr)."""
         return 1.0 - (1.0 - self.forward.expected_loss()) * (1.0 - self.reverse.expected_loss())
+
+    def expected_forward_loss_ratio(self) -> float:
+        """pf: the probability the link drops a packet client->server (the loss setting, or the
+        Gilbert-Elliott stationary rate; queue drops and corruption not included)."""
+        return self.forward.expected_loss()
+
+    def expected_reverse_loss_ratio(self) -> float:
+        """pr: the same for server->client."""
+        return self.reverse.expected_loss()
+
+    @property
+    def symmetric(self) -> bool:
+        """True if both directions carry the same impairment (a report then shows one line)."""
+        return self.forward == self.reverse
 
     def to_dict(self) -> dict[str, Any]:
         """{'forward': {...}, 'reverse': {...}, 'seed': n, 'direction': ...} with readable values."""
@@ -556,8 +611,8 @@ def null_counters() -> dict[str, int]:
 
 
 __all__ = [
-    "COUNTER_KEYS", "DEFAULT_LIMIT_BYTES", "DIRECTIONS", "DISTRIBUTIONS", "MAX_LIMIT", "MAX_LIMIT_BYTES",
-    "MIN_LIMIT_BYTES", "NULL", "OPTION_KEYS", "DirectionModel",
+    "COUNTER_KEYS", "DEFAULT_LIMIT_BYTES", "DIRECTION_NAMES", "DIRECTIONS", "DISTRIBUTIONS", "MAX_LIMIT",
+    "MAX_LIMIT_BYTES", "MIN_LIMIT_BYTES", "NULL", "OPTION_KEYS", "DirectionModel",
     "GilbertElliott", "Impairment", "LinkConfig", "Release", "Verdict", "flip_payload_bit",
     "null_counters",
 ]

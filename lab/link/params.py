@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from lab.errors import ConfigError
 
@@ -208,3 +209,115 @@ def format_size(size: int) -> str:
         if size >= scale and size % scale == 0:
             return f"{size // scale}{unit}"
     return f"{size}b"
+
+
+# --- netem's words: `tc qdisc ... netem delay 10ms 2ms loss 5%` -------------------------------------
+# Each word -> the option key(s) its values fill, in order (keys are lab.link.models.OPTION_KEYS;
+# tests/test_params.py keeps every key reachable). Values stay strings: they are parsed, and their
+# ranges checked, with the options themselves (LinkConfig.from_options), so a bad value gets the
+# same message as the same value given as an option.
+NETEM_WORDS: dict[str, tuple[str, ...]] = {
+    "delay": ("delay", "jitter", "delay_correlation"),  # netem: delay TIME [JITTER [CORRELATION]]
+    "jitter": ("jitter",),
+    "delay_correlation": ("delay_correlation",),
+    "distribution": ("distribution",),
+    "loss": ("loss",),  # loss PERCENT | loss random PERCENT | loss gemodel P [R [1-H [1-K]]]
+    "duplicate": ("duplicate",),
+    "corrupt": ("corrupt",),
+    "reorder": ("reorder",),
+    "rate": ("rate",),
+    "limit": ("limit",),
+    "limit_bytes": ("limit_bytes",),
+}
+# netem words the lab's link does not model: refused with the reason, not as an unknown word.
+_NETEM_UNSUPPORTED = {
+    "ecn": "the link does not mark ECN",
+    "slot": "the link does not model slotted (Wi-Fi-like) delivery",
+    "gap": "reorder's gap is not modelled (reorder sends a share of packets without the delay)",
+    "state": "loss state (the 4-state Markov model) is not modelled; use 'loss gemodel P R 1-H 1-K'",
+    "seed": "the seed is given apart (--seed, [scenario] seed, seed=)",
+}
+_GEMODEL_VALUES = 4  # gemodel P [R [1-H [1-K]]]
+
+
+def _is_value(word: str) -> bool:
+    """A value starts like a number ('10ms', '.5%', '-1'); a word does not."""
+    return bool(re.match(r"[+-]?\.?\d", word))
+
+
+def parse_netem(text: str, *, key: str = "netem") -> dict[str, str]:
+    """netem's words -> option keys with their values as given: 'delay 10ms 2ms loss 5%' ->
+    {'delay': '10ms', 'jitter': '2ms', 'loss': '5%'}. Words as tc takes them (NETEM_WORDS, plus
+    the lab's own keys as words: 'jitter 2ms', 'limit_bytes 8mb'); `key` (e.g. `forward`) names
+    the text in errors. ConfigError for an unknown word, a missing value, a key given twice, or a
+    netem feature the lab does not model (loss/duplicate/corrupt/reorder correlation, rate overheads).
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"{key} must be netem's words such as 'delay 10ms loss 5%', got {text!r}", key=key)
+    words = text.split()
+    shown = " ".join(words)
+    out: dict[str, str] = {}
+    at = 0
+
+    def bad(message: str, option: str | None = None) -> ConfigError:
+        return ConfigError(f"{key} {shown!r}: {message}", key=f"{key}.{option}" if option else key)
+
+    def values() -> list[str]:
+        nonlocal at
+        taken = []
+        while at < len(words) and _is_value(words[at]):
+            taken.append(words[at])
+            at += 1
+        return taken
+
+    while at < len(words):
+        given = words[at]
+        word = given.lower().replace("-", "_")
+        at += 1
+        if word in _NETEM_UNSUPPORTED:
+            raise bad(f"{word!r} is not supported: {_NETEM_UNSUPPORTED[word]}")
+        if word not in NETEM_WORDS:
+            what = "a value without its word" if _is_value(word) else "unknown word"
+            raise bad(f"{what} {given!r}; netem's words here: {', '.join(NETEM_WORDS)}")
+        fills = NETEM_WORDS[word]
+        taken = values()
+        model = words[at].lower() if word == "loss" and not taken and at < len(words) else ""
+        if model in ("random", "gemodel", "state"):  # loss random P | loss gemodel P [R [1-H [1-K]]]
+            if model in _NETEM_UNSUPPORTED:
+                raise bad(f"'loss {model}' is not supported: {_NETEM_UNSUPPORTED[model]}", "loss")
+            at += 1
+            taken = values()
+            if model == "gemodel":
+                if not 1 <= len(taken) <= _GEMODEL_VALUES:
+                    raise bad("loss gemodel takes 1 to 4 percentages: P [R [1-H [1-K]]], "
+                              "e.g. 'loss gemodel 1% 30%'", "loss")
+                taken = ["gemodel " + " ".join(taken)]
+        if word == "distribution" and at < len(words):
+            taken = [words[at]]  # a name, checked with the option (uniform or normal)
+            at += 1
+        if not taken:
+            raise bad(f"{word} needs a value, e.g. {_NETEM_EXAMPLES.get(word, word + ' 5%')!r}", fills[0])
+        if len(taken) > len(fills):
+            why = _NETEM_TOO_MANY.get(word, f"{word} takes one percentage: its correlation is not modelled")
+            raise bad(f"{why}; got {' '.join(taken)!r}", fills[0])
+        for option, value in zip(fills, taken, strict=False):
+            if option in out:
+                raise bad(f"{option} is given twice", option)
+            out[option] = value
+    return out
+
+
+_NETEM_EXAMPLES = {"delay": "delay 10ms", "jitter": "jitter 2ms", "distribution": "distribution normal",
+                   "rate": "rate 10mbit", "limit": "limit 100", "limit_bytes": "limit_bytes 8mb"}
+_NETEM_TOO_MANY = {
+    "delay": "delay takes at most TIME JITTER CORRELATION",
+    "rate": "rate takes one value: the packet overhead and cell sizes are not modelled",
+    "loss": "loss takes one percentage: loss correlation is not modelled (use 'loss gemodel P R' for bursts)",
+    **{word: f"{word} takes one value" for word in ("jitter", "limit", "limit_bytes", "delay_correlation")},
+}
+
+
+def format_netem(options: Mapping[str, object]) -> str:
+    """{'delay': '10ms', 'loss': '5%'} -> 'delay 10ms loss 5%': option keys back as netem's words
+    (`parse_netem` reads it back to the same mapping)."""
+    return " ".join(f"{key} {value}" for key, value in options.items())

@@ -127,9 +127,12 @@ class UdpRelay:
             return self._final
         return self._request("counters")
 
-    def set(self, *, direction: str | None = None, **options: object) -> LinkConfig:
-        """Change the impairment while running, e.g. relay.set(loss="20%"); returns the new config."""
-        config = self._config.with_options(options, direction=direction)  # raises ConfigError here
+    def set(self, *, direction: str | None = None, forward: Mapping[str, object] | None = None,
+            reverse: Mapping[str, object] | None = None, **options: object) -> LinkConfig:
+        """Change the impairment while running, e.g. relay.set(loss="20%"), or one direction's,
+        relay.set(forward={"delay": "10ms"}); returns the new config."""
+        config = self._config.with_options(options, direction=direction, forward=forward,
+                                           reverse=reverse)  # raises ConfigError here
         self._request("set", config)
         self._config = config
         return config

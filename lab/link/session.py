@@ -244,15 +244,21 @@ class Link:
             self._topology.close()
 
     # --- impairment and counters ---
-    def set(self, config: LinkConfig | None = None, /, **impairment: object) -> None:
+    def set(self, config: LinkConfig | None = None, /, *, forward: Mapping[str, object] | None = None,
+            reverse: Mapping[str, object] | None = None, **impairment: object) -> None:
         """Change the running link's impairment from the next packet on: some keys (OPTION_KEYS,
-        e.g. `link.set(loss="20%")`, in this link's direction) or a whole new LinkConfig.
+        e.g. `link.set(loss="20%")`, in this link's direction; `forward={...}`/`reverse={...}` in
+        one direction) or a whole new LinkConfig.
 
         Parsed here, once; the forwarder receives the parsed config. Random decisions carry on
         (`reseed` restarts them)."""
         self._check_open()
         # validated before anything changes
-        new = self.config.with_options(impairment) if config is None else _only_config(config, impairment)
+        if config is None:
+            new = self.config.with_options(impairment, forward=forward, reverse=reverse)
+        else:
+            given = {**impairment, "forward": forward, "reverse": reverse}
+            new = _only_config(config, {k: v for k, v in given.items() if v is not None})
         self._forwarder.set(new)
         self.config = new
 
@@ -434,20 +440,24 @@ class Link:
 
 def open_link(config: LinkConfig | None = None, *, name: str | None = None, mtu: int = 1500,
               capture: Path | None = None, capture_limit: int | str | None = None,
-              seed: int | None = None, direction: str | None = None, **impairment: object) -> Link:
+              seed: int | None = None, direction: str | None = None,
+              forward: Mapping[str, object] | None = None, reverse: Mapping[str, object] | None = None,
+              **impairment: object) -> Link:
     """Validate the configuration (and capture file), then bring up a link (needs CAP_NET_ADMIN).
 
     `config` is a parsed LinkConfig; or give the impairment as keywords (OPTION_KEYS, e.g.
-    `loss="10%"`, with `seed=` and `direction=`), parsed here into one. `capture_limit` (bytes, or
+    `loss="10%"`, with `seed=` and `direction=`), parsed here into one; `forward={...}` and
+    `reverse={...}` (the same keys) set one direction over them, e.g.
+    `open_link(forward={"delay": "10ms"}, reverse={"delay": "2ms"})`. `capture_limit` (bytes, or
     a size such as '64mb'; default 256mb) stops the capture there. Close the link when done.
     """
     from lab.privileges import CAP_NET_ADMIN, require
 
     if config is None:
         config = LinkConfig.from_options(impairment, direction=direction or "both",
-                                         seed=1 if seed is None else seed)
+                                         seed=1 if seed is None else seed, forward=forward, reverse=reverse)
     else:
-        given = {**impairment, "seed": seed, "direction": direction}
+        given = {**impairment, "seed": seed, "direction": direction, "forward": forward, "reverse": reverse}
         config = _only_config(config, {k: v for k, v in given.items() if v is not None})
     limit = parse_capture_limit(capture_limit)
     capture_path = check_capture_path(Path(capture)) if capture else None  # before any namespace exists
@@ -503,8 +513,8 @@ class LinkFactory:
         self.links: list[Link] = []
 
     def __call__(self, config: LinkConfig | None = None, /, **impairment: Any) -> Link:
-        """Open a link with these impairment options (plus seed=, direction=, mtu=, capture=), or
-        with a LinkConfig (plus name=, mtu=, capture=)."""
+        """Open a link with these impairment options (plus forward=, reverse=, seed=, direction=,
+        mtu=, capture=), or with a LinkConfig (plus name=, mtu=, capture=)."""
         if config is None:
             impairment.setdefault("seed", self.seed)
         link = open_link(config, **impairment)
@@ -537,8 +547,11 @@ def link_command(name: str, config: LinkConfig, mtu: int, capture: Path | None,
         print(f"link {link.name} is up (seed {config.seed}, mtu {mtu})", flush=True)
         print(f"  client namespace  {link.client_ns:<24} {CLIENT_ADDRESS}")
         print(f"  server namespace  {link.server_ns:<24} {SERVER_ADDRESS}")
-        print(f"  client->server    {_describe(described['forward'])}")
-        print(f"  server->client    {_describe(described['reverse'])}")
+        if link.config.symmetric:
+            print(f"  each way          {_describe(described['forward'])}")
+        else:
+            print(f"  client->server    {_describe(described['forward'])}")
+            print(f"  server->client    {_describe(described['reverse'])}")
         if capture:
             from lab.link.params import format_size
 

@@ -268,6 +268,11 @@ def scalar(value: Any, where: str) -> None:
         raise _expected("a string, number or boolean", value, where)
 
 
+# A point's [link] as the scenario wrote it, with its [link.forward]/[link.reverse] tables.
+LINK_DIRECTION = mapping(scalar, max_items=64)
+LINK_TABLE = obj(optional={"forward": LINK_DIRECTION, "reverse": LINK_DIRECTION}, others=scalar, max_items=64)
+
+
 SCENARIO = obj(
     {"name": text()},
     {
@@ -453,7 +458,7 @@ GROUP = obj(optional={
 POINT_FIELDS = (
     {"id": LABEL},
     {
-        "link": mapping(scalar, max_items=64),
+        "link": LINK_TABLE,
         "link_config": nullable(obj()),
         "traffic": TRAFFIC,
         "seed": nullable(integer()),

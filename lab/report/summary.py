@@ -511,11 +511,36 @@ LINK_OPTION_NAMES = {
 }
 
 
+# The link's two directions as a report names them (lab.link.models.DIRECTION_NAMES).
+LINK_DIRECTION_NAMES = {"forward": N_("client→server"), "reverse": N_("server→client")}
+
+
 def link_description(point: Mapping[str, Any]) -> str:
-    """`loss 10%, delay 20ms` or `no impairment` for a point's link options."""
+    """A point's link in one line: `loss 10%, delay 20ms` when both directions are alike (its
+    [link] as written), `client→server: loss 20%, delay 10ms; server→client: delay 2ms` when they
+    differ (from the parsed `link_config`), or `no impairment`."""
     link = point.get("link") or {}
+    tables = {d: link[d] for d in LINK_DIRECTION_NAMES if isinstance(link.get(d), Mapping)}
+    config = point.get("link_config")
+    if isinstance(config, Mapping) and all(isinstance(config.get(d), Mapping) for d in LINK_DIRECTION_NAMES):
+        if config["forward"] != config["reverse"]:
+            return _by_direction({d: config[d] for d in LINK_DIRECTION_NAMES})
+        if tables:  # alike, though written per direction
+            return _link_options_text(config["forward"])
+    # Alike both ways, or no parsed config (an older file, a run that did not impair): as written.
+    shared = {k: v for k, v in link.items() if k not in tables}
+    if not tables:
+        return _link_options_text(shared)
+    return "; ".join(([_link_options_text(shared)] if shared else []) + [_by_direction(tables)])
+
+
+def _by_direction(options: Mapping[str, Mapping[str, Any]]) -> str:
+    return "; ".join(f"{_(LINK_DIRECTION_NAMES[d])}: {_link_options_text(o)}" for d, o in options.items())
+
+
+def _link_options_text(options: Mapping[str, Any]) -> str:
     text = ", ".join(f"{_(LINK_OPTION_NAMES[k]) if k in LINK_OPTION_NAMES else k} {v}" for k, v in
-                     link.items())
+                     options.items())
     return text or _("no impairment")
 
 
