@@ -217,6 +217,20 @@ DEMO_HELP = {
 }
 
 
+# --forward/--reverse: one direction's impairment in netem's words, over the options above
+# (lab.link.params.parse_netem; docs/architecture.md#link-configuration).
+FORWARD_HELP = N_("Client->server only, in netem's words, over the options above: e.g. 'delay 10ms loss 5%'.")
+REVERSE_HELP = N_("Server->client only, in netem's words: e.g. 'delay 2ms'.")
+
+
+def direction_words(forward: str | None, reverse: str | None) -> dict[str, dict[str, str]]:
+    """--forward/--reverse as option mappings ({'forward': {'delay': '10ms'}}), only those given."""
+    from lab.link.params import parse_netem
+
+    given = {"forward": forward, "reverse": reverse}
+    return {name: parse_netem(words, key=name) for name, words in given.items() if words is not None}
+
+
 def impairment_options(helps: Mapping[str, str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Replace a command's `impairment` parameter with one `--KEY` option per impairment key.
 
@@ -261,6 +275,8 @@ def link(
     impairment: dict[str, str] = {},  # noqa: B006 - replaced by one option per key (impairment_options)
     direction: Direction = typer.Option(Direction.both, help="Which way impairment applies: "
                                         "forward = client->server."),
+    forward: str | None = typer.Option(None, metavar="NETEM", help=FORWARD_HELP),
+    reverse: str | None = typer.Option(None, metavar="NETEM", help=REVERSE_HELP),
     seed: int = typer.Option(1, help="Seed of the impairment models (same seed, same decisions)."),
     mtu: int = typer.Option(1500, min=576, max=65535, help="MTU of the link's devices."),
     capture: Path | None = typer.Option(None, help="Write every packet entering the link to "
@@ -280,6 +296,8 @@ def link(
       lab link --loss 5%                          5 % loss each way
       lab link --delay 20ms --jitter 5ms          40 ms RTT, jittered
       lab link --loss 'gemodel 1% 30%'            loss in bursts (Gilbert-Elliott)
+      lab link --forward 'delay 10ms loss 5%' --reverse 'delay 2ms'
+                                                  an access link: each way its own
       lab link --rate 10mbit --limit 100 --capture link.pcapng
 
     \b
@@ -293,7 +311,8 @@ def link(
     from lab.link.models import LinkConfig
     from lab.link.session import link_command
 
-    config = LinkConfig.from_options(impairment, direction=direction.value, seed=seed)  # parsed here, once
+    config = LinkConfig.from_options(impairment, direction=direction.value, seed=seed,  # parsed here, once
+                                     **direction_words(forward, reverse))
     raise typer.Exit(link_command(name, config, mtu, capture, capture_limit))
 
 
@@ -346,6 +365,8 @@ def demo(
     out: Path = typer.Option(Path("reports/demo"), help=N_("Output directory.")),
     impairment: dict[str, str] = {},  # noqa: B006 - replaced by one option per key (impairment_options)
     direction: Direction | None = typer.Option(None, help=N_("Which way the impairment applies.")),
+    forward: str | None = typer.Option(None, metavar="NETEM", help=FORWARD_HELP),
+    reverse: str | None = typer.Option(None, metavar="NETEM", help=REVERSE_HELP),
     seed: int | None = typer.Option(None, help=N_("Seed of the link's decisions (demo: 1).")),
     live: bool = typer.Option(False, "--live", help=N_(
         "Draw every probe's fate as it happens: UDP's gaps and TCP's stalls appear on one shared RTT "
@@ -359,7 +380,8 @@ def demo(
 ) -> None:
     from lab.runner import demo_command
 
-    link = {**impairment, **({"direction": direction.value} if direction else {})}
+    link = {**impairment, **({"direction": direction.value} if direction else {}),
+            **direction_words(forward, reverse)}
     raise typer.Exit(demo_command(out, link, seed=seed, live=live, capture=capture, slides=slides))
 
 
