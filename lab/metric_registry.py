@@ -129,6 +129,27 @@ def _rtt_ms(percentile: str) -> Callable[[Mapping[str, Any]], Value]:
     return read
 
 
+def _percentile_ms(key: str, percentile: str) -> Callable[[Mapping[str, Any]], Value]:
+    def read(result: Mapping[str, Any]) -> Value:
+        value = (result.get(key) or {}).get(percentile)
+        return None if value is None else value / US_PER_MS
+
+    return read
+
+
+def _shown_if(key: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A row shown only in a point where some result has `key` (e.g. the lab's server's reports)."""
+    return lambda point: any(r.get(key) is not None for r in point.get("results", []))
+
+
+def _timestamps(result: Mapping[str, Any]) -> Any:  # "kernel" or "user": text, not a number
+    return result.get("timestamps")
+
+
+def _text_cell(value: object, _time_unit: str = "ms") -> str:
+    return "-" if value is None else str(value)
+
+
 def _delivered_ratio(result: Mapping[str, Any]) -> Value:
     sent = result.get("sent") or 0
     return result["received"] / sent if sent else None
@@ -196,6 +217,36 @@ CORE_METRICS: tuple[Metric, ...] = (
            row=50, format_cell=format_time),
     Metric(name="rtt_max_ms", unit="ms", read=_rtt_ms("max"), doc="RTT maximum, ms", format_cell=format_time),
     Metric(name="rtt_mean_ms", unit="ms", read=_rtt_ms("mean"), doc="RTT mean, ms", format_cell=format_time),
+    # Timestamps and one-way delay (docs/architecture.md#timestamps-and-one-way-delay).
+    Metric(name="timestamps", unit="", read=_timestamps, doc='which clock the RTT reads: "kernel" '
+           "(SO_TIMESTAMPING) or \"user\" (user-space times)", label=N_("timestamps"), row=52,
+           format_cell=_text_cell, expectable=False, shown=_shown_if("timestamps")),
+    Metric(name="rtt_user_p50_ms", unit="ms", read=_percentile_ms("rtt_user_us", "p50"),
+           doc="RTT median from user-space times, ms (rtt_p50_ms is the kernel's when it has one)",
+           format_cell=format_time),
+    Metric(name="owd_forward_p50_ms", unit="ms", read=_percentile_ms("owd_forward_us", "p50"),
+           doc="one-way delay client to server, median, ms (the lab's echo server only)",
+           label=N_("one-way forward p50"), row=54, format_cell=format_time,
+           shown=_shown_if("owd_forward_us")),
+    Metric(name="owd_forward_p99_ms", unit="ms", read=_percentile_ms("owd_forward_us", "p99"),
+           doc="one-way delay client to server, p99, ms", format_cell=format_time),
+    Metric(name="owd_reverse_p50_ms", unit="ms", read=_percentile_ms("owd_reverse_us", "p50"),
+           doc="one-way delay server to client, median, ms (the lab's echo server only)",
+           label=N_("one-way reverse p50"), row=56, format_cell=format_time,
+           shown=_shown_if("owd_reverse_us")),
+    Metric(name="owd_reverse_p99_ms", unit="ms", read=_percentile_ms("owd_reverse_us", "p99"),
+           doc="one-way delay server to client, p99, ms", format_cell=format_time),
+    Metric(name="server_turnaround_p50_ms", unit="ms", read=_percentile_ms("server_turnaround_us", "p50"),
+           doc="the echo server's time from receiving a probe to sending its reply, median, ms",
+           format_cell=format_time),
+    Metric(name="loss_forward_ratio", unit="ratio", read=_field("loss_forward_ratio"),
+           doc="probes the server never received / probes whose fate is known (0..1)",
+           label=N_("loss forward"), row=32, format_cell=format_percent,
+           shown=_shown_if("loss_forward_ratio")),
+    Metric(name="loss_reverse_ratio", unit="ratio", read=_field("loss_reverse_ratio"),
+           doc="replies lost on the way back / probes the server received (0..1)",
+           label=N_("loss reverse"), row=34, format_cell=format_percent,
+           shown=_shown_if("loss_reverse_ratio")),
     Metric(name="jitter_ms", unit="ms", read=_jitter_ms, doc="RFC 3550 interarrival jitter, ms",
            label=N_("jitter"), row=60, format_cell=format_time),
     Metric(name="goodput_bps", unit="bit/s", read=_field("goodput_bps"), doc="echoed payload bits per second",

@@ -20,12 +20,17 @@ Definitions (each function below implements one):
   message (header + payload): from the transport's point of view all of it is application data.
 * **Head-of-line blocking** (runs with several logical streams): a reply delayed well past the base
   RTT that waited behind an earlier, delayed probe of *another* stream — see `head_of_line`.
+* **Kernel timestamps** (docs/architecture.md#timestamps-and-one-way-delay): when every received
+  probe has the kernel's send and receive stamps, `rtt_us` is theirs (plus, open loop, how late the
+  send left after its intended time, so coordinated omission stays corrected); `rtt_user_us` is
+  always the user-space figure. **One-way delays** and the server's **turnaround** come from the
+  times a wire v2 reply carries; the **loss by direction** from its reports (`loss_directions`).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +38,7 @@ from statistics import NormalDist
 from typing import Any
 
 from lab.records import RTT_KEYS, Arrival, Result, RunRecord, Send
+from lab.wire import SEEN_BITS
 
 NS_PER_US = 1_000
 NS_PER_S = 1_000_000_000
@@ -321,6 +327,84 @@ def head_of_line(record: RunRecord, received: Sequence[Arrival] | None = None) -
     )
 
 
+def kernel_rtts_us(received: Iterable[Arrival], sends: dict[int, Send], *,
+                   corrected: bool = True) -> list[float] | None:
+    """RTT in µs of each received reply from the kernel's stamps (None unless every one has both):
+    receive stamp - transmit stamp, plus (`corrected`) how late the send left after its intended
+    time, as the user-space figure counts it (coordinated omission)."""
+    out = []
+    for arrival in received:
+        send = sends[arrival.seq]
+        if send.kernel_sent_ns is None or arrival.kernel_recv_ns is None:
+            return None
+        late = send.sent_ns - send.intended_ns if corrected else 0
+        out.append((arrival.kernel_recv_ns - send.kernel_sent_ns + late) / NS_PER_US)
+    return out
+
+
+@dataclass(slots=True)
+class OneWay:
+    """One-way delays and the server's turnaround of the received probes, in µs."""
+
+    forward: list[float]
+    reverse: list[float]
+    turnaround: list[float]
+
+
+def one_way_delays(record: RunRecord, received: Iterable[Arrival], sends: dict[int, Send], *,
+                   kernel: bool) -> OneWay | None:
+    """Forward delay (server's receive time - client's send), reverse delay (client's receive -
+    server's send) and turnaround (server's send - its receive) of each received probe whose reply
+    carries the server's times. The client's times are the kernel's stamps (`kernel`), else its
+    monotonic times moved to CLOCK_REALTIME by `realtime_offset_ns`. None when no reply carries
+    them (a plain echo server) or the client's times cannot be set beside them."""
+    offset = record.realtime_offset_ns
+    if not kernel and offset is None:
+        return None
+    out = OneWay([], [], [])
+    for arrival in received:
+        if not arrival.server_rx_ns or not arrival.server_tx_ns:
+            continue
+        send = sends[arrival.seq]
+        if kernel:
+            sent, recv = send.kernel_sent_ns, arrival.kernel_recv_ns
+        else:
+            sent, recv = send.sent_ns + offset, arrival.recv_ns + offset  # type: ignore[operator]
+        if sent is None or recv is None:
+            continue
+        out.forward.append((arrival.server_rx_ns - sent) / NS_PER_US)
+        out.reverse.append((recv - arrival.server_tx_ns) / NS_PER_US)
+        out.turnaround.append((arrival.server_tx_ns - arrival.server_rx_ns) / NS_PER_US)
+    return out if out.forward else None
+
+
+def loss_directions(streams: int, arrivals: Iterable[Arrival], loss_reports: Iterable[Sequence[int]],
+                    lost: Iterable[int]) -> tuple[set[int], set[int], set[int]] | None:
+    """(forward, reverse, unknown): which of the `lost` seqs never reached the server, which did
+    and whose reply never came, and which no report covered. None when no reply carried a report.
+
+    A reply's report says which of the SEEN_BITS seqs before its own the server had received from
+    that socket (one socket per stream, so only the seqs of the reply's stream count); a reply that
+    came back at all (late or damaged) proves the server saw its probe; `loss_reports` are the
+    closing query's answers, [stream, seq, seen]. A probe the server saw in any report is reverse
+    lost, even if an earlier report had not seen it yet (reordered on the way).
+    """
+    lost_sorted = sorted(set(lost))
+    lost_set = set(lost_sorted)
+    reports = [(a.stream, a.seq, a.server_seen) for a in arrivals if a.server_seen is not None]
+    if not reports and not loss_reports:
+        return None
+    seen = {a.seq for a in arrivals if a.server_rx_ns is not None} & lost_set
+    unseen: set[int] = set()
+    for stream, seq, bitmap in (*reports, *loss_reports):
+        lo, hi = bisect_left(lost_sorted, seq - SEEN_BITS), bisect_left(lost_sorted, seq)
+        for k in lost_sorted[lo:hi]:
+            if k % streams == stream:
+                (seen if bitmap >> (seq - 1 - k) & 1 else unseen).add(k)
+    forward = unseen - seen
+    return forward, seen, lost_set - forward - seen
+
+
 def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = None) -> Result:
     """Every figure of the result object (docs/architecture.md#result-object), from one client run."""
     plan = record.plan
@@ -331,10 +415,29 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
     lost = sent - received
     lo, hi = wilson_interval(lost, sent, 0.95)
 
-    rtt = summarize_us(rtts_us(c.received, sends))
+    user_rtts = rtts_us(c.received, sends)
+    user_rtt = summarize_us(user_rtts)
+    fallback = record.notes.timestamps_fallback
+    kernel_rtts = kernel_rtts_us(c.received, sends) if record.timestamps == "kernel" else None
+    if record.timestamps == "kernel" and kernel_rtts is None:
+        missing = sum(1 for a in c.received
+                      if a.kernel_recv_ns is None or sends[a.seq].kernel_sent_ns is None)
+        fallback = (f"{missing} of {len(c.received)} replies lack the kernel's send or receive stamp, "
+                    "so every figure uses user-space times")
+    kernel = kernel_rtts is not None and bool(c.received)
+    best_rtts = kernel_rtts if kernel else user_rtts
+    rtt = summarize_us(best_rtts) if kernel else user_rtt  # type: ignore[arg-type]
     timeout_us = plan.timeout * 1e6
-    censored = summarize_us(rtts_us(c.received, sends) + [timeout_us] * lost)
-    uncorrected = summarize_us(rtts_us(c.received, sends, corrected=False)) if plan.rate else None
+    censored = summarize_us(best_rtts + [timeout_us] * lost)  # type: ignore[operator]
+    uncorrected = None
+    if plan.rate:
+        uncorrected = summarize_us((kernel_rtts_us(c.received, sends, corrected=False) if kernel else None)
+                                   or rtts_us(c.received, sends, corrected=False))
+    one_way = one_way_delays(record, c.received, sends, kernel=kernel)
+    received_seqs = {a.seq for a in c.received}
+    directions = loss_directions(plan.streams, record.arrivals, record.loss_reports,
+                                 (seq for seq in sends if seq not in received_seqs))
+    by_direction = _loss_by_direction(directions, sent)
     order = reordering([a.seq for a in c.received])
     duration_s = max(0, record.ended_ns - record.started_ns) / NS_PER_S
     delivered_arrivals = (*c.received, *c.late)
@@ -342,7 +445,8 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
     span_s = delivery_span_s(record.sends, delivered_arrivals)
 
     clamped = rtt.clamped + censored.clamped + (uncorrected.clamped if uncorrected else 0)
-    notes = replace(record.notes, unknown_seq=c.unknown, rtt_clamped=clamped)
+    notes = replace(record.notes, unknown_seq=c.unknown, rtt_clamped=clamped,
+                    timestamps_fallback=None if kernel else fallback)
     return Result(
         protocol=record.protocol,
         sent=sent,
@@ -369,4 +473,30 @@ def compute_result(record: RunRecord, *, expected_loss_ratio: float | None = Non
         notes=notes,
         observations={observer: dict(figures) for observer, figures in record.observations.items()},
         hol=head_of_line(record, c.received).to_dict(sent) if plan.streams > 1 else None,
+        timestamps="kernel" if kernel else "user",
+        rtt_user_us=user_rtt.summary,
+        owd_forward_us=summarize_us(one_way.forward).summary if one_way else None,
+        owd_reverse_us=summarize_us(one_way.reverse).summary if one_way else None,
+        server_turnaround_us=summarize_us(one_way.turnaround).summary if one_way else None,
+        **by_direction,
     )
+
+
+def _loss_by_direction(directions: tuple[set[int], set[int], set[int]] | None, sent: int) -> dict[str, Any]:
+    """The Result's per-direction loss fields (docs/architecture.md#timestamps-and-one-way-delay):
+    forward = lost_forward / decided; reverse = lost_reverse / (decided - lost_forward), the
+    probes that reached the server. Empty (all None) without the server's reports."""
+    if directions is None:
+        return {}
+    forward, reverse, unknown = (len(d) for d in directions)
+    decided = sent - unknown
+    reached = decided - forward
+    out: dict[str, Any] = {"lost_forward": forward, "lost_reverse": reverse,
+                           "lost_direction_unknown": unknown}
+    if decided:
+        out["loss_forward_ratio"] = forward / decided
+        out["loss_forward_ci95"] = list(wilson_interval(forward, decided))
+    if reached:
+        out["loss_reverse_ratio"] = reverse / reached
+        out["loss_reverse_ci95"] = list(wilson_interval(reverse, reached))
+    return out

@@ -17,7 +17,8 @@ from lab.errors import ConfigError
 # Every run must end and fit in memory. A probe costs about 510-560 bytes while it is recorded and
 # measured (its Send and Arrival records plus the metrics' working copies: `lab send` of 200 000
 # probes peaked 90 MB above one of 20 000); 600 leaves a margin.
-PROBE_MEMORY_BYTES = 600
+# Kernel timestamps and the server's report (wire v2) add up to five integers per probe: 760.
+PROBE_MEMORY_BYTES = 760
 MAX_COUNT = 10_000_000
 MAX_WINDOW = 65535  # TrafficPlan.window: a protocol may accept less (the ARQ ones: 64)
 MAX_RATE = 1_000_000.0
@@ -158,30 +159,43 @@ DEADLINE_SLACK = 1.5
 
 @dataclass(slots=True, kw_only=True)
 class Send:
-    """One probe as sent: when it was meant to go and when it actually went (monotonic ns)."""
+    """One probe as sent: when it was meant to go and when it actually went (monotonic ns), and the
+    kernel's transmit stamp when the client had one (CLOCK_REALTIME ns, lab.timestamps)."""
 
     seq: int
     intended_ns: int
     sent_ns: int
     size: int
     stream: int = 0
+    kernel_sent_ns: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
 class Arrival:
-    """One reply as received, in arrival order. `intact=False` means the payload CRC failed."""
+    """One reply as received, in arrival order. `intact=False` means the payload CRC failed.
+
+    `kernel_recv_ns`: the kernel's receive stamp (CLOCK_REALTIME ns) when the client had one. The
+    `server_*` fields are what the lab's echo server wrote into a wire v2 reply (None from a plain
+    echo): when it received the probe (`server_rx_ns`, CLOCK_REALTIME), its clock just before it
+    sent the reply (`server_tx_ns`), and which of the 64 seqs before this one it had received
+    (`server_seen`, bit i = seq - 1 - i; lab.wire.ServerReport)."""
 
     seq: int
     recv_ns: int
     intact: bool = True
     stream: int = 0
+    kernel_recv_ns: int | None = None
+    server_rx_ns: int | None = None
+    server_tx_ns: int | None = None
+    server_seen: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
 class RunNotes:
     """What went unusually in one run; the defaults say nothing did (docs/architecture.md#result-object).
 
-    The client fills the first six, `lab.metrics.compute_result` the last two.
+    The client fills the first six, `lab.metrics.compute_result` the next two; `timestamps_fallback`
+    either (the client when the kernel refused, the metrics when stamps are missing).
     """
 
     interrupted: bool = False  # a stop signal (Ctrl-C, SIGTERM...) cut the run short
@@ -192,6 +206,7 @@ class RunNotes:
     icmp_refused: int = 0  # sends that drew ICMP port unreachable (the echo server went away)
     unknown_seq: int = 0  # intact replies carrying a sequence number that was never sent
     rtt_clamped: int = 0  # RTT values outside HdrHistogram's range, clamped into it
+    timestamps_fallback: str | None = None  # why the figures use user-space times, not the kernel's
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (every field)."""
@@ -218,6 +233,10 @@ class RunRecord:
     `arrivals` is in the order the client received them (duplicates and late replies included).
     `unattributed_corrupt` counts replies so damaged that no sequence number could be read.
     `notes` says what went unusually; `observations` holds the protocol's own (see `Observations`).
+    `timestamps` is "kernel" when the client asked the kernel to stamp its sends and receives
+    (lab.timestamps), else "user"; `realtime_offset_ns` is CLOCK_REALTIME - CLOCK_MONOTONIC at the
+    start (to set user-space times beside the server's). `loss_reports` are the server's answers to
+    the closing loss query: [stream, seq, seen bitmap] (lab.wire.FLAG_LOSS_QUERY).
     """
 
     protocol: str
@@ -229,6 +248,9 @@ class RunRecord:
     unattributed_corrupt: int = 0
     notes: RunNotes = field(default_factory=RunNotes)
     observations: Observations = field(default_factory=dict)
+    timestamps: str = "user"
+    realtime_offset_ns: int | None = None
+    loss_reports: list[list[int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form."""
@@ -247,6 +269,9 @@ class RunRecord:
             unattributed_corrupt=data.get("unattributed_corrupt", 0),
             notes=RunNotes.from_dict(data.get("notes")),
             observations={k: dict(v) for k, v in (data.get("observations") or {}).items()},
+            timestamps=data.get("timestamps", "user"),
+            realtime_offset_ns=data.get("realtime_offset_ns"),
+            loss_reports=[list(r) for r in data.get("loss_reports") or []],
         )
 
 
@@ -266,6 +291,15 @@ class Result:
     `observations` come from the record; `hol` (head-of-line figures, lab.metrics.HeadOfLine) only
     for several streams; `timeline` ([[seq, t_ms, rtt_ms | None, stream]], at most
     TIMELINE_MAX_POINTS rows) is added by the runner for the report.
+
+    Timestamps (docs/architecture.md#timestamps-and-one-way-delay): `rtt_us` is the best figure
+    available, from the kernel's send and receive stamps when `timestamps` is "kernel";
+    `rtt_user_us` is always the user-space one. With the lab's echo server (wire v2):
+    `owd_forward_us`, `owd_reverse_us` (one-way delays: both ends share one clock) and
+    `server_turnaround_us`, and the loss split by direction (`lost_forward`: the server never saw
+    the probe; `lost_reverse`: it did, the reply never came; `lost_direction_unknown`: no report
+    covered it), `loss_forward_ratio` = lost_forward / decided, `loss_reverse_ratio` =
+    lost_reverse / (decided - lost_forward), each with its Wilson interval. None where unmeasured.
     """
 
     protocol: str
@@ -296,6 +330,18 @@ class Result:
     observations: Observations = field(default_factory=dict)
     hol: dict[str, Any] | None = None
     timeline: list[list[Any]] | None = None
+    timestamps: str = "user"
+    rtt_user_us: dict[str, float | None] | None = None
+    owd_forward_us: dict[str, float | None] | None = None
+    owd_reverse_us: dict[str, float | None] | None = None
+    server_turnaround_us: dict[str, float | None] | None = None
+    lost_forward: int | None = None
+    lost_reverse: int | None = None
+    lost_direction_unknown: int | None = None
+    loss_forward_ratio: float | None = None
+    loss_reverse_ratio: float | None = None
+    loss_forward_ci95: list[float] | None = None
+    loss_reverse_ci95: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (the `--json` output and one entry of result.json)."""

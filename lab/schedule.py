@@ -28,11 +28,16 @@ from lab.errors import CrcMismatchError, RemoteWireError
 from lab.records import Arrival, Observations, RunNotes, RunRecord, Send, TrafficPlan
 from lab.wire import (
     EOF,
+    FLAG_LOSS_QUERY,
     HEADER_SIZE,
+    HEADER_V2_SIZE,
     NEED_DATA,
+    VERSION,
+    VERSION_2,
     Probe,
     StreamDecoder,
     decode_untrusted_datagram,
+    header_size,
     make_payload,
 )
 
@@ -80,11 +85,13 @@ class ProbeSchedule:
     __slots__ = (
         "protocol", "plan", "clock", "progress", "start_ns", "deadline_ns", "timeout_ns", "next_seq",
         "waiting", "waiting_until", "last_sent_ns", "answered", "sends", "arrivals", "unattributed",
-        "notes", "observations", "burst", "_progress_ns", "_arrivals_seen",
+        "notes", "observations", "burst", "_progress_ns", "_arrivals_seen", "version", "timestamps",
+        "realtime_offset_ns", "loss_reports", "server_received",
     )
 
     def __init__(self, protocol: str, plan: TrafficPlan, *, deadline_s: float | None = None,
-                 progress: Progress | None = None, clock: Clock = time.monotonic_ns) -> None:
+                 progress: Progress | None = None, clock: Clock = time.monotonic_ns,
+                 wire_version: int = VERSION) -> None:
         self.protocol = protocol
         self.plan = plan
         self.clock = clock
@@ -105,6 +112,14 @@ class ProbeSchedule:
         self.burst = 0  # probes the last `due_probes` handed out
         self._progress_ns = 0
         self._arrivals_seen = 0
+        # Wire version 2 (room for the server's report), for a client that asks for it and probes
+        # big enough to hold it; `next_probe`'s payload leaves room for the version's header.
+        self.version = VERSION_2 if wire_version == VERSION_2 and plan.size >= HEADER_V2_SIZE else VERSION
+        self.timestamps = "user"  # a client that has the kernel stamp its socket sets "kernel"
+        # To set user-space (monotonic) times beside the server's CLOCK_REALTIME ones.
+        self.realtime_offset_ns = time.time_ns() - self.start_ns
+        self.loss_reports: list[list[int]] = []  # [stream, seq, seen] answers to the loss query
+        self.server_received = 0  # the most probes the server said it had received (wire v2)
 
     # --- sending ---
     def intended_ns(self, seq: int) -> int:
@@ -125,7 +140,7 @@ class ProbeSchedule:
     def next_probe(self) -> tuple[int, int, bytes, int]:
         """(seq, stream, payload, crc) of the probe to send next."""
         seq = self.next_seq
-        payload = make_payload(self.plan.size - HEADER_SIZE, seq)
+        payload = make_payload(self.plan.size - header_size(self.version), seq)
         return seq, seq % self.plan.streams, payload, zlib.crc32(payload)
 
     def stamp(self, seq: int) -> tuple[int, int]:
@@ -161,32 +176,52 @@ class ProbeSchedule:
             self.waiting, self.waiting_until = seq, sent_ns + self.timeout_ns
         self.report(sent_ns)
 
+    def kernel_sent(self, seq: int, kernel_ns: int) -> None:
+        """Book the kernel's transmit stamp of probe `seq` (CLOCK_REALTIME ns, lab.timestamps)."""
+        if 0 <= seq < len(self.sends) and (send := self.sends[seq]).seq == seq:
+            send.kernel_sent_ns = kernel_ns
+
     # --- receiving ---
-    def arrived(self, probe: Probe, recv_ns: int, *, intact: bool) -> None:
-        """Book one reply (duplicates and late ones too; `intact=False`: its payload CRC failed)."""
-        self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream))
+    def arrived(self, probe: Probe, recv_ns: int, *, intact: bool, kernel_ns: int | None = None) -> None:
+        """Book one reply (duplicates and late ones too; `intact=False`: its payload CRC failed).
+        `kernel_ns`: the kernel's receive stamp of it, when the client has one."""
+        report = probe.server
+        if report is None:
+            self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream,
+                                         kernel_recv_ns=kernel_ns))
+        else:
+            self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream,
+                                         kernel_recv_ns=kernel_ns, server_rx_ns=report.rx_ns,
+                                         server_tx_ns=report.tx_ns, server_seen=report.seen))
+            if report.received > self.server_received:
+                self.server_received = report.received
         if probe.seq < self.next_seq:  # a seq never sent must not make the run look complete
             self.answered.add(probe.seq)
         if probe.seq == self.waiting:
             self.waiting = None  # any reply, even a damaged one, settles the probe in flight
 
-    def arrived_datagram(self, data: bytes, recv_ns: int) -> bool:
+    def arrived_datagram(self, data: bytes, recv_ns: int, kernel_ns: int | None = None) -> bool:
         """Book the reply one datagram holds (damaged or not); False, booking nothing, when the
-        datagram is no probe at all (the caller decides what else it may be)."""
+        datagram is no probe at all (the caller decides what else it may be). The answer to a loss
+        query goes to `loss_reports`."""
         try:
             probe = decode_untrusted_datagram(data, max_payload=self.plan.size - HEADER_SIZE)
         except CrcMismatchError as exc:
-            if isinstance(exc.probe, Probe):
-                self.arrived(exc.probe, recv_ns, intact=False)
+            if isinstance(exc.probe, Probe) and not exc.probe.flags & FLAG_LOSS_QUERY:
+                self.arrived(exc.probe, recv_ns, intact=False, kernel_ns=kernel_ns)
             else:
                 self.unattributed += 1
         except RemoteWireError:
             return False
         else:
-            self.arrived(probe, recv_ns, intact=True)
+            if probe.flags & FLAG_LOSS_QUERY:
+                if probe.server is not None:
+                    self.loss_reports.append([probe.stream, probe.seq, probe.server.seen])
+            else:
+                self.arrived(probe, recv_ns, intact=True, kernel_ns=kernel_ns)
         return True
 
-    def arrived_stream(self, decoder: StreamDecoder, recv_ns: int) -> object:
+    def arrived_stream(self, decoder: StreamDecoder, recv_ns: int, kernel_ns: int | None = None) -> object:
         """Book every whole reply `decoder` holds; returns NEED_DATA, or EOF once the peer closed.
         RemoteWireError (from the decoder) when the byte stream is unreadable from here on."""
         while True:
@@ -194,12 +229,12 @@ class ProbeSchedule:
                 item = decoder.next_message()
             except CrcMismatchError as exc:
                 if isinstance(exc.probe, Probe):
-                    self.arrived(exc.probe, recv_ns, intact=False)
+                    self.arrived(exc.probe, recv_ns, intact=False, kernel_ns=kernel_ns)
                 continue
             if item is NEED_DATA or item is EOF:
                 return item
             assert isinstance(item, Probe)
-            self.arrived(item, recv_ns, intact=True)
+            self.arrived(item, recv_ns, intact=True, kernel_ns=kernel_ns)
 
     # --- pacing and ending ---
     def tail_end_ns(self) -> int:
@@ -274,6 +309,11 @@ class ProbeSchedule:
         """The run's RunRecord, ended at `ended_ns`."""
         if report:
             self.report(ended_ns, final=True)
+        observations = {observer: dict(figures) for observer, figures in self.observations.items()}
+        if self.server_received:  # the lab's echo server's own count (wire v2 reports)
+            observations.setdefault("server", {})["received"] = self.server_received
+        if self.loss_reports:  # answers to the closing loss query (datagrams beyond the replies)
+            observations.setdefault("server", {})["loss_answers"] = len(self.loss_reports)
         return RunRecord(
             protocol=self.protocol,
             plan=self.plan,
@@ -283,5 +323,8 @@ class ProbeSchedule:
             arrivals=self.arrivals,
             unattributed_corrupt=self.unattributed,
             notes=replace(self.notes),
-            observations={observer: dict(figures) for observer, figures in self.observations.items()},
+            observations=observations,
+            timestamps=self.timestamps,
+            realtime_offset_ns=self.realtime_offset_ns,
+            loss_reports=[list(report) for report in self.loss_reports],
         )

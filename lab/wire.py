@@ -12,6 +12,20 @@ A probe is a fixed 32-byte header followed by the payload::
     24     4    length    payload length in bytes
     28     4    crc32     CRC-32 (zlib) of the payload
 
+Version 2 (docs/architecture.md#timestamps-and-one-way-delay) keeps that header, with version 2,
+and reserves 32 bytes after it for the lab's echo server to fill in place, so the reply is as long
+as the probe and a plain echo (nc, socat) still answers it, leaving zeros::
+
+    32     8    server_rx_ns   when the server received the probe (CLOCK_REALTIME ns)
+    40     8    server_tx_ns   the server's clock just before it sent the reply (CLOCK_REALTIME ns)
+    48     8    seen           bit i set: the server had received seq - 1 - i from this peer
+    56     4    received       probes the server has received from this peer, this one included
+    60     4    crc32          CRC-32 of bytes 32..59 (all 32 bytes zero: not filled)
+
+The payload follows at offset 64. A reply's flags carry FLAG_SERVER_KERNEL_RX when server_rx_ns is
+the kernel's stamp; FLAG_LOSS_QUERY marks a client's closing question (not a probe: the server
+answers it with `seen` for its seq without counting it).
+
 All integers are big-endian (network order). Decoding untrusted bytes raises only
 `RemoteWireError` subclasses; misuse of this API raises `LocalWireError`.
 """
@@ -35,25 +49,59 @@ from lab.errors import (
 
 MAGIC: Final = b"WLAB"
 VERSION: Final = 1
+VERSION_2: Final = 2
+VERSIONS: Final = (VERSION, VERSION_2)
 HEADER = struct.Struct("!4sBBHQQII")
 HEADER_SIZE: Final = HEADER.size  # 32
+EXTENSION_BODY = struct.Struct("!QQQI")  # server_rx_ns, server_tx_ns, seen, received
+EXTENSION_SIZE: Final = EXTENSION_BODY.size + 4  # + its CRC-32: 32
+HEADER_V2_SIZE: Final = HEADER_SIZE + EXTENSION_SIZE  # 64
+EMPTY_EXTENSION: Final = bytes(EXTENSION_SIZE)
+SEEN_BITS: Final = 64
+FLAG_LOSS_QUERY: Final = 0x80
+FLAG_SERVER_KERNEL_RX: Final = 0x40
+_SEQ = struct.Struct("!Q")
 # The largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP) bounds what one datagram can carry.
 MAX_UDP_PAYLOAD: Final = 65507
 DEFAULT_MAX_PAYLOAD: Final = MAX_UDP_PAYLOAD - HEADER_SIZE
 _U16, _U32, _U64 = (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
 
 
+@dataclass(frozen=True, slots=True)
+class ServerReport:
+    """What the lab's echo server wrote into a version 2 reply (see the module docstring)."""
+
+    rx_ns: int
+    tx_ns: int
+    seen: int
+    received: int
+
+    def __post_init__(self) -> None:
+        for name, value, top in (("rx_ns", self.rx_ns, _U64), ("tx_ns", self.tx_ns, _U64),
+                                 ("seen", self.seen, _U64), ("received", self.received, _U32)):
+            if not isinstance(value, int) or not 0 <= value <= top:
+                raise LocalWireError(f"server report {name} must be an integer in 0..{top}, got {value!r}")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Probe:
-    """One probe message: a sequence number, the intended send time and a payload."""
+    """One probe message: a sequence number, the intended send time and a payload; version 2 also
+    the server's report (None while the server has not filled it)."""
 
     seq: int
     send_ns: int
     payload: bytes = b""
     stream: int = 0
     flags: int = 0
+    version: int = VERSION
+    server: ServerReport | None = None
 
     def __post_init__(self) -> None:
+        if self.version not in VERSIONS:
+            raise LocalWireError(f"probe version must be one of {VERSIONS}, got {self.version!r}")
+        if self.server is not None and (self.version != VERSION_2
+                                        or not isinstance(self.server, ServerReport)):
+            raise LocalWireError("only a version 2 probe carries a ServerReport")
         for name, value, top in (
             ("seq", self.seq, _U64),
             ("send_ns", self.send_ns, _U64),
@@ -70,7 +118,19 @@ class Probe:
     @property
     def wire_size(self) -> int:
         """Bytes this probe takes on the wire (header + payload)."""
-        return HEADER_SIZE + len(self.payload)
+        return header_size(self.version) + len(self.payload)
+
+
+def header_size(version: int) -> int:
+    """Bytes before the payload in a probe of `version` (32, or 64 for version 2)."""
+    return HEADER_V2_SIZE if version == VERSION_2 else HEADER_SIZE
+
+
+def _extension(report: ServerReport | None) -> bytes:
+    if report is None:
+        return EMPTY_EXTENSION
+    body = EXTENSION_BODY.pack(report.rx_ns, report.tx_ns, report.seen, report.received)
+    return body + zlib.crc32(body).to_bytes(4, "big")
 
 
 class _Sentinel:
@@ -94,7 +154,7 @@ def encode(probe: Probe) -> bytes:
     payload = bytes(probe.payload)
     header = HEADER.pack(
         MAGIC,
-        VERSION,
+        probe.version,
         probe.flags,
         probe.stream,
         probe.seq,
@@ -102,16 +162,45 @@ def encode(probe: Probe) -> bytes:
         len(payload),
         zlib.crc32(payload),
     )
+    if probe.version == VERSION_2:
+        return header + _extension(probe.server) + payload
     return header + payload
 
 
-def frame(seq: int, stream: int, send_ns: int, payload: bytes, crc: int) -> bytes:
-    """The bytes of `encode(Probe(...))`, for a hot path: the payload's CRC is computed ahead.
+def frame(seq: int, stream: int, send_ns: int, payload: bytes, crc: int, version: int = VERSION,
+          flags: int = 0) -> bytes:
+    """The bytes of `encode(Probe(...))` (the server's part left empty), for a hot path: the
+    payload's CRC is computed ahead.
 
     A client computes the CRC before it stamps the send time, so stamping and sending are back to
     back. The caller guarantees the field ranges `Probe` would check.
     """
-    return HEADER.pack(MAGIC, VERSION, 0, stream, seq, send_ns, len(payload), crc) + payload
+    header = HEADER.pack(MAGIC, version, flags, stream, seq, send_ns, len(payload), crc)
+    if version == VERSION_2:
+        return header + EMPTY_EXTENSION + payload
+    return header + payload
+
+
+# --- the server's side of version 2 -----------------------------------------------------------------
+def v2_request(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(seq, flags) if `data` starts like a version 2 probe the server should fill in, else None
+    (a version 1 probe or anything else: echoed unchanged). Only the header's start is checked:
+    the server echoes; the client's strict decoder judges the rest."""
+    if len(data) < HEADER_V2_SIZE or data[4] != VERSION_2 or data[:4] != MAGIC:
+        return None
+    return _SEQ.unpack_from(data, 8)[0], data[5]
+
+
+def fill_reply(data: bytes | bytearray | memoryview, report: ServerReport, *, kernel_rx: bool) -> bytearray:
+    """The reply to version 2 probe `data`: the same bytes with the server's part filled in (and
+    FLAG_SERVER_KERNEL_RX set when `report.rx_ns` is a kernel stamp)."""
+    reply = bytearray(data)
+    if kernel_rx:
+        reply[5] |= FLAG_SERVER_KERNEL_RX
+    EXTENSION_BODY.pack_into(reply, HEADER_SIZE, report.rx_ns, report.tx_ns, report.seen, report.received)
+    reply[HEADER_SIZE + EXTENSION_BODY.size:HEADER_V2_SIZE] = zlib.crc32(
+        memoryview(reply)[HEADER_SIZE:HEADER_SIZE + EXTENSION_BODY.size]).to_bytes(4, "big")
+    return reply
 
 
 def make_payload(size: int, seq: int = 0) -> bytes:
@@ -124,8 +213,8 @@ def make_payload(size: int, seq: int = 0) -> bytes:
 
 def _parse_header(
     view: bytes | memoryview, max_payload: int
-) -> tuple[int, int, int, int, int, int]:
-    """Validate a header; return (flags, stream, seq, send_ns, length, crc)."""
+) -> tuple[int, int, int, int, int, int, int]:
+    """Validate a header; return (version, flags, stream, seq, send_ns, length, crc)."""
     try:
         magic, version, flags, stream, seq, send_ns, length, crc = HEADER.unpack_from(view, 0)
     except struct.error as exc:
@@ -134,20 +223,41 @@ def _parse_header(
         ) from exc
     if magic != MAGIC:
         raise BadMagicError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r}): not a wirelab probe")
-    if version != VERSION:
-        raise BadVersionError(f"unsupported probe version {version} (this lab speaks {VERSION})")
+    if version not in VERSIONS:
+        raise BadVersionError(f"unsupported probe version {version} (this lab speaks 1 and 2)")
     if length > max_payload:
         raise LengthError(f"declared payload length {length} is over the maximum {max_payload}")
-    return flags, stream, seq, send_ns, length, crc
+    return version, flags, stream, seq, send_ns, length, crc
 
 
-def _check_crc(probe: Probe, crc: int) -> Probe:
-    actual = zlib.crc32(probe.payload)
+def _server_report(extension: bytes | memoryview, seq: int) -> tuple[ServerReport | None, bool]:
+    """(the report in a version 2 extension or None if empty, whether its CRC-32 holds)."""
+    if extension == EMPTY_EXTENSION:
+        return None, True
+    rx_ns, tx_ns, seen, received = EXTENSION_BODY.unpack_from(extension)
+    crc = int.from_bytes(extension[EXTENSION_BODY.size:EXTENSION_SIZE], "big")
+    ok = zlib.crc32(extension[:EXTENSION_BODY.size]) == crc
+    return ServerReport(rx_ns, tx_ns, seen, received), ok
+
+
+def _probe(view: memoryview, version: int, flags: int, stream: int, seq: int, send_ns: int,
+           length: int, crc: int) -> Probe:
+    """The probe whose header was parsed at the start of `view` (which holds all of it); raises
+    CrcMismatchError (with the probe) when the payload's or the server report's CRC fails."""
+    start = header_size(version)
+    payload = bytes(view[start:start + length])
+    report, report_ok = (_server_report(view[HEADER_SIZE:HEADER_V2_SIZE], seq) if version == VERSION_2
+                         else (None, True))
+    probe = Probe(seq=seq, send_ns=send_ns, payload=payload, stream=stream, flags=flags, version=version,
+                  server=report if report_ok else None)
+    actual = zlib.crc32(payload)
     if actual != crc:
         raise CrcMismatchError(
             f"payload CRC-32 {actual:#010x} does not match header {crc:#010x} (seq {probe.seq})",
             probe=probe,
         )
+    if not report_ok:
+        raise CrcMismatchError(f"the server's report fails its CRC-32 (seq {seq})", probe=probe)
     return probe
 
 
@@ -161,16 +271,17 @@ def decode_untrusted_datagram(
     `BadMagicError`, `BadVersionError`, or `CrcMismatchError` (whose `.probe` holds what arrived).
     """
     view = memoryview(data)
-    flags, stream, seq, send_ns, length, crc = _parse_header(view, max_payload)
-    end = HEADER_SIZE + length
+    version, flags, stream, seq, send_ns, length, crc = _parse_header(view, max_payload)
+    start = header_size(version)
+    end = start + length
+    if len(view) < start:
+        raise TruncatedError(
+            f"datagram ends inside its version {version} header ({len(view)} of {start} bytes)")
     if len(view) < end:
-        raise TruncatedError(f"datagram carries {len(view) - HEADER_SIZE} of {length} payload bytes")
+        raise TruncatedError(f"datagram carries {len(view) - start} of {length} payload bytes")
     if len(view) > end:
         raise LengthError(f"datagram has {len(view) - end} bytes after the declared payload")
-    probe = Probe(
-        seq=seq, send_ns=send_ns, payload=bytes(view[HEADER_SIZE:end]), stream=stream, flags=flags
-    )
-    return _check_crc(probe, crc)
+    return _probe(view, version, flags, stream, seq, send_ns, length, crc)
 
 
 class StreamDecoder:
@@ -232,18 +343,19 @@ class StreamDecoder:
             return self._need_more(available)
         view = memoryview(self._buf)[self._pos :]
         try:
-            flags, stream, seq, send_ns, length, crc = _parse_header(view, self.max_payload)
+            version, flags, stream, seq, send_ns, length, crc = _parse_header(view, self.max_payload)
         except RemoteWireError as exc:
             view.release()
             self._fail(exc)
-        if available < HEADER_SIZE + length:
+        size = header_size(version) + length
+        if available < size:
             view.release()
             return self._need_more(available)
-        payload = bytes(view[HEADER_SIZE : HEADER_SIZE + length])
-        view.release()
-        self._pos += HEADER_SIZE + length
-        probe = Probe(seq=seq, send_ns=send_ns, payload=payload, stream=stream, flags=flags)
-        return _check_crc(probe, crc)
+        self._pos += size
+        try:
+            return _probe(view, version, flags, stream, seq, send_ns, length, crc)
+        finally:
+            view.release()
 
     def _need_more(self, available: int) -> _Sentinel:
         if not self._eof:

@@ -93,9 +93,12 @@ def test_the_vocabulary_users_see_is_kept():
     assert list(expectation_metrics())[:4] == ["loss_ratio", "delivered_ratio", "received", "lost"]
     assert {"rtt_p50_ms", "jitter_ms", "goodput_bps", "retransmits", "hol_blocked"} <= set(scenario.METRICS)
     labels = [m.label for m in table_rows()]
-    assert labels[:12] == ["sent", "received", "loss", "RTT p50", "RTT p99", "jitter", "reordered",  # then
-                           "duplicates", "head-of-line blocked", "goodput", "retransmits",  # other protocols'
-                           "congestion control"]
+    assert labels[:17] == ["sent", "received", "loss", "loss forward", "loss reverse", "RTT p50", "RTT p99",
+                           "timestamps", "one-way forward p50", "one-way reverse p50", "jitter", "reordered",
+                           "duplicates", "head-of-line blocked", "goodput", "retransmits",  # then other
+                           "congestion control"]  # protocols'
+    assert {"owd_forward_p50_ms", "owd_reverse_p50_ms", "loss_forward_ratio", "loss_reverse_ratio",
+            "rtt_user_p50_ms", "server_turnaround_p50_ms"} <= set(scenario.METRICS)
 
 
 def test_the_table_rows_come_from_the_registry():

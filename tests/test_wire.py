@@ -28,6 +28,7 @@ from lab.wire import (
     NEED_DATA,
     VERSION,
     Probe,
+    ServerReport,
     StreamDecoder,
     decode_untrusted_datagram,
     encode,
@@ -54,7 +55,7 @@ def _corrupt_payload(probe: Probe) -> bytes:
 
 # Hand-made instances of every error path, pinned below as hypothesis @examples too.
 BAD_MAGIC = _header(magic=b"HTTP")
-BAD_VERSION = _header(version=VERSION + 1)
+BAD_VERSION = _header(version=VERSION + 2)  # 1 and 2 are spoken
 OVER_MAX = _header(length=DEFAULT_MAX_PAYLOAD + 1)
 SHORT_HEADER = encode(PROBES[1])[: HEADER_SIZE - 1]
 SHORT_PAYLOAD = encode(PROBES[1])[:-1]
@@ -207,13 +208,30 @@ def test_stream_misuse_is_local_error() -> None:
 
 
 # --- properties ------------------------------------------------------------------------------------
-probes = st.builds(
-    Probe,
-    seq=st.integers(0, 2**64 - 1),
-    send_ns=st.integers(0, 2**64 - 1),
-    payload=st.binary(max_size=300),
-    stream=st.integers(0, 2**16 - 1),
-    flags=st.integers(0, 255),
+server_reports = st.builds(
+    ServerReport, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+    st.integers(0, 2**32 - 1),
+)
+probes = st.one_of(
+    st.builds(
+        Probe,
+        seq=st.integers(0, 2**64 - 1),
+        send_ns=st.integers(0, 2**64 - 1),
+        payload=st.binary(max_size=300),
+        stream=st.integers(0, 2**16 - 1),
+        flags=st.integers(0, 255),
+    ),
+    # version 2: the server's part empty or filled (docs/architecture.md#timestamps-and-one-way-delay)
+    st.builds(
+        Probe,
+        seq=st.integers(0, 2**64 - 1),
+        send_ns=st.integers(0, 2**64 - 1),
+        payload=st.binary(max_size=300),
+        stream=st.integers(0, 2**16 - 1),
+        flags=st.integers(0, 255),
+        version=st.just(2),
+        server=st.none() | server_reports,
+    ),
 )
 
 

@@ -71,8 +71,14 @@ def format_summary(result: Result, where: str) -> str:
     lines = [
         f"{result.protocol} {where}: {result.sent} sent, {result.received} received, "
         f"{result.lost} lost ({100 * result.loss_ratio:.2f}%, 95% CI {100 * lo:.2f}-{100 * hi:.2f}%)",
-        times("rtt {unit}: ", rtt, RTT_KEYS),
+        times(f"rtt {{unit}} ({timestamps_phrase(result)}): ", rtt, RTT_KEYS),
     ]
+    if result.timestamps == "kernel" and result.rtt_user_us:
+        lines.append(times("rtt {unit} in user space: ", result.rtt_user_us, ("min", "p50", "p99")))
+    if result.owd_forward_us and result.owd_reverse_us:
+        lines.append(one_way_line(result))
+    if result.loss_forward_ratio is not None:
+        lines.append(direction_line(result))
     if result.lost and result.rtt_censored_us:
         # Lost probes stay in the latency picture, each counted as waiting the whole timeout.
         label = f"rtt {{unit}} with the {result.lost} lost at the {result.timeout_s:g} s timeout: "
@@ -90,6 +96,42 @@ def format_summary(result: Result, where: str) -> str:
         lines += registry()[result.protocol].summary_lines(result)
     lines += [f"note: {note}" for note in notes(result)]
     return "\n".join(lines)
+
+
+def timestamps_phrase(result: Result) -> str:
+    """Which clock the RTT line reads: the kernel's stamps or user-space times."""
+    return "kernel timestamps" if result.timestamps == "kernel" else "user-space timestamps"
+
+
+def one_way_line(result: Result) -> str:
+    """The one-way delays and the server's turnaround, in the unit the forward median fits."""
+    forward, reverse = result.owd_forward_us or {}, result.owd_reverse_us or {}
+    turnaround = result.server_turnaround_us or {}
+    unit, scale = time_unit_of(max(forward.get("p50") or 0, reverse.get("p50") or 0))
+
+    def shown(figures: dict, key: str) -> str:
+        value = figures.get(key)
+        return format_scaled(None if value is None else value / scale)
+
+    return (f"one-way {unit}: forward p50 {shown(forward, 'p50')}  p99 {shown(forward, 'p99')}  "
+            f"reverse p50 {shown(reverse, 'p50')}  p99 {shown(reverse, 'p99')}  "
+            f"server turnaround p50 {shown(turnaround, 'p50')}")
+
+
+def direction_line(result: Result) -> str:
+    """Losses by direction: the server never saw the probe (forward), or its reply was lost (reverse)."""
+    def part(name: str, lost: int | None, ratio: float | None, ci: list[float] | None) -> str:
+        if ratio is None:
+            return f"{name} -"
+        interval = f", 95% CI {100 * ci[0]:.2f}-{100 * ci[1]:.2f}%" if ci else ""
+        return f"{name} {lost} ({100 * ratio:.2f}%{interval})"
+
+    line = ("lost by direction: "
+            + part("forward", result.lost_forward, result.loss_forward_ratio, result.loss_forward_ci95) + "  "
+            + part("reverse", result.lost_reverse, result.loss_reverse_ratio, result.loss_reverse_ci95))
+    if result.lost_direction_unknown:
+        line += f"  unknown {result.lost_direction_unknown}"
+    return line
 
 
 def notes(result: Result) -> list[str]:
@@ -115,6 +157,8 @@ def notes(result: Result) -> list[str]:
         out.append(f"{x.icmp_refused} sends drew ICMP port unreachable: the echo server went away")
     if x.unknown_seq:
         out.append(f"{x.unknown_seq} replies carried a sequence number that was never sent")
+    if x.timestamps_fallback:
+        out.append(f"user-space timestamps: {x.timestamps_fallback}")
     if x.rtt_clamped:
         out.append(f"{x.rtt_clamped} RTT values were outside HdrHistogram's range (1 µs to 1 h) "
                    "and were clamped into it for the percentiles; min, max and mean are exact")

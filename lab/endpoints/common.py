@@ -210,6 +210,60 @@ class UdpGuard:
         return None
 
 
+RECEIPT_WINDOW = 1024  # seqs below a peer's highest whose receipt the server remembers
+_RECEIPT_MASK = (1 << RECEIPT_WINDOW) - 1
+_SEEN_MASK = (1 << 64) - 1  # lab.wire.SEEN_BITS
+
+
+class ProbeReceipts:
+    """Which wire v2 probes the echo server received from each peer: the report in each reply.
+
+    Per peer (one client socket, so one logical stream) the highest seq, a bitmap of the
+    RECEIPT_WINDOW seqs below it, and how many distinct probes arrived. A reply to seq s carries
+    `seen`, bit i set when s - 1 - i arrived (lab.wire), so the client tells a probe the server
+    never saw (lost forward) from a reply lost on the way back
+    (docs/architecture.md#timestamps-and-one-way-delay).
+    A seq more than the window behind the highest starts the peer afresh (a new run from a reused
+    port). Bounded like the guard: at most UDP_SOURCES_MAX peers, the older half forgotten when full.
+    """
+
+    __slots__ = ("_peers",)
+
+    def __init__(self) -> None:
+        # peer -> [highest seq, seen bits (bit j: highest - j), received]
+        self._peers: dict[Any, list[int]] = {}
+
+    def report(self, peer: Any, seq: int, *, query: bool = False) -> tuple[int, int]:
+        """(seen, received) for the reply to `seq` from `peer`, after booking `seq` as received
+        (unless `query`: a loss query asks about the seqs below its own and is no probe)."""
+        state = self._peers.get(peer)
+        if state is None:
+            if query:
+                return 0, 0
+            if len(self._peers) >= UDP_SOURCES_MAX:
+                _forget_oldest(self._peers)
+            state = self._peers[peer] = [seq, 0, 0]
+        highest, seen, received = state
+        if not query:
+            if seq > highest:
+                ahead = seq - highest
+                seen = ((seen << ahead) | 1) & _RECEIPT_MASK if ahead < RECEIPT_WINDOW else 1
+                highest = seq
+                received += 1
+            elif highest - seq < RECEIPT_WINDOW:
+                bit = 1 << (highest - seq)
+                if not seen & bit:
+                    seen |= bit
+                    received += 1
+            else:  # far behind what this peer sent: a new run reusing its address and port
+                highest, seen, received = seq, 1, 1
+            state[0], state[1], state[2] = highest, seen, received
+        shift = highest - seq + 1  # bit i of the answer is seen's bit shift + i
+        if shift >= 0:
+            return (seen >> shift) & _SEEN_MASK, received
+        return ((seen << -shift) & _SEEN_MASK if -shift < 64 else 0), received
+
+
 def _forget_oldest(table: dict[Any, Any]) -> None:
     """Drop the older half of a full table (dicts keep insertion order): amortised O(1) per entry."""
     for key in list(itertools.islice(table, len(table) // 2 or 1)):

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from lab import timestamps
 from lab.child import Child, Failed, Ready, child_channel, end_process, python_argv, spawn
 from lab.endpoints.common import (
     COUNTER_NAMES,
@@ -41,9 +42,21 @@ from lab.endpoints.common import (
     UDP_RATE_LIMIT,
     VARIANTS,
     BoundEcho,
+    ProbeReceipts,
     format_address,
 )
 from lab.errors import ConfigError, EndpointError
+from lab.wire import (
+    DEFAULT_MAX_PAYLOAD,
+    FLAG_LOSS_QUERY,
+    HEADER,
+    HEADER_V2_SIZE,
+    MAGIC,
+    VERSION_2,
+    ServerReport,
+    fill_reply,
+    v2_request,
+)
 
 OUTBUF_HIGH = 256 * 1024  # stop reading a connection whose unsent echo exceeds this (back-pressure)
 OUTBUF_LOW = 64 * 1024  # ... and resume once it has drained below this
@@ -58,10 +71,70 @@ ACCEPT_PAUSE_S = 0.1  # out of fds/memory: stop accepting this long instead of s
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
+V2_START = MAGIC + bytes([VERSION_2])  # how a wire v2 probe begins
+
+
+class StreamReports:
+    """The TCP echo of a wire v2 probe stream: each whole probe goes back with the server's report
+    filled in (docs/architecture.md#timestamps-and-one-way-delay); any other stream is echoed byte
+    for byte, as before.
+
+    A connection starts undecided: bytes that begin like a v2 probe are framed, anything else
+    makes it a plain echo for good (so do a v2 header declaring an over-long payload and bytes
+    that stop looking like a v2 probe mid-stream: what is buffered goes back unchanged). At most
+    one message waits here, bounded by its header's length check.
+    """
+
+    __slots__ = ("buf", "framing", "receipts")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.framing: bool | None = None  # None until the first bytes tell
+        self.receipts = ProbeReceipts()
+
+    def feed(self, data: bytes, rx_ns: int | None) -> bytes | bytearray:
+        """What to echo now for `data` just read (`rx_ns`: the kernel's receive stamp of it)."""
+        if self.framing is False:
+            return data
+        buf = self.buf
+        buf += data
+        out = bytearray()
+        while True:
+            start = bytes(buf[:len(V2_START)])
+            if not V2_START.startswith(start) or (
+                    len(buf) >= HEADER_V2_SIZE and HEADER.unpack_from(buf)[6] > DEFAULT_MAX_PAYLOAD):
+                return self._plain(out)
+            self.framing = self.framing or len(start) == len(V2_START) or None
+            if len(buf) < HEADER_V2_SIZE:
+                break
+            end = HEADER_V2_SIZE + HEADER.unpack_from(buf)[6]
+            if len(buf) < end:
+                break
+            request = v2_request(buf)
+            assert request is not None
+            seq, flags = request
+            seen, received = self.receipts.report(0, seq, query=bool(flags & FLAG_LOSS_QUERY))
+            report = ServerReport(rx_ns or time.time_ns(), time.time_ns(), seen, received & 0xFFFFFFFF)
+            out += fill_reply(buf[:end], report, kernel_rx=rx_ns is not None)
+            del buf[:end]
+        return out
+
+    def _plain(self, out: bytearray) -> bytearray:
+        self.framing = False
+        out += self.buf
+        self.buf = bytearray()
+        return out
+
+    def flush(self) -> bytes:
+        """The bytes still held (a stream that ended inside a message): echoed as they came."""
+        held, self.buf = bytes(self.buf), bytearray()
+        return held
+
+
 class _Conn:
     """One TCP connection's state in the loop."""
 
-    __slots__ = ("sock", "outbuf", "last_active", "reading", "eof", "events")
+    __slots__ = ("sock", "outbuf", "last_active", "reading", "eof", "events", "reports")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -70,6 +143,7 @@ class _Conn:
         self.reading = True  # False while paused by back-pressure
         self.eof = False  # the client half-closed (or we gave up reading)
         self.events = selectors.EVENT_READ
+        self.reports = StreamReports()
 
 
 class EchoServer(BoundEcho):
@@ -82,6 +156,10 @@ class EchoServer(BoundEcho):
         self.max_datagram = self.limits.max_datagram
         self._tcp, self._udp = self.tcp_socket, self.udp_socket
         self._guard = self.udp_guard()
+        # Wire v2 (docs/architecture.md#timestamps-and-one-way-delay): the kernel stamps what the
+        # datagram socket receives, and the server reports each probe's receipt in its reply.
+        self._receipts = ProbeReceipts()
+        self._rx_stamps = self._udp is not None and timestamps.enable(self._udp, transmit=False) is None
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -197,6 +275,7 @@ class EchoServer(BoundEcho):
                 # An echo must go back as soon as it arrives: Nagle would hold a partial echo
                 # until the client ACKs, which delayed ACKs can stretch to ~40 ms.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                timestamps.enable(sock, transmit=False)  # wire v2 reports the kernel's receive time
             except OSError:
                 sock.close()
                 self.counters.add(errors=1)
@@ -238,15 +317,21 @@ class EchoServer(BoundEcho):
         """Read once and echo at once; only what the kernel does not take waits in `outbuf`."""
         chunk = RECV_CHUNK if self._buffered < TOTAL_OUTBUF_HIGH else SMALL_RECV_CHUNK
         try:
-            data = conn.sock.recv(chunk)
+            data, ancillary, _, _ = conn.sock.recvmsg(chunk, timestamps.ANCILLARY_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         self._touch(conn)
         if not data:
             conn.eof = True
             conn.reading = False
-            return
-        self.counters.add(bytes_in=len(data))
+            data = conn.reports.flush()  # the end of a stream that stopped inside a message
+            if not data:
+                return
+        else:
+            self.counters.add(bytes_in=len(data))
+            data = conn.reports.feed(data, timestamps.receive_stamp(ancillary) if ancillary else None)
+            if not data:
+                return
         if conn.outbuf:  # older bytes first: the stream's order is the echo's order
             conn.outbuf += data
             self._buffered += len(data)
@@ -313,9 +398,14 @@ class EchoServer(BoundEcho):
         self.counters.add(active=-1)
 
     def _on_datagram(self, sock: Any, mask: int) -> None:
+        stamped = self._rx_stamps
+        ancillary: Any = ()
         for _ in range(BATCH):
             try:
-                data, peer = sock.recvfrom(RECV_CHUNK)
+                if stamped:
+                    data, ancillary, _, peer = sock.recvmsg(RECV_CHUNK, timestamps.ANCILLARY_BYTES)
+                else:
+                    data, peer = sock.recvfrom(RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -333,6 +423,8 @@ class EchoServer(BoundEcho):
             # Count the echo *before* sending it, so whoever receives it already sees it counted
             # (tests and probes compare counters right after a reply); undone if the send fails.
             self.counters.add(datagrams_in=1, bytes_in=size, datagrams_out=1, bytes_out=size)
+            if (request := v2_request(data)) is not None:
+                data = self._reply(data, peer, request, ancillary)
             try:
                 sock.sendto(data, peer)
             except (BlockingIOError, InterruptedError):
@@ -340,6 +432,16 @@ class EchoServer(BoundEcho):
                 self.counters.add(datagrams_out=-1, bytes_out=-size, datagrams_dropped=1)
             except OSError:
                 self.counters.add(datagrams_out=-1, bytes_out=-size, errors=1)
+
+    def _reply(self, data: bytes, peer: Any, request: tuple[int, int], ancillary: Any) -> bytes | bytearray:
+        """A wire v2 probe's reply: its bytes with the server's report filled in place."""
+        seq, flags = request
+        kernel_rx = timestamps.receive_stamp(ancillary) if ancillary else None
+        rx_ns = kernel_rx or time.time_ns()
+        seen, received = self._receipts.report(peer, seq, query=bool(flags & FLAG_LOSS_QUERY))
+        # The reply cannot carry its own transmit stamp: this is the server's clock just before sendto.
+        return fill_reply(data, ServerReport(rx_ns, time.time_ns(), seen, received & 0xFFFFFFFF),
+                          kernel_rx=kernel_rx is not None)
 
     def _close_all(self) -> None:
         with self._close_lock:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from lab.errors import EndpointError
 from lab.records import TrafficPlan
 from lab.targets import where
+from lab.timestamps import ANCILLARY_BYTES, receive_stamp
 
 # Sends in one burst before a loop drains replies again (keeps the receive buffer from filling
 # while a late sender catches up).
@@ -121,3 +122,18 @@ def received_datagrams(sock: socket.socket,
             refused(exc)
             continue
         yield data, time.monotonic_ns()
+
+
+def received_stamped_datagrams(sock: socket.socket,
+                               refused: Callable[[OSError], None]) -> Iterator[tuple[bytes, int, int | None]]:
+    """`received_datagrams` with each datagram's kernel receive stamp (CLOCK_REALTIME ns, None if
+    it has none): for a socket whose timestamps `lab.timestamps.enable` turned on."""
+    for _ in range(MAX_DRAIN):
+        try:
+            data, ancillary, _, _ = sock.recvmsg(RECV_BUFSIZE, ANCILLARY_BYTES, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except ConnectionRefusedError as exc:
+            refused(exc)
+            continue
+        yield data, time.monotonic_ns(), receive_stamp(ancillary) if ancillary else None

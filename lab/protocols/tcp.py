@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lab import timestamps
 from lab.errors import EndpointError, RemoteWireError
 from lab.i18n import N_
 from lab.metric_registry import Metric, format_scaled, time_unit_of
@@ -25,7 +26,7 @@ from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address, where
 from lab.timing import fine_timers
-from lab.wire import EOF, HEADER_SIZE, StreamDecoder, frame
+from lab.wire import EOF, HEADER_SIZE, VERSION_2, StreamDecoder, frame
 
 # Bound of bytes queued in the client for a connection that does not drain; beyond it the
 # sender waits (and open loop falls behind schedule, which the intended times record).
@@ -151,16 +152,25 @@ class TCP(Protocol):
             raise
         with sock, selector([sock]) as sel:
             sock.setblocking(False)
-            run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
+            run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress,
+                                wire_version=VERSION_2)
+            # After connect: a TCP socket's OPT_ID keys count bytes from the moment it is set.
+            refused = timestamps.enable(sock)
+            if refused is None:
+                run.timestamps = timestamps.KERNEL
+            else:
+                run.notes.timestamps_fallback = refused
             observed = run.observations.setdefault(OBSERVER, {})
             observed["tcp_nodelay"] = True
             observed["congestion_control"] = congestion_control(sock)  # after prepare_socket's choice
+            connection = _Connection(run, sock, (host, port), stamped=refused is None)
             with fine_timers():
                 try:
-                    _Connection(run, sock, (host, port)).loop(sel)
+                    connection.loop(sel)
                 except KeyboardInterrupt:
                     raise run.interrupted(time.monotonic_ns()) from None
             ended = time.monotonic_ns()
+            connection.collect_stamps()
             # If the connection is already gone, the record stands without TCP_INFO.
             with contextlib.suppress(OSError):
                 observed["tcp_info"] = tcp_info(sock)
@@ -170,12 +180,17 @@ class TCP(Protocol):
 class _Connection:
     """One run's connection: an outgoing buffer, a stream decoder, and how the connection ended."""
 
-    def __init__(self, run: ProbeSchedule, sock: socket.socket, address: tuple[str, int]) -> None:
+    def __init__(self, run: ProbeSchedule, sock: socket.socket, address: tuple[str, int], *,
+                 stamped: bool = False) -> None:
         self.run = run
         self.sock = sock
         self.address = address
         self.decoder = StreamDecoder(max_payload=run.plan.size - HEADER_SIZE, max_buffer=DECODER_BUFFER)
         self.outbuf = bytearray()
+        # Kernel timestamps (lab.timestamps): a probe's transmit stamp is keyed by its last byte's
+        # offset in the stream; `written` counts the bytes handed to the connection so far.
+        self.stamps = timestamps.TransmitLog() if stamped else None
+        self.written = 0
 
     def loop(self, sel: selectors.BaseSelector) -> None:
         run, outbuf = self.run, self.outbuf
@@ -184,16 +199,23 @@ class _Connection:
         while True:
             # A full buffer takes no more until the connection drains (open loop falls behind).
             limit = MAX_BURST if len(outbuf) < OUTBUF_LIMIT else 0
+            version, stamps = run.version, self.stamps
             for seq, stream, payload, crc, intended, sent_ns in run.due_probes(limit):
                 # Stamped when handed to the connection; bytes still queued in our buffer behind a
                 # stalled connection wait there, which is part of the latency the application sees.
-                outbuf += frame(seq, stream, intended, payload, crc)
+                message = frame(seq, stream, intended, payload, crc, version)
+                outbuf += message
                 run.sent(seq, stream, intended, sent_ns)
+                if stamps is not None:
+                    self.written += len(message)
+                    stamps.sent(seq, self.written - 1)
                 if len(outbuf) >= OUTBUF_LIMIT:
                     break
             now = time.monotonic_ns()
             if outbuf and not self.flush():
                 return
+            if stamps is not None and run.burst:
+                self.collect_stamps()
             if run.done(now):
                 return
             if bool(outbuf) != writing:
@@ -219,19 +241,32 @@ class _Connection:
         del self.outbuf[:n]
         return True
 
+    def collect_stamps(self) -> None:
+        """Book the transmit stamps waiting on the error queue (they also make the socket readable)."""
+        if self.stamps is not None:
+            for seq, stamp in self.stamps.stamped(timestamps.transmit_stamps(self.sock)):
+                self.run.kernel_sent(seq, stamp)
+
     def receive(self) -> bool:
         """Read what is there and decode it; False when the connection is over."""
         run, decoder = self.run, self.decoder
+        size = min(RECV_CHUNK, decoder.max_buffer - decoder.buffered)
+        kernel_ns = None
         try:
-            data = self.sock.recv(min(RECV_CHUNK, decoder.max_buffer - decoder.buffered))
+            if self.stamps is None:
+                data = self.sock.recv(size)
+            else:
+                data, ancillary, _, _ = self.sock.recvmsg(size, timestamps.ANCILLARY_BYTES)
+                kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
         except BlockingIOError:
+            self.collect_stamps()
             return True
         except OSError as exc:
             return self.broken(f"receive failed: {exc.strerror or exc}", exc)
         recv_ns = time.monotonic_ns()
         try:
             decoder.receive_data(data)
-            if run.arrived_stream(decoder, recv_ns) is EOF:
+            if run.arrived_stream(decoder, recv_ns, kernel_ns) is EOF:
                 return self.broken(SERVER_CLOSED, None)
             return True
         except RemoteWireError as exc:

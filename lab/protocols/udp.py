@@ -14,14 +14,30 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from lab import timestamps
 from lab.errors import CrcMismatchError, RemoteWireError
 from lab.protocols import Protocol
-from lab.protocols.common import MAX_BURST, big_buffers, family, received_datagrams, selector, unreachable
+from lab.protocols.common import (
+    MAX_BURST,
+    big_buffers,
+    family,
+    received_datagrams,
+    received_stamped_datagrams,
+    selector,
+    unreachable,
+)
 from lab.records import RunRecord, TrafficPlan
-from lab.schedule import ProbeSchedule
+from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address
 from lab.timing import fine_timers
-from lab.wire import EOF, HEADER_SIZE, Probe, StreamDecoder, frame
+from lab.wire import EOF, FLAG_LOSS_QUERY, HEADER_SIZE, SEEN_BITS, VERSION_2, Probe, StreamDecoder, frame
+
+# The closing loss query (docs/architecture.md#timestamps-and-one-way-delay): at most this many
+# questions, each asked at most LOSS_QUERY_TRIES times, waiting up to LOSS_QUERY_WAIT_S (or the
+# probes' timeout, if shorter) for each answer.
+MAX_LOSS_QUERIES = 32
+LOSS_QUERY_TRIES = 3
+LOSS_QUERY_WAIT_S = 1.0
 
 
 class UDP(Protocol):
@@ -55,13 +71,26 @@ class UDP(Protocol):
             sel = selector(socks)
             for sock in socks:
                 sel.register(sock, selectors.EVENT_READ)
-            run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress)
+            run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress,
+                                wire_version=VERSION_2)
+            refused = next(filter(None, (timestamps.enable(sock) for sock in socks)), None)
+            if refused is None:
+                run.timestamps = timestamps.KERNEL
+                stamping = _Stamping(run, socks)
+            else:
+                run.notes.timestamps_fallback = refused
+                stamping = None
             with fine_timers():
                 try:
-                    self._loop(run, socks, sel, (host, port))
+                    self._loop(run, socks, sel, (host, port), stamping)
+                    ended = time.monotonic_ns()
+                    if stamping is not None:
+                        stamping.collect(range(len(socks)))
+                    if run.version == VERSION_2 and not run.notes.deadline_hit:
+                        self._ask_about_losses(run, socks, sel, (host, port), stamping)
                 except KeyboardInterrupt:
                     raise run.interrupted(time.monotonic_ns()) from None
-            return run.record(time.monotonic_ns())
+            return run.record(ended)
         finally:
             if sel is not None:
                 sel.close()
@@ -79,46 +108,137 @@ class UDP(Protocol):
         return unreachable(address, self.label, exc, connected=False)
 
     def _loop(self, run: ProbeSchedule, socks: list[socket.socket], sel: selectors.BaseSelector,
-              address: tuple[str, int]) -> None:
+              address: tuple[str, int], stamping: _Stamping | None) -> None:
         max_payload = run.plan.size - HEADER_SIZE
+        version = run.version
         while True:
             for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
                 try:
-                    socks[stream].send(frame(seq, stream, intended, payload, crc))
+                    socks[stream].send(frame(seq, stream, intended, payload, crc, version))
                 except ConnectionRefusedError as exc:  # an earlier datagram drew ICMP port unreachable
                     self._refused(run, address, exc)
                     continue  # the probe was not sent; try it again
                 except OSError as exc:
                     raise self.unreachable(address, exc) from exc
                 run.sent(seq, stream, intended, sent_ns)
+                if stamping is not None:
+                    stamping.sent(seq, stream)
+            if stamping is not None and stamping.waiting:
+                # The kernel stamps a send as it leaves, before send() returns on loopback and
+                # TUN: collect them now, or their error-queue entries would wake the loop again.
+                stamping.collect(stamping.waiting)
             now = time.monotonic_ns()
             if run.done(now):
                 return
             wait_s = 0.0 if run.burst >= MAX_BURST else run.wait_s(now)
             for key, _ in sel.select(wait_s):
-                self._drain(run, key.fileobj, max_payload, address)  # type: ignore[arg-type]
+                self._drain(run, key.fileobj, max_payload, address, stamping)  # type: ignore[arg-type]
 
     def _drain(self, run: ProbeSchedule, sock: socket.socket, max_payload: int,
-               address: tuple[str, int]) -> None:
-        for data, recv_ns in received_datagrams(sock, lambda exc: self._refused(run, address, exc)):
-            if run.arrived_datagram(data, recv_ns):
-                continue
-            merged = split_merged_reply(data, max_payload)
-            if merged is None:
-                run.unattributed += 1  # too damaged to know which probe it was
-                continue
-            # Several whole probes in one datagram: the echo server does not keep datagram
-            # boundaries (socat's UDP-LISTEN...PIPE passes them through a pipe). Each probe did
-            # come back, so it counts; the note tells the user the server is not RFC 862.
-            run.notes.merged_replies += 1
-            for part, intact in merged:
-                run.arrived(part, recv_ns, intact=intact)
+               address: tuple[str, int], stamping: _Stamping | None = None) -> None:
+        if stamping is None:
+            for data, recv_ns in received_datagrams(sock, lambda exc: self._refused(run, address, exc)):
+                self._book(run, data, recv_ns, None, max_payload)
+            return
+        for data, recv_ns, kernel_ns in received_stamped_datagrams(
+                sock, lambda exc: self._refused(run, address, exc)):
+            self._book(run, data, recv_ns, kernel_ns, max_payload)
+        stamping.collect((stamping.stream_of[sock],))  # late transmit stamps wake the socket too
+
+    def _book(self, run: ProbeSchedule, data: bytes, recv_ns: int, kernel_ns: int | None,
+              max_payload: int) -> None:
+        if run.arrived_datagram(data, recv_ns, kernel_ns):
+            return
+        merged = split_merged_reply(data, max_payload)
+        if merged is None:
+            run.unattributed += 1  # too damaged to know which probe it was
+            return
+        # Several whole probes in one datagram: the echo server does not keep datagram
+        # boundaries (socat's UDP-LISTEN...PIPE passes them through a pipe). Each probe did
+        # come back, so it counts; the note tells the user the server is not RFC 862.
+        run.notes.merged_replies += 1
+        for part, intact in merged:
+            run.arrived(part, recv_ns, intact=intact, kernel_ns=kernel_ns)
 
     def _refused(self, run: ProbeSchedule, address: tuple[str, int], exc: OSError) -> None:
         if not run.arrivals:
             raise self.unreachable(address, exc) from exc
         # A server that answered before and is gone now: keep the record, note it.
         run.notes.icmp_refused += 1
+
+    def _ask_about_losses(self, run: ProbeSchedule, socks: list[socket.socket], sel: selectors.BaseSelector,
+                          address: tuple[str, int], stamping: _Stamping | None) -> None:
+        """The closing loss query: ask the server which of the unanswered probes it received, for
+        those no reply's report covered (the last ones of a run); bounded and retried."""
+        from lab.metrics import loss_directions
+
+        max_payload = run.plan.size - HEADER_SIZE
+        wait_ns = round(min(run.plan.timeout, LOSS_QUERY_WAIT_S) * NS_PER_S)
+        server = run.observations.setdefault("server", {})
+        for stream, seq in _loss_queries(run, loss_directions):
+            for _ in range(LOSS_QUERY_TRIES):
+                asked = len(run.loss_reports)
+                server["loss_queries"] = server.get("loss_queries", 0) + 1
+                try:
+                    socks[stream].send(frame(seq, stream, 0, b"", 0, VERSION_2, FLAG_LOSS_QUERY))
+                except OSError:
+                    return  # the server is gone: what the replies said stands
+                until = min(time.monotonic_ns() + wait_ns, run.deadline_ns)
+                while len(run.loss_reports) == asked and (now := time.monotonic_ns()) < until:
+                    for key, _ in sel.select((until - now) / NS_PER_S):
+                        self._drain(run, key.fileobj, max_payload, address, stamping)  # type: ignore[arg-type]
+                if len(run.loss_reports) > asked:
+                    break
+                if time.monotonic_ns() >= run.deadline_ns:
+                    return
+
+
+def _loss_queries(run: ProbeSchedule, loss_directions: Callable[..., Any]) -> list[tuple[int, int]]:
+    """(stream, seq) of the loss queries to ask: each covers the SEEN_BITS seqs below its seq, the
+    highest unknown of its stream first; none when the server wrote no report at all."""
+    lost = [s.seq for s in run.sends if s.seq not in run.answered]
+    if not lost:
+        return []
+    verdict = loss_directions(run.plan.streams, run.arrivals, run.loss_reports, lost)
+    if verdict is None:
+        return []
+    unknown = sorted(verdict[2], reverse=True)
+    queries: list[tuple[int, int]] = []
+    streams = run.plan.streams
+    covered: dict[int, int] = {}  # stream -> lowest seq the queries so far cover
+    for seq in unknown:
+        stream = seq % streams
+        if seq >= covered.get(stream, 1 << 64):
+            continue
+        queries.append((stream, seq + 1))
+        covered[stream] = seq + 1 - SEEN_BITS
+        if len(queries) >= MAX_LOSS_QUERIES:
+            break
+    return queries
+
+
+class _Stamping:
+    """The kernel's transmit stamps of a run's sockets, matched to their probes (lab.timestamps)."""
+
+    def __init__(self, run: ProbeSchedule, socks: list[socket.socket]) -> None:
+        self.run = run
+        self.socks = socks
+        self.stream_of = {sock: stream for stream, sock in enumerate(socks)}
+        self.logs = [timestamps.TransmitLog() for _ in socks]
+        self.counts = [0] * len(socks)  # sends so far per socket: the kernel's OPT_ID keys
+        self.waiting: set[int] = set()  # streams with sends whose stamps are not collected yet
+
+    def sent(self, seq: int, stream: int) -> None:
+        self.logs[stream].sent(seq, self.counts[stream])
+        self.counts[stream] += 1
+        self.waiting.add(stream)
+
+    def collect(self, streams: Any) -> None:
+        run = self.run
+        for stream in list(streams):
+            for seq, stamp in self.logs[stream].stamped(timestamps.transmit_stamps(self.socks[stream])):
+                run.kernel_sent(seq, stamp)
+            self.waiting.discard(stream)
 
 
 def split_merged_reply(data: bytes, max_payload: int) -> list[tuple[Probe, bool]] | None:

@@ -306,7 +306,7 @@ CHECK = obj(
         "metric": text(),
         "measured": nullable(number()),
         "interval": nullable(array(number(), max_items=2, lengths=(2,))),
-        "expected": nullable(RATIO),  # only statistical loss checks record one
+        "expected": nullable(MEASURE),  # statistical loss checks (a ratio) and oracles (lab.flows) record one
         "expected_label": text(),
     },
 )
@@ -356,6 +356,7 @@ NOTES = obj(  # lab.records.RunNotes
         "icmp_refused": COUNT,
         "unknown_seq": COUNT,
         "rtt_clamped": COUNT,
+        "timestamps_fallback": nullable(text()),
     }
 )
 TCP_INFO = obj(optional={"total_retrans": COUNT, "retransmits": COUNT})
@@ -373,6 +374,12 @@ def link_counters(value: Any, where: str) -> None:
     for key, direction in value.items():
         if isinstance(direction, dict):
             counted(direction, key_path(where, key))
+
+
+def _timestamps_source(value: Any, where: str) -> None:
+    """Which clock a result's RTT reads (lab.timestamps): "kernel" or "user"."""
+    if value not in ("kernel", "user"):
+        raise _expected('"kernel" or "user"', value, where)
 
 
 RESULT_FIELDS = (
@@ -397,6 +404,20 @@ RESULT_FIELDS = (
         "expected_loss_ratio": nullable(RATIO),
         "link": nullable(link_counters),
         "kernel": nullable(obj(optional={"server": nullable(obj(optional={"TcpRetransSegs": COUNT}))})),
+        # Timestamps and one-way delay (docs/architecture.md#timestamps-and-one-way-delay): optional,
+        # so files written before them stay readable as wirelab-result/2.
+        "timestamps": _timestamps_source,
+        "rtt_user_us": nullable(PERCENTILES),
+        "owd_forward_us": nullable(PERCENTILES),
+        "owd_reverse_us": nullable(PERCENTILES),
+        "server_turnaround_us": nullable(PERCENTILES),
+        "lost_forward": nullable(COUNT),
+        "lost_reverse": nullable(COUNT),
+        "lost_direction_unknown": nullable(COUNT),
+        "loss_forward_ratio": nullable(RATIO),
+        "loss_reverse_ratio": nullable(RATIO),
+        "loss_forward_ci95": nullable(array(RATIO, max_items=2, lengths=(2,))),
+        "loss_reverse_ci95": nullable(array(RATIO, max_items=2, lengths=(2,))),
     },
 )
 RESULT = obj(RESULT_FIELDS[0], {
