@@ -190,3 +190,62 @@ def test_switching_between_batch_and_per_packet_impairments_under_load(impaired_
     assert result["sha256"] == hashlib.sha256(_payload(size)).hexdigest()
     counters = link.counters()
     assert all(_balanced(counters[name]) for name in ("forward", "reverse")), counters
+
+
+def test_batches_cut_in_software_arrive_intact_with_whole_checksums(monkeypatch):
+    """If the kernel kept its offloads on under a per-packet impairment (TUNSETOFFLOAD refused, or
+    batches already queued at a switch), lab.link.gso cuts each batch: the receiving kernel, which
+    verifies every checksum of a packet written without NEEDS_CSUM, takes every segment."""
+    from lab.link import forwarder, gso
+    from lab.link.models import LinkConfig
+    from lab.link.netns import topology
+    from lab.link.session import call_in_netns
+
+    with topology() as topo:
+        fds = (topo.client_fd, topo.server_fd)
+        config = LinkConfig.from_options({"loss": "0.000001%"})  # per packet, practically lossless
+        directions = forwarder._directions(config, fds, gso.VNET_HDR_LEN, None)
+        assert all(d.mode == forwarder.PER_PACKET for d in directions)
+        for fd in fds:
+            assert gso.set_offloads(fd, True)  # as if the kernel had refused to switch them off
+        batches = []
+        segment = gso.segment
+
+        def counted(frame: bytes, **kw: bool) -> list[bytes]:
+            batches.append(frame[1])  # gso_type: non-zero for a batch
+            return segment(frame, **kw)
+
+        monkeypatch.setattr(gso, "segment", counted)
+        threads = [threading.Thread(target=d.run, daemon=True) for d in directions]
+        for thread in threads:
+            thread.start()
+        server = in_netns_thread(topo.server_ns, lambda: socket.socket())
+        server.bind(("198.18.0.2", 0))
+        server.listen()
+        server.settimeout(30)
+        size = 4 * 2**20
+        before = call_in_netns(topo.server_ns, read_counters, ())
+        client = in_netns_thread(topo.client_ns, lambda: socket.create_connection(server.getsockname(), 30))
+        conn, _ = server.accept()
+        received = bytearray()
+
+        def sink() -> None:
+            while chunk := conn.recv(1 << 20):
+                received.extend(chunk)
+
+        reader = threading.Thread(target=sink, daemon=True)
+        reader.start()
+        client.sendall(_payload(size))
+        client.close()
+        reader.join(timeout=30)
+        after = call_in_netns(topo.server_ns, read_counters, ())
+        for sock in (conn, server):
+            sock.close()
+    for thread in threads:  # the devices went with the namespaces: the directions' reads fail
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert bytes(received) == _payload(size)
+    assert any(batches), "no GSO batch was cut: the kernel never handed one over"
+    assert after.get("TcpInCsumErrors", 0) == before.get("TcpInCsumErrors", 0), (before, after)
+    forward = directions[0].counters()
+    assert forward["packets_in"] >= size // MSS and _balanced(forward), forward
