@@ -318,3 +318,37 @@ def test_lab_serve_discard_counts_and_prints_its_stats() -> None:
             server.kill()
             server.communicate()
     assert "stream_flows=1" in out and "summaries=1" in out
+
+
+# --- ARQ ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["arq-sw", "arq-gbn", "arq-sr"])
+def test_arq_bulk_on_loopback_delivers_what_it_sent(name: str) -> None:
+    result = run_bulk_loopback(name, BulkPlan(duration_s=0.4, interval_s=0.1, window=4))
+    assert result.stopped == "duration" and result.bytes_delivered == result.bytes_sent > 0
+    assert sum(size for _, size in result.intervals) == result.bytes_delivered
+    assert result.retransmits is not None
+    assert result.observations["arq"]["window"] == (1 if name == "arq-sw" else 4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(payloads=st.lists(st.one_of(st.binary(max_size=300), st.just(b""),
+                                   st.just(wire.Hello(1, 1, 0, 10 * MS).encode())), max_size=8))
+def test_arq_sink_never_raises_on_what_a_conversation_delivers(payloads: list[bytes]) -> None:
+    from lab.protocols.arq.endpoint import Endpoint
+    from lab.protocols.arq.segment import Scheme
+    from lab.protocols.arq.server import ArqServer, Conversation
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        server = ArqServer(sock, sink=True)
+        conversation = Conversation(Endpoint(Scheme.SELECTIVE_REPEAT, 1, 8), heard=0.0)
+        for payload in payloads:
+            server.count(conversation, payload)
+        assert conversation.sink_state in ("hello", "counting", "answered", "not bulk")
+
+
+@pytest.mark.privileged
+def test_arq_bulk_through_a_lossy_link_delivers_everything_with_retransmissions(impaired_link: Any) -> None:
+    link = impaired_link(loss="5%", delay="1ms")
+    result = link.bulk("arq-sr", BulkPlan(duration_s=1.0, window=16))
+    assert result.bytes_delivered == result.bytes_sent > 0 and result.retransmits > 0

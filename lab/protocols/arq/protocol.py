@@ -91,6 +91,17 @@ class ArqProtocol(Protocol):
 
         return python_argv("lab.protocols.arq.server", "--host", host, "--port", str(port))
 
+    def sink_argv(self, host: str, port: int) -> list[str]:
+        """The ARQ server in sink mode: it counts bulk flows (docs/architecture.md#bulk-traffic)."""
+        return [*self.server_argv(host, port), "--sink"]
+
+    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
+                 round_trip_s: float = 0.0) -> Any:
+        """Segments as fast as the window allows, to the ARQ sink (lab.bulk.arq)."""
+        from lab.bulk.arq import run_arq_bulk
+
+        return run_arq_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
+
     def run_client(self, address: tuple[str, int], plan: TrafficPlan, *,
                    progress: Callable[..., None] | None = None, deadline_s: float | None = None,
                    round_trip_s: float = 0.0) -> RunRecord:

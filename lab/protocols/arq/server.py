@@ -6,6 +6,13 @@ conversation is (peer address, connection id); the first DATA segment starts one
 scheme and window it carries, so one server answers all three ARQ protocols. Each payload its
 receiver delivers, in order, goes back through its sender: reliable both ways.
 
+With `--sink` it is the discard sink of ARQ bulk flows instead (docs/architecture.md#bulk-traffic):
+what a conversation's receiver delivers in order is a bulk stream (lab.bulk.wire: a hello, then
+blocks), counted by a `lab.bulk.counting.StreamCounter` and never echoed; an empty segment ends
+it, and the summary goes back through the conversation's sender (reliable, in segments of at most
+`SUMMARY_SEGMENT` bytes). A conversation whose first payload is not a hello is counted
+(`not_bulk`) and ignored.
+
 Nothing a peer sends can stop it: a datagram that is not a valid segment is counted and dropped
 (`SegmentError`), and every resource is bounded — conversations (the least recently heard one
 makes room), bytes queued for the echo (a conversation over its share stops accepting data until
@@ -35,6 +42,7 @@ IDLE_S = 30.0  # a conversation not heard from this long is forgotten
 QUEUED_BYTES_PER_CONVERSATION = 4 * 1024 * 1024  # echo bytes waiting for the window, each
 BATCH = 64  # datagrams per wake-up before timers are looked at again
 MAX_WAIT_S = 0.5  # the loop wakes at least this often (stop flag, idle conversations)
+SUMMARY_SEGMENT = 1200  # sink mode: the summary's bytes per segment (one packet on any lab link)
 
 
 @dataclass(slots=True)
@@ -42,6 +50,8 @@ class Conversation:
     endpoint: Endpoint
     heard: float  # last time a valid segment of it arrived
     queued_bytes: int = 0
+    sink: Any = None  # sink mode: the StreamCounter of its bulk flow, once its hello arrived
+    sink_state: str = "hello"  # sink mode: "hello", "counting", "answered", "not bulk"
 
 
 @dataclass(slots=True)
@@ -56,12 +66,15 @@ class ServerCounters:
     expired: int = 0  # conversations forgotten after IDLE_S of silence
     held_back: int = 0  # DATA not accepted because the echo queue was full
     send_errors: int = 0
+    summaries: int = 0  # sink mode: bulk flows answered
+    not_bulk: int = 0  # sink mode: conversations that did not start with a bulk hello
 
 
 class ArqServer:
     """Serves ARQ conversations on one bound UDP socket (sans signals: `serve` until `stop`)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, sink: bool = False) -> None:
+        self.sink = sink
         self.sock = sock
         self.sock.setblocking(False)
         self.address = sock.getsockname()[:2]
@@ -121,10 +134,38 @@ class ArqServer:
         self.conversations[key] = conversation
         delivered, out = conversation.endpoint.receive_segment(segment, now)
         for payload in delivered:
-            conversation.endpoint.send(payload)  # the echo, reliable too
+            if self.sink:
+                self.count(conversation, payload)
+            else:
+                conversation.endpoint.send(payload)  # the echo, reliable too
         out += conversation.endpoint.poll(now)
         self.update_queued(conversation)
         self.transmit(out, peer)
+
+    def count(self, conversation: Conversation, payload: bytes) -> None:
+        """Sink mode: one payload of a bulk stream, delivered in order (never raises for its content)."""
+        from lab.bulk import wire
+        from lab.bulk.counting import StreamCounter
+        from lab.errors import RemoteWireError
+
+        state = conversation.sink_state
+        if state == "counting" and payload:
+            conversation.sink.feed(payload, time.monotonic_ns())
+        elif state == "counting":  # the empty segment: the end of the stream
+            summary = wire.encode_summary(conversation.sink.summary())
+            for start in range(0, len(summary), SUMMARY_SEGMENT):
+                conversation.endpoint.send(summary[start:start + SUMMARY_SEGMENT])
+            conversation.sink_state = "answered"
+            self.counters.summaries += 1
+        elif state == "hello":
+            try:
+                hello = wire.Hello.decode(payload)
+            except RemoteWireError:
+                conversation.sink_state = "not bulk"
+                self.counters.not_bulk += 1
+                return
+            conversation.sink = StreamCounter(hello.start_ns, hello.interval_ns)
+            conversation.sink_state = "counting"
 
     def refused(self, peer: Any) -> bool:
         """A source never answered: our own port (a datagram spoofed from ourselves would start a
@@ -176,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.protocols.arq.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--sink", action="store_true", help="count bulk flows instead of echoing")
     args = parser.parse_args(argv)
     channel = child_channel()
     try:
@@ -187,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arq server: {exc}", file=sys.stderr)
         return 2
     assert sock is not None
-    server = ArqServer(sock)
+    server = ArqServer(sock, sink=args.sink)
 
     def stop(signum: int, frame: object) -> None:
         server.stopping = True
@@ -197,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if channel is not None:
         channel.send(Ready({"udp": list(server.address)}))
     else:
-        print(f"arq echo listening on {server.address[0]} udp port {server.address[1]}", flush=True)
+        what = "sink" if args.sink else "echo"
+        print(f"arq {what} listening on {server.address[0]} udp port {server.address[1]}", flush=True)
     with contextlib.closing(sock):
         server.serve()
     return 0
