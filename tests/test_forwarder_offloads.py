@@ -249,3 +249,17 @@ def test_batches_cut_in_software_arrive_intact_with_whole_checksums(monkeypatch)
     assert after.get("TcpInCsumErrors", 0) == before.get("TcpInCsumErrors", 0), (before, after)
     forward = directions[0].counters()
     assert forward["packets_in"] >= size // MSS and _balanced(forward), forward
+
+
+def test_without_virtio_net_hdr_the_forwarder_moves_plain_packets(monkeypatch):
+    """A kernel that refused IFF_VNET_HDR leaves plain TUN devices: the forwarder (which asks with
+    TUNGETIFF) moves bare packets, one per read, impairments and all."""
+    from lab.link import netns
+    from lab.link.session import open_link
+
+    monkeypatch.setattr(netns, "IFF_VNET_HDR", 0)  # what the fallback in _open_tun ends with
+    for options in ({}, {"delay": "2ms", "limit": "100000"}, {"loss": "1%"}):
+        with open_link(**options) as link:
+            _transfer(link, 2 * 2**20)
+            forward = link.counters()["forward"]
+            assert forward["packets_in"] >= 2 * 2**20 // MSS and _balanced(forward), (options, forward)
