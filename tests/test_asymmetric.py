@@ -21,7 +21,7 @@ import pytest
 from lab.errors import ConfigError, ScenarioError
 from lab.link.models import NULL, OPTION_KEYS, LinkConfig
 from lab.link.params import NETEM_WORDS, format_netem, parse_netem
-from lab.scenario import load_scenario, parse_scenario
+from lab.scenario import load_scenario, loss_interval, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 HOL_SAMPLE = Path(__file__).resolve().parent / "data" / "sample-hol"  # a real run, with link_config
@@ -206,6 +206,13 @@ def test_the_shipped_asymmetric_scenario() -> None:
     assert delays == [(0.01, 0.002)] * 2
     assert [p.link_config.expected_forward_loss_ratio() for p in plan.points] == [0.0, 0.2]
     assert [p.link_config.expected_reverse_loss_ratio() for p in plan.points] == [0.0, 0.0]
+    # loss_forward_ratio's range is the 99 % binomial interval around the link's own prediction
+    lossy = plan.points[1]
+    forward = next(e for e in lossy.expectations["udp"] if e.metric == "loss_forward_ratio")
+    interval = loss_interval(lossy.link_config.expected_forward_loss_ratio(), lossy.traffic.count)
+    assert (forward.min, forward.max) == pytest.approx(interval)
+    assert {e.metric for e in lossy.expectations["udp"]} >= {
+        "loss_reverse_ratio", "owd_forward_p50_ms", "owd_reverse_p50_ms"}
 
 
 def test_lab_demo_takes_forward_and_reverse() -> None:
