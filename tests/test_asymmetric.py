@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lab.errors import ConfigError, ScenarioError
 from lab.link.models import NULL, OPTION_KEYS, LinkConfig
@@ -51,6 +53,21 @@ def test_netem_words_become_the_option_keys(words: str, options: dict[str, str])
     assert parse_netem(words, key="forward") == options
     assert LinkConfig.from_options(parse_netem(words)) == LinkConfig.from_options(options)
     assert parse_netem(format_netem(options)) == options  # and back
+
+
+VALUES = {  # a few valid values per key, for the round-trip property below
+    "loss": ["0%", "5%", "gemodel 1% 30%", "gemodel 1% 30% 80% 0.5%"], "delay": ["10ms", "1.5s", "500us"],
+    "jitter": ["2ms"], "distribution": ["uniform", "normal"], "delay_correlation": ["25%"],
+    "reorder": ["10%"], "duplicate": ["1%"], "corrupt": ["0.1%"], "rate": ["10mbit", "1.5gbit"],
+    "limit": ["100"], "limit_bytes": ["8mb"],
+}
+
+
+@given(st.dictionaries(st.sampled_from(OPTION_KEYS), st.integers(0, 3), max_size=len(OPTION_KEYS)))
+def test_any_options_round_trip_through_netem_words(choice: dict[str, int]) -> None:
+    """Property: format_netem -> parse_netem gives back any option mapping, whatever its order."""
+    options = {key: VALUES[key][index % len(VALUES[key])] for key, index in choice.items()}
+    assert parse_netem(format_netem(options), key="forward") == options
 
 
 def test_every_option_key_has_a_netem_word() -> None:
@@ -254,6 +271,29 @@ def test_lab_link_refuses_bad_words_before_anything_starts(argv: list[str], mess
         main(["link", *argv])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.startswith(message)
+
+
+@pytest.mark.privileged
+def test_lab_link_prints_each_direction_when_they_differ() -> None:
+    import secrets
+    import signal
+
+    from tests.test_link_cli import _lab, _wait_up
+
+    name = f"a{secrets.token_hex(3)}"
+    process = _lab("link", "--name", name, "--forward", "delay 10ms loss 5%", "--reverse", "delay 2ms")
+    try:
+        text = _wait_up(process)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    lines = [line.split(None, 1) for line in text.splitlines() if line.startswith("  ")]
+    assert ["client->server", "loss 5%, delay 10ms"] in lines and ["server->client", "delay 2ms"] in lines
+    assert f"link {name} removed" in out
 
 
 # --- the report -----------------------------------------------------------------------------------
