@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.benchmarks import anchors
-from tests.benchmarks.anchor_rows import ECHO_CLIENTS, SPECS, AnchorTable, Row, measured, not_measured
+from tests.benchmarks.anchor_rows import ECHO_CLIENTS, ROWS, SPECS, AnchorTable, Row, measured, not_measured
 
 pytestmark = pytest.mark.slow
 
@@ -58,44 +58,57 @@ def _need_net_admin() -> None:
         raise anchors.NotMeasured(f"the link and the veth pair {reason}")
 
 
-# --- RTT on loopback: the lab's client and echo server vs sockperf's -----------------------------------
+# --- RTT on loopback: the lab's client vs sockperf's ----------------------------------------------------
 @pytest.mark.benchmark(group="anchors-rtt")
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_rtt_vs_sockperf(benchmark, anchor_table: AnchorTable, transport: str) -> None:
-    """Ping-pong RTT p50/p99, 64-byte messages, one in flight, blocking sockets: `lab send` against
-    the lab's echo server vs sockperf against its own server, both on 127.0.0.1."""
-    ids = [f"rtt-{transport}-{pct}-{stamps}" for pct in ("p50", "p99") for stamps in ("kernel", "user")]
+    """Ping-pong RTT p50/p99, 64-byte messages, one in flight, blocking sockets, on 127.0.0.1: sockperf
+    against its own server; `lab send` against socat's echo (a C server too: sockperf's answers only
+    sockperf) and against the lab's own echo server."""
+    ids = [spec.id for spec in ROWS if spec.id.startswith(f"rtt-{transport}-")]
 
-    def measure() -> tuple[list[anchors.Latency], list[dict[str, Any]]]:
-        tool: list[anchors.Latency] = []
-        lab: list[dict[str, Any]] = []
+    def measure() -> dict[str, list[Any]]:
+        runs: dict[str, list[Any]] = {"sockperf": [], "socat": [], "lab": []}
         for _ in range(REPEATS):
-            tool.append(anchors.sockperf_rtt(anchors.LOOPBACK, anchors.LOOPBACK, tcp=transport == "tcp",
-                                             seconds=RTT_SECONDS))
+            runs["sockperf"].append(anchors.sockperf_rtt(anchors.LOOPBACK, anchors.LOOPBACK,
+                                                         tcp=transport == "tcp", seconds=RTT_SECONDS))
+            port = anchors.free_port(anchors.LOOPBACK)
+            socat = anchors.socat_echo_argv(transport, "127.0.0.1", port)
+            with anchors.serving(anchors.LOOPBACK, socat, port, [transport]):
+                runs["socat"].append(anchors.lab_send(anchors.LOOPBACK, transport, "127.0.0.1", port,
+                                                      count=LAB_PROBES))
             with anchors.lab_echo_server(anchors.LOOPBACK) as port:
-                lab.append(anchors.lab_send(anchors.LOOPBACK, transport, "127.0.0.1", port, count=LAB_PROBES))
-        return tool, lab
+                runs["lab"].append(anchors.lab_send(anchors.LOOPBACK, transport, "127.0.0.1", port,
+                                                    count=LAB_PROBES))
+        return runs
 
     try:
         anchors.require_tool("sockperf")
-        tool, lab = _measure(benchmark, measure)
+        anchors.require_tool("socat")
+        runs = _measure(benchmark, measure)
     except anchors.NotMeasured as why:
         _record(benchmark, anchor_table, [not_measured(SPECS[i], str(why)) for i in ids])
         return
+    tool = runs["sockperf"]
     rows = []
-    for stamps in ("kernel", "user"):
-        runs = [anchors.lab_latencies(result)[stamps] for result in lab]
-        problem = next((r for r in runs if isinstance(r, str)), None)
-        for pct in ("p50", "p99"):
-            spec = SPECS[f"rtt-{transport}-{pct}-{stamps}"]
+    for server, stamps, pcts, row_id in (
+        ("socat", "kernel", ("p50", "p99"), "rtt-{t}-{pct}-kernel"),
+        ("socat", "user", ("p50", "p99"), "rtt-{t}-{pct}-user"),
+        ("lab", "kernel", ("p50",), "rtt-{t}-p50-lab-server"),
+    ):
+        lab = [anchors.lab_latencies(result)[stamps] for result in runs[server]]
+        problem = next((r for r in lab if isinstance(r, str)), None)
+        for pct in pcts:
+            spec = SPECS[row_id.format(t=transport, pct=pct)]
             if problem is not None:
                 rows.append(not_measured(spec, problem))
                 continue
             key = f"{pct}_us"
-            rows.append(measured(
-                spec, _median([getattr(t, key) for t in tool]), _median([getattr(r, key) for r in runs]),
-                anchor_runs=[getattr(t, key) for t in tool], lab_runs=[getattr(r, key) for r in runs],
-                anchor_samples=[t.samples for t in tool], lab_samples=[r.samples for r in runs]))
+            anchor_runs, lab_runs = [getattr(x, key) for x in tool], [getattr(x, key) for x in lab]
+            rows.append(measured(spec, _median(anchor_runs), _median(lab_runs),
+                                 anchor_runs=anchor_runs, lab_runs=lab_runs,
+                                 anchor_samples=[x.samples for x in tool],
+                                 lab_samples=[x.samples for x in lab]))
     _record(benchmark, anchor_table, rows)
 
 
