@@ -352,3 +352,56 @@ def test_arq_bulk_through_a_lossy_link_delivers_everything_with_retransmissions(
     link = impaired_link(loss="5%", delay="1ms")
     result = link.bulk("arq-sr", BulkPlan(duration_s=1.0, window=16))
     assert result.bytes_delivered == result.bytes_sent > 0 and result.retransmits > 0
+
+
+# --- QUIC ---------------------------------------------------------------------------------------------
+needs_aioquic = pytest.mark.skipif(get_protocol("quic").unavailable() is not None, reason="needs aioquic")
+
+
+@needs_aioquic
+def test_quic_bulk_on_loopback_delivers_its_stream() -> None:
+    result = run_bulk_loopback("quic", BulkPlan(duration_s=0.5, interval_s=0.1))
+    assert result.stopped == "duration" and result.bytes_delivered == result.bytes_sent > 0
+    assert sum(size for _, size in result.intervals) == result.bytes_delivered
+    assert result.retransmits is not None and "client" in result.observations["quic"]
+
+
+@needs_aioquic
+def test_quic_datagram_bulk_at_a_rate_on_loopback() -> None:
+    result = run_bulk_loopback("quic-datagram", BulkPlan(duration_s=0.5, rate_bps=2e6, size=1000))
+    figures = result.datagrams
+    assert figures is not None and figures["sent"] > 0 and figures["received"] == figures["sent"]
+    with pytest.raises(ConfigError, match="needs a rate"):
+        get_protocol("quic-datagram").run_bulk(("127.0.0.1", 9), BulkPlan(duration_s=1.0))
+
+
+@needs_aioquic
+@settings(max_examples=40, deadline=None)
+@given(chunks=st.lists(st.one_of(st.binary(max_size=200), st.just(wire.Hello(1, 1, 0, 10 * MS).encode()),
+                                 st.just(wire.Hello(2, 3, 0, 10 * MS).encode()),
+                                 st.just(wire.encode_end(1, 1, 0))), max_size=6),
+       frames=st.lists(st.binary(max_size=100), max_size=4))
+def test_quic_sink_never_raises_on_stream_data_or_frames(chunks: list[bytes], frames: list[bytes]) -> None:
+    from lab.protocols.quic_server import QuicEchoServer, _Peer
+
+    class Conn:  # only what the sink calls on a connection
+        def send_stream_data(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    server = QuicEchoServer(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), None, sink=True)
+    try:
+        peer = _Peer(conn=Conn(), addr=("127.0.0.1", 1), counts={}, last_active=0.0)
+        for index, chunk in enumerate(chunks):
+            server.sink_stream(peer, 0, chunk, index == len(chunks) - 1)
+        for frame in frames + [_datagram(0, 0, flow=3)]:
+            server.sink_datagram(peer, frame)
+    finally:
+        server.sock.close()
+
+
+@needs_aioquic
+@pytest.mark.privileged
+def test_quic_bulk_through_a_lossy_link_delivers_everything_with_retransmissions(impaired_link: Any) -> None:
+    link = impaired_link(loss="5%", direction="forward", delay="1ms")
+    result = link.bulk("quic", BulkPlan(duration_s=1.0))
+    assert result.bytes_delivered == result.bytes_sent > 0 and result.retransmits > 0

@@ -161,6 +161,18 @@ class QUIC(Protocol):
 
         return python_argv("lab.protocols.quic_server", "--host", host, "--port", str(port))
 
+    def sink_argv(self, host: str, port: int) -> list[str]:
+        """The QUIC server in sink mode: it counts bulk flows (docs/architecture.md#bulk-traffic)."""
+        return [*self.server_argv(host, port), "--sink"]
+
+    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
+                 round_trip_s: float = 0.0) -> Any:
+        """One stream as fast as the congestion controller allows (quic-datagram: frames at the plan's
+        rate, which it needs), to the QUIC sink (lab.bulk.quic)."""
+        from lab.bulk.quic import run_quic_bulk
+
+        return run_quic_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
+
     def run_client(self, address: tuple[str, int], plan: TrafficPlan, *,
                    progress: Callable[..., None] | None = None, deadline_s: float | None = None,
                    round_trip_s: float = 0.0) -> RunRecord:

@@ -13,6 +13,13 @@ its connection IDs, in one selectors loop:
   the server's, with its end's figures of that connection (JSON: lost and retransmitted packets,
   RTT, congestion window), so the client can report both ends as TCP's retransmission count does.
 
+With `--sink` it is the discard sink of QUIC bulk flows instead (docs/architecture.md#bulk-traffic):
+a client bidirectional stream carries a bulk stream (lab.bulk.wire: a hello, then blocks), counted
+by a `lab.bulk.counting.StreamCounter` and answered with the summary on the same stream when the
+client ends it; a hello of datagram mode announces a flow of DATAGRAM frames (answered `ACCEPTED`
+at once), counted by sequence number (`DatagramCounter`), whose END on the stream is answered with
+its summary. At most `MAX_SINK_FLOWS` flows per connection are counted.
+
 Bad input never stops it: a datagram that is not QUIC is counted and dropped, one that breaks a
 connection drops that connection, and at most `--max-conns` connections are kept (the longest idle
 goes first), idle ones expiring after `--idle-timeout` seconds.
@@ -52,7 +59,8 @@ SWEEP_INTERVAL_S = 1.0  # how often idle connections are looked for
 MAX_WAIT_S = 1.0
 CERTIFICATE_NAME = "wirelab QUIC echo server"
 COUNTER_NAMES = ("datagrams", "not_quic", "connections", "evicted", "expired", "broken",
-                 "version_negotiations", "datagram_frames_dropped")
+                 "version_negotiations", "datagram_frames_dropped", "sink_flows", "sink_refused")
+MAX_SINK_FLOWS = 16  # sink mode: flows counted per connection
 
 
 class _Stop(BaseException):
@@ -105,13 +113,27 @@ class _Peer:
     sent: int = 0
     received: int = 0
     stats_requests: dict[int, bytearray] = field(default_factory=dict)
+    sinks: dict[int, Any] = field(default_factory=dict)  # sink mode: stream id -> its _SinkStream
+
+
+class _SinkStream:
+    """Sink mode: one client stream's bulk flow (its hello, then a stream or a datagram flow)."""
+
+    __slots__ = ("head", "counter", "flow_id", "refused")
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.counter: Any = None  # StreamCounter or DatagramCounter, once the hello is read
+        self.flow_id: int | None = None  # a datagram flow's id
+        self.refused = False  # not a bulk flow: its bytes are ignored
 
 
 class QuicEchoServer:
     """Echo over QUIC for many connections on one UDP socket (see the module docstring)."""
 
     def __init__(self, sock: socket.socket, configuration: Any, *, max_conns: int = MAX_CONNS,
-                 idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT_S, sink: bool = False) -> None:
+        self.sink = sink
         self.sock = sock
         self.configuration = configuration
         self.max_conns = max_conns
@@ -244,6 +266,8 @@ class QuicEchoServer:
             peer.last_active = time.monotonic()
             if isinstance(event, events.StreamDataReceived):
                 self.stream_data(peer, event)
+            elif isinstance(event, events.DatagramFrameReceived) and self.sink:
+                self.sink_datagram(peer, event.data)
             elif isinstance(event, events.DatagramFrameReceived):
                 if len(event.data) <= MAX_DATAGRAM_PROBE:  # a larger echo might not fit our packet
                     conn.send_datagram_frame(event.data)
@@ -259,6 +283,9 @@ class QuicEchoServer:
 
     def stream_data(self, peer: _Peer, event: Any) -> None:
         stream_id = event.stream_id
+        if stream_id % 4 == 0 and self.sink:  # client-initiated, bidirectional: a bulk flow
+            self.sink_stream(peer, stream_id, event.data, event.end_stream)
+            return
         if stream_id % 4 == 0:  # client-initiated, bidirectional: echo
             peer.conn.send_stream_data(stream_id, event.data, end_stream=event.end_stream)
             return
@@ -274,6 +301,74 @@ class QuicEchoServer:
                                        datagrams_received=peer.received)
             reply = peer.conn.get_next_available_stream_id(is_unidirectional=True)
             peer.conn.send_stream_data(reply, json.dumps(figures).encode(), end_stream=True)
+
+    # --- sink mode ---
+    def sink_stream(self, peer: _Peer, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """A bulk flow's bytes on a client stream: its hello, then blocks (or a datagram flow's END)."""
+        from lab.bulk import wire
+        from lab.bulk.counting import DatagramCounter, StreamCounter
+        from lab.errors import RemoteWireError
+
+        flow = peer.sinks.get(stream_id)
+        if flow is None:
+            if len(peer.sinks) >= MAX_SINK_FLOWS:
+                self.counters["sink_refused"] += 1
+                return
+            flow = peer.sinks[stream_id] = _SinkStream()
+            self.counters["sink_flows"] += 1
+        if flow.refused:
+            return
+        now_ns = time.monotonic_ns()
+        view = memoryview(data)
+        if flow.counter is None:
+            need = wire.HELLO.size - len(flow.head)
+            flow.head += view[:need]
+            view = view[need:]
+            if len(flow.head) < wire.HELLO.size:
+                return
+            try:
+                hello = wire.Hello.decode(bytes(flow.head))
+            except RemoteWireError:
+                flow.refused = True
+                self.counters["sink_refused"] += 1
+                return
+            flow.head.clear()
+            if hello.mode == wire.MODE_STREAM:
+                flow.counter = StreamCounter(hello.start_ns, hello.interval_ns)
+            else:
+                flow.counter, flow.flow_id = DatagramCounter(hello.start_ns, hello.interval_ns), hello.flow_id
+                peer.conn.send_stream_data(stream_id, wire.ACCEPTED)
+        if isinstance(flow.counter, StreamCounter):
+            flow.counter.feed(view, now_ns)
+            if end_stream:
+                peer.conn.send_stream_data(stream_id, wire.encode_summary(flow.counter.summary()),
+                                           end_stream=True)
+            return
+        flow.head += view  # a datagram flow's END
+        if len(flow.head) > wire.END.size:
+            flow.refused = True
+            return
+        if len(flow.head) == wire.END.size:
+            try:
+                sent, _bytes, _quiet = wire.decode_end(bytes(flow.head))
+            except RemoteWireError:
+                flow.refused = True
+                return
+            summary = {**flow.counter.summary(), "sent": sent}
+            peer.conn.send_stream_data(stream_id, wire.encode_summary(summary), end_stream=True)
+            flow.refused = True  # answered: nothing more is read on it
+
+    def sink_datagram(self, peer: _Peer, data: bytes) -> None:
+        """A DATAGRAM frame of a datagram flow this connection announced (others are counted, dropped)."""
+        from lab.bulk import wire
+
+        header = wire.parse_datagram(data)
+        if header is not None:
+            for flow in peer.sinks.values():
+                if flow.flow_id == header.flow_id and not flow.refused:
+                    flow.counter.arrived(header, len(data), time.monotonic_ns())
+                    return
+        self.counters["datagram_frames_dropped"] += 1
 
     def flush(self, peer: _Peer) -> None:
         for data, addr in peer.conn.datagrams_to_send(now=time.monotonic()):
@@ -308,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-conns", type=int, default=MAX_CONNS)
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S)
+    parser.add_argument("--sink", action="store_true", help="count bulk flows instead of echoing")
     args = parser.parse_args(argv)
     channel = child_channel()
     try:
@@ -322,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    server = QuicEchoServer(sock, configuration, max_conns=args.max_conns, idle_timeout=args.idle_timeout)
+    server = QuicEchoServer(sock, configuration, max_conns=args.max_conns, idle_timeout=args.idle_timeout,
+                            sink=args.sink)
 
     def stop(signum: int, frame: object) -> None:
         raise _Stop
