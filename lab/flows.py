@@ -38,7 +38,7 @@ EACH = "each"  # [expect.each]: every flow of the point (a flow's own table wins
 RESERVED_NAMES = (GROUP, EACH)
 DEFAULT_PROBE_RATE = 20.0  # probes/s of a probes flow given only a duration
 IDLE_PROBES = 20  # probes measured before the load starts, for the idle RPM
-IDLE_RATE = 20.0
+IDLE_RATE = 50.0  # 20 probes in 0.4 s: the link is idle, they need not be spread out
 DEFAULT_WITHIN = {"mathis": (0.5, 1.5), "link_rate": (0.0, 1.0), "textbook": (0.7, 1.3)}
 ORACLE_METRICS = {"mathis": ("goodput_bps",), "link_rate": ("goodput_bps",),
                   "textbook": ("utilisation", "goodput_bps")}
@@ -183,6 +183,9 @@ def parse_flows(entries: Any, known_protocols: set[str], fail: Fail) -> tuple[Fl
                             probes=_probes_plan(rest, where, fail))
         if spec.start_s + spec.duration_s > MAX_GROUP_SECONDS:
             raise fail(f"{where} duration", f"start + duration must end within {MAX_GROUP_SECONDS:g} s")
+        if kind == "probes" and any(f.kind == "probes" and f.group == group for f in flows):
+            raise fail(f"{where} kind", "a group has at most one probes flow (it is measured by the "
+                                        "runner's own process); put the other in a group of its own")
         flows.append(spec)
     return tuple(flows)
 

@@ -73,7 +73,9 @@ LINK_KEYS = (*OPTION_KEYS, "direction")
 LINK_DIRECTION_TABLES = DIRECTION_NAMES
 TRAFFIC_KEYS = ("count", "size", "rate", "timeout", "streams", "duration", "window")
 SCENARIO_KEYS = ("name", "description", "protocols", "seed", "capture", "mtu", "slow", "privileged", "atlas")
-TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect")
+TOP_LEVEL_TABLES = ("scenario", "traffic", "link", "sweep", "expect", "flows")
+# Bulk traffic (`[traffic] kind = "bulk"`, lab.flows) takes these besides kind; probes take TRAFFIC_KEYS.
+BULK_ONLY_TRAFFIC_KEYS = ("kind", "bytes", "interval")
 DEFAULT_PROTOCOLS = ("tcp", "udp")
 DEFAULT_MTU = 1500  # Ethernet
 MTU_RANGE = (576, 65535)  # RFC 791: every IPv4 host must accept 576-byte datagrams
@@ -132,10 +134,11 @@ class Expectation:
     """One assertion on a Result: `metric` compared by `kind` (equal, range, within_ci...)."""
 
     metric: str
-    kind: str  # "equal" | "range" | "within_ci" | "within_ci_fragments"
+    kind: str  # "equal" | "range" | "within_ci" | "within_ci_fragments" | "oracle"
     value: float | None = None
-    min: float | None = None
+    min: float | None = None  # "oracle": the factors of the prediction the measure must lie within
     max: float | None = None
+    oracle: str = ""  # "oracle": "mathis", "link_rate" or "textbook" (lab.flows.predictions)
 
     def describe(self) -> str:
         """The expectation as a user wrote it, e.g. `rtt_p50_ms in [40, 45]`."""
@@ -145,6 +148,8 @@ class Expectation:
             lo = "-inf" if self.min is None else f"{self.min:g}"
             hi = "inf" if self.max is None else f"{self.max:g}"
             return f"{self.metric} in [{lo}, {hi}]"
+        if self.kind == "oracle":
+            return f"{self.metric} within [{self.min:g}, {self.max:g}] x {self.oracle}"
         return f"{self.metric} {self.kind} ({CI_CONFIDENCE:.0%})"
 
 
@@ -192,6 +197,11 @@ class SweepPoint:
     expectations: Mapping[str, tuple[Expectation, ...]]
     seed: int
     mtu: int = DEFAULT_MTU
+    # docs/architecture.md#flows-and-oracles: `bulk` runs every protocol as one bulk flow alone;
+    # `flows` run together on one link (the point's group, named `group`).
+    bulk: Any = None  # lab.bulk.BulkPlan
+    flows: tuple[Any, ...] = ()  # lab.flows.FlowSpec
+    group: str = ""
 
     @property
     def impaired(self) -> bool:
@@ -237,7 +247,9 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """What result.json records about the scenario."""
+        flows = [f.to_dict() for f in dict.fromkeys(f for p in self.points for f in p.flows)]
         return {
+            **({"flows": flows} if flows else {}),
             "name": self.name,
             "description": self.description,
             "file": str(self.path) if self.path else None,
@@ -331,16 +343,19 @@ class _Parser:
         for key in data:
             if key not in TOP_LEVEL_TABLES:
                 raise self.fail(
-                    key, f"unknown table; allowed: {', '.join(f'[{t}]' for t in TOP_LEVEL_TABLES)}"
+                    key, f"unknown table; allowed: {', '.join(map(_table_header, TOP_LEVEL_TABLES))}"
                 )
         for key in TOP_LEVEL_TABLES:
-            if key in data and not isinstance(data[key], dict):
+            if key in data and key != "flows" and not isinstance(data[key], dict):
                 raise self.fail(key, f"must be a table ([{key}]), got {_show(data[key])}")
         meta = self.scenario_table(data.get("scenario", {}))
         traffic = dict(data.get("traffic", {}))
+        bulk_kind = self.traffic_kind(traffic)
         for key in traffic:
-            if key not in TRAFFIC_KEYS:
-                raise self.fail(f"[traffic] {key}", f"unknown key; allowed: {', '.join(TRAFFIC_KEYS)}")
+            if key not in TRAFFIC_KEYS and not (bulk_kind and key in BULK_ONLY_TRAFFIC_KEYS):
+                raise self.fail(f"[traffic] {key}", f"unknown key; allowed: {', '.join(TRAFFIC_KEYS)}"
+                                + ("" if bulk_kind else ', and kind = "bulk"'))
+        flows = self.flows(data, meta)
         link = self.link_table(dict(data.get("link", {})))
         sweep = self.sweep_table(data.get("sweep", {}))
         names = [name for name, _, _ in sweep]
@@ -357,15 +372,31 @@ class _Parser:
                 f"{len(ids)} points x {len(meta['protocols'])} protocols is over the limit of "
                 f"{MAX_PROTOCOL_RUNS} protocol runs in one scenario; split the scenario",
             )
-        expectations = self.expect_table(data.get("expect", {}), meta["protocols"], ids if sweep else [])
+        groups = flow_groups(flows)
+        if len(groups) > 1:  # one point per group and sweep value: `limit=10,group=NAME`
+            ids, combos = zip(*[(f"{i},group={g}" if i != "base" else f"group={g}", (c, g))
+                                for i, c in zip(ids, combos, strict=True) for g in groups], strict=True)
+        else:
+            combos = [(c, next(iter(groups), "")) for c in combos]
+        expect_keys = flow_expect_keys(flows) if flows else meta["protocols"]
+        expectations = self.expect_table(data.get("expect", {}), expect_keys,
+                                         list(ids) if sweep or len(groups) > 1 else [])
+        if flows:
+            expectations = each_flow_expectations(expectations, [f.name for f in flows if f.kind == "bulk"])
 
         points = []
-        for point_id, combo in zip(ids, combos, strict=True):
+        for point_id, (combo, group) in zip(ids, combos, strict=True):
             point_link = dict(link)
             point_traffic = dict(traffic)
             for (_name, (table, key), _values), value in zip(sweep, combo, strict=True):
                 _set_swept(point_link, point_traffic, table, key, value)
             where = f"[sweep] point {point_id}: " if sweep else ""
+            bulk = None
+            if bulk_kind:
+                from lab.flows import parse_bulk_traffic
+
+                bulk = parse_bulk_traffic(point_traffic, where, self.fail)
+                point_traffic = {}
             plan = self.traffic_plan(point_traffic, where)
             link_config = self.link_config(point_link, meta["seed"], where)
             points.append(
@@ -377,6 +408,9 @@ class _Parser:
                     expectations=expectations(point_id),
                     seed=meta["seed"],
                     mtu=meta["mtu"],
+                    bulk=bulk,
+                    flows=groups.get(group, ()),
+                    group=group,
                 )
             )
         return Scenario(
@@ -394,6 +428,31 @@ class _Parser:
             sweep_keys=tuple(names),
             raw=data,
         )
+
+    def traffic_kind(self, traffic: dict[str, Any]) -> bool:
+        """True for `[traffic] kind = "bulk"` (lab.flows); "probes" (the default) is the probe plan."""
+        kind = traffic.pop("kind", "probes")
+        if kind not in ("probes", "bulk"):
+            raise self.fail("[traffic] kind", f'must be "probes" or "bulk", got {_show(kind)}')
+        return kind == "bulk"
+
+    def flows(self, data: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, ...]:
+        """`[[flows]]` (lab.flows.parse_flows); the scenario's protocols become the flows' own."""
+        if "flows" not in data:
+            return ()
+        from lab.flows import parse_flows
+
+        flows = parse_flows(data["flows"], _known_protocols(), self.fail)
+        if "traffic" in data:
+            raise self.fail("[traffic]", "a scenario with [[flows]] gives each flow its traffic; "
+                                         "remove [traffic]")
+        given = (data.get("scenario") or {}).get("protocols")
+        used = tuple(dict.fromkeys(f.protocol for f in flows))
+        if given is not None and not set(used) <= set(given):
+            raise self.fail("[scenario] protocols",
+                            f"must name every protocol of [[flows]] ({', '.join(used)})")
+        meta["protocols"] = used
+        return flows
 
     def scenario_table(self, table: dict[str, Any]) -> dict[str, Any]:
         for key in table:
@@ -540,6 +599,11 @@ class _Parser:
         where = f"{table} {metric}"
         if metric not in _metric_names():
             raise self.fail(where, f"unknown metric; allowed: {', '.join(_metric_names())}")
+        from lab.flows import oracle_expectation
+
+        oracle = oracle_expectation(metric, value, where, self.fail)
+        if oracle is not None:
+            return Expectation(metric=metric, kind="oracle", oracle=oracle[0], min=oracle[1], max=oracle[2])
         if isinstance(value, str):
             if value in STATISTICAL and metric == "loss_ratio":
                 return Expectation(metric=metric, kind=value)
@@ -664,6 +728,38 @@ class _Parser:
         raise self.fail(f"{where}[link]", str(whole)) from None
 
 
+# --- flows (lab.flows) ----------------------------------------------------------------------------
+def flow_groups(flows: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
+    """group name -> its FlowSpecs ({} without [[flows]])."""
+    from lab.flows import groups_of
+
+    return groups_of(flows) if flows else {}
+
+
+def flow_expect_keys(flows: tuple[Any, ...]) -> tuple[str, ...]:
+    """What `[expect.KEY]` may name in a scenario with [[flows]]: a flow's name, `all` (the group's
+    figures) or `each` (every flow)."""
+    from lab.flows import EACH, GROUP
+
+    return (*(f.name for f in flows), GROUP, EACH)
+
+
+def each_flow_expectations(
+    at: Callable[[str], dict[str, tuple[Expectation, ...]]], names: list[str],
+) -> Callable[[str], dict[str, tuple[Expectation, ...]]]:
+    """`at`, with `[expect.each]` laid under every flow's own table (the flow's metric wins)."""
+    from lab.flows import EACH
+
+    def merged(point_id: str) -> dict[str, tuple[Expectation, ...]]:
+        tables = at(point_id)
+        each = {e.metric: e for e in tables.pop(EACH, ())}
+        for name in names:
+            tables[name] = tuple({**each, **{e.metric: e for e in tables.get(name, ())}}.values())
+        return {key: own for key, own in tables.items() if own}
+
+    return merged
+
+
 # --- expectations (pure) ------------------------------------------------------------------------
 def measured_value(result: Result | Mapping[str, Any], metric: str) -> float | None:
     """The number `metric` (lab.metric_registry) reads from a Result (or its dict); None when it was not
@@ -716,6 +812,8 @@ def evaluate(
             message=_("{metric} = {measured}, expected {expected}").format(
                 metric=expectation.metric, measured=f"{measured:g}", expected=f"{expectation.value:g}"),
         )
+    if expectation.kind == "oracle":
+        return _evaluate_oracle(expectation, data, measured)
     if expectation.kind == "range":
         ok = (expectation.min is None or measured >= expectation.min) and (
             expectation.max is None or measured <= expectation.max
@@ -755,6 +853,30 @@ def evaluate(
                   "[{lo}, {hi}]").format(
             measured=f"{measured:.4f}", lost=data.get("lost"), sent=data.get("sent"), label=label,
             expected=f"{expected:.4f}", confidence=f"{CI_CONFIDENCE:.0%}", lo=f"{lo:.4f}", hi=f"{hi:.4f}"),
+    )
+
+
+def _evaluate_oracle(expectation: Expectation, data: Mapping[str, Any], measured: float) -> Check:
+    """Measured against what the textbook predicts (lab.flows.predictions, already in the flow's
+    entry with every input it used): within [min, max] x the prediction."""
+    prediction = (data.get("predictions") or {}).get(expectation.oracle) or {}
+    predicted = prediction.get(expectation.metric)
+    if predicted is None or not math.isfinite(predicted):
+        return Check(expectation=expectation, passed=False, measured=measured,
+                     message=_("{metric} = {measured}: the {oracle} oracle predicts nothing for this "
+                               "flow (it needs a TCP flow and loss for Mathis, a link rate for the others)")
+                     .format(metric=expectation.metric, measured=f"{measured:g}", oracle=expectation.oracle))
+    assert expectation.min is not None and expectation.max is not None
+    lo, hi = expectation.min * predicted, expectation.max * predicted
+    label = str(prediction.get("label") or expectation.oracle)
+    return Check(
+        expectation=expectation, passed=lo <= measured <= hi, measured=measured, interval=(lo, hi),
+        expected=predicted, expected_label=label,
+        message=_("{metric} = {measured} is {ratio} x the prediction {predicted} ({label}); expected "
+                  "{lo_f} to {hi_f} x").format(
+            metric=expectation.metric, measured=f"{measured:.4g}", ratio=f"{measured / predicted:.2f}",
+            predicted=f"{predicted:.4g}", label=label, lo_f=f"{expectation.min:g}",
+            hi_f=f"{expectation.max:g}"),
     )
 
 
@@ -859,6 +981,11 @@ def _one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _table_header(table: str) -> str:
+    """`[link]`, or `[[flows]]` for the one array of tables."""
+    return f"[[{table}]]" if table == "flows" else f"[{table}]"
 
 
 def _toml_key(key: str) -> str:

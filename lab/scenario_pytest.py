@@ -25,6 +25,7 @@ from lab.errors import LabError, ScenarioError
 from lab.scenario import Check, Scenario, SweepPoint, load_scenario
 
 _CACHE: dict[tuple[str, str, int, str], Any] = {}  # (file, point id, seed, protocol) -> PointOutcome
+GROUP_ITEM = "flows"  # the one item of a point whose [[flows]] run together
 
 
 class ExpectationFailed(AssertionError):
@@ -59,7 +60,8 @@ class ScenarioPoint(pytest.Collector):
         self.point = point
 
     def collect(self) -> Iterator[pytest.Item]:
-        for proto in self.scenario.protocols:
+        # A flow group (docs/architecture.md#flows-and-oracles) runs as one: its flows share the link.
+        for proto in (GROUP_ITEM,) if self.point.flows else self.scenario.protocols:
             item = ScenarioItem.from_parent(
                 self, name=proto, scenario=self.scenario, point=self.point, protocol=proto
             )
@@ -73,6 +75,9 @@ class ScenarioPoint(pytest.Collector):
 def _needs_link(protocol: str) -> bool:
     """Protocols the unprivileged relay cannot carry need the real link to be impaired."""
     from lab.protocols import get_protocol
+
+    if protocol == GROUP_ITEM:
+        return True  # flow groups run over the real link only
 
     return not get_protocol(protocol).relayable
 
@@ -91,7 +96,8 @@ class ScenarioItem(pytest.Item):
 
         key = (str(self.path), self.point.id, self.point.seed, self.protocol)
         if key not in _CACHE:
-            outcome = run_point(self.scenario, self.point, protocols=(self.protocol,))
+            group = self.protocol == GROUP_ITEM
+            outcome = run_point(self.scenario, self.point, protocols=None if group else (self.protocol,))
             outcome.evaluate()
             _CACHE[key] = outcome
         return _CACHE[key]
@@ -100,7 +106,12 @@ class ScenarioItem(pytest.Item):
         outcome = self._outcome()
         if self.protocol in outcome.skipped:
             pytest.skip(f"{self.protocol}: {outcome.skipped[self.protocol]}")
-        checks: list[Check] = outcome.checks.get(self.protocol, [])
+        if self.protocol == GROUP_ITEM and outcome.skipped and not outcome.flows:
+            pytest.skip("; ".join(sorted(set(outcome.skipped.values()))))
+        checks: list[Check] = (
+            [c for name in outcome.checks for c in outcome.checks[name]] if self.protocol == GROUP_ITEM
+            else outcome.checks.get(self.protocol, [])
+        )
         failed = [c for c in checks if not c.passed]
         if failed:
             lines = [f"{len(failed)} of {len(checks)} expectation(s) failed for {self.protocol}:"]

@@ -182,7 +182,8 @@ def test_shipped_scenarios_parse(path):
         ),
         (
             "[results]\nx = 1",
-            F + "results: unknown table; allowed: [scenario], [traffic], [link], [sweep], [expect]",
+            F + "results: unknown table; allowed: [scenario], [traffic], [link], [sweep], [expect], "
+            "[[flows]]",
         ),
     ],
 )

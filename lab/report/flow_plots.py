@@ -18,6 +18,7 @@ from lab.report.summary import point_label
 
 US_PER_MS = 1000.0
 LINK_STYLE = {"color": "#444444", "linestyle": "--", "linewidth": 1.2}
+SMOOTHING_S = 0.5
 PALETTE = tuple(OKABE_ITO) + ("#332288", "#117733", "#882255", "#44AA99", "#999933", "#AA4499")
 
 
@@ -26,8 +27,21 @@ def _flow_colour(index: int) -> str:
 
 
 def _flow_label(flow: Mapping[str, Any]) -> str:
-    name, proto = str(flow.get("name")), str(flow.get("protocol"))
-    return protocol_label(proto) if name == proto else f"{name}"
+    """A flow's name (`tcp-cubic-2`); a protocol alone at its point shows its label."""
+    return str(flow.get("name"))
+
+
+def _smoothed(rows: list[list[Any]], step: float, width: float) -> tuple[list[float], list[float]]:
+    """Bytes per interval -> Mbit/s averaged over bins of `width` seconds (0.1 s samples of
+    competing flows are mostly the noise of whose packet the queue took next)."""
+    per_bin = max(1, round(width / step))
+    bins: dict[int, float] = {}
+    for t, size, *_rest in rows:
+        index = int((float(t) - 1e-9) // (per_bin * step))
+        bins[index] = bins.get(index, 0.0) + float(size)
+    xs = [(i + 1) * per_bin * step for i in sorted(bins)]
+    ys = [bins[i] * 8 / (per_bin * step) / 1e6 for i in sorted(bins)]
+    return xs, ys
 
 
 def _group_points(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -51,9 +65,9 @@ def flow_goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> An
             step = float(bulk.get("interval_s") or 0.1)
             rows = [r for r in bulk.get("intervals") or [] if len(r) >= 2 and None not in r[:2]]
             start = float(flow.get("start_s") or 0.0)
-            xs = [start + float(t) for t, *_rest in rows]
-            ys = [float(r[1]) * 8 / step / 1e6 for r in rows]
-            ax.plot(xs, ys, color=_flow_colour(index), linewidth=1.6, label=_flow_label(flow))
+            xs, ys = _smoothed(rows, step, SMOOTHING_S)
+            ax.plot([start + x for x in xs], ys, color=_flow_colour(index), linewidth=1.6,
+                    label=_flow_label(flow))
         rate = link_rate(point)
         if rate:
             ax.axhline(rate / 1e6, label=_("link rate"), **LINK_STYLE)
@@ -62,7 +76,7 @@ def flow_goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> An
         ax.set_ylim(bottom=0)
         ax.legend(loc="upper right", fontsize=style.font * 0.85)
         _title(ax, point_label(point), style, min(style.columns, len(points)))
-    fig.suptitle(_("Goodput over time, per flow (bytes the sink counted per interval)"))
+    fig.suptitle(_("Goodput over time, per flow (bytes the sink counted, per half second)"))
     _layout(fig)
     return fig
 

@@ -60,13 +60,21 @@ def _mbit(bps: float | None) -> str:
     return "-" if bps is None else f"{bps / 1e6:.3g}"
 
 
-def _flow_name(flow: Mapping[str, Any]) -> str:
+def _flow_name(flow: Mapping[str, Any], alone: bool = False) -> str:
+    """`TCP-RENO` for a protocol alone; `tcp-cubic-2 (TCP-CUBIC)` for a flow of a group."""
     name, proto = str(flow.get("name")), str(flow.get("protocol"))
-    return protocol_label(proto) if name == proto else f"{name} ({protocol_label(proto)})"
+    return protocol_label(proto) if alone else f"{name} ({protocol_label(proto)})"
 
 
 def _sending_rate(flow: Mapping[str, Any]) -> float | None:
     return ((flow.get("bulk") or {}).get("plan") or {}).get("rate_bps")
+
+
+def flow_traffic(point: Mapping[str, Any]) -> str:
+    """What a flows point sent: `4 bulk flows` / `1 bulk flow, 1 probes flow` (its table has the rest)."""
+    bulk, probes = len(bulk_flows(point)), len(probe_flows(point))
+    text = _("{count} bulk flow(s)").format(count=bulk)
+    return text + (", " + _("{count} probes flow(s)").format(count=probes) if probes else "")
 
 
 def flow_rows(point: Mapping[str, Any]) -> list[list[str]]:
@@ -126,12 +134,16 @@ def point_story(point: Mapping[str, Any]) -> str:
     rate = link_rate(point)
     if flows:
         shares = []
+        alone = not point.get("group")
         for flow in flows:
             goodput = format_rate(flow.get("goodput_bps"))
-            text = _("{flow} got {goodput}").format(flow=_flow_name(flow), goodput=goodput)
+            text = _("{flow} got {goodput}").format(flow=_flow_name(flow, alone), goodput=goodput)
             sending = _sending_rate(flow)
             if sending:
-                text += " " + _("(sending at {rate})").format(rate=format_rate(sending))
+                lost = ((flow.get("bulk") or {}).get("datagrams") or {}).get("loss_ratio")
+                text += " " + (_("(sending at {rate}, {lost} of its datagrams lost)").format(
+                    rate=format_rate(sending), lost=f"{100 * lost:.1f}%") if lost is not None
+                    else _("(sending at {rate})").format(rate=format_rate(sending)))
             best = main_prediction(flow)
             if best is not None and best[0] != "link_rate" and flow.get("goodput_bps") is not None:
                 name, prediction = best
@@ -167,9 +179,27 @@ def headline(payload: Mapping[str, Any]) -> str:
         return ""
     if all(len(bulk_flows(p)) == 1 and not probe_flows(p) and not p.get("group") for p in points):
         return _curve_headline(points)
-    if any((p.get("group") or {}).get("rpm_loaded") is not None for p in points) and len(points) > 1:
-        return _latency_headline(points)
-    return " ".join(f"{p.get('id')}: {point_story(p)}" if len(points) > 1 else point_story(p) for p in points)
+    loaded = [p for p in points if (p.get("group") or {}).get("rpm_loaded") is not None]
+    parts = [_group_headline(p) for p in points if p not in loaded]
+    parts += [_latency_headline(loaded)] if len(loaded) > 1 else [point_story(p) for p in loaded]
+    return " ".join(parts)
+
+
+def _group_headline(point: Mapping[str, Any]) -> str:
+    """One group in a sentence: `4 TCP-CUBIC flows shared 10.00 Mbit/s: Jain's index 0.997 (2.26 to
+    2.58 Mbit/s each)`, or who got what when the flows differ."""
+    flows = bulk_flows(point)
+    rate = link_rate(point)
+    jain = (point.get("group") or {}).get("jain_index")
+    protocols = {str(f.get("protocol")) for f in flows}
+    goodputs = [float(f.get("goodput_bps") or 0) for f in flows]
+    if len(flows) > 1 and len(protocols) == 1 and jain is not None:
+        shared = _("{count} {protocol} flows shared {rate}: Jain's index {jain} ({low} to {high} each).")
+        return shared.format(
+            count=len(flows), protocol=protocol_label(protocols.pop()),
+            rate=format_rate(rate) if rate else _("the link"), jain=f"{jain:.3f}",
+            low=format_rate(min(goodputs)), high=format_rate(max(goodputs)))
+    return point_story(point)
 
 
 def _curve_headline(points: list[Mapping[str, Any]]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 from lab import i18n
 from lab.i18n import _
 from lab.report.appearance import colour, label
-from lab.report.flows import FLOW_HEADERS, flow_rows, group_line, has_flows, prediction_notes
+from lab.report.flows import FLOW_HEADERS, flow_rows, flow_traffic, group_line, has_flows, prediction_notes
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -28,6 +28,8 @@ TEMPLATE = "report.html.j2"
 
 
 def _traffic_description(point: Mapping[str, Any]) -> str:
+    if has_flows(point) and not point.get("results"):
+        return flow_traffic(point)
     t = point.get("traffic") or {}
     pace = _("{rate}/s open loop").format(rate=f"{t['rate']:g}") if t.get("rate") else _("ping-pong")
     fields = {"count": t.get("count", "?"), "size": t.get("size", "?"), "pace": pace}
