@@ -583,6 +583,8 @@ def side_by_side_table(scenario: Scenario, outcome: PointOutcome, *, width: int 
 
     data = outcome.to_dict()
     mode = _(MODE_NAMES[outcome.mode]) if outcome.mode in MODE_NAMES else outcome.mode
+    if outcome.point.flows or outcome.point.bulk is not None:  # docs/architecture.md#flows-and-oracles
+        return _flows_table(scenario, data, mode)
     rows = side_by_side(data, list(scenario.protocols))
     header_width = max((len(header) for header, _cells in rows), default=0) + 3
     tables: list[Any] = []
@@ -607,6 +609,25 @@ def side_by_side_table(scenario: Scenario, outcome: PointOutcome, *, width: int 
     title = Text(f"{scenario.name}: {point_label(data)}  ({mode})", style="bold")
     drop_line = link_drop_line(data)
     return Group(title, *rendered, *([Text(drop_line)] if drop_line else []))
+
+
+def _flows_table(scenario: Scenario, data: Mapping[str, Any], mode: str) -> Any:
+    """A point of bulk flows in the terminal: one row per flow, goodput beside the prediction."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from lab.report.flows import FLOW_HEADERS, flow_rows, group_line
+    from lab.report.summary import point_label
+
+    table = Table()
+    for header in FLOW_HEADERS:
+        table.add_column(_(header), justify="right")
+    for cells in flow_rows(data):
+        table.add_row(*cells)
+    title = Text(f"{scenario.name}: {point_label(data)}  ({mode})", style="bold")
+    line = group_line(data)
+    return Group(title, table, *([Text(line)] if line else []))
 
 
 # --- commands ---------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def _curve_headline(points: list[Mapping[str, Any]]) -> str:
     by_protocol: dict[str, list[str]] = {}
     for point in points:
         for flow in bulk_flows(point):
-            cell = f"{_mbit(flow.get('goodput_bps'))} @ {point.get('id')}"
+            cell = _mbit(flow.get("goodput_bps")) + (f" @ {point.get('id')}" if len(points) > 1 else "")
             mathis = (flow.get("predictions") or {}).get("mathis")
             if mathis and flow.get("goodput_bps") is not None:
                 ratio = f"{flow['goodput_bps'] / mathis['goodput_bps']:.2f}"
