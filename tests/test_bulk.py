@@ -3,6 +3,7 @@ TCP and UDP flows on loopback and through the impaired link."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -405,3 +406,53 @@ def test_quic_bulk_through_a_lossy_link_delivers_everything_with_retransmissions
     link = impaired_link(loss="5%", direction="forward", delay="1ms")
     result = link.bulk("quic", BulkPlan(duration_s=1.0))
     assert result.bytes_delivered == result.bytes_sent > 0 and result.retransmits > 0
+
+
+# --- stopping flows -------------------------------------------------------------------------------------
+@pytest.mark.privileged
+def test_an_interrupted_flow_keeps_what_it_measured(impaired_link: Any) -> None:
+    link = impaired_link(delay="1ms")
+    flow = link.start_bulk("udp", BulkPlan(duration_s=60.0, rate_bps=4e6))
+    try:
+        time.sleep(1.0)
+        flow.interrupt()
+        result = flow.result(timeout=30)
+    finally:
+        flow.close()
+    assert result.stopped == "interrupted" and result.duration_s < 30
+    assert result.bytes_delivered == result.bytes_sent > 0 and result.datagrams["lost"] == 0
+
+
+LINK_BULK_SCRIPT = """
+import sys
+from lab.bulk import BulkInterrupted, BulkPlan
+from lab.link.session import open_link
+with open_link(delay="1ms") as link:
+    link.sink_for("tcp")
+    print("ready", flush=True)
+    try:
+        link.bulk("tcp", BulkPlan(duration_s=60.0))
+    except BulkInterrupted as stopped:
+        result = stopped.result
+        print("interrupted", result.stopped, result.bytes_sent > 0, result.bytes_delivered > 0,
+              bool(result.link), flush=True)
+"""
+
+
+@pytest.mark.privileged
+def test_ctrl_c_during_link_bulk_raises_bulk_interrupted_with_the_counts() -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C: the flow stops, the sink (in a
+    session of its own) still answers, Link.bulk raises BulkInterrupted with the link's counters."""
+    process = subprocess.Popen([sys.executable, "-c", LINK_BULK_SCRIPT], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert "interrupted interrupted True True True" in out, err

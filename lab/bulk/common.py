@@ -18,7 +18,8 @@ from lab.metrics import wilson_interval
 from lab.targets import where
 
 NS_PER_S = 1_000_000_000
-SUMMARY_WAIT_S = 10.0  # after the end of a flow, how long its sink may take to answer (plus the path)
+SUMMARY_WAIT_S = 10.0  # after the end of a flow, how long its sink may take to answer (plus the path)...
+MAX_DRAIN_S = 120.0  # ...or longer while the sender sees its last bytes still being delivered, up to this
 INTERRUPTED_WAIT_S = 2.0  # ... after a Ctrl-C: less (the caller waits at most ~3 s for us)
 CONNECT_TIMEOUT_S = 5.0
 
@@ -93,18 +94,26 @@ def _no_sink(error: EndpointError) -> EndpointError:
                          + "; `lab serve discard` starts one")
 
 
-def read_summary(sock: socket.socket, timeout_s: float, address: tuple[str, int]) -> dict[str, Any]:
-    """The sink's SUMMARY from a connection whose sending side is done; EndpointError if none comes."""
+def read_summary(sock: socket.socket, timeout_s: float, address: tuple[str, int],
+                 progressing: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """The sink's SUMMARY from a connection whose sending side is done; EndpointError if none comes
+    within `timeout_s`. While `progressing()` says the last bytes are still being delivered (a slow
+    link draining its queue), the wait goes on, up to MAX_DRAIN_S."""
     reader = wire.SummaryReader()
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     sock.setblocking(False)
     with selectors.DefaultSelector() as sel:
         sel.register(sock, selectors.EVENT_READ)
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if progressing is not None and now - started < MAX_DRAIN_S and progressing():
+                deadline = max(deadline, min(now + timeout_s, started + MAX_DRAIN_S))
+            left = deadline - now
             if left <= 0:
-                raise EndpointError(f"the sink at {where(address)} gave no summary within {timeout_s:g} s")
-            if not sel.select(left):
+                raise EndpointError(f"the sink at {where(address)} gave no summary within "
+                                    f"{now - started:.0f} s")
+            if not sel.select(min(left, 1.0)):
                 continue
             try:
                 data = sock.recv(65536)

@@ -126,7 +126,9 @@ def run_datagram_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *
         if refused:
             result.observations["icmp_refused"] = refused
         quiet_s = QUIET_MIN_S + 2 * round_trip_s
-        wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S + quiet_s) + 4 * round_trip_s
+        # The sink answers once the flow is quiet (a queue still draining is not), by MAX_END_WAIT_S.
+        wait_s = INTERRUPTED_WAIT_S if interrupted else wire.MAX_END_WAIT_S + SUMMARY_WAIT_S
+        wait_s += 4 * round_trip_s
         summary: dict[str, Any] = {}
         try:
             with uninterrupted() if interrupted else contextlib.nullcontext():

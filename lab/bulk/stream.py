@@ -36,7 +36,7 @@ from lab.targets import lab_address
 
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
 TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
-NOTSENT_LOWAT = 256 * 1024
+NOTSENT_LOWAT = 128 * 1024
 LAST_BLOCK_WAIT_S = 2.0  # finishing the block under way when the time is up
 
 
@@ -118,7 +118,7 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
             with uninterrupted() if interrupted else contextlib.nullcontext():
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
-                summary = read_summary(sock, wait_s, (host, port))
+                summary = read_summary(sock, wait_s, (host, port), _acked_growing(sock))
             apply_summary(result, summary, started)
         except EndpointError as exc:
             sink_missing(result, str(exc))
@@ -148,6 +148,23 @@ def _sample(sock: socket.socket, bounds: Bounds, now: int, result: BulkResult, s
     if progress is not None:
         progress({"t_s": row[0], "bytes_sent": sent, "cwnd": row[1], "srtt_us": row[2],
                   "retransmits": row[3]})
+
+
+def _acked_growing(sock: socket.socket) -> Callable[[], bool]:
+    """True each time the connection's acknowledged bytes grew since the last call (TCP_INFO)."""
+    from lab.kernel import tcp_info
+
+    last = [-1]
+
+    def growing() -> bool:
+        try:
+            acked = int(tcp_info(sock).get("bytes_acked", 0))
+        except OSError:
+            return False
+        grew, last[0] = acked > last[0], acked
+        return grew
+
+    return growing
 
 
 def _finish_block(sock: socket.socket, rest: memoryview) -> None:

@@ -42,8 +42,8 @@ RECV_CHUNK = 256 * 1024
 BATCH = 256  # datagrams per readiness event
 UDP_RCVBUF = 8 * 1024 * 1024  # a paced sender's bursts must not overflow a sink that is briefly busy
 SWEEP_S = 0.5  # idle connections and pending ENDs are looked at this often
-MAX_QUIET_NS = 10 * 10**9  # the longest quiet an END may ask for
-MAX_END_WAIT_NS = 15 * 10**9  # an END is answered by then whatever arrives
+MAX_QUIET_NS = round(wire.MAX_QUIET_S * 10**9)
+MAX_END_WAIT_NS = round(wire.MAX_END_WAIT_S * 10**9)
 COUNTER_NAMES = (
     "accepted", "active", "evicted", "closed_idle", "refused", "errors",
     "stream_flows", "datagram_flows", "summaries", "bytes_in", "plain_bytes",

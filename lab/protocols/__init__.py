@@ -149,11 +149,15 @@ class Protocol:
 
     @contextlib.contextmanager
     def sinking(self, place: Place = LOOPBACK, port: int = 0) -> Iterator[tuple[str, int]]:
-        """Run this protocol's sink at `place` for the block (its own process, as `serving`); its address."""
+        """Run this protocol's sink at `place` for the block (its own process, as `serving`); its address.
+
+        In a session of its own: a Ctrl-C at the terminal stops the flows, which then still ask the
+        sink for their counts; the sink itself stops when the block ends."""
         from lab.child import spawn
 
         name = f"the {self.label} discard sink ({place.name})"
-        with spawn(name, self.sink_argv(place.host, port), popen=place.popen, stop_op=None) as child:
+        with spawn(name, self.sink_argv(place.host, port), popen=place.popen, stop_op=None,
+                   new_session=True) as child:
             yield self.server_address(child.info)
 
     @property
