@@ -617,13 +617,14 @@ def _flows_table(scenario: Scenario, data: Mapping[str, Any], mode: str) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    from lab.report.flows import FLOW_HEADERS, flow_rows, group_line
+    from lab.report.flows import flow_table, group_line
     from lab.report.summary import point_label
 
     table = Table()
-    for header in FLOW_HEADERS:
-        table.add_column(_(header), justify="right")
-    for cells in flow_rows(data):
+    headers, rows = flow_table(data)
+    for header in headers:
+        table.add_column(header, justify="right")
+    for cells in rows:
         table.add_row(*cells)
     title = Text(f"{scenario.name}: {point_label(data)}  ({mode})", style="bold")
     line = group_line(data)

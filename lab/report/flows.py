@@ -102,6 +102,22 @@ def flow_rows(point: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def flow_table(point: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """`flow_rows` with their translated headers, leaving out the columns that say nothing here: one
+    that is '-' in every row, the start when every flow started at once, the protocol when every
+    flow is named after its protocol."""
+    rows = flow_rows(point)
+    headers = [_(h) for h in FLOW_HEADERS]
+    flows = point.get("flows") or []
+    dropped = {i for i in range(len(headers)) if rows and all(r[i] == "-" for r in rows)}
+    if all(not f.get("start_s") for f in flows):
+        dropped.add(FLOW_HEADERS.index(N_("start")))
+    if all(f.get("name") == f.get("protocol") for f in flows):
+        dropped.add(FLOW_HEADERS.index(N_("protocol")))
+    keep = [i for i in range(len(headers)) if i not in dropped]
+    return [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]
+
+
 def prediction_notes(point: Mapping[str, Any]) -> list[str]:
     """Every prediction's inputs, one line each: the constant, p, RTT and MSS used for Mathis."""
     notes = []
@@ -177,7 +193,7 @@ def headline(payload: Mapping[str, Any]) -> str:
     points = [p for p in payload.get("points", []) if has_flows(p)]
     if not points:
         return ""
-    if all(len(bulk_flows(p)) == 1 and not probe_flows(p) and not p.get("group") for p in points):
+    if all(not p.get("group") for p in points):  # each protocol alone ([traffic] kind = "bulk")
         return _curve_headline(points)
     loaded = [p for p in points if (p.get("group") or {}).get("rpm_loaded") is not None]
     parts = [_group_headline(p) for p in points if p not in loaded]

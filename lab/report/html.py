@@ -8,7 +8,7 @@ from typing import Any
 from lab import i18n
 from lab.i18n import _
 from lab.report.appearance import colour, label
-from lab.report.flows import FLOW_HEADERS, flow_rows, flow_traffic, group_line, has_flows, prediction_notes
+from lab.report.flows import flow_table, flow_traffic, group_line, has_flows, prediction_notes
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -74,7 +74,7 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
                 "checks": checks,
                 "skipped": list((point.get("skipped") or {}).items()),
                 # bulk points and flow groups (lab.report.flows): goodput measured beside predicted
-                "flows": flow_rows(point),
+                "flows": flow_table(point),
                 "group": group_line(point),
                 "predictions": prediction_notes(point),
             }
@@ -105,7 +105,6 @@ def render_html(payload: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         rexmit_notes=retransmission_notes(payload),
         tables=tables,
         plots={name: plots.get(name, "") for name in PLOT_NAMES},
-        flow_headers=[_(h) for h in FLOW_HEADERS],
         counters=counters,
         atlas=[atlas_row(row) for row in payload.get("atlas") or []],
         environment=flat_environment(payload.get("environment") or {}),

@@ -15,7 +15,7 @@ from typing import Any
 
 from lab.i18n import _
 from lab.report.appearance import label
-from lab.report.flows import FLOW_HEADERS, flow_rows, group_line, has_flows, prediction_notes
+from lab.report.flows import flow_table, group_line, has_flows, prediction_notes
 from lab.report.summary import (
     atlas_row,
     counters_rows,
@@ -89,8 +89,9 @@ def render_markdown(payload: Mapping[str, Any]) -> str:
             lines += [_row([header, *map(_text, cells)]) for header, cells in side_by_side(point, protocols)]
             lines.append("")
         if has_flows(point):  # bulk points and flow groups: goodput measured beside predicted
-            lines += [_row([_(h) for h in FLOW_HEADERS]), _row(["---"] * len(FLOW_HEADERS))]
-            lines += [_row([_text(c) for c in cells]) for cells in flow_rows(point)]
+            headers, rows = flow_table(point)
+            lines += [_row(headers), _row(["---"] * len(headers))]
+            lines += [_row([_text(c) for c in cells]) for cells in rows]
             lines.append("")
             extra = [group_line(point), *prediction_notes(point)]
             lines += [f"- {_text(line)}" for line in extra if line] + [""]
