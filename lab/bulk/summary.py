@@ -100,7 +100,7 @@ def format_bulk(result: BulkResult, where: str, *, with_title: bool = True) -> s
     lines = [title(result.protocol, where, result.plan)] if with_title else []
     if result.intervals:
         lines += interval_lines(result)
-        lines.append("- " * 20)
+        lines.append(" ".join("-" * 20))
     lines.append(f"sent {human_bytes(result.bytes_sent)}, delivered {human_bytes(result.bytes_delivered)} "
                  f"in order and intact, in {result.duration_s:.2f} s: "
                  f"goodput {human_rate(result.goodput_bps)}")
