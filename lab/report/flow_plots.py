@@ -45,13 +45,23 @@ def _smoothed(rows: list[list[Any]], step: float, width: float) -> tuple[list[fl
 
 
 def _group_points(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Points whose flows ran together (a group: several bulk flows, or probes beside the load)."""
-    points = payload.get("points", [])
-    return [p for p in points if has_flows(p) and (p.get("group") or len(bulk_flows(p)) > 1)]
+    """Points whose flows ran together ([[flows]]: the point has its group's figures)."""
+    return [p for p in payload.get("points", []) if has_flows(p) and p.get("group") is not None]
 
 
 def _alone_points(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return [p for p in payload.get("points", []) if has_flows(p) and p not in _group_points(payload)]
+    """Points where each protocol ran alone ([traffic] kind = "bulk")."""
+    return [p for p in payload.get("points", []) if has_flows(p) and p.get("group") is None]
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Tick labels of a log axis as plain numbers (the report turns mathtext off: `10^{1}` would show
+    as its source)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda _value, _pos: ""))
 
 
 def flow_goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
@@ -108,7 +118,7 @@ def cwnd_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
 def fairness_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
     """Each bulk flow's goodput as a bar, per group point; Jain's index in the panel's title."""
     plt = _pyplot(style)
-    points = [p for p in payload.get("points", []) if len(bulk_flows(p)) > 1]
+    points = [p for p in _group_points(payload) if len(bulk_flows(p)) > 1]
     fig, axes = _grid(plt, len(points) or 1, style)
     for ax, point in zip(axes, points, strict=False):
         flows = bulk_flows(point)
@@ -150,6 +160,7 @@ def loaded_latency_figure(payload: Mapping[str, Any], style: Style = REPORT) -> 
         if idle is not None:
             ax.axvline(idle / US_PER_MS, color=_flow_colour(index), linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel(_("round-trip time under load (ms, log scale; dotted: idle median)"))
     ax.set_ylabel(_("share of probes answered"))
     ax.set_ylim(0, 1.02)
@@ -185,9 +196,11 @@ def oracle_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
             ax.plot(predicted_x, predicted, marker="x", linestyle="--", color=shade, linewidth=1,
                     label=_("{protocol}: Mathis").format(protocol=protocol_label(proto)))
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_xticks(range(len(points)), [point_label(p) for p in points], rotation=20, ha="right")
     ax.set_ylabel(_("goodput (Mbit/s, log scale)"))
-    ax.legend(loc="upper right", fontsize=style.font * 0.85)
+    if protocols:  # below the axes: the lines cross the whole panel
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=style.font * 0.85)
     fig.suptitle(_("Goodput of each protocol alone, beside Mathis's MSS/RTT x C/sqrt(p)"))
     _layout(fig)
     return fig
@@ -212,7 +225,7 @@ def flow_figures_for(payload: Mapping[str, Any]) -> list[str]:
         names.append("flow_goodput")
     if any((f.get("bulk") or {}).get("tcp_trace") for p in points for f in bulk_flows(p)):
         names.append("flow_cwnd")
-    if any(len(bulk_flows(p)) > 1 for p in points):
+    if any(len(bulk_flows(p)) > 1 for p in _group_points(payload)):
         names.append("flow_fairness")
     if any(probe_flows(p) for p in points):
         names.append("flow_latency")
