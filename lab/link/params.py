@@ -213,7 +213,7 @@ def format_size(size: int) -> str:
 
 # --- netem's words: `tc qdisc ... netem delay 10ms 2ms loss 5%` -------------------------------------
 # Each word -> the option key(s) its values fill, in order (keys are lab.link.models.OPTION_KEYS;
-# tests/test_params.py keeps every key reachable). Values stay strings: they are parsed, and their
+# tests/test_asymmetric.py keeps every key reachable). Values stay strings: they are parsed, and their
 # ranges checked, with the options themselves (LinkConfig.from_options), so a bad value gets the
 # same message as the same value given as an option.
 NETEM_WORDS: dict[str, tuple[str, ...]] = {
@@ -238,6 +238,15 @@ _NETEM_UNSUPPORTED = {
     "seed": "the seed is given apart (--seed, [scenario] seed, seed=)",
 }
 _GEMODEL_VALUES = 4  # gemodel P [R [1-H [1-K]]]
+# What an error shows: a word's example, and why it takes no more values.
+_NETEM_EXAMPLES = {"delay": "delay 10ms", "jitter": "jitter 2ms", "distribution": "distribution normal",
+                   "rate": "rate 10mbit", "limit": "limit 100", "limit_bytes": "limit_bytes 8mb"}
+_NETEM_TOO_MANY = {
+    "delay": "delay takes at most TIME JITTER CORRELATION",
+    "rate": "rate takes one value: the packet overhead and cell sizes are not modelled",
+    "loss": "loss takes one percentage: loss correlation is not modelled (use 'loss gemodel P R' for bursts)",
+    **{word: f"{word} takes one value" for word in ("jitter", "limit", "limit_bytes", "delay_correlation")},
+}
 
 
 def _is_value(word: str) -> bool:
@@ -292,7 +301,7 @@ def parse_netem(text: str, *, key: str = "netem") -> dict[str, str]:
                     raise bad("loss gemodel takes 1 to 4 percentages: P [R [1-H [1-K]]], "
                               "e.g. 'loss gemodel 1% 30%'", "loss")
                 taken = ["gemodel " + " ".join(taken)]
-        if word == "distribution" and at < len(words):
+        if word == "distribution" and not taken and at < len(words):
             taken = [words[at]]  # a name, checked with the option (uniform or normal)
             at += 1
         if not taken:
@@ -305,16 +314,6 @@ def parse_netem(text: str, *, key: str = "netem") -> dict[str, str]:
                 raise bad(f"{option} is given twice", option)
             out[option] = value
     return out
-
-
-_NETEM_EXAMPLES = {"delay": "delay 10ms", "jitter": "jitter 2ms", "distribution": "distribution normal",
-                   "rate": "rate 10mbit", "limit": "limit 100", "limit_bytes": "limit_bytes 8mb"}
-_NETEM_TOO_MANY = {
-    "delay": "delay takes at most TIME JITTER CORRELATION",
-    "rate": "rate takes one value: the packet overhead and cell sizes are not modelled",
-    "loss": "loss takes one percentage: loss correlation is not modelled (use 'loss gemodel P R' for bursts)",
-    **{word: f"{word} takes one value" for word in ("jitter", "limit", "limit_bytes", "delay_correlation")},
-}
 
 
 def format_netem(options: Mapping[str, object]) -> str:
