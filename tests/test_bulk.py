@@ -456,3 +456,19 @@ def test_ctrl_c_during_link_bulk_raises_bulk_interrupted_with_the_counts() -> No
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
     assert "interrupted interrupted True True True" in out, err
+
+
+def test_sink_closes_idle_connections() -> None:
+    with running_sink(idle_timeout=0.3) as sink:
+        sock = socket.create_connection(sink.tcp_address, timeout=5)
+        with sock:
+            assert sock.recv(1) == b""  # closed by the sink, not by us
+        assert sink.stats["closed_idle"] == 1
+
+
+def test_udplite_bulk_on_loopback_counts_its_datagrams() -> None:
+    if (why := get_protocol("udplite").unavailable()) is not None:
+        pytest.skip(why)
+    result = run_bulk_loopback("udplite", BulkPlan(duration_s=0.3, rate_bps=2e6, size=500))
+    figures = result.datagrams
+    assert figures is not None and figures["sent"] > 0 and figures["received"] == figures["sent"]

@@ -399,8 +399,10 @@ def serve_command(host: str, port: int, max_conns: int, idle_timeout: float,
 
     emit = out or (lambda line: print(line, flush=True))
     sink = DiscardSink(host=host, port=port, max_conns=max_conns, idle_timeout=idle_timeout)
-    if warning := exposure_warning([sink.tcp_address]):
-        print(warning.replace("echo servers", "discard servers"), file=sys.stderr, flush=True)
+    if exposure_warning([sink.tcp_address]):  # the echo servers' rule of what is private
+        print(f"lab: warning: listening on {format_address(sink.tcp_address)}, not loopback: other "
+              "machines can reach this discard sink (it answers only the flows that announce "
+              "themselves, never a datagram)", file=sys.stderr, flush=True)
 
     def announce() -> None:
         emit(f"discard tcp and udp listening on {format_address(sink.tcp_address)}")
