@@ -472,3 +472,12 @@ def test_udplite_bulk_on_loopback_counts_its_datagrams() -> None:
     result = run_bulk_loopback("udplite", BulkPlan(duration_s=0.3, rate_bps=2e6, size=500))
     figures = result.datagrams
     assert figures is not None and figures["sent"] > 0 and figures["received"] == figures["sent"]
+
+
+def test_the_summary_says_when_the_sink_itself_dropped_datagrams() -> None:
+    from lab.bulk.summary import format_bulk
+
+    plan = BulkPlan(duration_s=1.0, rate_bps=1e6).to_dict()
+    result = BulkResult(protocol="udp", bytes_sent=1000, plan=plan,
+                        observations={"sink": {"receive_buffer_overflows": 7}})
+    assert "7 datagrams overflowed a receive buffer at the sink's end" in format_bulk(result, "x")

@@ -168,7 +168,8 @@ def datagram_figures(summary: dict[str, Any], sent: int) -> dict[str, Any]:
     summary: only `sent`, the rest None: unknown, not zero)."""
     if not summary:
         return {"sent": sent, **dict.fromkeys(("received", "lost", "loss_ratio", "loss_ci95", "jitter_us",
-                                               "reordered", "duplicates", "corrupted"))}
+                                               "reordered", "duplicates", "corrupted",
+                                               "receive_buffer_overflows"))}
     received = min(int(summary.get("received") or 0), sent)
     lost = sent - received
     lo, hi = wilson_interval(lost, sent) if sent else (0.0, 1.0)
@@ -178,6 +179,8 @@ def datagram_figures(summary: dict[str, Any], sent: int) -> dict[str, Any]:
         "jitter_us": float(summary.get("jitter_us") or 0.0),
         "reordered": int(summary.get("reordered") or 0), "duplicates": int(summary.get("duplicates") or 0),
         "corrupted": int(summary.get("corrupted") or 0),
+        # the sink's namespace's UdpRcvbufErrors during the flow: lost at the sink, not on the path
+        "receive_buffer_overflows": summary.get("receive_buffer_overflows"),
     }
 
 

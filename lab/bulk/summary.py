@@ -140,6 +140,9 @@ def bulk_notes(result: BulkResult) -> list[str]:
         out.append(f"the sink stopped reading the stream: {broken}")
     if sink.get("corrupted_blocks"):
         out.append(f"{sink['corrupted_blocks']} blocks arrived damaged (CRC-32) and were not counted")
+    if overflows := sink.get("receive_buffer_overflows"):
+        out.append(f"{overflows} datagrams overflowed a receive buffer at the sink's end during the flow: "
+                   "lost there, not on the path (the sink could not keep up with the rate)")
     if refused := result.observations.get("icmp_refused"):
         out.append(f"{refused} sends drew ICMP port unreachable: the sink went away")
     return out

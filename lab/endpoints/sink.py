@@ -55,7 +55,7 @@ SNIFF, HELLO, PLAIN, STREAM, CONTROL, ENDED, CLOSING = range(7)
 
 class _Conn:
     __slots__ = ("sock", "phase", "head", "counter", "flow_key", "outbuf", "last_active", "end",
-                 "last_datagram_ns", "peer")
+                 "last_datagram_ns", "peer", "overflows_before")
 
     def __init__(self, sock: socket.socket, peer: str, now: float) -> None:
         self.sock = sock
@@ -68,6 +68,7 @@ class _Conn:
         self.last_active = now
         self.end: tuple[int, int, int] | None = None  # (sent, quiet_ns, END received at ns)
         self.last_datagram_ns = 0
+        self.overflows_before = 0  # the namespace's receive-buffer drops when its datagram flow began
 
 
 class DiscardSink:
@@ -236,6 +237,7 @@ class DiscardSink:
             conn.phase, conn.flow_key = CONTROL, key
             conn.counter = DatagramCounter(hello.start_ns, hello.interval_ns)
             self._flows[key] = conn
+            conn.overflows_before = receive_buffer_overflows()
             self._add(datagram_flows=1)
             conn.sock.send(wire.ACCEPTED)  # 4 bytes into an empty send buffer: never partial
             data = rest
@@ -275,6 +277,9 @@ class DiscardSink:
         summary = conn.counter.summary()  # type: ignore[union-attr]
         if conn.end is not None:
             summary["sent"] = conn.end[0]
+        # Datagrams the kernel dropped because a receive buffer was full (ours, when the sink cannot
+        # keep up) during the flow: all of this namespace's sockets, so an upper bound for this flow.
+        summary["receive_buffer_overflows"] = max(0, receive_buffer_overflows() - conn.overflows_before)
         self._forget_flow(conn)
         self._reply(conn, summary)
 
@@ -356,6 +361,14 @@ class DiscardSink:
         for sock in (self.tcp_socket, self.udp_socket, self._wake_r, self._wake_w):
             sock.close()
         self._sel.close()
+
+
+def receive_buffer_overflows() -> int:
+    """UdpRcvbufErrors + UdpLiteRcvbufErrors of this namespace (/proc/net/snmp; 0 if unreadable)."""
+    from lab.kernel import read_counters
+
+    counters = read_counters()
+    return counters.get("UdpRcvbufErrors", 0) + counters.get("UdpLiteRcvbufErrors", 0)
 
 
 def _bind_both(host: str, port: int, udp_lite: bool) -> tuple[socket.socket, socket.socket]:
