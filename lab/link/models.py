@@ -312,12 +312,12 @@ def _in_direction(name: str, exc: ConfigError) -> ConfigError:
 
 def _impairment(name: str, fields_: Mapping[str, Any], own: Mapping[str, object] | None,
                 base: Impairment | None = None) -> Impairment:
-    """Impairment(**fields_) (or `base` changed by them); a direction given its own impairments
-    names itself in an error (`forward: reorder needs a delay...`)."""
+    """Impairment(**fields_) (or `base` changed by them); an error about a key of the direction's
+    own impairments names the direction (`forward: reorder needs a delay...`)."""
     try:
         return replace(base, **fields_) if base is not None else Impairment(**fields_)
     except ConfigError as exc:
-        raise (_in_direction(name, exc) if own else exc) from None
+        raise (_in_direction(name, exc) if own and (exc.key is None or exc.key in own) else exc) from None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
