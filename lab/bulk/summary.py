@@ -8,6 +8,7 @@ BulkResult instead (docs/architecture.md#bulk-traffic).
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from lab.bulk.plan import BulkPlan, BulkResult
@@ -28,17 +29,44 @@ def send_bulk_command(protocol: str, host: str, port: int, plan: BulkPlan, as_js
         raise ConfigError(f"protocol {chosen.name} cannot run here: {why}")
     if not as_json:  # at once: the user sees the flow is under way (and what it will be)
         print(title(protocol, where((ip, port)), plan.to_dict()), flush=True)
+    status = _StatusLine() if not as_json and sys.stderr.isatty() else None
     try:
-        result = chosen.run_bulk((ip, port), plan)
+        result = chosen.run_bulk((ip, port), plan, progress=status)
     except KeyboardInterrupt:  # before the flow started (connecting, waiting for its start time)
         if not as_json:
             print("interrupted before the flow started: nothing measured")
         return EXIT_INTERRUPTED
+    finally:
+        if status is not None:
+            status.clear()
     if as_json:
         print(json.dumps(result.to_dict()))
     else:
         print(format_bulk(result, where((ip, port)), with_title=False))
     return EXIT_INTERRUPTED if result.stopped == "interrupted" else 0
+
+
+class _StatusLine:
+    """While a flow runs, one line on the terminal's stderr, rewritten each interval: what the sender
+    has sent so far (the sink's per-interval counts come at the end)."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def __call__(self, report: dict[str, Any]) -> None:
+        parts = [f"{report.get('t_s', 0):6.1f} s", f"sent {human_bytes(report.get('bytes_sent', 0))}"]
+        if report.get("cwnd") is not None:
+            parts.append(f"cwnd {report['cwnd']}")
+        if report.get("retransmits") is not None:
+            parts.append(f"retransmits {report['retransmits']}")
+        sys.stderr.write("\r" + "  ".join(parts) + "\033[K")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def human_bytes(size: float) -> str:
