@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -145,7 +146,6 @@ def serving(end: Ends, argv: Sequence[str], port: int,
 
 def stop_group(process: subprocess.Popen[Any]) -> None:
     """SIGTERM the process and its session (socat's forked children), then SIGKILL what is left."""
-    import os
     import signal
 
     for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
@@ -190,18 +190,24 @@ class VethPair:
 
 @contextlib.contextmanager
 def veth_pair(mtu: int = 1500) -> Iterator[VethPair]:
-    """A `VethPair` for the block; its namespaces (and every process in them) removed after."""
+    """A `VethPair` for the block; its namespaces (and every process in them) removed after.
+
+    Recorded as the lab's links are (a state file naming this process as owner), so a concurrent
+    `lab cleanup` leaves it alone while it lives and reaps it if this process is killed."""
     from pyroute2 import IPRoute, NetNS, netns
 
-    from lab.link.netns import remove_namespace
+    from lab.link.netns import _netns_create_lock, _start_time, _state_path, _write_state, remove_namespace
 
-    tag = secrets.token_hex(2)
-    names = (f"wl{tag}-client", f"wl{tag}-server")  # the lab's pattern: `lab cleanup` reaps a crash
+    name = f"wl{secrets.token_hex(2)}"
+    names = (f"{name}-client", f"{name}-server")  # the lab's pattern: `lab cleanup` reaps a crash
+    devices = (f"{name}a", f"{name}b")
     pair = None
     try:
-        for ns in names:
-            netns.create(ns)
-        devices = (f"wl{tag}a", f"wl{tag}b")
+        with _netns_create_lock():
+            _write_state(name, {"name": name, "namespaces": list(names), "owner_pid": os.getpid(),
+                                "owner_start": _start_time(os.getpid()), "pids": [], "starts": {}})
+            for ns in names:
+                netns.create(ns)
         with IPRoute() as ipr:
             ipr.link("add", ifname=devices[0], kind="veth", peer=devices[1])
             for dev, ns in zip(devices, names, strict=True):
@@ -220,6 +226,8 @@ def veth_pair(mtu: int = 1500) -> Iterator[VethPair]:
             pair.server.close()
         for ns in names:
             remove_namespace(ns)  # the veth pair dies with its namespaces
+        with contextlib.suppress(FileNotFoundError):
+            _state_path(name).unlink()
 
 
 # --- sockperf ping-pong -------------------------------------------------------------------------------
