@@ -121,6 +121,8 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
         idle_plan = dataclasses.replace(spec.probes, count=flowlib.IDLE_PROBES, rate=flowlib.IDLE_RATE)
         link.reseed()
         idle = _probe_result(link, spec.protocol, idle_plan)
+    for spec in bulk_specs:  # the sinks first: starting one is a fresh interpreter, seconds on a busy host
+        link.sink_for(spec.protocol)
     link.reseed()
     start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
     handles: list[tuple[Any, Any]] = []
@@ -138,6 +140,9 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
         for spec, handle in handles:
             result = handle.result(timeout=spec.bulk.duration_s + spec.start_s + COLLECT_GRACE_S)
             _keep(outcome, spec.name, spec.start_s, result, numbers, point.mtu)
+            if result.started_ns:  # how late its first byte left, against the plan (a loaded host)
+                planned = start_ns + int(spec.start_s * 1e9)
+                outcome.flows[-1]["late_s"] = max(0.0, (result.started_ns - planned) / 1e9)
             on_result(outcome)
     except BaseException as stop:
         outcome.interrupted = True

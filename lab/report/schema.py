@@ -461,6 +461,7 @@ FLOW = obj(
         "utilisation": nullable(MEASURE),
         "bytes_delivered": nullable(COUNT),
         "srtt_mean_ms": nullable(MEASURE),
+        "late_s": MEASURE,
         "bulk": BULK,
         "predictions": mapping(obj(), max_items=16),
         "rtt_us": nullable(PERCENTILES),
