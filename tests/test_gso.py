@@ -10,7 +10,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
 from lab.link import gso
-from lab.link.forwarder import BATCH_DELAY, FAST, PER_PACKET, admit_delayed, direction_mode
+from lab.link.forwarder import BATCH_DELAY, FAST, PER_PACKET, HeldBatches, admit_delayed, direction_mode
 from lab.link.models import DirectionModel, Impairment, LinkConfig
 
 MSS = 1448
@@ -113,6 +113,7 @@ def test_admitting_a_batch_is_deciding_each_of_its_segments(limits) -> None:
     limit, limit_bytes = limits
     impairment = Impairment(delay_s=0.004, limit=limit, limit_bytes=limit_bytes)
     by_batch, by_packet = DirectionModel(impairment, 1), DirectionModel(impairment, 1)
+    batches = HeldBatches()
     rng = random.Random(3)
     now = 100.0
     for _ in range(400):
@@ -120,12 +121,16 @@ def test_admitting_a_batch_is_deciding_each_of_its_segments(limits) -> None:
         count = rng.randint(1, 44)
         each, last = 52 + MSS, rng.randint(53, 52 + MSS)
         sizes = [each] * (count - 1) + [last]
-        if not admit_delayed(by_batch, count, sum(sizes), each, now):
+        if not admit_delayed(by_batch, batches, count, sum(sizes), each, now):
+            batches.move_into(by_batch)  # as the forwarder does before it cuts the batch
             for size in sizes:
                 by_batch.decide(bytes(size), now)
         for size in sizes:
             by_packet.decide(bytes(size), now)
         assert by_batch.counters == by_packet.counters
-        assert sorted(by_batch._held) == sorted(by_packet._held)  # noqa: SLF001
-        assert by_batch._held_bytes == by_packet._held_bytes  # noqa: SLF001
+        batches.expire(now)
+        held = [e for e in by_batch._held if e[0] > now] + batches.segments()  # noqa: SLF001
+        assert sorted(held) == sorted(e for e in by_packet._held if e[0] > now)  # noqa: SLF001
+        assert sum(size for _, size in held) == by_packet._held_bytes - sum(  # noqa: SLF001
+            size for at, size in by_packet._held if at <= now)  # noqa: SLF001
     assert by_packet.counters["dropped_queue"] > 0 or limit == 1000

@@ -86,28 +86,72 @@ def direction_mode(impairment: Impairment, capture_on: bool) -> str:
     return PER_PACKET if per_packet else BATCH_DELAY
 
 
-def admit_delayed(model: DirectionModel, count: int, size: int, each: int, now: float) -> bool:
+class HeldBatches:
+    """The segments a delay-only direction holds as whole batches: one heap entry per batch (release
+    time, segments, bytes, bytes of each but the last), so holding and expiring cost one heap
+    operation per batch, not per segment. Together with the model's own queue (per-packet entries)
+    this is what the link holds; `move_into` hands the batches to the model as the per-segment
+    entries its `decide` counts, before anything asks it about single packets."""
+
+    __slots__ = ("heap", "packets", "bytes")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, int, int]] = []
+        self.packets = 0
+        self.bytes = 0
+
+    def expire(self, now: float) -> None:
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            _, packets, size, _ = heapq.heappop(heap)
+            self.packets -= packets
+            self.bytes -= size
+
+    def add(self, at: float, packets: int, size: int, each: int) -> None:
+        heapq.heappush(self.heap, (at, packets, size, each))
+        self.packets += packets
+        self.bytes += size
+
+    def segments(self) -> list[tuple[float, int]]:
+        """(release time, bytes) of every segment held, as the model's queue would list them."""
+        out = []
+        for at, packets, size, each in self.heap:
+            out += [(at, each)] * (packets - 1) + [(at, size - (packets - 1) * each)]
+        return out
+
+    def move_into(self, model: DirectionModel) -> None:
+        """Hand every segment to the model's own queue (emptying this one)."""
+        if not self.heap:
+            return
+        held = model._held  # noqa: SLF001 - the model's queue: see admit_delayed
+        for entry in self.segments():
+            heapq.heappush(held, entry)
+        model._held_bytes += self.bytes  # noqa: SLF001
+        self.heap.clear()
+        self.packets = self.bytes = 0
+
+
+def admit_delayed(model: DirectionModel, batches: HeldBatches, count: int, size: int, each: int,
+                  now: float) -> bool:
     """What `count` calls of `model.decide` would do to the segments of one GSO batch (`size` wire
     bytes, `each` for all but the last) arriving at `now` under a delay-only impairment, without
-    building them: counters, and the model's queue holding each segment. True if every segment fits
-    the queue (`limit` packets, `limit_bytes` bytes); on False nothing is counted, and the caller
-    cuts the batch and asks `model.decide` about each segment, so exactly the right ones are dropped.
+    building them: counters, and the batch held (in `batches`, which with the model's own queue is
+    what the link holds). True if every segment fits the queue (`limit` packets, `limit_bytes`
+    bytes); on False nothing is counted, and the caller moves `batches` into the model, cuts the
+    batch and asks `model.decide` about each segment, so exactly the right ones are dropped.
 
     Mirrors DirectionModel.decide for an impairment that draws nothing random (tests/test_gso.py
-    checks that the two agree), using its queue directly: per batch, not per segment, is the point.
+    checks that the two agree), reading its queue directly: per batch, not per segment, is the point.
     """
     imp = model.impairment
     held = model._held  # noqa: SLF001 - the model's own queue: a batch must count against it
     while held and held[0][0] <= now:
         model._held_bytes -= heapq.heappop(held)[1]  # noqa: SLF001
-    if len(held) + count > imp.limit or model._held_bytes + size > imp.limit_bytes:  # noqa: SLF001
+    batches.expire(now)
+    if len(held) + batches.packets + count > imp.limit \
+            or model._held_bytes + batches.bytes + size > imp.limit_bytes:  # noqa: SLF001
         return False
-    at = now + imp.delay_s
-    push = heapq.heappush
-    for _ in range(count - 1):
-        push(held, (at, each))
-    push(held, (at, size - (count - 1) * each))
-    model._held_bytes += size  # noqa: SLF001
+    batches.add(now + imp.delay_s, count, size, each)
     c = model.counters
     c["packets_in"] += count
     c["bytes_in"] += size
@@ -137,6 +181,7 @@ class _Direction:
         self.lock = threading.Lock()
         self.mode = PER_PACKET
         self.offloaded = False  # what TUNSETOFFLOAD last set on in_fd
+        self.batches = HeldBatches()  # in BATCH_DELAY mode: what the link holds, beside the model's queue
         # (at, order, frame's parts, packets, bytes): a frame is written whole with writev, so a
         # packet and its virtio_net_hdr are never copied into one buffer
         self.heap: list[tuple[float, int, tuple[bytes, ...], int, int]] = []
@@ -153,6 +198,7 @@ class _Direction:
     # --- control (called with `lock` held) ---
     def configure(self, impairment: Impairment, seed: int) -> None:
         """Apply `impairment` from the next packet on; turn the kernel's offloads on or off to suit."""
+        self.batches.move_into(self.model)  # whatever decides next sees every segment held
         self.model.update(impairment)
         self.seed = seed
         self.mode = direction_mode(impairment, self.capture is not None)
@@ -320,10 +366,11 @@ class _Direction:
                 self.out_bytes += size
             return
         now = time.monotonic()  # BATCH_DELAY
-        if admit_delayed(self.model, packets, size, each, now):
+        if admit_delayed(self.model, self.batches, packets, size, each, now):
             self.hold(now + self.model.impairment.delay_s, (frame,), packets, size)
         else:  # the queue is (nearly) full: exactly the segments a per-packet link keeps, their
             # checksums left partial (nothing here needs them whole)
+            self.batches.move_into(self.model)
             self.take_packets(frame, now, complete=False)
 
     def take_packets(self, frame: bytes, now: float, *, complete: bool = True) -> None:
