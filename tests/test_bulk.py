@@ -419,8 +419,8 @@ def test_an_interrupted_flow_keeps_what_it_measured(impaired_link: Any) -> None:
         result = flow.result(timeout=30)
     finally:
         flow.close()
-    assert result.stopped == "interrupted" and result.duration_s < 30
-    assert result.bytes_delivered == result.bytes_sent > 0 and result.datagrams["lost"] == 0
+    assert result.stopped == "interrupted" and result.duration_s < 30, result
+    assert result.bytes_delivered == result.bytes_sent > 0 and result.datagrams["lost"] == 0, result
 
 
 LINK_BULK_SCRIPT = """

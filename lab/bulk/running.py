@@ -32,7 +32,11 @@ def flow_in_namespace(protocol: str, address: tuple[str, int], plan: BulkPlan, *
     chosen = get_protocol(protocol)
     if why := chosen.unavailable():
         raise ConfigError(f"protocol {chosen.name} cannot run here: {why}")
-    result = chosen.run_bulk(address, plan, progress=progress, round_trip_s=round_trip_s)
+    try:
+        result = chosen.run_bulk(address, plan, progress=progress, round_trip_s=round_trip_s)
+    except KeyboardInterrupt:  # before the flow started (connecting, waiting for its start time)
+        raise BulkInterrupted(BulkResult(protocol=chosen.name, interval_s=plan.interval_s,
+                                         stopped="interrupted", plan=plan.to_dict())) from None
     if result.stopped == "interrupted":
         raise BulkInterrupted(result)
     return result

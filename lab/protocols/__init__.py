@@ -96,6 +96,7 @@ class Protocol:
     - `requires`: what it needs beyond the lab (see `Requirement`); `unavailable()` says what is
       missing. Root for the impaired link is the runner's business, not the protocol's.
     - `metrics`: per-protocol figures (`lab.metric_registry.Metric`) for expectations and tables.
+    - `bulk_driver`, `sink_argv`: its bulk flows (lab.bulk) and the sink they go to.
     """
 
     name: ClassVar[str]
@@ -107,6 +108,9 @@ class Protocol:
     server_kind: ClassVar[str] = ""
     requires: ClassVar[tuple[Requirement, ...]] = ()
     metrics: ClassVar[tuple[Any, ...]] = ()
+    # "module:function" running this protocol's bulk flows (lab.bulk): named, not imported, so the
+    # bulk module may use the protocol's module without a cycle (as BUILTIN names protocols)
+    bulk_driver: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -134,10 +138,15 @@ class Protocol:
         Bounded by `plan` (duration, bytes); on KeyboardInterrupt it returns what was measured
         with `stopped="interrupted"` rather than raising. Raise `lab.errors.EndpointError` when
         nothing answers. `round_trip_s` is the path's known round-trip delay (how long the last
-        bytes may take). A protocol without bulk traffic keeps this default: a ConfigError.
+        bytes may take). The default calls `bulk_driver` with the protocol first; a protocol with
+        none has no bulk traffic: a ConfigError.
         """
-        raise ConfigError(f"bulk traffic is not available for {self.name}: its protocol module has "
-                          "no run_bulk (docs/architecture.md#bulk-traffic)")
+        if not self.bulk_driver:
+            raise ConfigError(f"bulk traffic is not available for {self.name}: its protocol names no "
+                              "bulk_driver (docs/architecture.md#bulk-traffic)")
+        module, _, function = self.bulk_driver.partition(":")
+        driver = getattr(importlib.import_module(module), function)
+        return driver(self, address, plan, progress=progress, round_trip_s=round_trip_s)
 
     def sink_argv(self, host: str, port: int) -> list[str]:
         """The command of the sink this protocol's bulk flows go to, serving at (host, port): a

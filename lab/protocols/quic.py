@@ -154,6 +154,7 @@ class QUIC(Protocol):
     requires = (Requirement("the aioquic module", module="aioquic"),)
     metrics = (QUIC_LOST, QUIC_RETRANSMITS)
     datagrams = False  # True: one probe per RFC 9221 DATAGRAM frame instead of streams
+    bulk_driver = "lab.bulk.quic:run_quic_bulk"  # a stream as fast as aioquic allows; DATAGRAMs at a rate
 
     def server_argv(self, host: str, port: int) -> list[str]:
         """The lab's QUIC echo server (lab.protocols.quic_server) at (host, port)."""
@@ -164,14 +165,6 @@ class QUIC(Protocol):
     def sink_argv(self, host: str, port: int) -> list[str]:
         """The QUIC server in sink mode: it counts bulk flows (docs/architecture.md#bulk-traffic)."""
         return [*self.server_argv(host, port), "--sink"]
-
-    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
-                 round_trip_s: float = 0.0) -> Any:
-        """One stream as fast as the congestion controller allows (quic-datagram: frames at the plan's
-        rate, which it needs), to the QUIC sink (lab.bulk.quic)."""
-        from lab.bulk.quic import run_quic_bulk
-
-        return run_quic_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
 
     def run_client(self, address: tuple[str, int], plan: TrafficPlan, *,
                    progress: Callable[..., None] | None = None, deadline_s: float | None = None,

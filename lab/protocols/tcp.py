@@ -99,6 +99,7 @@ class TCP(Protocol):
     reliable = True
     style = "bold blue"
     metrics = (RETRANSMITS, CONGESTION_CONTROL)
+    bulk_driver = "lab.bulk.stream:run_tcp_bulk"  # its socket options, as fast as the connection takes
 
     def summary_lines(self, result: Any) -> list[str]:
         """TCP's own view of the run (TCP_INFO of the client's socket at the end)."""
@@ -110,13 +111,6 @@ class TCP(Protocol):
         shown = [format_scaled(v / scale) if isinstance(v, int | float) else str(v) for v in (srtt, rttvar)]
         return [f"tcp_info: srtt {shown[0]} {unit}  rttvar {shown[1]} {unit}  "
                 f"cwnd {info.get('snd_cwnd')}  retransmits {info.get('total_retrans')}"]
-
-    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
-                 round_trip_s: float = 0.0) -> Any:
-        """A bulk flow on one connection, with this protocol's socket options (lab.bulk.stream)."""
-        from lab.bulk.stream import run_tcp_bulk
-
-        return run_tcp_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
 
     def prepare_socket(self, sock: socket.socket) -> None:
         """Options set on the connected socket before the first probe (subclasses add theirs)."""

@@ -45,6 +45,7 @@ class UDP(Protocol):
     transport = "udp"
     description = "one probe per UDP datagram (no retransmission, no ordering)"
     style = "bold red"
+    bulk_driver = "lab.bulk.datagrams:run_datagram_bulk"  # its open_socket, paced at the plan's rate
 
     def open_socket(self, host: str) -> socket.socket:
         """A datagram socket for one logical stream (subclasses change the socket type or options)."""
@@ -96,13 +97,6 @@ class UDP(Protocol):
                 sel.close()
             for sock in socks:
                 sock.close()
-
-    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
-                 round_trip_s: float = 0.0) -> Any:
-        """Datagrams paced at `plan.rate_bps` (required) to the sink (lab.bulk.datagrams)."""
-        from lab.bulk.datagrams import run_datagram_bulk
-
-        return run_datagram_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
 
     def unreachable(self, address: tuple[str, int], exc: OSError) -> Exception:
         return unreachable(address, self.label, exc, connected=False)

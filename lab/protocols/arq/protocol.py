@@ -85,6 +85,7 @@ class ArqProtocol(Protocol):
     reliable = True
     scheme: Scheme
     metrics = ARQ_METRICS
+    bulk_driver = "lab.bulk.arq:run_arq_bulk"  # as fast as the window allows, to `sink_argv`'s server
 
     def server_argv(self, host: str, port: int) -> list[str]:
         from lab.child import python_argv
@@ -94,13 +95,6 @@ class ArqProtocol(Protocol):
     def sink_argv(self, host: str, port: int) -> list[str]:
         """The ARQ server in sink mode: it counts bulk flows (docs/architecture.md#bulk-traffic)."""
         return [*self.server_argv(host, port), "--sink"]
-
-    def run_bulk(self, address: tuple[str, int], plan: Any, *, progress: Callable[..., None] | None = None,
-                 round_trip_s: float = 0.0) -> Any:
-        """Segments as fast as the window allows, to the ARQ sink (lab.bulk.arq)."""
-        from lab.bulk.arq import run_arq_bulk
-
-        return run_arq_bulk(self, address, plan, progress=progress, round_trip_s=round_trip_s)
 
     def run_client(self, address: tuple[str, int], plan: TrafficPlan, *,
                    progress: Callable[..., None] | None = None, deadline_s: float | None = None,
