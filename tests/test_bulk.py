@@ -481,3 +481,14 @@ def test_the_summary_says_when_the_sink_itself_dropped_datagrams() -> None:
     result = BulkResult(protocol="udp", bytes_sent=1000, plan=plan,
                         observations={"sink": {"receive_buffer_overflows": 7}})
     assert "7 datagrams overflowed a receive buffer at the sink's end" in format_bulk(result, "x")
+
+
+def test_a_datagram_flow_keeps_a_bounded_bitmap_of_seqs() -> None:
+    from lab.bulk.counting import MAX_TRACKED_SEQ
+
+    counter = DatagramCounter(start_ns=0, interval_ns=100 * MS)
+    for seq in (MAX_TRACKED_SEQ - 1, MAX_TRACKED_SEQ + 5, MAX_TRACKED_SEQ - 1):
+        data = _datagram(seq, 0)
+        counter.arrived(wire.parse_datagram(data), len(data), 0)  # type: ignore[arg-type]
+    assert len(counter._seen) == MAX_TRACKED_SEQ // 8
+    assert (counter.received, counter.duplicates, counter.untracked) == (2, 1, 1)
