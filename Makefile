@@ -32,6 +32,7 @@ test-all: $(STAMP)
 # sockperf, iperf3 and socat, installed here with apt-get when root (tools/bench_tools.sh says why not
 # otherwise; their rows then say "not measured"). Without root, lab.userns gives the link benchmarks
 # namespaces of their own, as for `make test`. The table is printed even when a benchmark failed.
+# BENCH_ARGS passes pytest options, e.g. `make bench BENCH_ARGS='-k anchors'` for the table alone.
 BENCH_TOOLS := sockperf iperf3 socat
 BENCH_DIR := reports/benchmarks
 
@@ -42,7 +43,7 @@ bench: $(STAMP)
 	WIRELAB_ANCHORS_JSON=$(BENCH_DIR)/anchors.json $(BIN)/python -m lab.userns -- \
 		$(BIN)/pytest tests/benchmarks -p no:xdist --benchmark-only \
 		--benchmark-json=$(BENCH_DIR)/benchmarks.json --benchmark-group-by=group \
-		--benchmark-columns=min,median,mean,max,rounds; status=$$?; \
+		--benchmark-columns=min,median,mean,max,rounds $(BENCH_ARGS); status=$$?; \
 	uptime; $(BIN)/python tools/bench_table.py $(BENCH_DIR)/anchors.json; exit $$status
 
 lint: $(STAMP)

@@ -55,6 +55,7 @@ class RowSpec:
     lab: str  # what the lab's figure is
     unit: str
     target: Target | None = None
+    source: str = "test_anchors.py"  # the benchmark (in tests/benchmarks/) that measures it
 
 
 @dataclass
@@ -120,7 +121,7 @@ class AnchorTable:
     def document(self) -> dict[str, Any]:
         from tests.benchmarks.anchors import tool_version
 
-        rows = [self.rows.get(i) or not_measured(spec, "its benchmark did not run or failed before "
+        rows = [self.rows.get(i) or not_measured(spec, f"{spec.source} did not run, or failed before "
                                                        "recording it (see the pytest output)")
                 for i, spec in self.specs.items()]
         return {
@@ -139,6 +140,10 @@ class AnchorTable:
 # --- the rows ------------------------------------------------------------------------------------------
 ECHO_CLIENTS = 16
 SOCKPERF = "sockperf ping-pong"
+# The link against a plain veth pair is the forwarder's own benchmark: its figures are read, not
+# measured twice (`forwarder_rows`).
+FORWARDER_BENCH = "test_forwarder_bench.py"
+FORWARDER_TEST = "test_forwarder_offloads_against_veth"
 
 
 def _rtt_rows(transport: str) -> list[RowSpec]:
@@ -167,13 +172,16 @@ ROWS: list[RowSpec] = [
       for kind in ("udp", "tcp")],
     RowSpec("link-iperf3-unimpaired", "iperf3 TCP goodput, unimpaired link",
             "iperf3, plain veth pair", "iperf3 through the lab link", "Gbit/s",
-            Target("lab", "min", 10, "Gbit/s")),
-    RowSpec("link-iperf3-delay10ms", "iperf3 TCP goodput, link with delay 10ms alone",
+            Target("lab", "min", 10, "Gbit/s"), FORWARDER_BENCH),
+    RowSpec("link-iperf3-delay10ms", "iperf3 TCP goodput, link with delay 10ms alone (limit 1000)",
             "iperf3, plain veth pair (no delay)", "iperf3 through the lab link", "Gbit/s",
-            Target("lab", "min", 5, "Gbit/s")),
+            Target("lab", "min", 5, "Gbit/s"), FORWARDER_BENCH),
+    RowSpec("link-iperf3-delay10ms-limit100000", "iperf3 TCP goodput, link with delay 10ms, limit 100000",
+            "iperf3, plain veth pair (no delay)", "iperf3 through the lab link", "Gbit/s",
+            Target("lab", "min", 5, "Gbit/s"), FORWARDER_BENCH),
     RowSpec("link-added-rtt", "UDP RTT p50 added by the unimpaired link",
-            "sockperf, plain veth pair", "sockperf through the lab link", "µs",
-            Target("difference", "max", 15, "µs")),
+            "ping-pong, plain veth pair", "ping-pong through the lab link", "µs",
+            Target("difference", "max", 15, "µs"), FORWARDER_BENCH),
     RowSpec("link-bulk-unimpaired", "TCP bulk goodput, unimpaired link",
             "iperf3 through the lab link", "lab bulk tcp through the lab link", "Gbit/s",
             Target("ratio", "range", (0.9, 1.1))),
@@ -182,3 +190,21 @@ ROWS: list[RowSpec] = [
             Target("ratio", "range", (0.9, 1.1))),
 ]
 SPECS = {spec.id: spec for spec in ROWS}
+
+
+def forwarder_rows(extra: dict[str, Any]) -> list[Row]:
+    """The link's rows from the `extra_info` of the forwarder's benchmark (FORWARDER_BENCH), which
+    measures iperf3 and the ping-pong RTT through a veth pair and the links in one run (medians)."""
+    rows = []
+    veth = extra.get("veth_gbit_s")
+    for row_id, key in (("link-iperf3-unimpaired", "link_gbit_s"),
+                        ("link-iperf3-delay10ms", "link-delay-10ms_gbit_s"),
+                        ("link-iperf3-delay10ms-limit100000", "link-delay-10ms-limit-100000_gbit_s")):
+        if veth is not None and extra.get(key) is not None:
+            rows.append(measured(SPECS[row_id], veth, extra[key], source=FORWARDER_BENCH,
+                                 dropped_queue=extra.get("dropped_queue")))
+    veth_rtt, link_rtt = extra.get("veth_rtt_p50_us"), extra.get("link_rtt_p50_us")
+    if veth_rtt is not None and link_rtt is not None:
+        rows.append(measured(SPECS["link-added-rtt"], veth_rtt, link_rtt, source=FORWARDER_BENCH,
+                             probe=extra.get("rtt_probe")))
+    return rows

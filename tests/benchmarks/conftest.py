@@ -2,6 +2,7 @@
 
 `make bench` sets WIRELAB_ANCHORS_JSON: the rows measured in the session, and the ones it never
 reached (as not measured), are written there when it ends, for `tools/bench_table.py` to print.
+The link's rows come from the forwarder's own benchmark, read from pytest-benchmark's results.
 """
 
 from __future__ import annotations
@@ -12,14 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.anchor_rows import ROWS, AnchorTable
+from tests.benchmarks.anchor_rows import FORWARDER_TEST, ROWS, AnchorTable, forwarder_rows
 
 ANCHORS_JSON_ENV = "WIRELAB_ANCHORS_JSON"
+_tables: list[AnchorTable] = []  # the session's table, for the hook below
 
 
 @pytest.fixture(scope="session")
 def anchor_table() -> Iterator[AnchorTable]:
     table = AnchorTable(ROWS)
+    _tables.append(table)
     yield table
     if target := os.environ.get(ANCHORS_JSON_ENV):
         table.write(Path(target))
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    """At the session's end (with --benchmark-json): add the forwarder benchmark's figures to the table."""
+    target = os.environ.get(ANCHORS_JSON_ENV)
+    if not target:
+        return
+    table = _tables[0] if _tables else AnchorTable(ROWS)
+    for bench in output_json.get("benchmarks", []):
+        if bench.get("name") == FORWARDER_TEST:
+            for row in forwarder_rows(bench.get("extra_info") or {}):
+                table.add(row)
+    table.write(Path(target))

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.benchmarks import anchors
-from tests.benchmarks.anchor_rows import ROWS, SPECS, AnchorTable, Target, measured, not_measured
+from tests.benchmarks.anchor_rows import (
+    ROWS,
+    SPECS,
+    AnchorTable,
+    Target,
+    forwarder_rows,
+    measured,
+    not_measured,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import bench_table  # noqa: E402
@@ -82,5 +90,36 @@ def test_table_names_every_row_and_says_why_one_was_not_measured(tmp_path: Path,
     assert sum(line.startswith("| ") for line in md.splitlines()) == len(ROWS) + 1  # header + rows
     assert "| 0.95x | lab/anchor <= 1x | pass |" in md
     assert f"not measured: {anchors.BULK_NOT_LANDED}" in md
-    assert "did not run or failed" in md  # the rows this session never reached
+    assert "test_forwarder_bench.py did not run" in md  # the rows this session never reached
     assert "load average" in capsys.readouterr().out
+
+
+def test_the_link_rows_are_read_from_the_forwarder_benchmark() -> None:
+    extra = {"veth_gbit_s": 20.0, "link_gbit_s": 12.0, "link-delay-10ms_gbit_s": 1.2,
+             "veth_rtt_p50_us": 20.0, "link_rtt_p50_us": 30.5, "rtt_probe": "sockperf"}
+    rows = {row.id: row for row in forwarder_rows(extra)}
+    assert set(rows) == {"link-iperf3-unimpaired", "link-iperf3-delay10ms", "link-added-rtt"}
+    assert (rows["link-iperf3-unimpaired"].passed, rows["link-iperf3-delay10ms"].passed) == (True, False)
+    assert (rows["link-added-rtt"].difference, rows["link-added-rtt"].passed) == (10.5, True)
+    assert forwarder_rows({}) == []
+
+
+@pytest.mark.privileged
+def test_veth_pair_is_recorded_while_it_lives_and_gone_after() -> None:
+    """A concurrent `lab cleanup` must see an owner alive (the state file), and nothing outlives it."""
+    import os
+
+    from lab.link.netns import NETNS_DIR, STATE_DIR
+
+    with anchors.veth_pair() as pair:
+        name = pair.client_ns.removesuffix("-client")
+        state = json.loads((STATE_DIR / f"{name}.json").read_text())
+        assert state["owner_pid"] == os.getpid()
+        port = anchors.free_port(pair.server)
+        listen = "import socket, sys; socket.create_server((sys.argv[1], int(sys.argv[2]))).accept()"
+        argv = [sys.executable, "-c", listen, pair.server_address, str(port)]
+        with anchors.serving(pair.server, argv, port, ["tcp"]):  # listening in the server namespace
+            check = (f"import socket; socket.create_connection(({pair.server_address!r}, {port}), timeout=5)")
+            assert pair.client.run([sys.executable, "-c", check]).returncode == 0  # reached over the veth
+    assert not (STATE_DIR / f"{name}.json").exists()
+    assert not (NETNS_DIR / pair.client_ns).exists() and not (NETNS_DIR / pair.server_ns).exists()

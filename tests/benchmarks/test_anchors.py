@@ -2,6 +2,8 @@
 same job, in the same test, and records ratios (tests/benchmarks/anchor_rows.py has the rows and
 their targets). `make bench` prints the table (tools/bench_table.py) and writes
 reports/benchmarks/anchors.json and anchors.md. Targets are verdicts in the table, never asserts.
+The link against a plain veth pair (iperf3, added RTT) is tests/benchmarks/test_forwarder_bench.py's
+measurement; the table reads its figures (tests/benchmarks/conftest.py).
 
 Each benchmark's timed call is the whole row's measurement (one round): the figures that matter are
 in `benchmark.extra_info`, taken by the tools themselves. Lab and anchor alternate REPEATS times
@@ -26,7 +28,6 @@ REPEATS = 3  # lab and anchor alternate this many times per row
 RTT_SECONDS = 2.0  # one sockperf ping-pong run (it drops its first 400 ms as warm-up)
 LAB_PROBES = 10_000  # one `lab send` run: about as many round trips as sockperf's on a quiet loopback
 ECHO_SECONDS = 2.0
-IPERF_SECONDS = 3.0
 BULK_SECONDS = 3.0
 
 
@@ -55,7 +56,7 @@ def _need_net_admin() -> None:
     from lab.privileges import CAP_NET_ADMIN, explain
 
     if reason := explain(CAP_NET_ADMIN):
-        raise anchors.NotMeasured(f"the link and the veth pair {reason}")
+        raise anchors.NotMeasured(f"the link {reason}")
 
 
 # --- RTT on loopback: the lab's client vs sockperf's ----------------------------------------------------
@@ -144,70 +145,7 @@ def test_echo_capacity_vs_socat(benchmark, anchor_table: AnchorTable, kind: str)
                                                anchor_runs=tool, lab_runs=lab)])
 
 
-# --- the link against a plain veth pair ---------------------------------------------------------------
-IPERF_CASES = {"unimpaired": {}, "delay10ms": {"delay": "10ms"}}
-
-
-@pytest.mark.benchmark(group="anchors-link")
-@pytest.mark.parametrize("case", list(IPERF_CASES))
-def test_link_iperf3_vs_veth(benchmark, anchor_table: AnchorTable, case: str) -> None:
-    """iperf3 TCP goodput through the lab's link vs through a plain veth pair between two namespaces
-    (no netem here: the veth pair has no delay in either case)."""
-    spec = SPECS[f"link-iperf3-{case}"]
-
-    def measure() -> tuple[list[float], list[float], dict[str, Any]]:
-        from lab.link.session import open_link
-
-        tool: list[float] = []
-        lab: list[float] = []
-        retransmits: dict[str, list[Any]] = {"veth": [], "link": []}
-        with anchors.veth_pair() as veth, open_link(**IPERF_CASES[case]) as link:
-            for _ in range(REPEATS):
-                for label, path, out in (("veth", veth, tool), ("link", link, lab)):
-                    figures = anchors.iperf3_goodput(path.client, path.server, seconds=IPERF_SECONDS)
-                    out.append(figures.bps / 1e9)
-                    retransmits[label].append(figures.extra["retransmits"])
-        return tool, lab, retransmits
-
-    try:
-        anchors.require_tool("iperf3")
-        _need_net_admin()
-        tool, lab, retransmits = _measure(benchmark, measure)
-    except anchors.NotMeasured as why:
-        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
-        return
-    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab), anchor_runs=tool,
-                                               lab_runs=lab, retransmits=retransmits)])
-
-
-@pytest.mark.benchmark(group="anchors-link")
-def test_link_added_rtt(benchmark, anchor_table: AnchorTable) -> None:
-    """sockperf UDP ping-pong p50 through the unimpaired link minus through a plain veth pair."""
-    spec = SPECS["link-added-rtt"]
-
-    def measure() -> tuple[list[float], list[float]]:
-        from lab.link.session import open_link
-
-        tool: list[float] = []
-        lab: list[float] = []
-        with anchors.veth_pair() as veth, open_link() as link:
-            for _ in range(REPEATS):
-                for path, out in ((veth, tool), (link, lab)):
-                    out.append(anchors.sockperf_rtt(path.client, path.server, tcp=False,
-                                                    seconds=RTT_SECONDS).p50_us)
-        return tool, lab
-
-    try:
-        anchors.require_tool("sockperf")
-        _need_net_admin()
-        tool, lab = _measure(benchmark, measure)
-    except anchors.NotMeasured as why:
-        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
-        return
-    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
-                                               anchor_runs=tool, lab_runs=lab)])
-
-
+# --- the lab's bulk flow vs iperf3 through the same link -------------------------------------------------
 BULK_CASES = {"unimpaired": ({}, 1e9), "rate50mbit": ({"rate": "50mbit"}, 1e6)}
 
 
