@@ -37,6 +37,7 @@ from lab.bulk.common import (
 from lab.bulk.plan import BulkPlan, BulkResult
 from lab.errors import ConfigError, EndpointError
 from lab.targets import lab_address
+from lab.timing import fine_timers
 
 MAX_BURST = 64  # datagrams sent back to back when the sender is behind its schedule
 QUIET_MIN_S = 0.25  # the sink answers once the flow was quiet this long (plus the path's round trip)
@@ -63,21 +64,25 @@ def run_datagram_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *
     host, port = lab_address(address)
     control = connect_tcp((host, port), protocol.label, None, round_trip_s)
     result = BulkResult(protocol=protocol.name, interval_s=plan.interval_s, plan=plan.to_dict())
-    with control, protocol.open_socket(host) as sock:
+    with control, protocol.open_socket(host) as sock, fine_timers():  # paced: wake-ups on time
         big_buffers(sock)
         try:
             sock.connect((host, port))
         except OSError as exc:
             raise unreachable((host, port), protocol.label, exc, connected=False) from exc
         sock.setblocking(False)
-        wait_until(plan.start_at_ns)
-        started = time.monotonic_ns()
-        result.started_ns = started
-        bounds = Bounds(plan, started)
+        # Announced before the start, so the sink knows the flow before its first datagram; its
+        # intervals count from the planned start (flows planned together line up) or from now.
         flow_id = new_flow_id()
-        control.sendall(wire.Hello(wire.MODE_DATAGRAMS, flow_id, started, bounds.interval_ns).encode())
+        announced = plan.start_at_ns or time.monotonic_ns()
+        interval_ns = round(plan.interval_s * NS_PER_S)
+        control.sendall(wire.Hello(wire.MODE_DATAGRAMS, flow_id, announced, interval_ns).encode())
         _accepted(control, (host, port))
         control.setblocking(False)
+        wait_until(plan.start_at_ns)
+        started = time.monotonic_ns()  # the pacing's clock: the accept's round trip is not a backlog
+        result.started_ns = announced
+        bounds = Bounds(plan, started)
         payload = wire.pattern(plan.size - wire.DATAGRAM.size)
         payload_crc = zlib.crc32(payload)
         gap_ns = plan.size * 8 * NS_PER_S / rate

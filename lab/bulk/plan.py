@@ -96,7 +96,9 @@ class BulkResult:
     observations: dict[str, Any] = field(default_factory=dict)  # protocol-specific, as Result.observations
     stopped: str = "duration"
     plan: dict[str, Any] = field(default_factory=dict)  # BulkPlan.to_dict()
-    started_ns: int | None = None  # CLOCK_MONOTONIC at the flow's first byte: intervals count from it
+    # CLOCK_MONOTONIC when the flow started (a datagram flow: its planned start_at_ns if any): the
+    # instant its `intervals` count from, shared by every process on the host
+    started_ns: int | None = None
     # through a link (Link.bulk): its forwarder counters per direction and the kernels' counter
     # deltas per side during the flow, as Result.link / Result.kernel
     link: dict[str, Any] | None = None
