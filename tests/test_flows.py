@@ -283,7 +283,7 @@ def _run(text: str) -> Any:
 @pytest.mark.privileged
 def test_four_cubic_flows_share_a_10mbit_link_fairly() -> None:
     flows = "\n".join("[[flows]]\nprotocol = 'tcp-cubic'\nduration = 3" for _ in range(4))
-    (outcome,) = _run(f"[link]\nrate = '10mbit'\ndelay = '5ms'\nlimit = 100\n{flows}\n"
+    (outcome,) = _run(f"[link]\nrate = '10mbit'\ndelay = '5ms'\n{flows}\n"
                       "[expect.each]\ngoodput_bps = 'link_rate'\n[expect.all]\njain_index = { min = 0.9 }")
     goodputs = [f["goodput_bps"] for f in outcome.flows]
     assert len(goodputs) == 4 and all(0 < g <= RATE for g in goodputs), goodputs
