@@ -2,7 +2,7 @@
 
 The byte stream of lab.bulk.wire (a hello, then blocks) goes through the client's ARQ sender, one
 block per segment (`plan.size` payload bytes: a block's 20-byte header and its data), so a flow
-that runs out of time never leaves half a block behind. The sender's queue is kept two segments
+that runs out of time never leaves half a block behind. The sender's queue is kept a window
 deep: the window, never the application, limits the rate. The ARQ server in sink mode
 (`python -m lab.protocols.arq.server --sink`) counts what its receiver delivers in order; an empty
 segment ends the stream, and the sink's summary comes back through its own ARQ sender, reliable
@@ -34,7 +34,8 @@ from lab.bulk.plan import BulkPlan, BulkResult
 from lab.errors import ConfigError, EndpointError, RemoteWireError
 from lab.targets import lab_address, where
 
-QUEUE_DEPTH = 2  # segments waiting in the sender beyond its window: enough to keep it full
+# Segments kept waiting in the sender: a whole window, so however many ACKs one wake-up reads, the
+# window refills at once (two were too few: selective repeat at window 32 used a third of it).
 MAX_WAIT_S = 0.05  # the loop looks at its bounds at least this often
 
 
@@ -115,7 +116,7 @@ class _ArqFlow:
                                "retransmits": counters.retransmitted})
             if bounds.over(now, self.sent):
                 return
-            while len(sender.queue) < QUEUE_DEPTH:
+            while len(sender.queue) < sender.window:
                 left = bounds.left(self.sent)
                 block = self.writer.block(None if left is None else max(0, left - wire.BLOCK.size))
                 self.endpoint.send(block)
