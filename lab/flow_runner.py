@@ -30,6 +30,8 @@ from lab.schedule import RunInterrupted
 
 START_MARGIN_S = 0.5  # from asking the flows to start to their common start: forks and connects fit in it
 COLLECT_GRACE_S = 30.0  # after its planned end, how long a bulk flow's result may take to come back
+STOP_WAIT_S = 5.0  # after a stop signal: the flow asks its sink for the counts (2 s at most), then answers
+WAIT_POLL_S = 0.05
 
 
 def run_flows_point(outcome: Any, point: Any, protocols: tuple[str, ...], capture: Any,
@@ -138,7 +140,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
             probes = flowlib.probes_entry(spec.name, spec.start_s, measured)
             outcome.flows.append(probes)
         for spec, handle in handles:
-            result = handle.result(timeout=spec.bulk.duration_s + spec.start_s + COLLECT_GRACE_S)
+            result = _wait(handle, spec.bulk.duration_s + spec.start_s + COLLECT_GRACE_S)
             _keep(outcome, spec.name, spec.start_s, result, numbers, point.mtu)
             if result.started_ns:  # how late its first byte left, against the plan (a loaded host)
                 planned = start_ns + int(spec.start_s * 1e9)
@@ -155,7 +157,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
             handle.interrupt()
             if not any(f.get("name") == spec.name for f in outcome.flows):
                 with contextlib.suppress(Exception):  # a flow that cannot answer is left out
-                    _keep(outcome, spec.name, spec.start_s, handle.result(timeout=5.0), numbers, point.mtu)
+                    _keep(outcome, spec.name, spec.start_s, _wait(handle, STOP_WAIT_S), numbers, point.mtu)
             handle.close()
         outcome.group = _group(outcome.flows, idle, probes)
         on_result(outcome)
@@ -173,6 +175,15 @@ def _probe_result(link: Any, protocol: str, plan: TrafficPlan) -> dict[str, Any]
     record, result = link.measure(protocol, plan)
     result.timeline = timeline_from_record(record)
     return result.to_dict()
+
+
+def _wait(handle: Any, timeout_s: float) -> Any:
+    """A started flow's BulkResult. Polled rather than joined: a Ctrl-C that lands inside
+    Thread.join can leave that thread's handle unusable, and the flow's result with it."""
+    deadline = time.monotonic() + timeout_s
+    while not handle.done and time.monotonic() < deadline:
+        time.sleep(WAIT_POLL_S)
+    return handle.result(timeout=WAIT_POLL_S)
 
 
 def _sleep_until(deadline_ns: int) -> None:

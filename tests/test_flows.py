@@ -309,3 +309,33 @@ def test_latency_under_load_grows_with_the_queue_limit() -> None:
     short, long = (o.group for o in outcomes)
     assert long["rtt_us"]["p50"] > 3 * short["rtt_us"]["p50"], (short["rtt_us"], long["rtt_us"])
     assert long["rpm_loaded"] < short["rpm_loaded"] < short["rpm_idle"] * 1.2
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+def test_ctrl_c_keeps_every_flow_of_a_group(tmp_path: Any) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    plan = tmp_path / "two.toml"
+    plan.write_text("[link]\nrate = '10mbit'\n" + "[[flows]]\nprotocol = 'tcp-cubic'\nduration = 30\n" * 2)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "lab", "run", str(plan), "--out", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(8)  # the link, the sinks, then a few seconds of both flows
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 130, run.stderr.read() if run.stderr else ""
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    data = json.loads((out / "result.json").read_text())
+    assert data["interrupted"] and data["interrupted_by"] == "Ctrl-C"
+    (point,) = data["points"]
+    assert [f["name"] for f in point["flows"]] == ["tcp-cubic", "tcp-cubic-2"]
+    assert all(f["bulk"]["stopped"] == "interrupted" and f["goodput_bps"] > 0 for f in point["flows"])
+    assert point["checks"] == {}  # cut short: shown, not judged
