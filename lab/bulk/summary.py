@@ -129,9 +129,13 @@ def format_bulk(result: BulkResult, where: str, *, with_title: bool = True) -> s
     if result.intervals:
         lines += interval_lines(result)
         lines.append(" ".join("-" * 20))
-    lines.append(f"sent {human_bytes(result.bytes_sent)}, delivered {human_bytes(result.bytes_delivered)} "
-                 f"in order and intact, in {result.duration_s:.2f} s: "
-                 f"goodput {human_rate(result.goodput_bps)}")
+    if (result.observations.get("sink") or {}).get("missing"):
+        lines.append(f"sent {human_bytes(result.bytes_sent)} in {result.duration_s:.2f} s; delivered: "
+                     "unknown (no counts from the sink)")
+    else:
+        lines.append(f"sent {human_bytes(result.bytes_sent)}, delivered {human_bytes(result.bytes_delivered)} "
+                     f"in order and intact, in {result.duration_s:.2f} s: "
+                     f"goodput {human_rate(result.goodput_bps)}")
     extra = [f"congestion control {algorithm}"] if algorithm else []
     if result.retransmits is not None:
         extra.append(f"retransmits {result.retransmits}")
@@ -163,7 +167,7 @@ def bulk_notes(result: BulkResult) -> list[str]:
     if result.stopped == "error":
         out.append(f"the flow ended early: {sink.get('error') or sink.get('missing') or 'a send failed'}")
     if missing := sink.get("missing"):
-        out.append(f"the sink's counts are missing ({missing}): delivered bytes are unknown")
+        out.append(f"the sink's counts are missing: {missing}")
     if broken := sink.get("broken"):
         out.append(f"the sink stopped reading the stream: {broken}")
     if sink.get("corrupted_blocks"):
