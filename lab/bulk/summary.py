@@ -133,9 +133,9 @@ def format_bulk(result: BulkResult, where: str, *, with_title: bool = True) -> s
         lines.append(f"sent {human_bytes(result.bytes_sent)} in {result.duration_s:.2f} s; delivered: "
                      "unknown (no counts from the sink)")
     else:
-        lines.append(f"sent {human_bytes(result.bytes_sent)}, delivered {human_bytes(result.bytes_delivered)} "
-                     f"in order and intact, in {result.duration_s:.2f} s: "
-                     f"goodput {human_rate(result.goodput_bps)}")
+        lines.append(f"sent {human_bytes(result.bytes_sent)}, "
+                     f"delivered {human_bytes(result.bytes_delivered)} in order and intact, "
+                     f"in {result.duration_s:.2f} s: goodput {human_rate(result.goodput_bps)}")
     extra = [f"congestion control {algorithm}"] if algorithm else []
     if result.retransmits is not None:
         extra.append(f"retransmits {result.retransmits}")
