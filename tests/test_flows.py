@@ -339,3 +339,24 @@ def test_ctrl_c_keeps_every_flow_of_a_group(tmp_path: Any) -> None:
     assert [f["name"] for f in point["flows"]] == ["tcp-cubic", "tcp-cubic-2"]
     assert all(f["bulk"]["stopped"] == "interrupted" and f["goodput_bps"] > 0 for f in point["flows"])
     assert point["checks"] == {}  # cut short: shown, not judged
+
+
+def test_without_the_link_a_bulk_point_runs_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unprivileged and unimpaired: each protocol alone on loopback (no link rate, so no ceiling to
+    check); an impaired point and a flow group are skipped with the reason."""
+    import lab.runner
+    from lab.runner import run_point
+
+    monkeypatch.setattr(lab.runner, "has_link_privileges", lambda: False)
+    bulk = "[scenario]\nprotocols = ['tcp']\n[traffic]\nkind = 'bulk'\nduration = 0.5\n"
+    plan = scenario(bulk + "[expect.tcp]\ngoodput_bps = { min = 1e6 }")
+    clean = run_point(plan, plan.points[0])
+    impaired = scenario(bulk + "[link]\nloss = '1%'")
+    lossy = run_point(impaired, impaired.points[0])
+    clean.evaluate()
+    assert clean.mode == "loopback" and clean.flows[0]["predictions"] == {}
+    assert all(c.passed for c in clean.checks["tcp"]), clean.checks
+    assert lossy.mode == "skipped" and "bulk flows need the real link" in lossy.skipped["tcp"]
+    group = scenario("[[flows]]\nprotocol = 'tcp'\nduration = 1")
+    outcome = run_point(group, group.points[0])
+    assert outcome.mode == "skipped" and "over the real link only" in outcome.skipped["tcp"]
