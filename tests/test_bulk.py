@@ -492,3 +492,13 @@ def test_a_datagram_flow_keeps_a_bounded_bitmap_of_seqs() -> None:
         counter.arrived(wire.parse_datagram(data), len(data), 0)  # type: ignore[arg-type]
     assert len(counter._seen) == MAX_TRACKED_SEQ // 8
     assert (counter.received, counter.duplicates, counter.untracked) == (2, 1, 1)
+
+
+@pytest.mark.privileged
+def test_closing_the_link_stops_its_flows(impaired_link: Any) -> None:
+    link = impaired_link(delay="1ms")
+    flow = link.start_bulk("tcp", BulkPlan(duration_s=60.0))
+    time.sleep(0.5)
+    link.close()
+    assert flow.done
+    assert flow.result(timeout=0).stopped == "interrupted"

@@ -193,6 +193,7 @@ class Link:
         self._echo_port: int | None = None
         self._servers = contextlib.ExitStack()  # echo servers of protocols with a server of their own
         self._server_addresses: dict[str, tuple[str, int]] = {}
+        self._bulk_flows: list[BulkFlow] = []  # started by start_bulk: stopped, if still running, on close
         self._sink_addresses: dict[tuple[str, ...], tuple[str, int]] = {}  # by the sink's argv
         self._closed = False
         self.final_counters: dict[str, dict[str, int]] | None = None
@@ -231,6 +232,9 @@ class Link:
             return
         self._closed = True
         try:
+            for flow in self._bulk_flows:
+                with contextlib.suppress(Exception):
+                    flow.close()
             for end in (self.client, self.server):
                 with contextlib.suppress(Exception):
                     end.close()
@@ -406,8 +410,10 @@ class Link:
         from lab.bulk.running import start_flow_in_netns
 
         address = self.sink_for(protocol)
-        return start_flow_in_netns(self.client_ns, protocol, address, plan, progress=progress,
+        flow = start_flow_in_netns(self.client_ns, protocol, address, plan, progress=progress,
                                    round_trip_s=self.round_trip_s())
+        self._bulk_flows = [f for f in self._bulk_flows if not f.done] + [flow]
+        return flow
 
     def bulk(self, protocol: str, plan: BulkPlan, *,
              progress: Callable[..., None] | None = None) -> BulkResult:
