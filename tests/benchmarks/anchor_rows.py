@@ -167,7 +167,7 @@ ROWS: list[RowSpec] = [
     *_rtt_rows("udp"),
     *_rtt_rows("tcp"),
     *[RowSpec(f"echo-{kind}-{ECHO_CLIENTS}",
-              f"{kind.upper()} echo capacity, {ECHO_CLIENTS} clients, loopback",
+              f"{kind.upper()} echo capacity, {ECHO_CLIENTS} clients (one Python load generator), loopback",
               "socat echo (a child per peer, PIPE)", "lab echo server", "round trips/s")
       for kind in ("udp", "tcp")],
     RowSpec("link-iperf3-unimpaired", "iperf3 TCP goodput, unimpaired link",

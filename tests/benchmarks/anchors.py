@@ -312,7 +312,8 @@ def lab_send(client: Ends, protocol: str, host: str, port: int, *, count: int, s
     """`lab send PROTOCOL HOST PORT --json` (ping-pong) in its own process at `client`: the result dict."""
     argv = [sys.executable, "-m", "lab", "send", protocol, host, str(port), "--count", str(count),
             "--size", str(size), "--timeout", f"{timeout_s:g}", "--json"]
-    out = client.run(argv, capture_output=True, text=True, timeout=count * timeout_s + 60)
+    # a healthy run takes seconds; a dead server would cost every probe its timeout: fail instead
+    out = client.run(argv, capture_output=True, text=True, timeout=min(count * timeout_s, 120) + 30)
     if out.returncode != 0:
         raise RuntimeError(f"lab send failed ({out.returncode}): {out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
