@@ -338,11 +338,13 @@ def predictions(entry: Mapping[str, Any], link: Mapping[str, Any] | None, *,
         window = int(plan.get("window") or ARQ_DEFAULT_WINDOW)
         frame = int(plan.get("size") or 1200) + ARQ_OVERHEAD
         a = theory.propagation_ratio(frame, float(rate), round_trip)
-        utilisation = theory.arq_utilisation(scheme, window, a, p)
+        busy = theory.arq_utilisation(scheme, window, a, p)  # the share of time the link sends frames
+        payload = (frame - ARQ_OVERHEAD) / frame  # ...of which the payload, what goodput counts
         out["textbook"] = {
-            "utilisation": utilisation, "goodput_bps": utilisation * float(rate), "scheme": scheme,
-            "window": window, "a": a, "p": p, "frame_bytes": frame,
-            "label": f"{scheme}: min(1, N {1 if scheme == 'sw' else window}/(1+2a {a:.2f})) x (1-p {p:g})",
+            "utilisation": busy * payload, "goodput_bps": busy * payload * float(rate), "scheme": scheme,
+            "window": window, "a": a, "p": p, "frame_bytes": frame, "link_busy": busy,
+            "label": f"{scheme}: min(1, N {1 if scheme == 'sw' else window}/(1+2a {a:.2f})) x (1-p {p:g})"
+                     f" x payload {frame - ARQ_OVERHEAD}/{frame} B",
         }
     return out
 

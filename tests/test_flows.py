@@ -170,9 +170,12 @@ def test_mathis_prediction_uses_the_flows_srtt_and_mss() -> None:
 def test_arq_textbook_prediction() -> None:
     entry = {"protocol": "arq-gbn", "bulk": {"plan": {"window": 4, "size": 936}}}
     textbook = flowlib.predictions(entry, LINK)["textbook"]
-    # frame 936 + 64 = 1000 bytes: 0.8 ms at 10 Mbit/s; a = 5 ms / 0.8 ms = 6.25; 4 / 13.5 x 0.99
+    # frame 936 + 64 = 1000 bytes: 0.8 ms at 10 Mbit/s; a = 5 ms / 0.8 ms = 6.25; 4 / 13.5 x 0.99,
+    # of which the payload, 936 of 1000 bytes
     assert textbook["a"] == pytest.approx(6.25)
-    assert textbook["utilisation"] == pytest.approx(4 / 13.5 * 0.99)
+    assert textbook["link_busy"] == pytest.approx(4 / 13.5 * 0.99)
+    assert textbook["utilisation"] == pytest.approx(4 / 13.5 * 0.99 * 0.936)
+    assert textbook["goodput_bps"] == pytest.approx(4 / 13.5 * 0.99 * 0.936 * RATE)
 
 
 def test_an_oracle_without_a_prediction_fails_saying_why() -> None:

@@ -170,7 +170,7 @@ def point_story(point: Mapping[str, Any]) -> str:
             shares.append(text)
         sentences.append("; ".join(shares) + ".")
         total = sum(float(f.get("goodput_bps") or 0) for f in flows)
-        if rate and len(flows) > 1:
+        if rate and len(flows) > 1 and not alone:  # "together" only for flows that shared the link
             sentences.append(_("Together {total} of the link's {rate} ({share})").format(
                 total=format_rate(total), rate=format_rate(rate), share=f"{100 * total / rate:.0f}%")
                 + (", " + _("Jain's index {jain}").format(jain=f"{point['group']['jain_index']:.3f}")
@@ -221,18 +221,23 @@ def _group_headline(point: Mapping[str, Any]) -> str:
 def _curve_headline(points: list[Mapping[str, Any]]) -> str:
     """Each protocol alone at every point: its goodput across the sweep, beside Mathis."""
     by_protocol: dict[str, list[str]] = {}
+    mathis_seen = False
     for point in points:
         for flow in bulk_flows(point):
             cell = _mbit(flow.get("goodput_bps")) + (f" @ {point.get('id')}" if len(points) > 1 else "")
-            mathis = (flow.get("predictions") or {}).get("mathis")
-            if mathis and flow.get("goodput_bps") is not None:
-                ratio = f"{flow['goodput_bps'] / mathis['goodput_bps']:.2f}"
-                cell += " " + _("({ratio} x Mathis)").format(ratio=ratio)
+            best = main_prediction(flow)
+            if best is not None and best[0] != "link_rate" and flow.get("goodput_bps") is not None:
+                name, prediction = best
+                mathis_seen = mathis_seen or name == "mathis"
+                ratio = f"{flow['goodput_bps'] / prediction['goodput_bps']:.2f}"
+                cell += " " + _("({ratio} x {oracle})").format(ratio=ratio, oracle=_(ORACLE_NAMES[name]))
             by_protocol.setdefault(str(flow.get("protocol")), []).append(cell)
     parts = [f"{protocol_label(proto)}: {', '.join(cells)}" for proto, cells in by_protocol.items()]
-    return _("Goodput in Mbit/s of each protocol alone on the link: {parts}. Mathis's model "
-             "(MSS/RTT x C/sqrt(p)) describes a loss-driven TCP; a ratio far above 1 is a sender that does "
-             "not halve its window on each loss.").format(parts="; ".join(parts))
+    text = _("Goodput in Mbit/s of each protocol alone on the link: {parts}.").format(parts="; ".join(parts))
+    if mathis_seen:
+        text += " " + _("Mathis's model (MSS/RTT x C/sqrt(p)) describes a loss-driven TCP; a ratio far "
+                        "above 1 is a sender that does not halve its window on each loss.")
+    return text
 
 
 def _latency_headline(points: list[Mapping[str, Any]]) -> str:
