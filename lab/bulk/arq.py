@@ -21,6 +21,7 @@ from typing import Any
 from lab.bulk import wire
 from lab.bulk.common import (
     INTERRUPTED_WAIT_S,
+    MAX_DRAIN_S,
     NS_PER_S,
     SUMMARY_WAIT_S,
     Bounds,
@@ -78,7 +79,7 @@ def run_arq_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
         wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
         try:
             with uninterrupted() if interrupted else contextlib.nullcontext():
-                apply_summary(result, flow.finish(wait_s), started)
+                apply_summary(result, flow.finish(wait_s, extend=not interrupted), started)
         except (EndpointError, OSError) as exc:
             sink_missing(result, str(exc))
         except KeyboardInterrupt:
@@ -104,6 +105,7 @@ class _ArqFlow:
         self.writer = wire.BlockWriter(block_size=plan.size - wire.BLOCK.size)
         self.summary = wire.SummaryReader()
         self.sent = 0
+        self.heard = 0  # datagrams received
         self.delivered_any = False
 
     def send_until_done(self) -> None:
@@ -125,16 +127,21 @@ class _ArqFlow:
                     break
             self.step(min(bounds.next_sample_ns, bounds.end_ns))
 
-    def finish(self, wait_s: float) -> dict[str, Any]:
-        """End the stream (an empty segment) and wait for the sink's summary."""
+    def finish(self, wait_s: float, *, extend: bool = True) -> dict[str, Any]:
+        """End the stream (an empty segment) and wait for the sink's summary (`extend`: longer while
+        datagrams still come, up to MAX_DRAIN_S)."""
         self.endpoint.send(b"")
-        deadline = time.monotonic_ns() + round(wait_s * NS_PER_S)
+        started = time.monotonic_ns()
+        wait_ns, cap = round(wait_s * NS_PER_S), started + round(MAX_DRAIN_S * NS_PER_S)
+        deadline, heard = started + wait_ns, self.heard
         while self.summary.value is None:
-            if time.monotonic_ns() >= deadline:
+            now = time.monotonic_ns()
+            if extend and self.heard != heard:  # datagrams still come (the last blocks, the summary): wait on
+                heard, deadline = self.heard, max(deadline, min(now + wait_ns, cap))
+            if now >= deadline:
                 raise EndpointError(f"the ARQ sink at {where(self.address)} gave no summary within "
-                                    f"{wait_s:g} s")
+                                    f"{(now - started) / NS_PER_S:.0f} s")
             self.step(deadline)
-        # Acknowledge the summary's last segments once more if they come again, briefly.
         return self.summary.value
 
     def step(self, until_ns: int) -> None:
@@ -151,6 +158,7 @@ class _ArqFlow:
         from lab.protocols.common import received_datagrams
 
         for datagram, recv_ns in received_datagrams(self.sock, self.refused):
+            self.heard += 1
             delivered, out = self.endpoint.receive(datagram, recv_ns / NS_PER_S)
             self.delivered_any = self.delivered_any or bool(out)
             self.transmit(out)

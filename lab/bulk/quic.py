@@ -24,6 +24,7 @@ from typing import Any
 from lab.bulk import wire
 from lab.bulk.common import (
     INTERRUPTED_WAIT_S,
+    MAX_DRAIN_S,
     NS_PER_S,
     SUMMARY_WAIT_S,
     Bounds,
@@ -233,7 +234,11 @@ class _QuicFlow:
             self.conn.send_stream_data(STREAM_ID, b"", end_stream=True)
         self.flush()
         reader = wire.SummaryReader()
+        started, heard = time.monotonic(), self.received_packets
         while True:
+            if self.received_packets != heard and not interrupted:  # the tail and the summary still come
+                heard = self.received_packets
+                deadline = max(deadline, min(time.monotonic() + wait_s, started + MAX_DRAIN_S))
             try:
                 if (summary := reader.feed(bytes(self.reply))) is not None:
                     return summary

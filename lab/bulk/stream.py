@@ -118,7 +118,8 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
             with uninterrupted() if interrupted else contextlib.nullcontext():
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
-                summary = read_summary(sock, wait_s, (host, port), _acked_growing(sock))
+                summary = read_summary(sock, wait_s, (host, port),
+                                       None if interrupted else _acked_growing(sock))
             apply_summary(result, summary, started)
         except EndpointError as exc:
             sink_missing(result, str(exc))
