@@ -22,12 +22,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.link.netns import in_netns_thread, remove_namespace
+from lab.link.netns import in_netns_thread
+from tests.benchmarks import anchors
 
 pytestmark = pytest.mark.privileged
 
 PROBE = b"x" * 64
-VETH_CLIENT, VETH_SERVER = "198.18.1.1", "198.18.1.2"  # a separate /30 of the lab's range
+VETH_CLIENT, VETH_SERVER = anchors.VETH_CLIENT, anchors.VETH_SERVER  # a /30 of the lab's range
 RTT_ROUNDS = 3000
 GOODPUT_BYTES = 128 * 2**20  # per round: ~2 s at the budget's 500 Mbit/s
 GOODPUT_ROUNDS = 3
@@ -105,29 +106,10 @@ def _ping_pong(benchmark, client_ns: str, client_host: str, server_ns: str, serv
 
 @pytest.fixture
 def veth_pair() -> Iterator[tuple[str, str]]:
-    """Two namespaces joined by a veth pair (the baseline: no userspace hop)."""
-    import secrets
-
-    from pyroute2 import IPRoute, NetNS, netns
-
-    tag = secrets.token_hex(2)
-    names = (f"wl{tag}-client", f"wl{tag}-server")  # lab pattern: `lab cleanup` reaps a crash
-    try:
-        for ns in names:
-            netns.create(ns)
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=f"wl{tag}a", kind="veth", peer=f"wl{tag}b")
-            ipr.link("set", index=ipr.link_lookup(ifname=f"wl{tag}a")[0], net_ns_fd=names[0])
-            ipr.link("set", index=ipr.link_lookup(ifname=f"wl{tag}b")[0], net_ns_fd=names[1])
-        for ns, dev, address in ((names[0], f"wl{tag}a", VETH_CLIENT), (names[1], f"wl{tag}b", VETH_SERVER)):
-            with NetNS(ns) as inside:
-                index = inside.link_lookup(ifname=dev)[0]
-                inside.addr("add", index=index, address=address, prefixlen=30)
-                inside.link("set", index=index, state="up")
-        yield names
-    finally:
-        for ns in names:
-            remove_namespace(ns)  # the veth pair dies with its namespaces
+    """Two namespaces joined by a veth pair (the baseline: no userspace hop), recorded so a
+    concurrent `lab cleanup` spares it (tests/benchmarks/anchors.py)."""
+    with anchors.veth_pair() as pair:
+        yield pair.client_ns, pair.server_ns
 
 
 @pytest.mark.benchmark(group="rtt-link")
