@@ -36,9 +36,9 @@ from lab.wire import (
     VERSION_2,
     Probe,
     StreamDecoder,
-    decode_untrusted_datagram,
     header_size,
     make_payload,
+    read_reply,
 )
 
 Progress = Callable[..., None]  # progress(sent, total[, new_arrivals]) — see ProbeSchedule.report
@@ -117,7 +117,7 @@ class ProbeSchedule:
         self.version = VERSION_2 if wire_version == VERSION_2 and plan.size >= HEADER_V2_SIZE else VERSION
         self.timestamps = "user"  # a client that has the kernel stamp its socket sets "kernel"
         # To set user-space (monotonic) times beside the server's CLOCK_REALTIME ones.
-        self.realtime_offset_ns = time.time_ns() - self.start_ns
+        self.realtime_offset_ns = time.time_ns() - clock()  # read back to back
         self.loss_reports: list[list[int]] = []  # [stream, seq, seen] answers to the loss query
         self.server_received = 0  # the most probes the server said it had received (wire v2)
 
@@ -186,18 +186,24 @@ class ProbeSchedule:
         """Book one reply (duplicates and late ones too; `intact=False`: its payload CRC failed).
         `kernel_ns`: the kernel's receive stamp of it, when the client has one."""
         report = probe.server
+        self.book(probe.seq, probe.stream, recv_ns, intact, kernel_ns,
+                  None if report is None else (report.rx_ns, report.tx_ns, report.seen, report.received))
+
+    def book(self, seq: int, stream: int, recv_ns: int, intact: bool, kernel_ns: int | None,
+             report: tuple[int, int, int, int] | None) -> None:
+        """`arrived` from a reply's fields (lab.wire.read_reply): report = (rx_ns, tx_ns, seen, received)."""
         if report is None:
-            self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream,
+            self.arrivals.append(Arrival(seq=seq, recv_ns=recv_ns, intact=intact, stream=stream,
                                          kernel_recv_ns=kernel_ns))
         else:
-            self.arrivals.append(Arrival(seq=probe.seq, recv_ns=recv_ns, intact=intact, stream=probe.stream,
-                                         kernel_recv_ns=kernel_ns, server_rx_ns=report.rx_ns,
-                                         server_tx_ns=report.tx_ns, server_seen=report.seen))
-            if report.received > self.server_received:
-                self.server_received = report.received
-        if probe.seq < self.next_seq:  # a seq never sent must not make the run look complete
-            self.answered.add(probe.seq)
-        if probe.seq == self.waiting:
+            self.arrivals.append(Arrival(seq=seq, recv_ns=recv_ns, intact=intact, stream=stream,
+                                         kernel_recv_ns=kernel_ns, server_rx_ns=report[0],
+                                         server_tx_ns=report[1], server_seen=report[2]))
+            if report[3] > self.server_received:
+                self.server_received = report[3]
+        if seq < self.next_seq:  # a seq never sent must not make the run look complete
+            self.answered.add(seq)
+        if seq == self.waiting:
             self.waiting = None  # any reply, even a damaged one, settles the probe in flight
 
     def arrived_datagram(self, data: bytes, recv_ns: int, kernel_ns: int | None = None) -> bool:
@@ -205,20 +211,15 @@ class ProbeSchedule:
         datagram is no probe at all (the caller decides what else it may be). The answer to a loss
         query goes to `loss_reports`."""
         try:
-            probe = decode_untrusted_datagram(data, max_payload=self.plan.size - HEADER_SIZE)
-        except CrcMismatchError as exc:
-            if isinstance(exc.probe, Probe) and not exc.probe.flags & FLAG_LOSS_QUERY:
-                self.arrived(exc.probe, recv_ns, intact=False, kernel_ns=kernel_ns)
-            else:
-                self.unattributed += 1
+            seq, stream, flags, report, intact = read_reply(data, max_payload=self.plan.size - HEADER_SIZE)
         except RemoteWireError:
             return False
-        else:
-            if probe.flags & FLAG_LOSS_QUERY:
-                if probe.server is not None:
-                    self.loss_reports.append([probe.stream, probe.seq, probe.server.seen])
-            else:
-                self.arrived(probe, recv_ns, intact=True, kernel_ns=kernel_ns)
+        if not flags & FLAG_LOSS_QUERY:
+            self.book(seq, stream, recv_ns, intact, kernel_ns, report)
+        elif not intact:
+            self.unattributed += 1
+        elif report is not None:
+            self.loss_reports.append([stream, seq, report[2]])
         return True
 
     def arrived_stream(self, decoder: StreamDecoder, recv_ns: int, kernel_ns: int | None = None) -> object:

@@ -48,6 +48,10 @@ _TIMESPEC32 = struct.Struct("=ii")
 # Room for SCM_TIMESTAMPING (3 timespecs) and a sock_extended_err with its address, generously.
 ANCILLARY_BYTES: Final = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(64)
 TX_DRAIN_MAX = 256  # error-queue reads per call: a send burst is at most this long
+# socket's MSG_* are enum flags: or-ing them on every call costs more than the system call's setup.
+_ERRQUEUE_FLAGS: Final = int(socket.MSG_ERRQUEUE) | int(socket.MSG_DONTWAIT)
+_SOL_SOCKET: Final = int(socket.SOL_SOCKET)
+_RECVERR: Final = ((int(socket.IPPROTO_IP), IP_RECVERR), (int(socket.IPPROTO_IPV6), IPV6_RECVERR))
 
 
 def enable(sock: socket.socket, *, transmit: bool = True) -> str | None:
@@ -78,28 +82,29 @@ def _timespec_ns(data: bytes) -> int | None:
 def receive_stamp(ancillary: Iterable[tuple[int, int, bytes]]) -> int | None:
     """The kernel's receive time (CLOCK_REALTIME ns) in `recvmsg`'s ancillary data, None without one."""
     for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPING:
-            return _timespec_ns(data)
+        if kind == SCM_TIMESTAMPING and level == _SOL_SOCKET:
+            sec, nsec = _TIMESPEC64.unpack_from(data) if len(data) >= 32 else (0, 0)
+            return sec * 1_000_000_000 + nsec if sec or nsec else _timespec_ns(data)
     return None
 
 
 def transmit_stamps(sock: socket.socket, limit: int = TX_DRAIN_MAX) -> list[tuple[int, int]]:
     """(key, CLOCK_REALTIME ns) of each transmit stamp waiting on `sock`'s error queue: key is the
-    send's number on a datagram socket (0, 1, ...), its last byte's offset on a TCP one."""
+    send's number on a datagram socket (0, 1, ...), its last byte's offset on a TCP one. At most
+    `limit` reads: a caller that knows how many stamps it awaits saves the read that finds none."""
     out: list[tuple[int, int]] = []
     for _ in range(limit):
         try:
-            _, ancillary, _, _ = sock.recvmsg(0, ANCILLARY_BYTES, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            _, ancillary, _, _ = sock.recvmsg(0, ANCILLARY_BYTES, _ERRQUEUE_FLAGS)
         except (BlockingIOError, InterruptedError):
             return out
         except OSError:  # nothing readable there (or a stale error): the stamps stop here
             return out
         stamp = key = None
         for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPING:
+            if kind == SCM_TIMESTAMPING and level == _SOL_SOCKET:
                 stamp = _timespec_ns(data)
-            elif ((level, kind) in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR))
-                  and len(data) >= _EXTENDED_ERR.size):
+            elif (level, kind) in _RECVERR and len(data) >= _EXTENDED_ERR.size:
                 _, origin, _, _, _, info, ee_data = _EXTENDED_ERR.unpack_from(data)
                 if origin == SO_EE_ORIGIN_TIMESTAMPING and info == SCM_TSTAMP_SND:
                     key = ee_data
@@ -124,6 +129,10 @@ class TransmitLog:
         from collections import deque
 
         self._pending: deque[tuple[int, int]] = deque()  # (last byte's key, seq)
+
+    def __len__(self) -> int:
+        """Probes logged whose stamp has not come yet."""
+        return len(self._pending)
 
     def sent(self, seq: int, key: int) -> None:
         """Probe `seq` went out with its last byte at `key`."""

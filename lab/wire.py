@@ -61,6 +61,9 @@ SEEN_BITS: Final = 64
 FLAG_LOSS_QUERY: Final = 0x80
 FLAG_SERVER_KERNEL_RX: Final = 0x40
 _SEQ = struct.Struct("!Q")
+_EXTENSION_BODY_PACK = EXTENSION_BODY.pack
+_BODY_SIZE = EXTENSION_BODY.size
+_crc32 = zlib.crc32
 # The largest UDP payload over IPv4 (65535 - 20 IP - 8 UDP) bounds what one datagram can carry.
 MAX_UDP_PAYLOAD: Final = 65507
 DEFAULT_MAX_PAYLOAD: Final = MAX_UDP_PAYLOAD - HEADER_SIZE
@@ -77,6 +80,10 @@ class ServerReport:
     received: int
 
     def __post_init__(self) -> None:
+        if (type(self.rx_ns) is int and type(self.tx_ns) is int and type(self.seen) is int
+                and type(self.received) is int and 0 <= self.rx_ns <= _U64 and 0 <= self.tx_ns <= _U64
+                and 0 <= self.seen <= _U64 and 0 <= self.received <= _U32):
+            return  # the checks below, in one expression (every decoded reply makes one)
         for name, value, top in (("rx_ns", self.rx_ns, _U64), ("tx_ns", self.tx_ns, _U64),
                                  ("seen", self.seen, _U64), ("received", self.received, _U32)):
             if not isinstance(value, int) or not 0 <= value <= top:
@@ -97,6 +104,13 @@ class Probe:
     server: ServerReport | None = None
 
     def __post_init__(self) -> None:
+        if (type(self.seq) is int and type(self.send_ns) is int and type(self.stream) is int
+                and type(self.flags) is int and 0 <= self.seq <= _U64 and 0 <= self.send_ns <= _U64
+                and 0 <= self.stream <= _U16 and 0 <= self.flags <= 0xFF and type(self.payload) is bytes
+                and len(self.payload) <= _U32 and (self.server is None and self.version == VERSION or (
+                    self.version == VERSION_2
+                    and (self.server is None or type(self.server) is ServerReport)))):
+            return  # every decoded probe: the checks below, in one expression (a reply's hot path)
         if self.version not in VERSIONS:
             raise LocalWireError(f"probe version must be one of {VERSIONS}, got {self.version!r}")
         if self.server is not None and (self.version != VERSION_2
@@ -194,12 +208,18 @@ def v2_request(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
 def fill_reply(data: bytes | bytearray | memoryview, report: ServerReport, *, kernel_rx: bool) -> bytearray:
     """The reply to version 2 probe `data`: the same bytes with the server's part filled in (and
     FLAG_SERVER_KERNEL_RX set when `report.rx_ns` is a kernel stamp)."""
+    return filled(data, report.rx_ns, report.tx_ns, report.seen, report.received, kernel_rx)
+
+
+def filled(data: bytes | bytearray | memoryview, rx_ns: int, tx_ns: int, seen: int, received: int,
+           kernel_rx: bool) -> bytearray:
+    """`fill_reply` from the report's fields, for the server's hot path (no ServerReport made; the
+    caller keeps them in range: 64-bit times and bitmap, 32-bit count)."""
+    body = _EXTENSION_BODY_PACK(rx_ns, tx_ns, seen, received)
     reply = bytearray(data)
     if kernel_rx:
         reply[5] |= FLAG_SERVER_KERNEL_RX
-    EXTENSION_BODY.pack_into(reply, HEADER_SIZE, report.rx_ns, report.tx_ns, report.seen, report.received)
-    reply[HEADER_SIZE + EXTENSION_BODY.size:HEADER_V2_SIZE] = zlib.crc32(
-        memoryview(reply)[HEADER_SIZE:HEADER_SIZE + EXTENSION_BODY.size]).to_bytes(4, "big")
+    reply[HEADER_SIZE:HEADER_V2_SIZE] = body + _crc32(body).to_bytes(4, "big")
     return reply
 
 
@@ -240,7 +260,7 @@ def _server_report(extension: bytes | memoryview, seq: int) -> tuple[ServerRepor
     return ServerReport(rx_ns, tx_ns, seen, received), ok
 
 
-def _probe(view: memoryview, version: int, flags: int, stream: int, seq: int, send_ns: int,
+def _probe(view: bytes | memoryview, version: int, flags: int, stream: int, seq: int, send_ns: int,
            length: int, crc: int) -> Probe:
     """The probe whose header was parsed at the start of `view` (which holds all of it); raises
     CrcMismatchError (with the probe) when the payload's or the server report's CRC fails."""
@@ -270,7 +290,7 @@ def decode_untrusted_datagram(
     `LengthError` if it is longer (trailing bytes) or the length is over `max_payload`,
     `BadMagicError`, `BadVersionError`, or `CrcMismatchError` (whose `.probe` holds what arrived).
     """
-    view = memoryview(data)
+    view = data if type(data) is bytes else memoryview(data)  # slices of bytes are cheaper
     version, flags, stream, seq, send_ns, length, crc = _parse_header(view, max_payload)
     start = header_size(version)
     end = start + length
@@ -282,6 +302,37 @@ def decode_untrusted_datagram(
     if len(view) > end:
         raise LengthError(f"datagram has {len(view) - end} bytes after the declared payload")
     return _probe(view, version, flags, stream, seq, send_ns, length, crc)
+
+
+Report = tuple[int, int, int, int]  # ServerReport's fields: rx_ns, tx_ns, seen, received
+
+
+def read_reply(data: bytes | bytearray | memoryview, *,
+               max_payload: int = DEFAULT_MAX_PAYLOAD) -> tuple[int, int, int, Report | None, bool]:
+    """`decode_untrusted_datagram` for a client's hot path, without making a Probe: (seq, stream,
+    flags, the server's report as (rx_ns, tx_ns, seen, received) or None, intact). `intact` is
+    False where `decode_untrusted_datagram` raises CrcMismatchError (payload or report damaged;
+    a damaged report is then None); every other RemoteWireError is raised the same."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) >= HEADER_SIZE:
+        magic, version, flags, stream, seq, _, length, crc = HEADER.unpack_from(data)
+        start = HEADER_V2_SIZE if version == VERSION_2 else HEADER_SIZE
+        if (magic == MAGIC and version in VERSIONS and length <= max_payload
+                and len(data) == start + length):
+            intact = _crc32(data[start:]) == crc
+            report = None
+            if version == VERSION_2:
+                extension = data[HEADER_SIZE:HEADER_V2_SIZE]
+                if extension != EMPTY_EXTENSION:
+                    body = extension[:_BODY_SIZE]
+                    if _crc32(body) == int.from_bytes(extension[_BODY_SIZE:]):
+                        report = EXTENSION_BODY.unpack(body)
+                    else:
+                        intact = False
+            return seq, stream, flags, report, intact
+    decode_untrusted_datagram(data, max_payload=max_payload)  # raises the error that says what is wrong
+    raise AssertionError("read_reply: a datagram decode accepts must be accepted here")
 
 
 class StreamDecoder:

@@ -26,6 +26,7 @@ from lab.wire import (
     fill_reply,
     frame,
     make_payload,
+    read_reply,
     v2_request,
 )
 
@@ -118,3 +119,37 @@ def test_filled_replies_decode_from_a_stream(items: list[tuple[int, bytes]], chu
         decoder.receive_data(wire[i:i + chunk])
         got += decoder.messages()
     assert [(p.seq, p.payload, p.server.rx_ns) for p in got] == [(s, p, s) for s, p in items]
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> bytes:
+    """A filled v2 reply, v1 probe or bare bytes, with one bit maybe flipped anywhere."""
+    seq, payload = draw(st.integers(0, 2**64 - 1)), draw(st.binary(max_size=50))
+    crc = zlib.crc32(payload)
+    wire = draw(st.sampled_from([
+        bytes(fill_reply(frame(seq, 0, seq, payload, crc, VERSION_2), REPORT, kernel_rx=True)),
+        frame(seq, 0, seq, payload, crc),
+        frame(seq, 0, seq, payload, crc, VERSION_2),
+        draw(st.binary(max_size=120)),
+    ]))
+    flip = draw(st.integers(0, 2 * len(wire) + 1))
+    return wire[:flip] + bytes([wire[flip] ^ 1]) + wire[flip + 1:] if flip < len(wire) else wire
+
+
+@given(replies())
+def test_the_clients_fast_reader_agrees_with_the_strict_decoder(data: bytes) -> None:
+    """Property: `read_reply` accepts exactly what `decode_untrusted_datagram` does, with the same
+    fields, and reports as damaged exactly what it raises CrcMismatchError for."""
+    try:
+        probe, intact = decode_untrusted_datagram(data, max_payload=1000), True
+    except CrcMismatchError as exc:
+        probe, intact = exc.probe, False
+    except RemoteWireError as exc:
+        with pytest.raises(type(exc)):
+            read_reply(data, max_payload=1000)
+        return
+    seq, stream, flags, report, ok = read_reply(data, max_payload=1000)
+    assert (seq, stream, flags, ok) == (probe.seq, probe.stream, probe.flags, intact)
+    expected = probe.server
+    assert report == (None if expected is None else (expected.rx_ns, expected.tx_ns, expected.seen,
+                                                      expected.received))

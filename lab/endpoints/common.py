@@ -70,6 +70,15 @@ class Counters:
             for name, delta in deltas.items():
                 self._values[name] += delta
 
+    def echoed(self, size: int) -> None:
+        """One datagram of `size` bytes in and its echo out: `add` for the UDP hot path."""
+        with self._lock:
+            values = self._values
+            values["datagrams_in"] += 1
+            values["datagrams_out"] += 1
+            values["bytes_in"] += size
+            values["bytes_out"] += size
+
     def snapshot(self) -> dict[str, int]:
         """A consistent copy of every counter."""
         with self._lock:

@@ -55,6 +55,7 @@ from lab.wire import (
     VERSION_2,
     ServerReport,
     fill_reply,
+    filled,
     v2_request,
 )
 
@@ -422,7 +423,7 @@ class EchoServer(BoundEcho):
                 continue
             # Count the echo *before* sending it, so whoever receives it already sees it counted
             # (tests and probes compare counters right after a reply); undone if the send fails.
-            self.counters.add(datagrams_in=1, bytes_in=size, datagrams_out=1, bytes_out=size)
+            self.counters.echoed(size)
             if (request := v2_request(data)) is not None:
                 data = self._reply(data, peer, request, ancillary)
             try:
@@ -440,8 +441,7 @@ class EchoServer(BoundEcho):
         rx_ns = kernel_rx or time.time_ns()
         seen, received = self._receipts.report(peer, seq, query=bool(flags & FLAG_LOSS_QUERY))
         # The reply cannot carry its own transmit stamp: this is the server's clock just before sendto.
-        return fill_reply(data, ServerReport(rx_ns, time.time_ns(), seen, received & 0xFFFFFFFF),
-                          kernel_rx=kernel_rx is not None)
+        return filled(data, rx_ns, time.time_ns(), seen, received & 0xFFFFFFFF, kernel_rx is not None)
 
     def _close_all(self) -> None:
         with self._close_lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from lab.errors import CrcMismatchError, RemoteWireError
 from lab.protocols import Protocol
 from lab.protocols.common import (
     MAX_BURST,
+    RECV_BUFSIZE,
     big_buffers,
     family,
     received_datagrams,
@@ -32,6 +34,9 @@ from lab.targets import lab_address
 from lab.timing import fine_timers
 from lab.wire import EOF, FLAG_LOSS_QUERY, HEADER_SIZE, SEEN_BITS, VERSION_2, Probe, StreamDecoder, frame
 
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+RECEIVE_TIMEOUT_SLACK_S = 0.001
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 # The closing loss query (docs/architecture.md#timestamps-and-one-way-delay): at most this many
 # questions, each asked at most LOSS_QUERY_TRIES times, waiting up to LOSS_QUERY_WAIT_S (or the
 # probes' timeout, if shorter) for each answer.
@@ -105,6 +110,12 @@ class UDP(Protocol):
               address: tuple[str, int], stamping: _Stamping | None) -> None:
         max_payload = run.plan.size - HEADER_SIZE
         version = run.version
+        # Ping-pong over one socket waits in the receive call (`_await_reply`); the receive calls
+        # that drain pass MSG_DONTWAIT, so they never block on the now blocking socket.
+        blocking = run.plan.rate is None and len(socks) == 1
+        receive_timeout = [0.0]  # SO_RCVTIMEO as last set (seconds; 0: not yet)
+        if blocking:
+            socks[0].setblocking(True)
         while True:
             for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
                 try:
@@ -117,27 +128,66 @@ class UDP(Protocol):
                 run.sent(seq, stream, intended, sent_ns)
                 if stamping is not None:
                     stamping.sent(seq, stream)
-            if stamping is not None and stamping.waiting:
+            if stamping is not None and stamping.waiting and not blocking:
                 # The kernel stamps a send as it leaves, before send() returns on loopback and
-                # TUN: collect them now, or their error-queue entries would wake the loop again.
+                # TUN: collect them now, or their error-queue entries would wake select() again.
+                # (A blocking receive sleeps through them: `_await_reply` collects after the reply.)
                 stamping.collect(stamping.waiting)
             now = time.monotonic_ns()
             if run.done(now):
                 return
             wait_s = 0.0 if run.burst >= MAX_BURST else run.wait_s(now)
+            if blocking:
+                self._await_reply(run, socks[0], wait_s, max_payload, address, stamping, receive_timeout)
+                continue
             for key, _ in sel.select(wait_s):
                 self._drain(run, key.fileobj, max_payload, address, stamping)  # type: ignore[arg-type]
+
+    def _await_reply(self, run: ProbeSchedule, sock: socket.socket, wait_s: float, max_payload: int,
+                     address: tuple[str, int], stamping: _Stamping | None,
+                     receive_timeout: list[float]) -> None:
+        """Ping-pong on one socket: sleep in the receive call itself (SO_RCVTIMEO bounds it), so a
+        reply wakes the client straight into `recvmsg`, not into select() and then `recvmsg`."""
+        if wait_s > 0 and abs(wait_s - receive_timeout[0]) > RECEIVE_TIMEOUT_SLACK_S:
+            # Set again only when the wait changed (not each probe: it is a system call more
+            # between send and reply); a wait up to RECEIVE_TIMEOUT_SLACK_S long is fine.
+            whole = int(wait_s)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                            _TIMEVAL.pack(whole, max(1, int((wait_s - whole) * 1_000_000))))
+            receive_timeout[0] = wait_s
+        flags = 0 if wait_s > 0 else _DONTWAIT
+        try:
+            if stamping is None:
+                data, ancillary = sock.recv(RECV_BUFSIZE, flags), None
+            else:
+                data, ancillary, _, _ = sock.recvmsg(RECV_BUFSIZE, timestamps.ANCILLARY_BYTES, flags)
+        except (BlockingIOError, InterruptedError):  # the wait is over (SO_RCVTIMEO): back to the schedule
+            return
+        except ConnectionRefusedError as exc:
+            self._refused(run, address, exc)
+            return
+        recv_ns = time.monotonic_ns()
+        kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
+        self._book(run, data, recv_ns, kernel_ns, max_payload)
+        if stamping is not None and stamping.logs[0]:
+            stamping.collect((0,))
 
     def _drain(self, run: ProbeSchedule, sock: socket.socket, max_payload: int,
                address: tuple[str, int], stamping: _Stamping | None = None) -> None:
         if stamping is None:
             for data, recv_ns in received_datagrams(sock, lambda exc: self._refused(run, address, exc)):
                 self._book(run, data, recv_ns, None, max_payload)
+                if run.waiting is None and run.plan.rate is None:
+                    break
             return
         for data, recv_ns, kernel_ns in received_stamped_datagrams(
                 sock, lambda exc: self._refused(run, address, exc)):
             self._book(run, data, recv_ns, kernel_ns, max_payload)
-        stamping.collect((stamping.stream_of[sock],))  # late transmit stamps wake the socket too
+            if run.waiting is None and run.plan.rate is None:
+                break  # ping-pong: the reply awaited is in; another would wake the loop again
+        stream = stamping.stream_of[sock]
+        if stamping.logs[stream]:
+            stamping.collect((stream,))  # late transmit stamps wake the socket too
 
     def _book(self, run: ProbeSchedule, data: bytes, recv_ns: int, kernel_ns: int | None,
               max_payload: int) -> None:
@@ -228,10 +278,13 @@ class _Stamping:
         self.waiting.add(stream)
 
     def collect(self, streams: Any) -> None:
+        """Book the stamps the kernel has for these streams' sends (as many reads as awaited)."""
         run = self.run
         for stream in list(streams):
-            for seq, stamp in self.logs[stream].stamped(timestamps.transmit_stamps(self.socks[stream])):
-                run.kernel_sent(seq, stamp)
+            log = self.logs[stream]
+            if log:
+                for seq, stamp in log.stamped(timestamps.transmit_stamps(self.socks[stream], len(log))):
+                    run.kernel_sent(seq, stamp)
             self.waiting.discard(stream)
 
 
