@@ -24,7 +24,7 @@ from typing import Any
 from lab import theory
 from lab.bulk import BulkPlan, BulkResult
 from lab.errors import ConfigError, ScenarioError
-from lab.records import TrafficPlan
+from lab.records import TrafficPlan, run_limits
 
 MAX_FLOWS = 16  # in one scenario file; one group runs at most this many at once
 MAX_GROUP_SECONDS = 300.0  # a group's last flow ends by then (start + duration)
@@ -126,7 +126,12 @@ def parse_bulk_traffic(table: Mapping[str, Any], where: str, fail: Fail) -> Bulk
         if key not in BULK_TRAFFIC_KEYS:
             raise fail(f"{where}[traffic] {key}",
                        f'not a key of bulk traffic (kind = "bulk"); allowed: {", ".join(BULK_TRAFFIC_KEYS)}')
-    return parse_bulk_plan({k: v for k, v in table.items() if k != "kind"}, f"{where}[traffic]", fail)
+    plan = parse_bulk_plan({k: v for k, v in table.items() if k != "kind"}, f"{where}[traffic]", fail)
+    limit = run_limits().seconds
+    if plan.duration_s > limit:
+        raise fail(f"{where}[traffic] duration", f"must be within the run limit of {limit:g} s "
+                                                 f"(WIRELAB_MAX_RUN_SECONDS), got {plan.duration_s:g}")
+    return plan
 
 
 def parse_flows(entries: Any, known_protocols: set[str], fail: Fail) -> tuple[FlowSpec, ...]:
@@ -181,8 +186,10 @@ def parse_flows(entries: Any, known_protocols: set[str], fail: Fail) -> tuple[Fl
         else:
             spec = FlowSpec(name=name, protocol=protocol, kind=kind, start_s=float(start), group=group,
                             probes=_probes_plan(rest, where, fail))
-        if spec.start_s + spec.duration_s > MAX_GROUP_SECONDS:
-            raise fail(f"{where} duration", f"start + duration must end within {MAX_GROUP_SECONDS:g} s")
+        limit = min(MAX_GROUP_SECONDS, run_limits().seconds)  # WIRELAB_MAX_RUN_SECONDS may lower it
+        if spec.start_s + spec.duration_s > limit:
+            raise fail(f"{where} duration", f"start + duration must end within {limit:g} s "
+                                            f"(the run limit), got {spec.start_s + spec.duration_s:g}")
         if kind == "probes" and any(f.kind == "probes" and f.group == group for f in flows):
             raise fail(f"{where} kind", "a group has at most one probes flow (it is measured by the "
                                         "runner's own process); put the other in a group of its own")

@@ -366,3 +366,11 @@ def test_without_the_link_a_bulk_point_runs_on_loopback(monkeypatch: pytest.Monk
     group = scenario("[[flows]]\nprotocol = 'tcp'\nduration = 1")
     outcome = run_point(group, group.points[0])
     assert outcome.mode == "skipped" and "over the real link only" in outcome.skipped["tcp"]
+
+
+def test_durations_stay_within_the_run_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WIRELAB_MAX_RUN_SECONDS", "5")
+    flow = "[[flows]]\nprotocol = 'tcp'\nduration = 8"
+    assert "must end within 5 s (the run limit), got 8" in error_of(flow)
+    assert "[traffic] duration: must be within the run limit of 5 s" in error_of(
+        "[traffic]\nkind = 'bulk'\nduration = 8")
