@@ -317,37 +317,14 @@ class _Direction:
         heapq.heappush(self.heap, (at, self.order, parts, packets, size))
 
     def take(self, frame: bytes) -> None:
-        """Handle one frame just read."""
+        """Handle one frame just read (called with `lock` held)."""
         hdr = self.hdr
         if len(frame) <= hdr or frame[hdr] >> 4 != 4:
             self.ignored += 1  # IPv6 noise; the lab's link is IPv4
             return
         mode = self.mode
-        if mode is PER_PACKET:
-            if hdr and (frame[0] or frame[1]):  # a batch or a partial checksum: see take_packets
-                self.take_packets(frame, time.monotonic())
-                return
-            # the common case inline (one plain packet): this runs once per packet on the wire;
-            # a view, not a copy, of the packet behind its header
-            packet = memoryview(frame)[hdr:] if hdr else frame
-            now = time.monotonic()
-            verdict = self.model.decide(packet, now)
-            if self.capture is not None:
-                self.capture_packet(packet, verdict.notes)
-            for release in verdict.releases:
-                parts = (gso.ZERO_HDR, release.packet) if hdr else (release.packet,)
-                if release.at > now:
-                    self.order += 1
-                    self.queued += 1
-                    heapq.heappush(self.heap, (release.at, self.order, parts, 1, len(release.packet)))
-                    continue
-                try:
-                    os.writev(self.out_fd, parts)
-                except OSError:
-                    self.write_errors += 1
-                else:
-                    self.out_packets += 1
-                    self.out_bytes += len(release.packet)
+        if mode is PER_PACKET:  # (run() handles the common case, a plain packet without capture)
+            self.take_packets(frame, time.monotonic())
             return
         if hdr and frame[1]:
             packets, size, each = gso.wire_size(frame)
