@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -35,6 +36,9 @@ OUTBUF_FULL_POLL_NS = 10_000_000  # re-check the deadline this often while the s
 DECODER_BUFFER = 1024 * 1024
 RECV_CHUNK = 256 * 1024
 SERVER_CLOSED = "the echo server closed the connection"
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+RECEIVE_TIMEOUT_SLACK_S = 0.001  # a ping-pong wait set again only when it changed more than this
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 # TCP's observations of a run (lab.records.Observations): observations["tcp"] = {"tcp_info": the
 # client socket's TCP_INFO at the end, "tcp_nodelay": True, "congestion_control": the algorithm the
 # client's connection used, e.g. "cubic"}; the same key for any variant of TCP.
@@ -185,11 +189,17 @@ class _Connection:
         # offset in the stream; `written` counts the bytes handed to the connection so far.
         self.stamps = timestamps.TransmitLog() if stamped else None
         self.written = 0
+        self.receive_timeout = 0.0  # SO_RCVTIMEO as last set (seconds; 0: not yet)
 
     def loop(self, sel: selectors.BaseSelector) -> None:
         run, outbuf = self.run, self.outbuf
         sel.register(self.sock, selectors.EVENT_READ)
         writing = False
+        # Ping-pong waits for its reply in the receive call itself (`await_reply`), on a blocking
+        # socket whose other calls pass MSG_DONTWAIT; open loop keeps the selector.
+        blocking = run.plan.rate is None
+        if blocking:
+            self.sock.setblocking(True)
         while True:
             # A full buffer takes no more until the connection drains (open loop falls behind).
             limit = MAX_BURST if len(outbuf) < OUTBUF_LIMIT else 0
@@ -208,10 +218,14 @@ class _Connection:
             now = time.monotonic_ns()
             if outbuf and not self.flush():
                 return
-            if stamps is not None and run.burst:
+            if stamps is not None and run.burst and not blocking:
                 self.collect_stamps()
             if run.done(now):
                 return
+            if blocking and not outbuf and run.burst < MAX_BURST:
+                if not self.await_reply(run.wait_s(now)):
+                    return
+                continue
             if bool(outbuf) != writing:
                 writing = bool(outbuf)
                 sel.modify(self.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0))
@@ -225,9 +239,21 @@ class _Connection:
                 if events & selectors.EVENT_READ and not self.receive():
                     return
 
+    def await_reply(self, wait_s: float) -> bool:
+        """Sleep in `recvmsg` until a reply comes or `wait_s` passes (SO_RCVTIMEO, set again only
+        when the wait changed); False when the connection is over."""
+        if wait_s > 0 and abs(wait_s - self.receive_timeout) > RECEIVE_TIMEOUT_SLACK_S:
+            whole = int(wait_s)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                 _TIMEVAL.pack(whole, max(1, int((wait_s - whole) * 1_000_000))))
+            self.receive_timeout = wait_s
+        alive = self.receive(wait=wait_s > 0)
+        self.collect_stamps()
+        return alive
+
     def flush(self) -> bool:
         try:
-            n = self.sock.send(self.outbuf)
+            n = self.sock.send(self.outbuf, _DONTWAIT)
         except BlockingIOError:
             return True
         except OSError as exc:
@@ -237,20 +263,22 @@ class _Connection:
 
     def collect_stamps(self) -> None:
         """Book the transmit stamps waiting on the error queue (they also make the socket readable)."""
-        if self.stamps is not None:
-            for seq, stamp in self.stamps.stamped(timestamps.transmit_stamps(self.sock)):
+        if self.stamps:  # probes awaiting a stamp: at most one read each
+            for seq, stamp in self.stamps.stamped(timestamps.transmit_stamps(self.sock, len(self.stamps))):
                 self.run.kernel_sent(seq, stamp)
 
-    def receive(self) -> bool:
-        """Read what is there and decode it; False when the connection is over."""
+    def receive(self, *, wait: bool = False) -> bool:
+        """Read what is there (`wait`: sleep in the call until something is) and decode it; False
+        when the connection is over."""
         run, decoder = self.run, self.decoder
         size = min(RECV_CHUNK, decoder.max_buffer - decoder.buffered)
+        flags = 0 if wait else _DONTWAIT
         kernel_ns = None
         try:
             if self.stamps is None:
-                data = self.sock.recv(size)
+                data = self.sock.recv(size, flags)
             else:
-                data, ancillary, _, _ = self.sock.recvmsg(size, timestamps.ANCILLARY_BYTES)
+                data, ancillary, _, _ = self.sock.recvmsg(size, timestamps.ANCILLARY_BYTES, flags)
                 kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
         except BlockingIOError:
             self.collect_stamps()
