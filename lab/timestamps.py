@@ -91,7 +91,8 @@ def receive_stamp(ancillary: Iterable[tuple[int, int, bytes]]) -> int | None:
 def transmit_stamps(sock: socket.socket, limit: int = TX_DRAIN_MAX) -> list[tuple[int, int]]:
     """(key, CLOCK_REALTIME ns) of each transmit stamp waiting on `sock`'s error queue: key is the
     send's number on a datagram socket (0, 1, ...), its last byte's offset on a TCP one. At most
-    `limit` reads: a caller that knows how many stamps it awaits saves the read that finds none."""
+    `limit` reads: a caller that knows how many stamps it awaits saves the read that finds none.
+    `sock` must have no timeout (blocking or non-blocking): with one, Python polls before each read."""
     out: list[tuple[int, int]] = []
     for _ in range(limit):
         try:
