@@ -25,7 +25,6 @@ from typing import Any
 from lab import flows as flowlib
 from lab.bulk import BulkInterrupted
 from lab.records import TrafficPlan
-from lab.runner import timeline_from_record
 from lab.schedule import RunInterrupted
 
 START_MARGIN_S = 0.5  # from asking the flows to start to their common start: forks and connects fit in it
@@ -34,12 +33,15 @@ STOP_WAIT_S = 5.0  # after a stop signal: the flow asks its sink for the counts 
 WAIT_POLL_S = 0.05
 
 
-def run_flows_point(outcome: Any, point: Any, protocols: tuple[str, ...], capture: Any,
-                    on_result: Callable[[Any], None]) -> Any:
-    """Fill `outcome` (lab.runner.PointOutcome) for a point with `bulk` or `flows`; return it."""
-    from lab.runner import has_link_privileges
+Timeline = Callable[[Any], list[list[Any]]]  # lab.runner.timeline_from_record (passed in: no import cycle)
 
-    if not has_link_privileges():
+
+def run_flows_point(outcome: Any, point: Any, protocols: tuple[str, ...], capture: Any,
+                    on_result: Callable[[Any], None], *, linked: bool, timeline: Timeline) -> Any:
+    """Fill `outcome` (lab.runner.PointOutcome) for a point with `bulk` or `flows`; return it.
+    `linked`: this process may build the link; `timeline` turns a probe run's record into the
+    report's per-probe rows."""
+    if not linked:
         return _without_link(outcome, point, protocols, on_result)
     from lab.link.session import open_link
 
@@ -48,7 +50,7 @@ def run_flows_point(outcome: Any, point: Any, protocols: tuple[str, ...], captur
         outcome.link_config = link.config.to_dict()
         numbers = _link_numbers(link.config)
         if point.flows:
-            _run_group(outcome, link, point, numbers, on_result)
+            _run_group(outcome, link, point, numbers, on_result, timeline)
         else:
             for proto in protocols:
                 link.reseed()  # every protocol meets the same sequence of seeded link decisions
@@ -113,7 +115,7 @@ def _link_numbers(config: Any) -> dict[str, Any]:
 
 
 def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
-               on_result: Callable[[Any], None]) -> None:
+               on_result: Callable[[Any], None], timeline: Timeline) -> None:
     bulk_specs = [f for f in point.flows if f.kind == "bulk"]
     probe_specs = [f for f in point.flows if f.kind == "probes"]
     idle: dict[str, Any] | None = None
@@ -122,7 +124,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
         assert spec.probes is not None
         idle_plan = dataclasses.replace(spec.probes, count=flowlib.IDLE_PROBES, rate=flowlib.IDLE_RATE)
         link.reseed()
-        idle = _probe_result(link, spec.protocol, idle_plan)
+        idle = _probe_result(link, spec.protocol, idle_plan, timeline)
     for spec in bulk_specs:  # the sinks first: starting one is a fresh interpreter, seconds on a busy host
         link.sink_for(spec.protocol)
     link.reseed()
@@ -136,7 +138,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
         if probe_specs:
             spec = probe_specs[0]
             _sleep_until(start_ns + int(spec.start_s * 1e9))
-            measured = _probe_result(link, spec.protocol, spec.probes)
+            measured = _probe_result(link, spec.protocol, spec.probes, timeline)
             probes = flowlib.probes_entry(spec.name, spec.start_s, measured)
             outcome.flows.append(probes)
         for spec, handle in handles:
@@ -150,7 +152,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
         outcome.interrupted = True
         if isinstance(stop, RunInterrupted) and stop.result is not None and probe_specs:
             spec = probe_specs[0]  # the probes flow cut short: what it measured
-            stop.result.timeline = timeline_from_record(stop.record)
+            stop.result.timeline = timeline(stop.record)
             probes = flowlib.probes_entry(spec.name, spec.start_s, stop.result.to_dict())
             outcome.flows.append(probes)
         for spec, handle in handles:  # keep every flow that still hands back what it measured
@@ -171,9 +173,9 @@ def _group(flows: list[dict[str, Any]], idle: dict[str, Any] | None,
     return flowlib.group_figures(flows, idle, flowlib.rtts_s(probes or {}), flowlib.rtts_s(idle or {}))
 
 
-def _probe_result(link: Any, protocol: str, plan: TrafficPlan) -> dict[str, Any]:
+def _probe_result(link: Any, protocol: str, plan: TrafficPlan, timeline: Timeline) -> dict[str, Any]:
     record, result = link.measure(protocol, plan)
-    result.timeline = timeline_from_record(record)
+    result.timeline = timeline(record)
     return result.to_dict()
 
 

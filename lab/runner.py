@@ -234,7 +234,8 @@ def run_point(
     if point.bulk is not None or point.flows:  # docs/architecture.md#flows-and-oracles
         from lab.flow_runner import run_flows_point
 
-        return run_flows_point(PointOutcome(point=point, mode="link"), point, protocols, capture, on_result)
+        return run_flows_point(PointOutcome(point=point, mode="link"), point, protocols, capture, on_result,
+                               linked=has_link_privileges(), timeline=timeline_from_record)
     if has_link_privileges():
         return _run_linked(point, protocols, capture, progress, on_result)
     if scenario.privileged:

@@ -227,7 +227,7 @@ def payload() -> dict[str, Any]:
 
 def test_report_tells_the_story_and_draws_the_flows(tmp_path: Any) -> None:
     from lab.report import load_result, render_files, to_json
-    from lab.report.plots import figures_for
+    from lab.report.figures import figures_for
     from lab.report.summary import what_happened
 
     data = payload()

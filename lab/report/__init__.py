@@ -190,9 +190,9 @@ def _finite(value: Any) -> Any:
 
 def render_files(directory: Path, payload: Mapping[str, Any]) -> dict[str, Path]:
     """Write report.html and report.md from a payload (result.json is left alone)."""
+    from lab.report.figures import render_plots
     from lab.report.html import render_html
     from lab.report.markdown import render_markdown
-    from lab.report.plots import render_plots
 
     directory = Path(directory)
     html_path, md_path = directory / HTML_FILE, directory / MARKDOWN_FILE

@@ -603,30 +603,21 @@ FIGURES = {
 
 
 def figures_for(payload: Mapping[str, Any]) -> list[str]:
-    """The figures this payload has something to show in: reordering only where some run saw it,
-    goodput only where it says more than the loss does."""
-    from lab.report.flow_plots import flow_figures_for
-
+    """The probe figures this payload has something to show in: reordering only where some run saw
+    it, goodput only where it says more than the loss does (lab.report.figures adds the flows')."""
     names = []
-    probes_ran = any(p.get("results") for p in payload.get("points", []))
-    for name in FIGURES if probes_ran or not flow_figures_for(payload) else ():
+    for name in FIGURES:
         if name == "reordering" and not reordering_panels(payload):
             continue
         if name == "goodput" and not any(goodput_tells(p) for p in payload.get("points", [])):
             continue
         names.append(name)
-    return names + flow_figures_for(payload)  # bulk points and flow groups (lab.report.flow_plots)
-
-
-def figure(name: str) -> Any:
-    """The builder of figure `name` (the probes' FIGURES, or the flows' lab.report.flow_plots)."""
-    from lab.report.flow_plots import FLOW_FIGURES
-
-    return FIGURES.get(name) or FLOW_FIGURES[name]
+    return names
 
 
 def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Every report plot this payload has as an inline SVG string, keyed by section name.
+    """Every probe plot this payload has as an inline SVG string, keyed by section name (the
+    report's own, with the flows' figures too, is lab.report.figures.render_plots).
 
     matplotlib's warnings (a glyph missing from the font, a legend with no labelled artist) say
     nothing the reader of a report can act on; they would only clutter the command's output.
@@ -635,4 +626,4 @@ def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {name: _svg(figure(name)(payload, REPORT)) for name in figures_for(payload)}
+        return {name: _svg(FIGURES[name](payload, REPORT)) for name in figures_for(payload)}

@@ -25,7 +25,8 @@ STORY = "story"
 def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
     """Write DIR/slides/*.png and *.svg for one result payload; returns the paths written, PNG then
     SVG per figure, the story last."""
-    from lab.report.plots import SLIDE, _pyplot, figure, figures_for, story_figure
+    from lab.report.figures import figure, figures_for
+    from lab.report.plots import SLIDE, _pyplot, story_figure
 
     target = Path(directory) / SLIDES_DIR
     try:
