@@ -226,12 +226,13 @@ def test_the_forwarder_child_applies_a_parsed_set_and_reseeds_from_its_seeds(for
 
     forbid_parsing()
     new = LinkConfig(forward=models.Impairment(loss=0.5), seed=11)
-    dirs = forwarder._directions(LinkConfig(seed=3), capture_on=False)
-    assert all(d.fast for d in dirs) and [d.seed for d in dirs] == [3, 4]
-    handle = forwarder._control_handler(dirs, None)
+    dirs = forwarder._directions(LinkConfig(seed=3), (-1, -1), 0, None)  # no devices: no offloads to set
+    assert all(d.mode == forwarder.FAST for d in dirs) and [d.seed for d in dirs] == [3, 4]
+    handle = forwarder._control_handler(dirs, None, [])
     assert handle("set", json.loads(json.dumps(new.to_wire()))) is None
     assert [d.model.impairment for d in dirs] == [new.forward, new.reverse]
-    assert [d.fast for d in dirs] == [False, True] and [d.seed for d in dirs] == [11, 12]
+    assert [d.mode for d in dirs] == [forwarder.PER_PACKET, forwarder.FAST]
+    assert [d.seed for d in dirs] == [11, 12]
     with pytest.raises(ConfigError, match="malformed"):
         handle("set", {"options": {"loss": "5%"}, "direction": "both"})
     handle("reseed", None)
