@@ -10,7 +10,8 @@ Pure functions of plain numbers, tested against hand-computed answers (tests/tes
 - `jain_index`: Jain's fairness index of a set of throughputs (Jain, Chiu, Hawe, DEC-TR-301, 1984);
 - `rpm`: responsiveness in round trips per minute, 60 / RTT, the figure networkQuality-style tools
   report (IETF IPPM "Responsiveness under Working Conditions" draft), aggregated as that draft
-  does: a trimmed mean that drops the slowest tenth of the samples.
+  does: a single-sided 95 % trimmed mean, dropping the slowest 5 % of the samples (the draft's
+  reference client, network-quality/goresponsiveness, trims 5 % by default).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 from collections.abc import Sequence
 
 MATHIS_C = math.sqrt(3 / 2)  # ACK every segment; sqrt(3/4) with delayed ACKs (one ACK per 2 segments)
-RPM_TRIM_PERCENTILE = 90  # the draft's trimmed mean keeps the samples up to the 90th percentile
+RPM_TRIM_PERCENTILE = 95  # the draft's single-sided trimmed mean keeps the samples up to the 95th percentile
 ARQ_SCHEMES = ("sw", "gbn", "sr")
 
 

@@ -51,10 +51,12 @@ def test_jain_index_by_hand() -> None:
 
 def test_rpm_by_hand() -> None:
     assert theory.rpm([0.1]) == pytest.approx(600.0)
-    # ten samples: the slowest (1 s) is trimmed, the mean of the other nine (0.05 s) gives 1200 RPM
-    assert theory.rpm([0.05] * 9 + [1.0]) == pytest.approx(1200.0)
-    # twenty samples: keep 18 of them
-    samples = [0.01 * (i + 1) for i in range(20)]
-    assert theory.trimmed_mean(samples) == pytest.approx(sum(samples[:18]) / 18)
+    # twenty samples: the slowest (1 s) is the top 5 %, trimmed; the other 19 (0.05 s) give 1200 RPM
+    assert theory.rpm([0.05] * 19 + [1.0]) == pytest.approx(1200.0)
+    # ten samples: 5 % of ten rounds to nothing trimmed (nearest rank keeps ceil(9.5) = 10)
+    assert theory.rpm([0.05] * 9 + [0.15]) == pytest.approx(60 / 0.06)
+    # forty samples: keep 38 of them
+    samples = [0.01 * (i + 1) for i in range(40)]
+    assert theory.trimmed_mean(samples) == pytest.approx(sum(samples[:38]) / 38)
     with pytest.raises(ValueError):
         theory.rpm([])
