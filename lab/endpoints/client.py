@@ -71,7 +71,7 @@ def format_summary(result: Result, where: str) -> str:
     lines = [
         f"{result.protocol} {where}: {result.sent} sent, {result.received} received, "
         f"{result.lost} lost ({100 * result.loss_ratio:.2f}%, 95% CI {100 * lo:.2f}-{100 * hi:.2f}%)",
-        times(f"rtt {{unit}} ({timestamps_phrase(result)}): ", rtt, RTT_KEYS),
+        times("rtt {unit}: ", rtt, RTT_KEYS) + f"  ({timestamps_phrase(result)})",
     ]
     if result.timestamps == "kernel" and result.rtt_user_us:
         lines.append(times("rtt {unit} in user space: ", result.rtt_user_us, ("min", "p50", "p99")))
