@@ -162,7 +162,7 @@ def probe_rate(rate: str | None) -> float | None:
     except ValueError:
         raise LabError(f"--rate is probes per second (a number such as 500), got {rate!r}; a bit rate "
                        "such as 20mbit is for bulk traffic (--bulk)") from None
-    if not value > 0 or value == float("inf"):
+    if value <= 0:  # NaN, inf and the run's length: TrafficPlan says what is wrong
         raise LabError(f"--rate must be a positive number of messages per second, got {rate}")
     return value
 
