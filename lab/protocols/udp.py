@@ -116,8 +116,10 @@ class UDP(Protocol):
         receive_timeout = [0.0]  # SO_RCVTIMEO as last set (seconds; 0: not yet)
         if blocking:
             socks[0].setblocking(True)
+        burst = 1 if blocking else MAX_BURST
         while True:
-            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
+            held = None
+            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(burst):
                 try:
                     socks[stream].send(frame(seq, stream, intended, payload, crc, version))
                 except ConnectionRefusedError as exc:  # an earlier datagram drew ICMP port unreachable
@@ -125,6 +127,12 @@ class UDP(Protocol):
                     continue  # the probe was not sent; try it again
                 except OSError as exc:
                     raise self.unreachable(address, exc) from exc
+                if blocking:
+                    # Ping-pong: straight to sleep in the receive call; the send is booked when the
+                    # client wakes (the reply's wait is known already), so on a busy machine no
+                    # bookkeeping of ours competes with the echo server for a CPU meanwhile.
+                    held = (seq, stream, intended, sent_ns)
+                    continue
                 run.sent(seq, stream, intended, sent_ns)
                 if stamping is not None:
                     stamping.sent(seq, stream)
@@ -133,6 +141,11 @@ class UDP(Protocol):
                 # TUN: collect them now, or their error-queue entries would wake select() again.
                 # (A blocking receive sleeps through them: `_await_reply` collects after the reply.)
                 stamping.collect(stamping.waiting)
+            if held is not None:
+                until = min(held[3] + run.timeout_ns, run.deadline_ns)
+                self._await_reply(run, socks[0], (until - held[3]) / NS_PER_S, max_payload, address,
+                                  stamping, receive_timeout, held)
+                continue
             now = time.monotonic_ns()
             if run.done(now):
                 return
@@ -145,9 +158,10 @@ class UDP(Protocol):
 
     def _await_reply(self, run: ProbeSchedule, sock: socket.socket, wait_s: float, max_payload: int,
                      address: tuple[str, int], stamping: _Stamping | None,
-                     receive_timeout: list[float]) -> None:
+                     receive_timeout: list[float], held: tuple[int, int, int, int] | None = None) -> None:
         """Ping-pong on one socket: sleep in the receive call itself (SO_RCVTIMEO bounds it), so a
-        reply wakes the client straight into `recvmsg`, not into select() and then `recvmsg`."""
+        reply wakes the client straight into `recvmsg`, not into select() and then `recvmsg`.
+        `held`: the probe just sent, (seq, stream, intended_ns, sent_ns), booked on waking."""
         if wait_s > 0 and abs(wait_s - receive_timeout[0]) > RECEIVE_TIMEOUT_SLACK_S:
             # Set again only when the wait changed (not each probe: it is a system call more
             # between send and reply); a wait up to RECEIVE_TIMEOUT_SLACK_S long is fine.
@@ -157,16 +171,22 @@ class UDP(Protocol):
             receive_timeout[0] = wait_s
         flags = 0 if wait_s > 0 else _DONTWAIT
         try:
-            if stamping is None:
-                data, ancillary = sock.recv(RECV_BUFSIZE, flags), None
-            else:
-                data, ancillary, _, _ = sock.recvmsg(RECV_BUFSIZE, timestamps.ANCILLARY_BYTES, flags)
+            try:
+                if stamping is None:
+                    data, ancillary = sock.recv(RECV_BUFSIZE, flags), None
+                else:
+                    data, ancillary, _, _ = sock.recvmsg(RECV_BUFSIZE, timestamps.ANCILLARY_BYTES, flags)
+                recv_ns = time.monotonic_ns()
+            finally:
+                if held is not None:  # sent before anything came back: booked first
+                    run.sent(*held)
+                    if stamping is not None:
+                        stamping.sent(held[0], held[1])
         except (BlockingIOError, InterruptedError):  # the wait is over (SO_RCVTIMEO): back to the schedule
             return
         except ConnectionRefusedError as exc:
             self._refused(run, address, exc)
             return
-        recv_ns = time.monotonic_ns()
         kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
         self._book(run, data, recv_ns, kernel_ns, max_payload)
         if stamping is not None and stamping.logs[0]:
