@@ -197,12 +197,12 @@ class DiscardSink:
             return
         self._add(bytes_in=len(data))
         try:
-            self._take(conn, memoryview(data), now_ns)
+            self._take(conn, data, now_ns)
         except RemoteWireError:
             self._add(refused=1)
             self._drop(conn)
 
-    def _take(self, conn: _Conn, data: memoryview, now_ns: int) -> None:
+    def _take(self, conn: _Conn, data: bytes, now_ns: int) -> None:
         if conn.phase == STREAM:
             conn.counter.feed(data, now_ns)  # type: ignore[union-attr]
             return
