@@ -134,7 +134,9 @@ def _veth_pair() -> Iterator[tuple[str, str]]:
     from pyroute2 import IPRoute, NetNS, netns
 
     tag = secrets.token_hex(2)
-    names = (f"wl{tag}-client", f"wl{tag}-server")  # lab pattern: `lab cleanup` reaps a crash
+    # not the lab's wlXXXX pattern: a `lab cleanup` run elsewhere (another test) would take them
+    # away mid-measurement, as leftovers without a state file; removed in `finally` below
+    names = (f"wlveth{tag}-client", f"wlveth{tag}-server")
     try:
         for ns in names:
             netns.create(ns)
