@@ -187,9 +187,9 @@ def test_an_oracle_without_a_prediction_fails_saying_why() -> None:
 
 def test_group_figures() -> None:
     flows = [{"kind": "bulk", "goodput_bps": g} for g in (1, 2, 3, 4)]
-    group = flowlib.group_figures(flows, {"rtt_us": {"p50": 10000}}, [0.1] * 9 + [1.0], [0.01] * 10)
+    group = flowlib.group_figures(flows, {"rtt_us": {"p50": 10000}}, [0.1] * 19 + [1.0], [0.01] * 10)
     assert group["jain_index"] == pytest.approx(100 / 120)
-    assert group["rpm_loaded"] == pytest.approx(600.0)  # the slowest tenth trimmed
+    assert group["rpm_loaded"] == pytest.approx(600.0)  # the slowest 5 % (1 of 20) trimmed
     assert group["rpm_idle"] == pytest.approx(6000.0)
     assert group["rtt_us"]["p50"] == pytest.approx(100000.0)
 

@@ -137,8 +137,8 @@ def test_shipped_scenarios_parse(path):
         (
             '[link]\nspeed = "1mbit"',
             F + "[link] speed: unknown key; allowed: loss, delay, jitter, distribution, delay_correlation, "
-            "reorder, duplicate, corrupt, rate, limit, limit_bytes, direction, and the tables [link.forward], "
-            "[link.reverse]",
+            "reorder, duplicate, corrupt, rate, limit, limit_bytes, direction, and the tables "
+            "[link.forward], [link.reverse]",
         ),
         (
             '[link]\ndirection = "up"',

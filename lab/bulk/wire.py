@@ -106,10 +106,15 @@ class BlockWriter:
     """Encodes a sender's blocks: `block(length)` is one block of the pattern, seq counting up."""
 
     def __init__(self, block_size: int = BLOCK_SIZE) -> None:
-        self.block_size = block_size
-        self._payload = pattern(block_size)
-        self._crc = zlib.crc32(self._payload)
         self.seq = 0
+        self.resize(block_size)
+
+    def resize(self, block_size: int) -> None:
+        """Blocks of `block_size` payload bytes from the next one on (a fast sender writes bigger
+        blocks: fewer system calls and copies per byte; the sink takes any length up to MAX_BLOCK)."""
+        self.block_size = max(1, min(block_size, MAX_BLOCK))
+        self._payload = pattern(self.block_size)
+        self._crc = pattern_crc(self.block_size)
 
     def block(self, length: int | None = None) -> bytes:
         """The next block's bytes: header + `length` (at most block_size) payload bytes."""
