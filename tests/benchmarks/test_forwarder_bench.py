@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -30,11 +29,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.link.netns import in_netns_thread, remove_namespace
+from lab.link.netns import in_netns_thread
+from tests.benchmarks import anchors
 
 pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 
-VETH_CLIENT, VETH_SERVER = "198.18.1.1", "198.18.1.2"  # a separate /30 of the lab's range
+VETH_CLIENT, VETH_SERVER = anchors.VETH_CLIENT, anchors.VETH_SERVER  # a /30 of the lab's range
 IPERF_SECONDS = 3
 REPEATS = 2
 RTT_SECONDS = 2
@@ -130,31 +130,12 @@ def _rtt_p50_us(client_ns: str, server_ns: str, server: str) -> float:
 
 @contextlib.contextmanager
 def _veth_pair() -> Iterator[tuple[str, str]]:
-    """Two namespaces joined by a veth pair (the baseline: no userspace hop)."""
-    from pyroute2 import IPRoute, NetNS, netns
-
-    tag = secrets.token_hex(2)
-    # not the lab's wlXXXX pattern: a `lab cleanup` run elsewhere (another test) would take them
-    # away mid-measurement, as leftovers without a state file; removed in `finally` below
-    names = (f"wlveth{tag}-client", f"wlveth{tag}-server")
-    try:
-        for ns in names:
-            netns.create(ns)
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=f"wl{tag}a", kind="veth", peer=f"wl{tag}b")
-            ipr.link("set", index=ipr.link_lookup(ifname=f"wl{tag}a")[0], net_ns_fd=names[0])
-            ipr.link("set", index=ipr.link_lookup(ifname=f"wl{tag}b")[0], net_ns_fd=names[1])
-        for ns, dev, address in ((names[0], f"wl{tag}a", VETH_CLIENT), (names[1], f"wl{tag}b", VETH_SERVER)):
-            with NetNS(ns) as inside:
-                index = inside.link_lookup(ifname=dev)[0]
-                inside.addr("add", index=index, address=address, prefixlen=30)
-                inside.link("set", index=index, state="up")
-                inside.link("set", index=inside.link_lookup(ifname="lo")[0], state="up")
+    """Two namespaces joined by a veth pair (the baseline: no userspace hop), recorded so that a
+    concurrent `lab cleanup` spares it (tests/benchmarks/anchors.py); TCP buffers as the links'."""
+    with anchors.veth_pair() as pair:
+        for ns in (pair.client_ns, pair.server_ns):
             _tune(ns)
-        yield names
-    finally:
-        for ns in names:
-            remove_namespace(ns)  # the veth pair dies with its namespaces
+        yield pair.client_ns, pair.server_ns
 
 
 @pytest.mark.benchmark(group="forwarder-offloads")
