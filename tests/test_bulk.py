@@ -241,8 +241,10 @@ def test_through_a_lossy_link_tcp_delivers_everything_and_udp_loses_within_its_i
     assert figures is not None and figures["lost"] > 0
     from lab.metrics import wilson_interval
 
-    lo, hi = wilson_interval(figures["lost"], figures["sent"], 0.99)
-    assert lo <= 0.05 <= hi
+    # the link's share: datagrams the sink's own receive buffer dropped (a busy host) are counted apart
+    lost_on_link = figures["lost"] - (figures.get("receive_buffer_overflows") or 0)
+    lo, hi = wilson_interval(lost_on_link, figures["sent"], 0.99)
+    assert lo <= 0.05 <= hi, figures
     # what the link dropped, less the control connection's packets it dropped too
     assert figures["lost"] <= udp.link["forward"]["dropped_loss"]
 

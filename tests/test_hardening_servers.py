@@ -175,14 +175,17 @@ def test_defect_2_guard_state_is_bounded_and_cheap() -> None:
     """Spoofed sources cannot grow the guard's tables; it costs about a microsecond a datagram."""
     from lab.endpoints import common as srv
 
-    guard = UdpGuard(("127.0.0.1", 7007))
-    started = time.perf_counter()
     n = 3 * srv.UDP_SOURCES_MAX
-    for i in range(n):
-        assert guard.refusal((f"198.18.{i >> 8 & 255}.{i & 255}", 10_000 + i), b"x" * 64, i * 1e-3) is None
-    per_datagram_us = (time.perf_counter() - started) / n * 1e6
-    assert len(guard._buckets) <= srv.UDP_SOURCES_MAX and len(guard._peers) <= srv.UDP_SOURCES_MAX
-    assert per_datagram_us < 50, per_datagram_us  # ~1 µs on a 2-core machine; generous for CI
+    rounds_us = []
+    for _ in range(3):  # the quickest of three: a busy CI box descheduled one round (53 µs a datagram)
+        guard = UdpGuard(("127.0.0.1", 7007))
+        started = time.perf_counter()
+        for i in range(n):
+            source = (f"198.18.{i >> 8 & 255}.{i & 255}", 10_000 + i)
+            assert guard.refusal(source, b"x" * 64, i * 1e-3) is None
+        rounds_us.append((time.perf_counter() - started) / n * 1e6)
+        assert len(guard._buckets) <= srv.UDP_SOURCES_MAX and len(guard._peers) <= srv.UDP_SOURCES_MAX
+    assert min(rounds_us) < 50, rounds_us  # 1-4 µs on a 2-core machine: catches a table that grows
     assert guard.refusal(("::ffff:127.0.0.1", 7007), b"", 0.0) == "udp_refused_own_address"
     assert guard.refusal(("127.0.0.9", 7007), b"", 0.0) == "udp_refused_own_address"  # loopback: ours
     assert guard.refusal(("127.0.0.1", 0), b"", 0.0) == "udp_refused_low_port"
