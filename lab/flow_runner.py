@@ -112,6 +112,7 @@ def _link_numbers(config: Any) -> dict[str, Any]:
     probability, Gilbert-Elliott's stationary rate included)."""
     numbers = config.to_wire()
     numbers["expected_forward_loss"] = config.expected_forward_loss_ratio()
+    numbers["expected_reverse_loss"] = config.expected_reverse_loss_ratio()  # a download's data way
     return numbers
 
 
@@ -127,7 +128,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
         link.reseed()
         idle = _probe_result(link, spec.protocol, idle_plan, timeline)
     for spec in bulk_specs:  # the sinks first: starting one is a fresh interpreter, seconds on a busy host
-        link.sink_for(spec.protocol)
+        link.sink_for(spec.protocol, spec.bulk.direction)
     link.reseed()
     start_ns = time.monotonic_ns() + int(START_MARGIN_S * 1e9)
     handles: list[tuple[Any, Any]] = []

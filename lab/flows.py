@@ -23,6 +23,7 @@ from typing import Any
 
 from lab import theory
 from lab.bulk import BulkPlan, BulkResult
+from lab.bulk.plan import DIRECTIONS
 from lab.errors import ConfigError, ScenarioError
 from lab.records import TrafficPlan, run_limits
 
@@ -31,7 +32,7 @@ MAX_GROUP_SECONDS = 300.0  # a group's last flow ends by then (start + duration)
 MAX_START_S = 120.0
 FLOW_KINDS = ("bulk", "probes")
 FLOW_KEYS = ("name", "protocol", "kind", "start", "duration", "rate", "bytes", "size", "count",
-             "timeout", "interval", "window", "group")
+             "timeout", "interval", "window", "group", "direction")
 BULK_TRAFFIC_KEYS = ("kind", "duration", "bytes", "rate", "size", "interval", "window")
 GROUP = "all"  # [expect.all]: the group's own figures (jain_index, rpm_idle, rpm_loaded, rtt_*)
 EACH = "each"  # [expect.each]: every flow of the point (a flow's own table wins, metric by metric)
@@ -95,8 +96,14 @@ def _integer(value: Any) -> bool:
 
 
 def parse_bulk_plan(table: Mapping[str, Any], where: str, fail: Fail) -> BulkPlan:
-    """`duration`, `bytes`, `rate` ("20mbit", or bits/s), `size`, `interval`, `window` -> BulkPlan."""
+    """`duration`, `bytes`, `rate` ("20mbit", or bits/s), `size`, `interval`, `window`, `direction`
+    ("upload" or "download") -> BulkPlan."""
     kwargs: dict[str, Any] = {}
+    if "direction" in table:
+        if table["direction"] not in DIRECTIONS:
+            raise fail(f"{where} direction", f'must be "upload" (client -> server) or "download" '
+                                             f'(server -> client), got {table["direction"]!r}')
+        kwargs["direction"] = table["direction"]
     for key, field_name in (("duration", "duration_s"), ("interval", "interval_s")):
         if key in table:
             if not _number(table[key]):
@@ -198,7 +205,7 @@ def parse_flows(entries: Any, known_protocols: set[str], fail: Fail) -> tuple[Fl
 
 
 def _probes_plan(table: Mapping[str, Any], where: str, fail: Fail) -> TrafficPlan:
-    for key in ("bytes", "interval"):
+    for key in ("bytes", "interval", "direction"):
         if key in table:
             raise fail(f"{where} {key}", "is for bulk flows (kind = \"bulk\")")
     kwargs = dict(table)
@@ -276,6 +283,7 @@ def bulk_entry(name: str, spec_start_s: float, result: BulkResult) -> dict[str, 
         "name": name,
         "protocol": result.protocol,
         "kind": "bulk",
+        "direction": result.plan.get("direction", "upload"),
         "start_s": spec_start_s,
         "goodput_bps": result.goodput_bps,
         "bytes_delivered": result.bytes_delivered,
@@ -309,9 +317,10 @@ def predictions(entry: Mapping[str, Any], link: Mapping[str, Any] | None, *,
     numbers: forward/reverse {loss, delay_s, jitter_s, rate_bps}); every input is written beside
     the prediction, so a reader can redo the sum.
 
-    - `link_rate`: the forward rate, the ceiling of any flow's goodput (present if the link has one);
-    - `mathis` (TCP flows; not at p = 0): MSS x 8 / RTT x C / sqrt(p), with p the forward loss
-      probability (data segments go forward; a lost ACK is covered by the next one), RTT the mean
+    - `link_rate`: the rate of the way the data goes, the ceiling of any flow's goodput (present if
+      the link has one): forward for an upload, reverse for a download (the entry's `direction`);
+    - `mathis` (TCP flows; not at p = 0): MSS x 8 / RTT x C / sqrt(p), with p the loss probability
+      of the data's way (a lost ACK is covered by the next one), RTT the mean
       srtt of the flow's TCP_INFO trace (what the flow saw, queueing included; else its min_rtt,
       else the link's configured round trip) and MSS the connection's tcpi_snd_mss (else MTU - 52);
     - `textbook` (ARQ flows over a rated link): the utilisation of `lab.theory.arq_utilisation`.
@@ -320,9 +329,13 @@ def predictions(entry: Mapping[str, Any], link: Mapping[str, Any] | None, *,
     if not link:
         return out
     forward, reverse = link.get("forward") or {}, link.get("reverse") or {}
+    if entry.get("direction") == "download":  # the data goes server -> client: the reverse way
+        forward, reverse = reverse, forward
+        p = float(link.get("expected_reverse_loss", forward.get("loss")) or 0.0)
+    else:
+        p = float(link.get("expected_forward_loss", forward.get("loss")) or 0.0)
     rate = forward.get("rate_bps")
     round_trip = sum(float(d.get("delay_s") or 0) for d in (forward, reverse))
-    p = float(link.get("expected_forward_loss", forward.get("loss")) or 0.0)
     bulk = entry.get("bulk") or {}
     protocol = str(entry.get("protocol", ""))
     if rate:
@@ -368,9 +381,11 @@ def _flow_rtt(entry: Mapping[str, Any], round_trip: float) -> tuple[float | None
 
 
 def add_oracles(entry: dict[str, Any], link: Mapping[str, Any] | None, *, mtu: int = 1500) -> dict[str, Any]:
-    """`entry` with its `predictions` and, over a rated link, its `utilisation` (goodput / rate)."""
+    """`entry` with its `predictions` and, over a rated link, its `utilisation` (goodput / the rate
+    of the data's way)."""
     entry["predictions"] = predictions(entry, link, mtu=mtu)
-    rate = ((link or {}).get("forward") or {}).get("rate_bps")
+    way = "reverse" if entry.get("direction") == "download" else "forward"
+    rate = ((link or {}).get(way) or {}).get("rate_bps")
     if rate and entry.get("goodput_bps") is not None:
         entry["utilisation"] = float(entry["goodput_bps"]) / float(rate)
     return entry
@@ -380,20 +395,29 @@ def add_oracles(entry: dict[str, Any], link: Mapping[str, Any] | None, *, mtu: i
 def group_figures(flows: Sequence[Mapping[str, Any]], idle: Mapping[str, Any] | None,
                   loaded_rtts_s: Sequence[float], idle_rtts_s: Sequence[float]) -> dict[str, Any]:
     """Jain's index over the bulk flows' goodput (two or more), RPM idle and loaded from the probes
-    (lab.theory.rpm), and the loaded probes' RTT percentiles (`rtt_us`, so rtt_p50_ms reads them)."""
+    (lab.theory.rpm), and the loaded probes' RTT percentiles (`rtt_us`, so rtt_p50_ms reads them).
+
+    `load_direction` is which way the bulk flows send: "upload", "download" or "both"; when it is
+    one way, `rpm_loaded` is also `rpm_loaded_upload` or `rpm_loaded_download` (a sweep over both
+    directions then compares them; a mixed load has neither)."""
     out: dict[str, Any] = {"name": GROUP}
     goodputs = [float(f.get("goodput_bps") or 0.0) for f in flows if f.get("kind") == "bulk"]
     if len(goodputs) >= 2 and any(goodputs):
         out["jain_index"] = theory.jain_index(goodputs)
     if idle_rtts_s:
         out["rpm_idle"] = theory.rpm(idle_rtts_s)
+    directions = {f.get("direction") or "upload" for f in flows if f.get("kind") == "bulk"}
+    direction = directions.pop() if len(directions) == 1 else "both" if directions else None
     if loaded_rtts_s:
         out["rpm_loaded"] = theory.rpm(loaded_rtts_s)
+        if direction in DIRECTIONS:
+            out[f"rpm_loaded_{direction}"] = out["rpm_loaded"]
         out["rtt_us"] = _percentiles_us(loaded_rtts_s)
     if idle is not None:
         out["idle_rtt_us"] = idle.get("rtt_us")
     out["rpm_trim_percentile"] = theory.RPM_TRIM_PERCENTILE
-    out["load_direction"] = "upload"  # bulk flows send client -> server (lab.bulk), the forward way
+    if direction is not None:
+        out["load_direction"] = direction
     return out
 
 

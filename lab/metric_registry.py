@@ -272,6 +272,10 @@ FLOW_METRICS: tuple[Metric, ...] = (
            doc="responsiveness before the load: 60 / trimmed-mean RTT of the idle probes ([expect.all])"),
     Metric(name="rpm_loaded", unit="RTT/min", read=_field("rpm_loaded"),
            doc="responsiveness under the load: 60 / trimmed-mean RTT of the probes flows ([expect.all])"),
+    Metric(name="rpm_loaded_upload", unit="RTT/min", read=_field("rpm_loaded_upload"),
+           doc="rpm_loaded when every bulk flow of the group uploads (client -> server; [expect.all])"),
+    Metric(name="rpm_loaded_download", unit="RTT/min", read=_field("rpm_loaded_download"),
+           doc="rpm_loaded when every bulk flow of the group downloads (server -> client; [expect.all])"),
 )
 
 

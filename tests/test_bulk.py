@@ -263,6 +263,18 @@ def test_flows_started_together_run_at_once(impaired_link: Any) -> None:
         assert abs(result.started_ns - start) < 100 * MS  # both honoured start_at_ns
 
 
+@pytest.mark.privileged
+def test_a_download_flow_goes_server_to_client_through_the_reverse_direction(impaired_link: Any) -> None:
+    link = impaired_link(rate="10mbit", delay="2ms")
+    result = link.bulk("tcp", BulkPlan(duration_s=1.0, interval_s=0.25, direction="download"))
+    assert result.plan["direction"] == "download"
+    assert result.bytes_delivered == result.bytes_sent > 0
+    assert result.goodput_bps < 10e6  # the link's rate caps it
+    reverse, forward = result.link["reverse"], result.link["forward"]
+    # the data went server -> client; forward carried only the ACKs (and the control connection)
+    assert reverse["bytes_out"] >= result.bytes_delivered > 10 * forward["bytes_out"]
+
+
 # --- lab send --bulk, lab serve discard -----------------------------------------------------------------
 def _lab(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "lab", *args], stdout=subprocess.PIPE,

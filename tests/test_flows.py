@@ -118,6 +118,9 @@ goodput_bps = { oracle = "mathis", within = [0.3, 3] }
     ("[[flows]]\nprotocol = 'tcp'\nstart = 100\nduration = 250", "[[flows]] #1 duration: start + duration"),
     ("[[flows]]\nprotocol = 'udp'\nrate = 'fast'", "[[flows]] #1 rate: must be a number with a unit"),
     ("[[flows]]\nprotocol = 'tcp'\ncount = 5", "[[flows]] #1 count: is for probes flows"),
+    ("[[flows]]\nprotocol = 'tcp'\ndirection = 'up'", '[[flows]] #1 direction: must be "upload"'),
+    ("[[flows]]\nprotocol = 'udp'\nkind = 'probes'\ndirection = 'download'",
+     "[[flows]] #1 direction: is for bulk flows"),
     ("[[flows]]\nprotocol = 'tcp'\n[traffic]\ncount = 5", "[traffic]: a scenario with [[flows]]"),
     ("[[flows]]\nprotocol = 'tcp'\n[expect.tcp]\njain_index = 'mathis'",
      "[expect.tcp] jain_index: the mathis oracle predicts goodput_bps, not jain_index"),
@@ -133,6 +136,13 @@ goodput_bps = { oracle = "mathis", within = [0.3, 3] }
 ])
 def test_errors_name_the_key(text: str, message: str) -> None:
     assert message in error_of(text)
+
+
+def test_a_bulk_flow_uploads_unless_it_says_download() -> None:
+    (up, down) = scenario("[[flows]]\nprotocol = 'tcp'\n[[flows]]\nprotocol = 'tcp'\n"
+                          "direction = 'download'").points[0].flows
+    assert up.bulk is not None and up.bulk.direction == "upload"
+    assert down.bulk is not None and down.bulk.direction == "download"
 
 
 def test_too_many_flows() -> None:
@@ -167,6 +177,17 @@ def test_mathis_prediction_uses_the_flows_srtt_and_mss() -> None:
     assert "mathis" not in flowlib.predictions({"protocol": "udp", "bulk": {}}, LINK)
 
 
+def test_a_download_is_predicted_from_the_reverse_direction() -> None:
+    link = {"forward": {"loss": 0.01, "delay_s": 0.010, "rate_bps": RATE},
+            "reverse": {"loss": 0.02, "delay_s": 0.0, "rate_bps": RATE / 2},
+            "expected_forward_loss": 0.01, "expected_reverse_loss": 0.02}
+    entry = flowlib.add_oracles({"protocol": "tcp-reno", "direction": "download", "goodput_bps": 2.5e6,
+                                 "bulk": {"mss": 1448, "min_rtt_us": 10000}}, link)
+    assert entry["predictions"]["link_rate"]["rate_bps"] == RATE / 2
+    assert entry["predictions"]["mathis"]["p"] == 0.02
+    assert entry["utilisation"] == pytest.approx(0.5)
+
+
 def test_arq_textbook_prediction() -> None:
     entry = {"protocol": "arq-gbn", "bulk": {"plan": {"window": 4, "size": 936}}}
     textbook = flowlib.predictions(entry, LINK)["textbook"]
@@ -192,6 +213,32 @@ def test_group_figures() -> None:
     assert group["rpm_loaded"] == pytest.approx(600.0)  # the slowest 5 % (1 of 20) trimmed
     assert group["rpm_idle"] == pytest.approx(6000.0)
     assert group["rtt_us"]["p50"] == pytest.approx(100000.0)
+    assert group["load_direction"] == "upload" and group["rpm_loaded_upload"] == group["rpm_loaded"]
+    assert "rpm_loaded_download" not in group
+
+
+def test_group_figures_say_which_way_the_load_went() -> None:
+    down = [{"kind": "bulk", "goodput_bps": 1.0, "direction": "download"}]
+    group = flowlib.group_figures(down, None, [0.1] * 20, [])
+    assert group["load_direction"] == "download"
+    assert group["rpm_loaded_download"] == pytest.approx(600.0) and "rpm_loaded_upload" not in group
+    both = flowlib.group_figures(down + [{"kind": "bulk", "goodput_bps": 1.0}], None, [0.1] * 20, [])
+    assert both["load_direction"] == "both" and both["rpm_loaded"] == pytest.approx(600.0)
+    assert "rpm_loaded_upload" not in both and "rpm_loaded_download" not in both
+
+
+def test_the_report_names_the_loads_direction() -> None:
+    from lab.report import flows as report
+
+    entry = _bulk("dl", "tcp-cubic", 2e6, direction="download")
+    probes = {"name": "ping", "protocol": "udp", "kind": "probes", "start_s": 1.0}
+    point = {"id": "limit=10", "flows": [entry, probes],
+             "group": flowlib.group_figures([entry, probes], None, [0.1] * 20, [])}
+    assert "RPM under download load 600" in report.group_line(point)
+    headers, rows = report.flow_table(point)
+    assert "direction" in headers and rows[0][headers.index("direction")] == "download"
+    upload = dict(point, flows=[_bulk("ul", "tcp-cubic", 2e6), probes])
+    assert "direction" not in report.flow_table(upload)[0]  # every flow uploads: the default, not shown
 
 
 # --- the report of a made-up result ---------------------------------------------------------------------
@@ -237,7 +284,7 @@ def test_report_tells_the_story_and_draws_the_flows(tmp_path: Any) -> None:
     story = what_happened(loaded)
     assert story[0][0] == "in short"
     assert "4 TCP-CUBIC flows shared 10.00 Mbit/s: Jain's index 0.99" in story[0][1]
-    assert "Probes under the load: RTT p50 110.0 ms" in story[2][1] and "idle" in story[2][1]
+    assert "Probes under the upload load: RTT p50 110.0 ms" in story[2][1] and "idle" in story[2][1]
     paths = render_files(tmp_path, loaded)
     html = paths["html"].read_text()
     for section in ("flow-goodput", "flow-fairness", "flow-cwnd", "flow-latency"):

@@ -18,6 +18,7 @@ MAX_BULK_BYTES = 100 * 10**9  # 100 GB: at 40 Gbit/s, 20 s
 MAX_BULK_RATE_BPS = 100e9
 DEFAULT_INTERVAL_S = 0.1  # goodput sample period: the report's goodput-over-time lines
 MIN_INTERVAL_S = 0.01
+DIRECTIONS = ("upload", "download")  # upload: client -> server (the link's forward way); download: back
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -31,7 +32,9 @@ class BulkPlan:
     datagram protocols (payload bytes per datagram). `interval_s` is the sampling period of
     goodput (and of the TCP_INFO trace). `start_at_ns` (CLOCK_MONOTONIC, which every process on
     the host shares) makes several flows start together; None starts at once. `window` is for
-    the protocols with a sending window (ARQ), as in `TrafficPlan`.
+    the protocols with a sending window (ARQ), as in `TrafficPlan`. `direction` is which way the
+    data goes through a link: "upload" (the sender in the client namespace, the sink in the server's:
+    the forward direction) or "download" (the other way round: the reverse direction).
     """
 
     duration_s: float = 5.0
@@ -41,8 +44,12 @@ class BulkPlan:
     interval_s: float = DEFAULT_INTERVAL_S
     start_at_ns: int | None = None
     window: int | None = None
+    direction: str = "upload"
 
     def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f'direction must be "upload" or "download", got {self.direction!r}',
+                              key="direction")
         if not (isinstance(self.duration_s, int | float) and 0 < self.duration_s <= MAX_BULK_SECONDS):
             raise ConfigError(f"duration must be > 0 and <= {MAX_BULK_SECONDS:g} seconds, "
                               f"got {self.duration_s!r}", key="duration")

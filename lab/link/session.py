@@ -324,6 +324,15 @@ class Link:
 
         return Place(f"namespace {self.server_ns}", SERVER_ADDRESS, popen_inside)
 
+    @property
+    def client_place(self) -> Place:
+        """The client namespace as a place to run a sink (a download's: data flows server -> client)."""
+
+        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+            return in_netns_thread(self.client_ns, lambda: subprocess.Popen(argv, **kwargs))
+
+        return Place(f"namespace {self.client_ns}", CLIENT_ADDRESS, popen_inside)
+
     def server_for(self, protocol: str) -> tuple[str, int]:
         """Where `protocol`'s echo server listens in the server namespace; started once.
 
@@ -385,17 +394,23 @@ class Link:
 
 
     # --- bulk flows (docs/architecture.md#bulk-traffic) ---
-    def sink_for(self, protocol: str) -> tuple[str, int]:
-        """Where `protocol`'s discard sink listens in the server namespace; started once (protocols
-        with the same `sink_argv` share one: the lab's sink serves TCP and UDP on one port)."""
+    def sink_for(self, protocol: str, direction: str = "upload") -> tuple[str, int]:
+        """Where `protocol`'s discard sink listens: in the server namespace for an upload, in the
+        client namespace for a download (BulkPlan.direction); started once per place (protocols with
+        the same `sink_argv` share one: the lab's sink serves TCP and UDP on one port)."""
         from lab.protocols import get_protocol
 
         self._check_open()
         chosen = get_protocol(protocol)
-        key = tuple(chosen.sink_argv(SERVER_ADDRESS, 0))
+        place = self.client_place if direction == "download" else self.server_place
+        key = tuple(chosen.sink_argv(place.host, 0))
         if key not in self._sink_addresses:
-            self._sink_addresses[key] = self._servers.enter_context(chosen.sinking(self.server_place))
+            self._sink_addresses[key] = self._servers.enter_context(chosen.sinking(place))
         return self._sink_addresses[key]
+
+    def _sender_ns(self, plan: BulkPlan) -> str:
+        """The namespace a flow's sender runs in: the client's for an upload, the server's for a download."""
+        return self.server_ns if plan.direction == "download" else self.client_ns
 
     def round_trip_s(self) -> float:
         """The path's configured round trip (both directions' delay and jitter), for timeouts."""
@@ -404,32 +419,34 @@ class Link:
 
     def start_bulk(self, protocol: str, plan: BulkPlan, *,
                    progress: Callable[..., None] | None = None) -> BulkFlow:
-        """Start one bulk flow of `protocol` from the client namespace to its sink, without waiting:
-        its handle (`.result()`). Several started together run at once (give them one
-        `plan.start_at_ns` to line them up); the link's counters are the caller's to take around them."""
+        """Start one bulk flow of `protocol` to its sink, without waiting: its handle (`.result()`).
+        An upload is sent from the client namespace, a download from the server's (`plan.direction`).
+        Several started together run at once (give them one `plan.start_at_ns` to line them up);
+        the link's counters are the caller's to take around them."""
         from lab.bulk.running import start_flow_in_netns
 
-        address = self.sink_for(protocol)
-        flow = start_flow_in_netns(self.client_ns, protocol, address, plan, progress=progress,
+        address = self.sink_for(protocol, plan.direction)
+        flow = start_flow_in_netns(self._sender_ns(plan), protocol, address, plan, progress=progress,
                                    round_trip_s=self.round_trip_s())
         self._bulk_flows = [f for f in self._bulk_flows if not f.done] + [flow]
         return flow
 
     def bulk(self, protocol: str, plan: BulkPlan, *,
              progress: Callable[..., None] | None = None) -> BulkResult:
-        """One bulk flow through the link, waited for: its BulkResult with the link's per-direction
-        counters (`link`) and both kernels' counter deltas (`kernel`) during it. A Ctrl-C/SIGTERM
-        raises BulkInterrupted carrying the partial result (as `measure` raises RunInterrupted)."""
+        """One bulk flow through the link (either way: `plan.direction`), waited for: its BulkResult
+        with the link's per-direction counters (`link`) and both kernels' counter deltas (`kernel`)
+        during it. A Ctrl-C/SIGTERM raises BulkInterrupted carrying the partial result (as
+        `measure` raises RunInterrupted)."""
         from lab.bulk.plan import BulkInterrupted
         from lab.bulk.running import flow_in_namespace
         from lab.kernel import counter_deltas, read_counters
 
-        address = self.sink_for(protocol)
+        address = self.sink_for(protocol, plan.direction)
         kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
         link_before = self.counters()
         stopped: BulkInterrupted | None = None
         try:
-            result = call_in_netns(self.client_ns, flow_in_namespace, (protocol, address, plan),
+            result = call_in_netns(self._sender_ns(plan), flow_in_namespace, (protocol, address, plan),
                                    {"round_trip_s": self.round_trip_s()}, progress=progress)
         except BulkInterrupted as exc:
             stopped, result = exc, exc.result

@@ -17,8 +17,12 @@ from lab.report.appearance import label as protocol_label
 
 US_PER_MS = 1000.0
 ORACLE_NAMES = {"mathis": N_("Mathis"), "link_rate": N_("link rate"), "textbook": N_("ARQ textbook")}
-FLOW_HEADERS = (N_("flow"), N_("protocol"), N_("start"), N_("goodput"), N_("predicted"),
+FLOW_HEADERS = (N_("flow"), N_("protocol"), N_("direction"), N_("start"), N_("goodput"), N_("predicted"),
                 N_("measured / predicted"), N_("retransmits"), N_("RTT p50"))
+DIRECTION_NAMES = {"upload": N_("upload"), "download": N_("download")}  # a bulk flow's BulkPlan.direction
+# the load's way in the RPM lines (lab.flows.group_figures' load_direction)
+LOADED_RPM = {"upload": N_("RPM under upload load {rpm}"), "download": N_("RPM under download load {rpm}"),
+              "both": N_("RPM under load both ways {rpm}")}
 
 
 def has_flows(point: Mapping[str, Any]) -> bool:
@@ -77,9 +81,16 @@ def flow_traffic(point: Mapping[str, Any]) -> str:
     return text + (", " + _("{count} probes flow(s)").format(count=probes) if probes else "")
 
 
+def _direction(flow: Mapping[str, Any]) -> str:
+    """A bulk flow's way ('-' for probes): results from before downloads existed are uploads."""
+    if flow.get("kind") != "bulk":
+        return "-"
+    return _(DIRECTION_NAMES.get(str(flow.get("direction") or "upload"), str(flow.get("direction"))))
+
+
 def flow_rows(point: Mapping[str, Any]) -> list[list[str]]:
-    """One row per flow: name, protocol, start, goodput, predicted (which oracle), ratio, retransmits,
-    RTT p50 (probes flows)."""
+    """One row per flow: name, protocol, direction, start, goodput, predicted (which oracle), ratio,
+    retransmits, RTT p50 (probes flows)."""
     rows = []
     for flow in point.get("flows") or []:
         goodput = flow.get("goodput_bps")
@@ -93,7 +104,7 @@ def flow_rows(point: Mapping[str, Any]) -> list[list[str]]:
         rexmit = flow.get("bulk_retransmits")
         p50 = (flow.get("rtt_us") or {}).get("p50")
         rows.append([
-            str(flow.get("name")), protocol_label(str(flow.get("protocol"))),
+            str(flow.get("name")), protocol_label(str(flow.get("protocol"))), _direction(flow),
             f"{float(flow.get('start_s') or 0):g} s",
             format_rate(goodput) if flow.get("kind") == "bulk" else _("probes"),
             predicted, ratio, "-" if rexmit is None else str(rexmit),
@@ -105,13 +116,15 @@ def flow_rows(point: Mapping[str, Any]) -> list[list[str]]:
 def flow_table(point: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """`flow_rows` with their translated headers, leaving out the columns that say nothing here: one
     that is '-' in every row, the start when every flow started at once, the protocol when every
-    flow is named after its protocol."""
+    flow is named after its protocol, the direction when every bulk flow uploads (the default)."""
     rows = flow_rows(point)
     headers = [_(h) for h in FLOW_HEADERS]
     flows = point.get("flows") or []
     dropped = {i for i in range(len(headers)) if rows and all(r[i] == "-" for r in rows)}
     if all(not f.get("start_s") for f in flows):
         dropped.add(FLOW_HEADERS.index(N_("start")))
+    if all(f.get("direction", "upload") == "upload" for f in flows):
+        dropped.add(FLOW_HEADERS.index(N_("direction")))
     if all(f.get("name") == f.get("protocol") for f in flows):
         dropped.add(FLOW_HEADERS.index(N_("protocol")))
     keep = [i for i in range(len(headers)) if i not in dropped]
@@ -138,7 +151,8 @@ def group_line(point: Mapping[str, Any]) -> str:
     if group.get("rpm_idle") is not None:
         parts.append(_("RPM idle {rpm}").format(rpm=f"{group['rpm_idle']:.0f}"))
     if group.get("rpm_loaded") is not None:
-        parts.append(_("RPM under upload load {rpm}").format(rpm=f"{group['rpm_loaded']:.0f}"))
+        loaded = LOADED_RPM.get(str(group.get("load_direction") or "upload"), LOADED_RPM["upload"])
+        parts.append(_(loaded).format(rpm=f"{group['rpm_loaded']:.0f}"))
     return " · ".join(parts)
 
 
@@ -178,7 +192,8 @@ def point_story(point: Mapping[str, Any]) -> str:
     group = point.get("group") or {}
     idle, loaded = (group.get("idle_rtt_us") or {}).get("p50"), (group.get("rtt_us") or {}).get("p50")
     if loaded is not None:
-        sentence = _("Probes under the load: RTT p50 {loaded} ms (RPM {rpm})").format(
+        said = LOADED_SENTENCE.get(str(group.get("load_direction") or "upload"), LOADED_SENTENCE["upload"])
+        sentence = _(said).format(
             loaded=f"{loaded / US_PER_MS:.1f}", rpm=f"{group.get('rpm_loaded', 0):.0f}")
         if idle is not None:
             sentence += ", " + _("against {idle} ms idle (RPM {rpm}): the queue added {added} ms").format(
@@ -186,6 +201,11 @@ def point_story(point: Mapping[str, Any]) -> str:
                 added=f"{(loaded - idle) / US_PER_MS:.0f}")
         sentences.append(sentence + ".")
     return " ".join(sentences)
+
+
+LOADED_SENTENCE = {"upload": N_("Probes under the upload load: RTT p50 {loaded} ms (RPM {rpm})"),
+                   "download": N_("Probes under the download load: RTT p50 {loaded} ms (RPM {rpm})"),
+                   "both": N_("Probes under the load both ways: RTT p50 {loaded} ms (RPM {rpm})")}
 
 
 def headline(payload: Mapping[str, Any]) -> str:
@@ -247,8 +267,9 @@ def _latency_headline(points: list[Mapping[str, Any]]) -> str:
         group = point.get("group") or {}
         loaded = (group.get("rtt_us") or {}).get("p50")
         if loaded is not None:
-            parts.append(_("{point}: {loaded} ms (RPM {rpm})").format(
-                point=point.get("id"), loaded=f"{loaded / US_PER_MS:.1f}",
+            way = _(DIRECTION_NAMES.get(str(group.get("load_direction")), N_("load both ways")))
+            parts.append(_("{point} ({way}): {loaded} ms (RPM {rpm})").format(
+                point=point.get("id"), way=way, loaded=f"{loaded / US_PER_MS:.1f}",
                 rpm=f"{group.get('rpm_loaded', 0):.0f}"))
     idle = [(p.get("group") or {}).get("idle_rtt_us", {}) or {} for p in points]
     idle_p50 = [i.get("p50") for i in idle if i.get("p50") is not None]

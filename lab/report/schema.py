@@ -457,6 +457,7 @@ FLOW = obj(
     {"name": LABEL, "protocol": PROTOCOL, "kind": text(20)},
     {
         "start_s": MEASURE,
+        "direction": text(20),
         "goodput_bps": nullable(MEASURE),
         "utilisation": nullable(MEASURE),
         "bytes_delivered": nullable(COUNT),
@@ -473,6 +474,9 @@ GROUP = obj(optional={
     "jain_index": RATIO,
     "rpm_idle": MEASURE,
     "rpm_loaded": MEASURE,
+    "rpm_loaded_upload": MEASURE,
+    "rpm_loaded_download": MEASURE,
+    "load_direction": text(20),
     "rtt_us": nullable(PERCENTILES),
     "idle_rtt_us": nullable(PERCENTILES),
 })
