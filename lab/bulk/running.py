@@ -1,12 +1,13 @@
 """Running bulk flows: on loopback (`run_bulk_loopback`), and in a namespace, one blocking
 (`Link.bulk`) or several at once (`Link.start_bulk`).
 
-A flow runs in a forked child inside the link's client namespace (lab.child.fork_call, as
-`call_in_netns`); `flow_in_namespace` is what that child runs: the protocol's `run_bulk`, with an
-interrupted flow raised as `BulkInterrupted` (carrying its result) so the parent's interrupt
-handling (lab.link.session) hands it back instead of dropping it. `BulkFlow` is the handle of a
-flow started without waiting: its child starts at once, a thread collects its outcome, and
-`.result()` returns the BulkResult (interrupted ones too, `stopped="interrupted"`).
+A flow runs in a forked child inside the link's client namespace (a download's: the server's;
+lab.child.fork_call, as `call_in_netns`); `flow_in_namespace` is what that child runs: the
+protocol's `run_bulk`, with an interrupted flow raised as `BulkInterrupted` (carrying its
+result) so the parent's interrupt handling (lab.link.session) hands it back instead of dropping
+it. `BulkFlow` is the handle of a flow started without waiting: its child starts at once, a
+thread collects its outcome, and `.result()` returns the BulkResult (interrupted ones too,
+`stopped="interrupted"`).
 """
 
 from __future__ import annotations
