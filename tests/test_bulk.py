@@ -441,7 +441,7 @@ LINK_BULK_SCRIPT = """
 import sys
 from lab.bulk import BulkInterrupted, BulkPlan
 from lab.link.session import open_link
-with open_link(delay="1ms") as link:
+with open_link(delay="1ms", rate="50mbit") as link:  # a rate: a full-speed flow would take both cores
     link.sink_for("tcp")
     print("ready", flush=True)
     try:
@@ -510,7 +510,7 @@ def test_a_datagram_flow_keeps_a_bounded_bitmap_of_seqs() -> None:
 
 @pytest.mark.privileged
 def test_closing_the_link_stops_its_flows(impaired_link: Any) -> None:
-    link = impaired_link(delay="1ms")
+    link = impaired_link(delay="1ms", rate="50mbit")  # the suite's other tests keep the cores
     flow = link.start_bulk("tcp", BulkPlan(duration_s=60.0))
     time.sleep(0.5)
     link.close()
