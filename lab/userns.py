@@ -30,8 +30,10 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,6 +194,24 @@ def _supervise(child: int) -> int:
             return _status(wait_status)
 
 
+def _private_tmpdir() -> None:
+    """Point TMPDIR at a folder of the real user's own (called before the namespaces exist).
+
+    Inside, this process is root: tools that keep a per-user folder in /tmp would take root's
+    (pytest's /tmp/pytest-of-root), which the real root, or another student's lab on the same
+    machine, may already own; pytest then refuses to run ("not owned by the current user").
+    """
+    uid = os.getuid()
+    path = os.path.join(tempfile.gettempdir(), f"wirelab-uid{uid}")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        path = tempfile.mkdtemp(prefix=f"wirelab-uid{uid}-")  # not ours as it should be: a fresh one
+    os.environ["TMPDIR"] = path
+    tempfile.tempdir = None  # tempfile caches the folder it chose
+
+
 def enter(command: Sequence[str] | None = None) -> int | None:
     """Run the rest of this process (or `command`, exec'd) inside namespaces of its own.
 
@@ -199,6 +219,7 @@ def enter(command: Sequence[str] | None = None) -> int | None:
     possible), or, in the outer process, the exit status of the run. Raises LabError if the
     namespaces cannot be made. Call it while the process has a single thread.
     """
+    _private_tmpdir()
     try:
         _unshare_and_map(pidns=True)
         _loopback_up()
