@@ -37,6 +37,7 @@ from lab.bulk.common import (
 )
 from lab.bulk.plan import BulkPlan, BulkResult
 from lab.errors import EndpointError, LabError, RemoteWireError
+from lab.protocols.quic import QuicPeer
 from lab.targets import lab_address, where
 
 BLOCKS_AHEAD = 4  # blocks written at once when aioquic has sent all it had
@@ -73,44 +74,22 @@ def run_quic_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
     return result
 
 
-class _QuicFlow:
-    """The connection, its socket, and what came back on our stream."""
+class _QuicFlow(QuicPeer):
+    """The connection, its socket (lab.protocols.quic.QuicPeer), and what came back on our stream."""
+
+    answering = "sink"
+    missing_hint = "python -m lab.protocols.quic_server --sink starts one"
 
     def __init__(self, protocol: Any, sock: Any, sel: selectors.BaseSelector,
                  address: tuple[str, int]) -> None:
-        self.protocol = protocol
-        self.sock = sock
-        self.sel = sel
-        self.address = address
-        self.conn: Any = None
-        self.counts: dict[str, int] = {}
-        self.handshake_done = False
-        self.terminated: str | None = None
+        super().__init__(protocol, sock, sel, address)
         self.reply = bytearray()  # what the sink sent on our stream
         self.flow_id = 0
-        self.sent_packets = self.received_packets = 0
 
     # --- the phases ---
     def connect(self, timeout_s: float) -> None:
-        from aioquic.quic.connection import QuicConnection
-
-        from lab.protocols.quic import client_configuration, watch_recovery
-
-        self.conn = QuicConnection(configuration=client_configuration(self.protocol.datagrams))
-        self.counts = watch_recovery(self.conn)
-        started = time.monotonic()
-        self.conn.connect(self.address, now=started)
-        self.flush()
-        while not (self.handshake_done and getattr(self.conn, "_handshake_confirmed", True)):
-            if self.terminated is not None:
-                raise EndpointError(f"the QUIC handshake with {where(self.address)} failed: "
-                                    f"{self.terminated}")
-            left = started + timeout_s - time.monotonic()
-            if left <= 0:
-                raise EndpointError(f"no QUIC sink answering at {where(self.address)} (no handshake "
-                                    f"within {timeout_s:.0f} s: python -m lab.protocols.quic_server "
-                                    "--sink starts one)")
-            self.pump(left)
+        self.start()
+        self.handshake(timeout_s)
 
     def run(self, plan: BulkPlan, result: BulkResult, progress: Callable[..., None] | None,
             round_trip_s: float) -> None:
@@ -147,8 +126,8 @@ class _QuicFlow:
             sink_missing(result, "interrupted while waiting for the sink's summary")
         if self.protocol.datagrams:
             result.datagrams = datagram_figures(summary, sent["datagrams"])
-        client = recovery_figures(self.conn, self.counts, datagrams_sent=self.sent_packets,
-                                  datagrams_received=self.received_packets)
+        client = recovery_figures(self.conn, self.counts, datagrams_sent=self.sent,
+                                  datagrams_received=self.received)
         result.observations[OBSERVER] = {"client": client}
         result.retransmits = client.get("retransmitted_packets")
         if (rtt := client.get("min_rtt_ms")) is not None:
@@ -234,10 +213,10 @@ class _QuicFlow:
             self.conn.send_stream_data(STREAM_ID, b"", end_stream=True)
         self.flush()
         reader = wire.SummaryReader()
-        started, heard = time.monotonic(), self.received_packets
+        started, heard = time.monotonic(), self.received
         while True:
-            if self.received_packets != heard and not interrupted:  # the tail and the summary still come
-                heard = self.received_packets
+            if self.received != heard and not interrupted:  # the tail and the summary still come
+                heard = self.received
                 deadline = max(deadline, min(time.monotonic() + wait_s, started + MAX_DRAIN_S))
             try:
                 if (summary := reader.feed(bytes(self.reply))) is not None:
@@ -263,59 +242,17 @@ class _QuicFlow:
         stream = getattr(self.conn, "_streams", {}).get(STREAM_ID)
         return stream is None or stream.sender.buffer_is_empty
 
-    def close(self) -> None:
-        if self.conn is not None and self.terminated is None:
-            with contextlib.suppress(Exception):
-                self.conn.close(reason_phrase="bulk flow done")
-                self.flush()
+    def close(self, reason: str = "bulk flow done") -> None:
+        with contextlib.suppress(Exception):  # in a finally: the flow's own error is the one to see
+            super().close(reason)
 
-    # --- I/O, as lab.protocols.quic ---
-    def pump(self, wait_s: float) -> None:
-        timer = self.conn.get_timer()
-        if timer is not None:
-            wait_s = min(wait_s, max(0.0, timer - time.monotonic()))
-        if self.sel.select(wait_s):
-            self.read()
-        timer = self.conn.get_timer()
-        now = time.monotonic()
-        if timer is not None and timer <= now:
-            self.conn.handle_timer(now)
-            self.events()
-        self.flush()
+    def unreachable(self, exc: OSError) -> EndpointError:
+        return EndpointError(f"no QUIC sink answering at {where(self.address)} (port unreachable: "
+                             "nothing listening)")
 
-    def read(self) -> None:
-        from lab.protocols.common import received_datagrams
-
-        for data, recv_ns in received_datagrams(self.sock, self.refused):
-            self.received_packets += 1
-            self.conn.receive_datagram(data, self.address, now=recv_ns / NS_PER_S)
-            self.events()
-
-    def flush(self) -> None:
-        for data, _ in self.conn.datagrams_to_send(now=time.monotonic()):
-            try:
-                self.sock.send(data)
-            except BlockingIOError:
-                continue  # our own buffer is full: QUIC recovers it as a lost packet
-            except ConnectionRefusedError as exc:
-                self.refused(exc)
-                continue
-            self.sent_packets += 1
-
-    def refused(self, exc: OSError) -> None:
-        if not self.handshake_done:
-            raise EndpointError(f"no QUIC sink answering at {where(self.address)} (port unreachable: "
-                                "nothing listening)") from exc
-
-    def events(self) -> None:
+    def on_event(self, event: Any, recv_ns: int) -> None:
         from aioquic.quic import events
 
-        while (event := self.conn.next_event()) is not None:
-            if isinstance(event, events.StreamDataReceived) and event.stream_id == STREAM_ID:
-                if len(self.reply) + len(event.data) <= wire.MAX_SUMMARY:
-                    self.reply += event.data
-            elif isinstance(event, events.HandshakeCompleted):
-                self.handshake_done = True
-            elif isinstance(event, events.ConnectionTerminated):
-                reason = event.reason_phrase or "no reason given"
-                self.terminated = f"{reason} (QUIC error 0x{event.error_code:x})"
+        if isinstance(event, events.StreamDataReceived) and event.stream_id == STREAM_ID \
+                and len(self.reply) + len(event.data) <= wire.MAX_SUMMARY:
+            self.reply += event.data

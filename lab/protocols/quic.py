@@ -225,10 +225,16 @@ def client_configuration(datagrams: bool) -> Any:
     )
 
 
-class _Client:
-    """One run's connection, socket and decoders, driven by `pump` (sans-IO aioquic, our own loop)."""
+class QuicPeer:
+    """A client connection driven from our own selectors loop (sans-IO aioquic): the handshake and
+    the I/O that the probe client (`_Client`) and the bulk flow (lab.bulk.quic) share. A subclass
+    handles the connection's other events in `on_event` and an ICMP refusal after the handshake in
+    `refused_later`; `sent`/`received` count UDP datagrams."""
 
-    def __init__(self, protocol: QUIC, sock: socket.socket, sel: selectors.BaseSelector,
+    answering = "echo server"  # what should answer at `address`, for messages
+    missing_hint = "is it the lab's QUIC server?"
+
+    def __init__(self, protocol: Any, sock: socket.socket, sel: selectors.BaseSelector,
                  address: tuple[str, int]) -> None:
         self.protocol = protocol
         self.sock = sock
@@ -236,54 +242,16 @@ class _Client:
         self.address = address
         self.conn: Any = None
         self.counts: dict[str, int] = {}
-        self.run_: ProbeSchedule | None = None
-        self.decoders: dict[int, StreamDecoder] = {}  # stream id -> decoder of its replies
-        self.stream_ids: list[int] = []  # logical stream -> QUIC stream id
         self.handshake_done = False
         self.terminated: str | None = None  # why the connection ended, once it has
-        self.stats_stream: int | None = None
-        self.stats_reply = bytearray()
-        self.stats_done = False
         self.sent = self.received = 0
 
-    # --- the run's phases ---
-    def run(self, plan: TrafficPlan, handshake_s: float, round_trip_s: float, *,
-            progress: Callable[..., None] | None, deadline_s: float | None) -> RunRecord:
+    def start(self) -> None:
+        """A connection of the protocol's kind, its recovery counted (`watch_recovery`)."""
         from aioquic.quic.connection import QuicConnection
 
         self.conn = QuicConnection(configuration=client_configuration(self.protocol.datagrams))
         self.counts = watch_recovery(self.conn)
-        with fine_timers():
-            self.handshake(handshake_s)
-            run = self.run_ = ProbeSchedule(self.protocol.name, plan, deadline_s=deadline_s,
-                                            progress=progress)
-            if not self.protocol.datagrams:
-                for stream in range(plan.streams):
-                    # Client-initiated bidirectional streams are 0, 4, 8... (RFC 9000 §2.1); aioquic
-                    # creates one when data is first sent on it.
-                    stream_id = CLIENT_BIDI_STREAM_STEP * stream
-                    self.stream_ids.append(stream_id)
-                    self.decoders[stream_id] = StreamDecoder(max_payload=plan.size - HEADER_SIZE,
-                                                             max_buffer=DECODER_BUFFER)
-            try:
-                self.probe_loop(run)
-            except KeyboardInterrupt:
-                raise run.interrupted(time.monotonic_ns()) from None
-            ended = time.monotonic_ns()
-            if self.terminated is not None and not run.arrivals:
-                raise EndpointError(f"the QUIC connection to {where(self.address)} ended before any reply: "
-                                    f"{self.terminated}")
-            self.run_ = None  # replies from here on are not part of the run
-            server = self.server_figures(round_trip_s) if self.terminated is None else None
-            if self.terminated is not None and not run.complete():
-                run.notes.connection_ended = self.terminated
-            run.observations[OBSERVER] = {
-                "client": recovery_figures(self.conn, self.counts, datagrams_sent=self.sent,
-                                           datagrams_received=self.received),
-                "server": server,
-            }
-            self.close()
-            return run.record(ended)
 
     def handshake(self, timeout_s: float) -> None:
         """Connect, and pump until the handshake is confirmed (aioquic resends lost packets itself).
@@ -301,49 +269,14 @@ class _Client:
                                     f"{self.terminated}")
             left = started + timeout_s - time.monotonic()
             if left <= 0:
-                raise EndpointError(f"no QUIC echo server answering at {where(self.address)} (no handshake "
-                                    f"within {timeout_s:.0f} s: is it the lab's QUIC server?)")
+                raise EndpointError(f"no QUIC {self.answering} answering at {where(self.address)} (no "
+                                    f"handshake within {timeout_s:.0f} s: {self.missing_hint})")
             self.pump(left)
 
-    def probe_loop(self, run: ProbeSchedule) -> None:
-        conn = self.conn
-        while True:
-            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
-                # Stamped when handed to the connection: time in QUIC's buffers (congestion window,
-                # pacing, retransmission) is part of the latency the application sees, as with TCP.
-                data = frame(seq, stream, intended, payload, crc)
-                if self.protocol.datagrams:
-                    conn.send_datagram_frame(data)
-                else:
-                    conn.send_stream_data(self.stream_ids[stream], data)
-                run.sent(seq, stream, intended, sent_ns)
-            now = time.monotonic_ns()
-            if run.burst:
-                self.flush()
-            if self.terminated is not None or run.done(now):
-                return
-            self.pump(0.0 if run.burst >= MAX_BURST else run.wait_s(now))
-
-    def server_figures(self, round_trip_s: float) -> dict[str, Any] | None:
-        """Ask the server for its end's figures on a unidirectional stream; None if no answer in time."""
-        self.stats_stream = self.conn.get_next_available_stream_id(is_unidirectional=True)
-        self.conn.send_stream_data(self.stats_stream, STATS_REQUEST, end_stream=True)
-        self.flush()
-        until = time.monotonic() + min(STATS_WAIT_MAX_S, max(STATS_WAIT_MIN_S, 4 * round_trip_s))
-        while not self.stats_done and self.terminated is None and (left := until - time.monotonic()) > 0:
-            self.pump(left)
-        if not self.stats_done:
-            return None
-        try:
-            figures = json.loads(bytes(self.stats_reply))
-        except ValueError:
-            return None
-        return figures if isinstance(figures, dict) else None
-
-    def close(self) -> None:
+    def close(self, reason: str = "run done") -> None:
         """Close the connection politely (one CONNECTION_CLOSE; the server times out if it is lost)."""
-        if self.terminated is None:
-            self.conn.close(reason_phrase="run done")
+        if self.conn is not None and self.terminated is None:
+            self.conn.close(reason_phrase=reason)
             self.flush()
 
     # --- I/O ---
@@ -380,28 +313,132 @@ class _Client:
                 self.refused(exc)
                 continue
             except OSError as exc:
-                raise unreachable(self.address, self.protocol.label, exc, connected=False) from exc
+                raise self.unreachable(exc) from exc
             self.sent += 1
 
     def refused(self, exc: OSError) -> None:
         if not self.handshake_done:
-            raise unreachable(self.address, self.protocol.label, exc, connected=False) from exc
-        if self.run_ is not None:
-            self.run_.notes.icmp_refused += 1
+            raise self.unreachable(exc) from exc
+        self.refused_later(exc)
+
+    def unreachable(self, exc: OSError) -> EndpointError:
+        """The one-line error when nothing answers at `address`."""
+        return unreachable(self.address, self.protocol.label, exc, connected=False)
+
+    def refused_later(self, exc: OSError) -> None:
+        """An ICMP refusal once connected (the server went away): ignored unless a subclass counts it."""
 
     # --- what the connection reports ---
     def events(self, recv_ns: int) -> None:
         from aioquic.quic import events
 
         while (event := self.conn.next_event()) is not None:
-            if isinstance(event, events.StreamDataReceived):
-                self.stream_data(event.stream_id, event.data, event.end_stream, recv_ns)
-            elif isinstance(event, events.DatagramFrameReceived):
-                self.datagram(event.data, recv_ns)
-            elif isinstance(event, events.HandshakeCompleted):
+            if isinstance(event, events.HandshakeCompleted):
                 self.handshake_done = True
             elif isinstance(event, events.ConnectionTerminated):
                 self.terminated = _termination(event)
+            else:
+                self.on_event(event, recv_ns)
+
+    def on_event(self, event: Any, recv_ns: int) -> None:
+        """Any other event of the connection (stream data, DATAGRAM frames...)."""
+
+
+class _Client(QuicPeer):
+    """One probe run's connection and decoders, driven by `pump`."""
+
+    def __init__(self, protocol: QUIC, sock: socket.socket, sel: selectors.BaseSelector,
+                 address: tuple[str, int]) -> None:
+        super().__init__(protocol, sock, sel, address)
+        self.run_: ProbeSchedule | None = None
+        self.decoders: dict[int, StreamDecoder] = {}  # stream id -> decoder of its replies
+        self.stream_ids: list[int] = []  # logical stream -> QUIC stream id
+        self.stats_stream: int | None = None
+        self.stats_reply = bytearray()
+        self.stats_done = False
+
+    # --- the run's phases ---
+    def run(self, plan: TrafficPlan, handshake_s: float, round_trip_s: float, *,
+            progress: Callable[..., None] | None, deadline_s: float | None) -> RunRecord:
+        self.start()
+        with fine_timers():
+            self.handshake(handshake_s)
+            run = self.run_ = ProbeSchedule(self.protocol.name, plan, deadline_s=deadline_s,
+                                            progress=progress)
+            if not self.protocol.datagrams:
+                for stream in range(plan.streams):
+                    # Client-initiated bidirectional streams are 0, 4, 8... (RFC 9000 §2.1); aioquic
+                    # creates one when data is first sent on it.
+                    stream_id = CLIENT_BIDI_STREAM_STEP * stream
+                    self.stream_ids.append(stream_id)
+                    self.decoders[stream_id] = StreamDecoder(max_payload=plan.size - HEADER_SIZE,
+                                                             max_buffer=DECODER_BUFFER)
+            try:
+                self.probe_loop(run)
+            except KeyboardInterrupt:
+                raise run.interrupted(time.monotonic_ns()) from None
+            ended = time.monotonic_ns()
+            if self.terminated is not None and not run.arrivals:
+                raise EndpointError(f"the QUIC connection to {where(self.address)} ended before any reply: "
+                                    f"{self.terminated}")
+            self.run_ = None  # replies from here on are not part of the run
+            server = self.server_figures(round_trip_s) if self.terminated is None else None
+            if self.terminated is not None and not run.complete():
+                run.notes.connection_ended = self.terminated
+            run.observations[OBSERVER] = {
+                "client": recovery_figures(self.conn, self.counts, datagrams_sent=self.sent,
+                                           datagrams_received=self.received),
+                "server": server,
+            }
+            self.close()
+            return run.record(ended)
+
+    def probe_loop(self, run: ProbeSchedule) -> None:
+        conn = self.conn
+        while True:
+            for seq, stream, payload, crc, intended, sent_ns in run.due_probes(MAX_BURST):
+                # Stamped when handed to the connection: time in QUIC's buffers (congestion window,
+                # pacing, retransmission) is part of the latency the application sees, as with TCP.
+                data = frame(seq, stream, intended, payload, crc)
+                if self.protocol.datagrams:
+                    conn.send_datagram_frame(data)
+                else:
+                    conn.send_stream_data(self.stream_ids[stream], data)
+                run.sent(seq, stream, intended, sent_ns)
+            now = time.monotonic_ns()
+            if run.burst:
+                self.flush()
+            if self.terminated is not None or run.done(now):
+                return
+            self.pump(0.0 if run.burst >= MAX_BURST else run.wait_s(now))
+
+    def server_figures(self, round_trip_s: float) -> dict[str, Any] | None:
+        """Ask the server for its end's figures on a unidirectional stream; None if no answer in time."""
+        self.stats_stream = self.conn.get_next_available_stream_id(is_unidirectional=True)
+        self.conn.send_stream_data(self.stats_stream, STATS_REQUEST, end_stream=True)
+        self.flush()
+        until = time.monotonic() + min(STATS_WAIT_MAX_S, max(STATS_WAIT_MIN_S, 4 * round_trip_s))
+        while not self.stats_done and self.terminated is None and (left := until - time.monotonic()) > 0:
+            self.pump(left)
+        if not self.stats_done:
+            return None
+        try:
+            figures = json.loads(bytes(self.stats_reply))
+        except ValueError:
+            return None
+        return figures if isinstance(figures, dict) else None
+
+    def refused_later(self, exc: OSError) -> None:
+        if self.run_ is not None:
+            self.run_.notes.icmp_refused += 1
+
+    def on_event(self, event: Any, recv_ns: int) -> None:
+        from aioquic.quic import events
+
+        if isinstance(event, events.StreamDataReceived):
+            self.stream_data(event.stream_id, event.data, event.end_stream, recv_ns)
+        elif isinstance(event, events.DatagramFrameReceived):
+            self.datagram(event.data, recv_ns)
 
     def stream_data(self, stream_id: int, data: bytes, end_stream: bool, recv_ns: int) -> None:
         if stream_id == self.stats_stream or stream_id % 4 == 3:  # the server's figures (its uni stream)
