@@ -6,12 +6,14 @@ variant) both build on these, so they count, refuse and bind the same way.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
+import selectors
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from lab.errors import ConfigError, EndpointError
 
@@ -408,3 +410,88 @@ class BoundEcho:
             return None
         limits = self.limits
         return UdpGuard(self.udp_address, rate=limits.udp_rate_limit, loop_seconds=limits.loop_seconds)
+
+
+class SelectorLoop:
+    """The life of the lab's `selectors` servers (the echo server, the discard sink): one loop run by
+    `serve_forever` until `shutdown()` (from any thread, idempotent: a wake-up socket pair breaks the
+    wait), `close()` (idempotent; waits briefly for a running loop, which closes everything as it
+    exits), a context manager. A subclass calls `_init_loop()` in its constructor and gives
+    `_register` (its sockets, into `self._sel`), `_step` (one round of the loop) and
+    `_close_sockets` (its connections and listening sockets, called once)."""
+
+    def _init_loop(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._serving = False
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._loop_thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        """Run the loop until `shutdown()`; closes every socket on the way out.
+
+        Returns at once if the server was already shut down or closed (a thread started just
+        before `close()` must not find half-closed sockets).
+        """
+        with self._close_lock:
+            if self._closed or self._stop.is_set():
+                return
+            self._serving = True
+            self._loop_thread = threading.current_thread()
+            self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+            self._register()
+        try:
+            while not self._stop.is_set():
+                self._step()
+        finally:
+            self._close_all()
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Ask the loop to stop (from any thread, idempotent); returns at once."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def close(self) -> None:
+        """Stop serving and close every socket (idempotent; waits briefly for a running loop)."""
+        self.shutdown()
+        with self._close_lock:
+            serving = self._serving
+        if serving and threading.current_thread() is not self._loop_thread:
+            self._done.wait(timeout=5.0)  # the loop closes everything itself as it exits
+        self._close_all()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_wake(self, sock: Any, mask: int) -> None:
+        with contextlib.suppress(OSError):
+            sock.recv(4096)
+
+    def _close_all(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close_sockets()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+        self._sel.close()
+
+    def _register(self) -> None:
+        raise NotImplementedError
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def _close_sockets(self) -> None:
+        raise NotImplementedError

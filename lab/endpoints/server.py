@@ -43,6 +43,7 @@ from lab.endpoints.common import (
     VARIANTS,
     BoundEcho,
     ProbeReceipts,
+    SelectorLoop,
     format_address,
 )
 from lab.errors import ConfigError, EndpointError
@@ -147,8 +148,9 @@ class _Conn:
         self.reports = StreamReports()
 
 
-class EchoServer(BoundEcho):
-    """TCP and/or UDP echo served by one `selectors` loop; binds in the constructor (BoundEcho)."""
+class EchoServer(BoundEcho, SelectorLoop):
+    """TCP and/or UDP echo served by one `selectors` loop (SelectorLoop: serve_forever, shutdown,
+    close); binds in the constructor (BoundEcho)."""
 
     def __init__(self, kind: str, *, host: str = "127.0.0.1", port: int = 0, **limits: Any) -> None:
         super().__init__(kind, host=host, port=port, **limits)
@@ -161,20 +163,11 @@ class EchoServer(BoundEcho):
         # datagram socket receives, and the server reports each probe's receipt in its reply.
         self._receipts = ProbeReceipts()
         self._rx_stamps = self._udp is not None and timestamps.enable(self._udp, transmit=False) is None
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._init_loop()
         # Least recently active first (see _touch): the front is the next to evict or time out.
         self._conns: dict[socket.socket, _Conn] = {}
         self._buffered = 0  # unsent echo bytes held for all connections together
-        self._stop = threading.Event()
-        self._done = threading.Event()
-        self._serving = False
-        self._closed = False
-        self._close_lock = threading.Lock()
         self._accept_paused_until = 0.0
-        self._loop_thread: threading.Thread | None = None
         self._idle_check_at = 0.0  # when the oldest-idle connection may time out (0 = no check due)
 
     # --- public ------------------------------------------------------------------------------------
@@ -183,49 +176,8 @@ class EchoServer(BoundEcho):
         """A snapshot of the counters and `outbuf_bytes` (unsent echo held now); safe from any thread."""
         return {**self.counters.snapshot(), "outbuf_bytes": self._buffered}
 
-    def serve_forever(self) -> None:
-        """Run the loop until `shutdown()`; closes every socket on the way out.
-
-        Returns at once if the server was already shut down or closed (a thread started just
-        before `close()` must not find half-closed sockets).
-        """
-        with self._close_lock:
-            if self._closed or self._stop.is_set():
-                return
-            self._serving = True
-            self._loop_thread = threading.current_thread()
-            self._register()
-        try:
-            while not self._stop.is_set():
-                self._step()
-        finally:
-            self._close_all()
-            self._done.set()
-
-    def shutdown(self) -> None:
-        """Ask the loop to stop (from any thread, idempotent); returns at once."""
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-
-    def close(self) -> None:
-        """Stop serving and close every socket (idempotent; waits briefly for a running loop)."""
-        self.shutdown()
-        with self._close_lock:
-            serving = self._serving
-        if serving and threading.current_thread() is not self._loop_thread:
-            self._done.wait(timeout=5.0)  # the loop closes everything itself as it exits
-        self._close_all()
-
-    def __enter__(self) -> EchoServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # --- the loop ----------------------------------------------------------------------------------
     def _register(self) -> None:
-        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
         if self._tcp is not None:
             self._sel.register(self._tcp, selectors.EVENT_READ, self._on_accept)
         if self._udp is not None:
@@ -246,10 +198,6 @@ class EchoServer(BoundEcho):
     def _timeout(self, now: float) -> float | None:
         deadlines = [t for t in (self._idle_check_at, self._accept_paused_until) if t]
         return max(0.0, min(deadlines) - now) if deadlines else None
-
-    def _on_wake(self, sock: Any, mask: int) -> None:
-        with contextlib.suppress(OSError):
-            sock.recv(4096)
 
     def _on_accept(self, listener: Any, mask: int) -> None:
         for _ in range(BATCH):
@@ -443,17 +391,12 @@ class EchoServer(BoundEcho):
         # The reply cannot carry its own transmit stamp: this is the server's clock just before sendto.
         return filled(data, rx_ns, time.time_ns(), seen, received & 0xFFFFFFFF, kernel_rx is not None)
 
-    def _close_all(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+    def _close_sockets(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn)
-        for sock in (self._tcp, self._udp, self._wake_r, self._wake_w):
+        for sock in (self._tcp, self._udp):
             if sock is not None:
                 sock.close()
-        self._sel.close()
 
 
 # --- running a server in a thread ------------------------------------------------------------------

@@ -34,7 +34,13 @@ from typing import Any
 
 from lab.bulk import wire
 from lab.bulk.counting import DatagramCounter, StreamCounter
-from lab.endpoints.common import BOTH_BIND_ATTEMPTS, bind_sockets, check_idle_timeout, format_address
+from lab.endpoints.common import (
+    BOTH_BIND_ATTEMPTS,
+    SelectorLoop,
+    bind_sockets,
+    check_idle_timeout,
+    format_address,
+)
 from lab.errors import ConfigError, EndpointError, RemoteWireError
 
 DISCARD_PORT = 9009  # discard's well-known port is 9 (RFC 863); 9009 needs no privileges
@@ -71,8 +77,9 @@ class _Conn:
         self.overflows_before = 0  # the namespace's receive-buffer drops when its datagram flow began
 
 
-class DiscardSink:
-    """TCP and UDP (or UDP-Lite) discard on one port number; binds in the constructor."""
+class DiscardSink(SelectorLoop):
+    """TCP and UDP (or UDP-Lite) discard on one port number, served by one `selectors` loop
+    (SelectorLoop: serve_forever, shutdown, close); binds in the constructor."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, udp_lite: bool = False,
                  max_conns: int = 64, idle_timeout: float = 60.0) -> None:
@@ -92,14 +99,8 @@ class DiscardSink:
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, _Conn] = {}
         self._flows: dict[tuple[str, int], _Conn] = {}  # (peer address, flow id) -> its control
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._stop = threading.Event()
-        self._done = threading.Event()
-        self._serving = False
-        self._closed = False
+        self._init_loop()
+        self._next_sweep = 0.0
 
     # --- public ---
     @property
@@ -107,52 +108,23 @@ class DiscardSink:
         with self._lock:
             return dict(self._counters)
 
-    def serve_forever(self) -> None:
-        with self._lock:
-            if self._closed or self._stop.is_set():
-                return
-            self._serving = True
-        self._sel.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+    # --- the loop (lab.endpoints.common.SelectorLoop runs it) ---
+    def _register(self) -> None:
         self._sel.register(self.tcp_socket, selectors.EVENT_READ, self._on_accept)
         self._sel.register(self.udp_socket, selectors.EVENT_READ, self._on_datagram)
-        next_sweep = time.monotonic() + SWEEP_S
-        try:
-            while not self._stop.is_set():
-                for key, mask in self._sel.select(max(0.0, next_sweep - time.monotonic())):
-                    key.data(key.fileobj, mask)
-                if time.monotonic() >= next_sweep:
-                    self._sweep()
-                    next_sweep = time.monotonic() + SWEEP_S
-        finally:
-            self._close_all()
-            self._done.set()
+        self._next_sweep = time.monotonic() + SWEEP_S
 
-    def shutdown(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+    def _step(self) -> None:
+        for key, mask in self._sel.select(max(0.0, self._next_sweep - time.monotonic())):
+            key.data(key.fileobj, mask)
+        if time.monotonic() >= self._next_sweep:
+            self._sweep()
+            self._next_sweep = time.monotonic() + SWEEP_S
 
-    def close(self) -> None:
-        self.shutdown()
-        if self._serving:
-            self._done.wait(timeout=5.0)
-        self._close_all()
-
-    def __enter__(self) -> DiscardSink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # --- the loop ---
     def _add(self, **deltas: int) -> None:
         with self._lock:
             for name, delta in deltas.items():
                 self._counters[name] += delta
-
-    def _on_wake(self, sock: Any, mask: int) -> None:
-        with contextlib.suppress(OSError):
-            sock.recv(4096)
 
     def _on_accept(self, listener: Any, mask: int) -> None:
         for _ in range(16):
@@ -351,16 +323,11 @@ class DiscardSink:
         conn.sock.close()
         self._add(active=-1)
 
-    def _close_all(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+    def _close_sockets(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn)
-        for sock in (self.tcp_socket, self.udp_socket, self._wake_r, self._wake_w):
+        for sock in (self.tcp_socket, self.udp_socket):
             sock.close()
-        self._sel.close()
 
 
 def receive_buffer_overflows() -> int:
