@@ -215,20 +215,9 @@ def _probes_plan(table: Mapping[str, Any], where: str, fail: Fail) -> TrafficPla
     for key in ("count", "size", "window"):
         if key in kwargs and not _integer(kwargs[key]):
             raise fail(f"{where} {key}", f"must be an integer, got {kwargs[key]!r}")
-    duration = kwargs.pop("duration", None)
-    if duration is not None:
-        if "count" in kwargs:
-            raise fail(f"{where} duration", "give either count or duration, not both")
-        if not 0 < duration <= MAX_GROUP_SECONDS:
-            raise fail(f"{where} duration", f"must be > 0 and <= {MAX_GROUP_SECONDS:g} s, got {duration!r}")
-        kwargs.setdefault("rate", DEFAULT_PROBE_RATE)
-        kwargs["count"] = max(1, round(kwargs["rate"] * duration))
-    if "rate" in kwargs:
-        kwargs["rate"] = float(kwargs["rate"])
-    if "timeout" in kwargs:
-        kwargs["timeout"] = float(kwargs["timeout"])
     try:
-        return TrafficPlan(**kwargs)
+        return TrafficPlan.from_table(kwargs, max_duration_s=MAX_GROUP_SECONDS,
+                                      default_rate=DEFAULT_PROBE_RATE)
     except ConfigError as exc:
         raise fail(f"{where} {exc.key or ''}".rstrip(), _strip(str(exc), exc.key or "")) from None
 

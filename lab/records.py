@@ -138,6 +138,31 @@ class TrafficPlan:
                 f"{MAX_RUN_SECONDS_ENV} to raise it", key="rate"
             )
 
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], *, max_duration_s: float,
+                   default_rate: float | None = None) -> TrafficPlan:
+        """A plan from a scenario's table of numbers (`[traffic]`, a probes flow of `[[flows]]`):
+        `duration` (seconds) becomes count = rate x duration, at `default_rate` when no rate is
+        given (None: a rate is required); `rate` and `timeout` become floats. A ConfigError names
+        the key (`duration`, or the plan's own)."""
+        kwargs = dict(table)
+        duration = kwargs.pop("duration", None)
+        if duration is not None:
+            if "count" in kwargs:
+                raise ConfigError("give either count or duration, not both", key="duration")
+            if default_rate is not None:
+                kwargs.setdefault("rate", default_rate)
+            if kwargs.get("rate") is None:
+                raise ConfigError("needs a rate (count = rate * duration)", key="duration")
+            if not 0 < duration <= max_duration_s:
+                raise ConfigError(f"must be > 0 and <= {max_duration_s:g} s, got {duration!r}",
+                                  key="duration")
+            kwargs["count"] = max(1, round(kwargs["rate"] * duration))
+        for key in ("rate", "timeout"):
+            if key in kwargs:
+                kwargs[key] = float(kwargs[key])
+        return cls(**kwargs)
+
     def deadline_s(self) -> float:
         """How long a client may run this plan before its overall deadline stops it.
 

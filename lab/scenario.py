@@ -642,23 +642,8 @@ class _Parser:
             raise self.fail(
                 f"{where}[traffic] size", f"must be an integer (bytes), got {_show(kwargs['size'])}"
             )
-        duration = kwargs.pop("duration", None)
-        if duration is not None:
-            if "count" in kwargs:
-                raise self.fail(f"{where}[traffic] duration", "give either count or duration, not both")
-            if kwargs.get("rate") is None:
-                raise self.fail(f"{where}[traffic] duration", "needs a rate (count = rate * duration)")
-            if not 0 < duration <= MAX_DURATION_S:
-                raise self.fail(
-                    f"{where}[traffic] duration", f"must be > 0 and <= {MAX_DURATION_S:g} s, got {duration!r}"
-                )
-            kwargs["count"] = max(1, round(kwargs["rate"] * duration))
-        if "rate" in kwargs:
-            kwargs["rate"] = float(kwargs["rate"])
-        if "timeout" in kwargs:
-            kwargs["timeout"] = float(kwargs["timeout"])
         try:
-            return TrafficPlan(**kwargs)
+            return TrafficPlan.from_table(kwargs, max_duration_s=MAX_DURATION_S)
         except ConfigError as exc:
             key = exc.key or str(exc).split(" ", 1)[0]
             raise self.fail(f"{where}[traffic] {key}", str(exc)) from None
