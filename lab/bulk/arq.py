@@ -11,7 +11,6 @@ too (docs/architecture.md#bulk-traffic). Retransmissions are the sender's own co
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import selectors
 import time
@@ -25,10 +24,8 @@ from lab.bulk.common import (
     NS_PER_S,
     SUMMARY_WAIT_S,
     Bounds,
-    apply_summary,
+    collect_summary,
     new_flow_id,
-    sink_missing,
-    uninterrupted,
     wait_until,
 )
 from lab.bulk.plan import BulkPlan, BulkResult
@@ -77,14 +74,7 @@ def run_arq_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
         result.stopped = flow.bounds.stopped or "error"
         result.duration_s = (time.monotonic_ns() - started) / NS_PER_S
         wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
-        try:
-            with uninterrupted() if interrupted else contextlib.nullcontext():
-                apply_summary(result, flow.finish(wait_s, extend=not interrupted), started)
-        except (EndpointError, OSError) as exc:
-            sink_missing(result, str(exc))
-        except KeyboardInterrupt:
-            result.stopped = "interrupted"
-            sink_missing(result, "interrupted while waiting for the sink's summary")
+        collect_summary(result, started, interrupted, lambda: flow.finish(wait_s, extend=not interrupted))
         observed = endpoint.observations()
         result.observations[OBSERVER] = observed
         result.retransmits = observed["sender"]["retransmitted"]

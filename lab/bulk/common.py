@@ -184,6 +184,25 @@ def datagram_figures(summary: dict[str, Any], sent: int) -> dict[str, Any]:
     }
 
 
+def collect_summary(result: BulkResult, started_ns: int, interrupted: bool,
+                    ask: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The sink's summary of a flow that has stopped sending: `ask()` gets it (bounded by the
+    caller's wait), `result` is filled from it; or, when it never comes (an EndpointError or OSError,
+    a Ctrl-C), `result` says why and the summary is empty. After a Ctrl-C the exchange runs with
+    SIGINT ignored (`uninterrupted`): one Ctrl-C stops a flow, not the report of what it did."""
+    try:
+        with uninterrupted() if interrupted else contextlib.nullcontext():
+            summary = ask()
+        apply_summary(result, summary, started_ns)
+        return summary
+    except (EndpointError, OSError) as exc:
+        sink_missing(result, str(exc))
+    except KeyboardInterrupt:
+        result.stopped = "interrupted"
+        sink_missing(result, "interrupted while waiting for the sink's summary")
+    return {}
+
+
 def sink_missing(result: BulkResult, why: str) -> None:
     """The sink's summary never came: say so (bytes_delivered stays what the sender knows)."""
     result.observations.setdefault("sink", {})["missing"] = why

@@ -11,7 +11,6 @@ connection is TCP, so the answer crosses a lossy link.
 
 from __future__ import annotations
 
-import contextlib
 import select
 import socket
 import time
@@ -25,13 +24,12 @@ from lab.bulk.common import (
     NS_PER_S,
     SUMMARY_WAIT_S,
     Bounds,
-    apply_summary,
+    collect_summary,
     connect_tcp,
     datagram_figures,
     new_flow_id,
     read_summary,
     sink_missing,
-    uninterrupted,
     wait_until,
 )
 from lab.bulk.plan import BulkPlan, BulkResult
@@ -134,18 +132,13 @@ def run_datagram_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *
         # The sink answers once the flow is quiet (a queue still draining is not), by MAX_END_WAIT_S.
         wait_s = INTERRUPTED_WAIT_S if interrupted else wire.MAX_END_WAIT_S + SUMMARY_WAIT_S
         wait_s += 4 * round_trip_s
-        summary: dict[str, Any] = {}
-        try:
-            with uninterrupted() if interrupted else contextlib.nullcontext():
-                control.setblocking(True)
-                control.sendall(wire.encode_end(seq, sent_bytes, round(quiet_s * NS_PER_S)))
-                summary = read_summary(control, wait_s, (host, port))
-            apply_summary(result, summary, started)
-        except (EndpointError, OSError) as exc:
-            sink_missing(result, str(exc))
-        except KeyboardInterrupt:
-            result.stopped = "interrupted"
-            sink_missing(result, "interrupted while waiting for the sink's summary")
+
+        def ask() -> dict[str, Any]:
+            control.setblocking(True)
+            control.sendall(wire.encode_end(seq, sent_bytes, round(quiet_s * NS_PER_S)))
+            return read_summary(control, wait_s, (host, port))
+
+        summary = collect_summary(result, started, interrupted, ask)
         result.datagrams = datagram_figures(summary, seq)
     return result
 

@@ -28,11 +28,9 @@ from lab.bulk.common import (
     NS_PER_S,
     SUMMARY_WAIT_S,
     Bounds,
-    apply_summary,
+    collect_summary,
     datagram_figures,
     new_flow_id,
-    sink_missing,
-    uninterrupted,
     wait_until,
 )
 from lab.bulk.plan import BulkPlan, BulkResult
@@ -114,16 +112,9 @@ class _QuicFlow(QuicPeer):
         result.stopped = bounds.stopped or "error"
         result.duration_s = (time.monotonic_ns() - started) / NS_PER_S
         wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
-        summary: dict[str, Any] = {}
-        try:
-            with uninterrupted() if interrupted else contextlib.nullcontext():
-                summary = self.finish(sent, wait_s, QUIET_MIN_S + 2 * round_trip_s, interrupted)
-            apply_summary(result, summary, started)
-        except EndpointError as exc:
-            sink_missing(result, str(exc))
-        except KeyboardInterrupt:
-            result.stopped = "interrupted"
-            sink_missing(result, "interrupted while waiting for the sink's summary")
+        quiet_s = QUIET_MIN_S + 2 * round_trip_s
+        summary = collect_summary(result, started, interrupted,
+                                  lambda: self.finish(sent, wait_s, quiet_s, interrupted))
         if self.protocol.datagrams:
             result.datagrams = datagram_figures(summary, sent["datagrams"])
         client = recovery_figures(self.conn, self.counts, datagrams_sent=self.sent,

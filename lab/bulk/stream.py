@@ -23,16 +23,13 @@ from lab.bulk.common import (
     NS_PER_S,
     SUMMARY_WAIT_S,
     Bounds,
-    apply_summary,
+    collect_summary,
     connect_tcp,
     new_flow_id,
     read_summary,
-    sink_missing,
-    uninterrupted,
     wait_until,
 )
 from lab.bulk.plan import BulkPlan, BulkResult
-from lab.errors import EndpointError
 from lab.targets import lab_address
 
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
@@ -121,18 +118,13 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
         result.stopped = bounds.stopped or "error"
         result.duration_s = (sending_ended - started) / NS_PER_S
         wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
-        try:
-            with uninterrupted() if interrupted else contextlib.nullcontext():
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
-                summary = read_summary(sock, wait_s, (host, port),
-                                       None if interrupted else _acked_growing(sock))
-            apply_summary(result, summary, started)
-        except EndpointError as exc:
-            sink_missing(result, str(exc))
-        except KeyboardInterrupt:
-            result.stopped = "interrupted"
-            sink_missing(result, "interrupted while waiting for the sink's summary")
+
+        def ask() -> dict[str, Any]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            return read_summary(sock, wait_s, (host, port), None if interrupted else _acked_growing(sock))
+
+        collect_summary(result, started, interrupted, ask)
         with contextlib.suppress(OSError):
             info = tcp_info(sock)
             observed["tcp_info"] = info
