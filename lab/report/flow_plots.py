@@ -81,14 +81,19 @@ def flow_goodput_figure(payload: Mapping[str, Any], style: Style = REPORT) -> An
         rate = link_rate(point)
         if rate:
             ax.axhline(rate / 1e6, label=_("link rate"), **LINK_STYLE)
-        ax.set_xlabel(_("time since the flows started (s)"))
-        ax.set_ylabel(_("goodput (Mbit/s)"))
-        ax.set_ylim(bottom=0)
-        ax.legend(loc="upper right", fontsize=style.font * 0.85)
-        _title(ax, point_label(point), style, min(style.columns, len(points)))
+        _over_time(ax, _("goodput (Mbit/s)"), point, style, len(points))
     fig.suptitle(_("Goodput over time, per flow (bytes the sink counted, per half second)"))
     _layout(fig)
     return fig
+
+
+def _over_time(ax: Any, ylabel: str, point: Mapping[str, Any], style: Style, panels: int) -> None:
+    """The axes, legend and title of one group's panel of a figure over the flows' time."""
+    ax.set_xlabel(_("time since the flows started (s)"))
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=style.font * 0.85)
+    _title(ax, point_label(point), style, min(style.columns, panels))
 
 
 def cwnd_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
@@ -105,11 +110,7 @@ def cwnd_figure(payload: Mapping[str, Any], style: Style = REPORT) -> Any:
                 start = float(flow.get("start_s") or 0.0)
                 ax.plot([start + float(r[0]) for r in trace], [float(r[1]) for r in trace],
                         color=_flow_colour(index), linewidth=1.4, label=_flow_label(flow))
-        ax.set_xlabel(_("time since the flows started (s)"))
-        ax.set_ylabel(_("cwnd (segments)"))
-        ax.set_ylim(bottom=0)
-        ax.legend(loc="upper right", fontsize=style.font * 0.85)
-        _title(ax, point_label(point), style, min(style.columns, len(points)))
+        _over_time(ax, _("cwnd (segments)"), point, style, len(points))
     fig.suptitle(_("TCP congestion window over time (TCP_INFO snd_cwnd)"))
     _layout(fig)
     return fig
