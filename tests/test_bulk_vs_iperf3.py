@@ -3,8 +3,8 @@
 iperf3 is the anchor: a C sender and sink that the lab's Python ones (`Link.bulk`) must match, through
 an unimpaired link (multi-Gbit/s: the lab's sender and sink costs show) and through `rate 50mbit`
 (the link's shaper decides: both must fill it). Each case alternates one iperf3 run and one lab run
-through one link; when the ratio falls outside the band, one more pair runs and the ratio of the
-pooled goodputs is judged (a loaded host can stall one run of either). Runners are shared with
+through one link; when the ratio falls outside the band, more pairs run (up to four) and the ratio of
+the pooled goodputs is judged (a loaded host can stall one run of either). Runners are shared with
 `make bench` (tests/benchmarks/anchors.py).
 """
 
@@ -21,6 +21,9 @@ pytestmark = pytest.mark.privileged
 
 RUN_SECONDS = 2.0
 BAND = (0.9, 1.1)  # lab / iperf3
+# Pairs at most: the test suite's other workers load the host unevenly, and one pair can swing
+# either way (1.12 once in CI, iperf3 at 3.1 Gbit/s); the pooled ratio of up to four settles it.
+MAX_PAIRS = 4
 CASES = {"unimpaired": {}, "rate-50mbit": {"rate": "50mbit"}}
 
 
@@ -33,7 +36,7 @@ def test_lab_bulk_tcp_goodput_within_10_percent_of_iperf3(impaired_link, case: s
         pytest.skip(anchors.BULK_NOT_LANDED)
     iperf3: list[float] = []
     lab: list[float] = []
-    for _ in range(2):
+    for _ in range(MAX_PAIRS):
         iperf3.append(anchors.iperf3_goodput(link.client, link.server, seconds=RUN_SECONDS).bps)
         lab.append(anchors.lab_bulk_goodput(link, seconds=RUN_SECONDS).bps)
         ratio = sum(lab) / sum(iperf3)
