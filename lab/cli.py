@@ -199,7 +199,8 @@ LINK_HELP = {
     "corrupt": "Probability of one flipped bit in the IP payload, e.g. 0.1% "
                "(the kernel's checksum drops it).",
     "rate": "Rate limit, e.g. 10mbit (tc units: kbit, mbit, gbit; kbps/mbps are bytes/s), 1kbit to 1tbit.",
-    "limit": "Packets the link holds (queue, tail drop), default 1000, at most 100000.",
+    "limit": "Packets the link holds (queue, tail drop), default 1000, at most 100000; as in netem, "
+             "a delay alone holds TCP's 64 KB GSO batches whole, each one packet.",
     "limit_bytes": "Bytes the link holds per direction (tail drop), e.g. 8mb; default 32mb, at most 512mb.",
 }
 DEMO_HELP = {

@@ -76,15 +76,6 @@ def test_wire_size_counts_every_segment_with_its_headers() -> None:
     assert gso.wire_size(single)[:2] == (1, 552) and len(gso.segment(single)) == 1
 
 
-def test_segments_left_partial_complete_to_the_same_packets() -> None:
-    frame, _ = _batch(random.Random(2).randbytes(5 * MSS))
-    partial = gso.segment(frame, complete=False)
-    header = gso.partial_header(frame)
-    assert header[:2] == bytes([gso.F_NEEDS_CSUM, gso.GSO_NONE])
-    csum_start, csum_offset = struct.unpack_from("<HH", header, 6)
-    assert [gso.complete_checksum(p, csum_start, csum_offset) for p in partial] == gso.segment(frame)
-
-
 def test_a_partial_udp_checksum_is_completed() -> None:
     whole = IP(src="198.18.0.1", dst="198.18.0.2") / UDP(sport=1, dport=2) / b"hello, partial world"
     packet = bytearray(IP(whole.build()).build())
@@ -106,31 +97,48 @@ def test_only_impairments_that_decide_nothing_per_packet_take_batches(options, m
     assert direction_mode(impairment, capture_on=True) == PER_PACKET  # a capture comments on each packet
 
 
-@pytest.mark.parametrize("limits", [(1000, 32 * 2**20), (30, 32 * 2**20), (1000, 64 * 2**10), (7, 70_000)])
-def test_admitting_a_batch_is_deciding_each_of_its_segments(limits) -> None:
-    """admit_delayed (+ the per-segment fallback the forwarder uses when it says no) leaves the model
-    exactly as one decide() per segment does: counters, and the queue's contents."""
+@pytest.mark.parametrize("limits", [(1000, 32 * 2**20), (8, 32 * 2**20), (1000, 256 * 2**10), (5, 150_000)])
+def test_a_batch_is_one_packet_against_the_queue_as_netem_counts_an_skb(limits) -> None:
+    """admit_delayed holds or drops a GSO batch exactly as the model decides one packet of the batch's
+    size (one packet against `limit`, its bytes against `limit_bytes`: netem's and bfifo's skb), and
+    counts its segments: what was held, dropped and forwarded, in packets on the wire."""
     limit, limit_bytes = limits
     impairment = Impairment(delay_s=0.004, limit=limit, limit_bytes=limit_bytes)
-    by_batch, by_packet = DirectionModel(impairment, 1), DirectionModel(impairment, 1)
+    by_batch, as_skbs = DirectionModel(impairment, 1), DirectionModel(impairment, 1)
     batches = HeldBatches()
     rng = random.Random(3)
     now = 100.0
+    segments = dropped = 0
     for _ in range(400):
         now += rng.choice((0.0, 0.0001, 0.001))
         count = rng.randint(1, 44)
         each, last = 52 + MSS, rng.randint(53, 52 + MSS)
-        sizes = [each] * (count - 1) + [last]
-        if not admit_delayed(by_batch, batches, count, sum(sizes), each, now):
-            batches.move_into(by_batch)  # as the forwarder does before it cuts the batch
-            for size in sizes:
-                by_batch.decide(bytes(size), now)
-        for size in sizes:
-            by_packet.decide(bytes(size), now)
-        assert by_batch.counters == by_packet.counters
+        size = each * (count - 1) + last
+        held = admit_delayed(by_batch, batches, count, size, each, now)
+        assert held == bool(as_skbs.decide(bytes(size), now).releases)
+        segments += count
+        dropped += 0 if held else count
         batches.expire(now)
-        held = [e for e in by_batch._held if e[0] > now] + batches.segments()  # noqa: SLF001
-        assert sorted(held) == sorted(e for e in by_packet._held if e[0] > now)  # noqa: SLF001
-        assert sum(size for _, size in held) == by_packet._held_bytes - sum(  # noqa: SLF001
-            size for at, size in by_packet._held if at <= now)  # noqa: SLF001
-    assert by_packet.counters["dropped_queue"] > 0 or limit == 1000
+        assert len(batches.heap) == sum(1 for at, _ in as_skbs._held if at > now)  # noqa: SLF001
+        assert batches.bytes == sum(size for at, size in as_skbs._held if at > now)  # noqa: SLF001
+    counters, reference = by_batch.counters, as_skbs.counters
+    assert counters["packets_in"] == segments and counters["dropped_queue"] == dropped
+    assert counters["forwarded"] == counters["delayed"] == segments - dropped
+    assert counters["bytes_in"] == reference["bytes_in"] and counters["bytes_out"] == reference["bytes_out"]
+    assert (dropped > 0) == (limits != (1000, 32 * 2**20)), (limits, dropped)
+
+
+def test_an_empty_queue_takes_any_batch_and_held_packets_count_one_each() -> None:
+    """A batch larger than `limit_bytes` still passes an empty link (as a packet always does); packets
+    the model holds from a per-packet spell count one each against `limit`, beside the batches."""
+    impairment = Impairment(delay_s=0.004, limit=3, limit_bytes=65536)
+    model, batches = DirectionModel(impairment, 1), HeldBatches()
+    assert admit_delayed(model, batches, 46, 46 * 1500, 1500, 0.0)
+    assert not admit_delayed(model, batches, 1, 100, 100, 0.001)  # 69 000 + 100 bytes > 65 536
+    model, batches = DirectionModel(Impairment(delay_s=0.004, limit=3), 1), HeldBatches()
+    model.decide(bytes(100), 0.0)
+    model.decide(bytes(100), 0.0)
+    assert admit_delayed(model, batches, 10, 10 * 1500, 1500, 0.0)
+    assert not admit_delayed(model, batches, 10, 10 * 1500, 1500, 0.0)
+    assert admit_delayed(model, batches, 10, 10 * 1500, 1500, 0.005)  # all three released by then
+    assert model.counters["dropped_queue"] == 10 and model.counters["packets_in"] == 32

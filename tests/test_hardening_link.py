@@ -143,6 +143,7 @@ def test_defect_8_forwarder_death_is_reported_loudly_and_link_removed() -> None:
     try:
         _wait_up(process)
         pids = list(json.loads(netns._state_path(name).read_text())["pids"])
+        directions = _direction_pids(pids[0])
         os.kill(pids[0], signal.SIGKILL)
         out, err = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
@@ -151,7 +152,43 @@ def test_defect_8_forwarder_death_is_reported_loudly_and_link_removed() -> None:
     assert err == (f"lab: error: link {name}: the forwarder (the process that carries the packets) was "
                    "killed by SIGKILL; the link is down and is being removed\n"), err
     assert "its counters are lost" in out and f"link {name} removed" in out, out
-    assert _leftovers(name, pids) == []
+    assert len(directions) == 2  # one process per direction, gone with the forwarder (PR_SET_PDEATHSIG)
+    _wait_gone(directions)
+    assert _leftovers(name, pids + directions) == []
+
+
+def _direction_pids(forwarder: int) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{forwarder}/task/{forwarder}/children").read_text().split()]
+
+
+def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(not netns._gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.privileged
+def test_a_direction_process_that_dies_takes_the_forwarder_and_the_link_down() -> None:
+    """Each direction moves in a process of its own: one killed must not leave a link that silently
+    carries nothing one way. The forwarder says which process ended and ends too; `lab link` reports
+    it and removes everything."""
+    name = _name()
+    process = _lab("link", "--name", name)
+    try:
+        _wait_up(process)
+        pids = list(json.loads(netns._state_path(name).read_text())["pids"])
+        directions = _direction_pids(pids[0])
+        os.kill(directions[1], signal.SIGKILL)
+        out, err = process.communicate(timeout=STOP_TIMEOUT_S)
+    finally:
+        _stop(process)
+    assert process.returncode == 1, (out, err)
+    said = f"a direction's process (pid {directions[1]}) was killed by signal 9; the forwarder ends"
+    assert said in err, err
+    assert "exited with status 70; the link is down and is being removed" in err, err
+    assert f"link {name} removed" in out, out
+    _wait_gone(directions)
+    assert _leftovers(name, pids + directions) == []
 
 
 # --- defect 9: two `lab link --name X` at once ------------------------------------------------------

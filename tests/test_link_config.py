@@ -228,7 +228,15 @@ def test_the_forwarder_child_applies_a_parsed_set_and_reseeds_from_its_seeds(for
     new = LinkConfig(forward=models.Impairment(loss=0.5), seed=11)
     dirs = forwarder._directions(LinkConfig(seed=3), (-1, -1), 0, None)  # no devices: no offloads to set
     assert all(d.mode == forwarder.FAST for d in dirs) and [d.seed for d in dirs] == [3, 4]
-    handle = forwarder._control_handler(dirs, None, [])
+
+    class InProcess:  # a direction host without its thread or process: the requests as they arrive
+        def __init__(self, direction: forwarder._Direction) -> None:
+            self.direction = direction
+
+        def request(self, op: str, argument: object = None) -> object:
+            return forwarder._direction_request(self.direction, op, argument)
+
+    handle = forwarder._control_handler([InProcess(d) for d in dirs], None, [])
     assert handle("set", json.loads(json.dumps(new.to_wire()))) is None
     assert [d.model.impairment for d in dirs] == [new.forward, new.reverse]
     assert [d.mode for d in dirs] == [forwarder.PER_PACKET, forwarder.FAST]

@@ -3,18 +3,21 @@
 A helper process (`lab.child`): `python -m lab.link.forwarder --name NAME`, started by
 `Forwarder.start` with the two TUN fds inherited; its setup message is the spec, which carries the
 link's parsed configuration (`LinkConfig.to_wire`: numbers, no netem strings;
-docs/architecture.md#link-configuration), so nothing is parsed here. One thread per direction
-reads its TUN device (a blocking read while nothing is held; select with the next release time
-while the link holds packets) and writes the other; the main thread answers the control channel.
-Per direction one `DirectionModel` decides (forward: client->server with `seed`, reverse:
-server->client with `seed + 1`, as `LinkConfig` does).
+docs/architecture.md#link-configuration), so nothing is parsed here. Each direction reads its TUN
+device (a blocking read while nothing is held; select with the next release time while the link
+holds packets) and writes the other, in a process of its own forked from this one (`_ProcessHost`:
+two directions sharing one interpreter fight over its GIL, a futex handoff for half the batches
+of a TCP transfer, measured at ~30 % of the throughput) or, with a capture, both in threads of this
+process (`_ThreadHost`: they write one pcapng file). The main thread answers the control channel and
+asks the directions. Per direction one `DirectionModel` decides (forward: client->server with
+`seed`, reverse: server->client with `seed + 1`, as `LinkConfig` does).
 
 The kernel's offloads (docs/architecture.md#the-forwarder, lab.link.gso): where the TUN devices
 have virtio_net_hdr, a direction whose impairment decides nothing per packet takes the kernel's
 GSO batches (up to 64 KB of TCP) whole: no impairment (the fast path: read, write, count) or a
-plain delay (one release time for the batch; `limit`/`limit_bytes` still count its segments and
-their bytes, and a batch that does not fit is cut, so the queue drops exactly the segments a
-packet-by-packet link would). Every other impairment (loss, duplicate, corrupt, reorder, jitter,
+plain delay (one release time for the batch; as netem counts an skb, the batch is one packet
+against `limit` and its bytes against `limit_bytes`, and one that does not fit is dropped whole, as
+netem and bfifo drop an skb). Every other impairment (loss, duplicate, corrupt, reorder, jitter,
 rate) and a capture need a verdict per packet: the direction switches the kernel's offloads off
 (TUNSETOFFLOAD 0), so the sending kernel segments and checksums in C, and the few batches already
 on their way are cut in software (lab.link.gso.segment).
@@ -38,10 +41,12 @@ End of file on the channel (the owner died) also stops the forwarder.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -50,7 +55,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lab.child import Channel, Child, Failed, Ready, answer, python_argv, spawn, start_child
+from lab.child import (
+    REQUEST_TIMEOUT_S,
+    Channel,
+    Child,
+    Failed,
+    Ready,
+    Request,
+    answer,
+    python_argv,
+    spawn,
+    start_child,
+)
 from lab.errors import LabError
 from lab.link import gso
 
@@ -65,6 +81,7 @@ EXIT_CRASHED = 70  # sysexits.h EX_SOFTWARE
 MAX_WAIT_S = 1.0
 STOP_WAIT_S = 2.0  # how long stop waits for a direction to finish the batch in hand
 FORWARD, REVERSE = 0, 1
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 DIRECTIONS = ("forward", "reverse")
 # the forwarder's own counters, beside the model's (forwarded/bytes_out are replaced by its writes)
 EXTRA_KEYS = ("queued", "ignored_non_ipv4", "write_errors", "not_captured")
@@ -87,17 +104,17 @@ def direction_mode(impairment: Impairment, capture_on: bool) -> str:
 
 
 class HeldBatches:
-    """The segments a delay-only direction holds as whole batches: one heap entry per batch (release
-    time, segments, bytes, bytes of each but the last), so holding and expiring cost one heap
-    operation per batch, not per segment. Together with the model's own queue (per-packet entries)
-    this is what the link holds; `move_into` hands the batches to the model as the per-segment
-    entries its `decide` counts, before anything asks it about single packets."""
+    """The batches a delay-only direction holds whole: one heap entry per batch (release time,
+    segments, bytes, bytes of each but the last), so holding and expiring cost one heap operation
+    per batch, not per segment. Together with the model's own queue (per-packet entries) this is
+    what the link holds; `move_into` hands the batches to the model as the per-segment entries its
+    `decide` counts, when the direction starts deciding per packet."""
 
     __slots__ = ("heap", "packets", "bytes")
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, int, int]] = []
-        self.packets = 0
+        self.packets = 0  # segments, as the counters count them
         self.bytes = 0
 
     def expire(self, now: float) -> None:
@@ -133,28 +150,32 @@ class HeldBatches:
 
 def admit_delayed(model: DirectionModel, batches: HeldBatches, count: int, size: int, each: int,
                   now: float) -> bool:
-    """What `count` calls of `model.decide` would do to the segments of one GSO batch (`size` wire
-    bytes, `each` for all but the last) arriving at `now` under a delay-only impairment, without
-    building them: counters, and the batch held (in `batches`, which with the model's own queue is
-    what the link holds). True if every segment fits the queue (`limit` packets, `limit_bytes`
-    bytes); on False nothing is counted, and the caller moves `batches` into the model, cuts the
-    batch and asks `model.decide` about each segment, so exactly the right ones are dropped.
+    """What netem does with one GSO batch (an skb of `count` segments, `size` wire bytes, `each` for
+    all but the last) arriving at `now` under a delay-only impairment: the batch is one packet
+    against `limit` and `size` bytes against `limit_bytes` (with the model's own queue, entries
+    held from a per-packet spell, one packet each); it is held whole if it fits and dropped whole if
+    not (netem's and bfifo's tail drop of an skb); an empty queue always takes it. Counters count
+    its segments, as everywhere. True if held (in `batches`; the caller holds the frame).
 
-    Mirrors DirectionModel.decide for an impairment that draws nothing random (tests/test_gso.py
-    checks that the two agree), reading its queue directly: per batch, not per segment, is the point.
+    Why per batch and not per segment: a queue counted in segments caps a delayed link at `limit`
+    segments per round trip (1000 for 20 ms is ~1.2 Gbit/s), where netem, which sees the same
+    batches as skbs, carries several Gbit/s; the lab's `delay 10ms` should behave as netem's does.
+    A bottleneck (`rate`) decides per packet, so bufferbloat experiments count packets on the wire.
     """
     imp = model.impairment
     held = model._held  # noqa: SLF001 - the model's own queue: a batch must count against it
     while held and held[0][0] <= now:
         model._held_bytes -= heapq.heappop(held)[1]  # noqa: SLF001
     batches.expire(now)
-    if len(held) + batches.packets + count > imp.limit \
-            or model._held_bytes + batches.bytes + size > imp.limit_bytes:  # noqa: SLF001
-        return False
-    batches.add(now + imp.delay_s, count, size, each)
     c = model.counters
     c["packets_in"] += count
     c["bytes_in"] += size
+    if (held or batches.heap) and (
+            len(held) + len(batches.heap) >= imp.limit
+            or model._held_bytes + batches.bytes + size > imp.limit_bytes):  # noqa: SLF001
+        c["dropped_queue"] += count
+        return False
+    batches.add(now + imp.delay_s, count, size, each)
     c["forwarded"] += count
     c["bytes_out"] += size
     c["delayed"] += count
@@ -342,25 +363,19 @@ class _Direction:
                 self.out_packets += packets
                 self.out_bytes += size
             return
-        now = time.monotonic()  # BATCH_DELAY
+        now = time.monotonic()  # BATCH_DELAY: held whole, or dropped whole (admit_delayed counts it)
         if admit_delayed(self.model, self.batches, packets, size, each, now):
             self.hold(now + self.model.impairment.delay_s, (frame,), packets, size)
-        else:  # the queue is (nearly) full: exactly the segments a per-packet link keeps, their
-            # checksums left partial (nothing here needs them whole)
-            self.batches.move_into(self.model)
-            self.take_packets(frame, now, complete=False)
 
-    def take_packets(self, frame: bytes, now: float, *, complete: bool = True) -> None:
-        """Ask the model about each packet on the wire `frame` holds (a batch is cut first; a partial
-        checksum is completed unless `complete` is False: corrupt and the capture need it whole)."""
+    def take_packets(self, frame: bytes, now: float) -> None:
+        """Ask the model about each packet on the wire `frame` holds (a batch is cut first and a
+        partial checksum completed: corrupt and the capture need it whole)."""
         hdr = self.hdr
         prefix = gso.ZERO_HDR if hdr else b""
         if not hdr:
             packets = [frame]
         elif frame[1] or frame[0] & gso.F_NEEDS_CSUM:
-            packets = gso.segment(frame, complete=complete)
-            if not complete and frame[0] & gso.F_NEEDS_CSUM:
-                prefix = gso.partial_header(frame)
+            packets = gso.segment(frame)
         else:
             packets = [frame[hdr:]]
         for packet in packets:
@@ -413,23 +428,146 @@ def _directions(config: Any, fds: tuple[int, int], hdr: int, capture: Any) -> li
     return dirs
 
 
-def _apply_config(dirs: list[_Direction], config: Any) -> None:
-    """Switch the running link to `config` from the next packet on (counters, RNG state and packets
-    already held carry on; a later reseed starts from `config`'s seeds)."""
-    for d, impairment, seed in zip(dirs, (config.forward, config.reverse),
-                                   (config.forward_seed, config.reverse_seed), strict=True):
-        with d.lock:
-            d.configure(impairment, seed)
-
-
 def _run_direction(direction: _Direction, name: str) -> None:
-    """A direction's thread: a bug in it ends the whole forwarder loudly (the owner notices)."""
+    """Move a direction's packets; a bug in it ends the whole forwarder loudly (the owner notices:
+    in a direction's own process, through the forwarder's SIGCHLD)."""
     try:
         direction.run()
     except Exception:
         print(f"lab link {name}: the forwarder crashed ({DIRECTIONS[direction.index]}):\n"
               f"{traceback.format_exc()}", file=sys.stderr, end="", flush=True)
         os._exit(EXIT_CRASHED)
+
+
+def _direction_request(direction: _Direction, op: str, argument: Any) -> Any:
+    """One request to a direction, wherever it runs: counters [final], configure (impairment, seed),
+    reseed, stop (final counters; the direction's lock stays taken, so it moves nothing more)."""
+    if op == "stop":
+        direction.lock.acquire(timeout=STOP_WAIT_S)
+        return direction.counters(final=True)
+    with direction.lock:
+        if op == "counters":
+            return direction.counters(final=bool(argument))
+        if op == "configure":
+            direction.configure(*argument)
+            return None
+        if op == "reseed":
+            direction.model.reseed(direction.seed)
+            return None
+    raise LabError(f"unknown forwarder direction request {op!r}")
+
+
+class _ThreadHost:
+    """A direction moved by a thread of the forwarder's own process (used with a capture: both
+    directions write one pcapng file)."""
+
+    def __init__(self, direction: _Direction, name: str) -> None:
+        self.direction = direction
+        threading.Thread(target=_run_direction, args=(direction, name),
+                         name=f"forwarder-{DIRECTIONS[direction.index]}", daemon=True).start()
+
+    def request(self, op: str, argument: Any = None) -> Any:
+        return _direction_request(self.direction, op, argument)
+
+    def halt(self) -> None:
+        """Make sure the direction is not mid-write (the process is about to end)."""
+        self.direction.lock.acquire(timeout=STOP_WAIT_S)
+
+
+class _ProcessHost:
+    """A direction moved by a process of its own, forked from the forwarder (no GIL shared with the
+    other direction), answering `_direction_request`s on a socket pair. It dies with the forwarder
+    (PR_SET_PDEATHSIG, and the end of its socket); the forwarder ends with it (`_end_with_children`)."""
+
+    def __init__(self, direction: _Direction, name: str, close_in_child: list[int]) -> None:
+        ours, theirs = socket.socketpair()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                ours.close()
+                for fd in close_in_child:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                _serve_direction(direction, Channel(theirs), name, parent)
+            finally:
+                os._exit(EXIT_CRASHED)
+        theirs.close()
+        self.direction_name = DIRECTIONS[direction.index]
+        self.pid = pid
+        self.channel = Channel(ours)
+        close_in_child.append(ours.fileno())  # the next direction's process must not hold it
+
+    def request(self, op: str, argument: Any = None) -> Any:
+        try:
+            self.channel.send(Request(op, argument))
+            reply = self.channel.receive(timeout=REQUEST_TIMEOUT_S)
+        except (EOFError, OSError, TimeoutError) as exc:
+            raise LabError(f"the forwarder's {self.direction_name} process did not answer {op!r} "
+                           f"({type(exc).__name__})") from None
+        if reply.error is not None:
+            raise reply.error
+        if op == "stop":
+            self._reap()
+        return reply.value
+
+    def halt(self) -> None:
+        """Stop the direction's process (it has nothing to say: the forwarder is ending; the caller has
+        told `_end_with_children` so)."""
+        self.channel.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
+def _serve_direction(direction: _Direction, control: Channel, name: str, parent: int) -> None:
+    """A direction's process: the direction moves packets in the main thread, a thread answers the
+    forwarder; the process ends on stop, when the forwarder goes, or when the device goes and the
+    forwarder has asked for the final counters."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the forwarder died before the line above
+        os._exit(0)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def control_loop() -> None:
+        while answer(control, lambda op, argument: _direction_request(direction, op, argument)):
+            pass
+        os._exit(0)  # stopped, or the forwarder is gone
+
+    threading.Thread(target=control_loop, name="direction-control", daemon=True).start()
+    _run_direction(direction, name)
+    threading.Event().wait()  # the device is gone: wait for the forwarder to stop us
+
+
+def _end_with_children(name: str, stopped: list[bool]) -> None:
+    """A direction's process that ends before the forwarder stops it (a crash, a kill) ends the
+    forwarder, saying so: the owner then reports a dead forwarder, instead of a link that silently
+    carries nothing one way."""
+
+    def on_child(signum: int, frame: object) -> None:
+        if stopped:
+            return
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:  # a child stopped or continued (SIGSTOP, a debugger), not ended
+            return
+        how = f"was killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
+            f"exited with status {os.WEXITSTATUS(status)}"
+        print(f"lab link {name}: a direction's process (pid {pid}) {how}; the forwarder ends with it",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_CRASHED)
+
+    signal.signal(signal.SIGCHLD, on_child)
 
 
 def serve(spec: Mapping[str, Any], control: Channel) -> None:
@@ -443,20 +581,25 @@ def serve(spec: Mapping[str, Any], control: Channel) -> None:
         control.send(Failed(exc if isinstance(exc, LabError) else LabError(str(exc))))
         return
     dirs = _directions(config, (client_fd, server_fd), hdr, capture)
-    stopped: list[bool] = []
-    handle = _control_handler(dirs, capture, stopped)
-    for direction in dirs:
-        threading.Thread(target=_run_direction, args=(direction, spec.get("name", "?")),
-                         name=f"forwarder-{DIRECTIONS[direction.index]}", daemon=True).start()
-    control.send(Ready(os.getpid()))
+    name = spec.get("name", "?")
+    hosts: list[_ThreadHost | _ProcessHost] = []
+    stopped: list[bool] = []  # set before the directions are stopped on purpose
     try:
+        if capture is None:
+            _end_with_children(name, stopped)
+            close_in_child = [control.fileno()]
+            hosts = [_ProcessHost(direction, name, close_in_child) for direction in dirs]
+        else:
+            hosts = [_ThreadHost(direction, name) for direction in dirs]
+        control.send(Ready(os.getpid()))
+        handle = _control_handler(hosts, capture, stopped)
         while answer(control, handle):
             pass  # answer() returns when no request is buffered; the next receive blocks
     finally:
-        # the directions' threads die with the process; first make sure none is mid-write
-        if not stopped:  # (stop has taken their locks already)
-            for direction in dirs:
-                direction.lock.acquire(timeout=STOP_WAIT_S)
+        if not stopped:  # (stop has stopped them already)
+            stopped.append(True)
+            for host in hosts:
+                host.halt()
         if capture is not None:
             capture.close()
 
@@ -469,36 +612,28 @@ def _open_capture(path: str | None, limit: int | None) -> Any:
     return CaptureFile(path, limit, interfaces=("client->server", "server->client"))
 
 
-def _counters(dirs: list[_Direction], *, final: bool = False) -> dict[str, dict[str, int]]:
-    out = {}
-    for i, name in enumerate(DIRECTIONS):
-        with dirs[i].lock:
-            out[name] = dirs[i].counters(final=final)
-    return out
-
-
-def _control_handler(dirs: list[_Direction], capture: Any, stopped: list[bool]) -> Callable[[str, Any], Any]:
+def _control_handler(hosts: list[_ThreadHost] | list[_ProcessHost], capture: Any,
+                     stopped: list[bool]) -> Callable[[str, Any], Any]:
     """What answers the owner's requests (see the module's docstring)."""
 
     def handle(op: str, argument: Any) -> Any:
         if op == "counters":
-            return _counters(dirs)
+            return {name: host.request("counters") for name, host in zip(DIRECTIONS, hosts, strict=True)}
         if op == "stop":
-            final = {}
             stopped.append(True)
-            for i, name in enumerate(DIRECTIONS):  # the locks stay taken: the directions stop here
-                dirs[i].lock.acquire(timeout=STOP_WAIT_S)
-                final[name] = dirs[i].counters(final=True)
+            final = {name: host.request("stop") for name, host in zip(DIRECTIONS, hosts, strict=True)}
             if capture is not None:
                 capture.close()  # the directions are stopped, so nothing writes to it any more
             return final
         if op == "set":
-            _apply_config(dirs, _config_from_wire(argument))
+            config = _config_from_wire(argument)
+            for host, impairment, seed in zip(hosts, (config.forward, config.reverse),
+                                              (config.forward_seed, config.reverse_seed), strict=True):
+                host.request("configure", (impairment, seed))
             return None
         if op == "reseed":
-            for direction in dirs:
-                with direction.lock:
-                    direction.model.reseed(direction.seed)
+            for host in hosts:
+                host.request("reseed")
             return None
         raise LabError(f"unknown forwarder request {op!r}")
 

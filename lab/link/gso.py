@@ -116,16 +116,8 @@ def _ipv4_header_checksum(header: bytearray) -> None:
     header[10:12] = _fold_field(_ones_sum(header))
 
 
-def partial_header(frame: bytes | bytearray | memoryview) -> bytes:
-    """The virtio_net_hdr each of `segment(frame, complete=False)`'s packets is written with: no GSO,
-    the checksum still partial at the batch's csum_start/csum_offset."""
-    return _HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, *_HDR.unpack_from(frame)[4:])
-
-
-def segment(frame: bytes | bytearray | memoryview, *, complete: bool = True) -> list[bytes]:
-    """The bare IP packets `frame` (vnet header first) is on the wire, each with a complete checksum
-    (or, with complete=False, for a batch whose checksum is partial, each with its own partial
-    checksum: the pseudo-header sum, as the kernel leaves it for the device; see `partial_header`).
+def segment(frame: bytes | bytearray | memoryview) -> list[bytes]:
+    """The bare IP packets `frame` (vnet header first) is on the wire, each with a complete checksum.
 
     A TCPV4 batch is cut as the kernel's tcp_gso_segment cuts it: payload in gso_size pieces, IP id
     counting up from the batch's, total length and header checksum per segment, sequence numbers
@@ -135,9 +127,8 @@ def segment(frame: bytes | bytearray | memoryview, *, complete: bool = True) -> 
     """
     flags, gso_type, _, mss, csum_start, csum_offset = _HDR.unpack_from(frame)
     packet = memoryview(frame)[VNET_HDR_LEN:]
-    complete = complete or not flags & F_NEEDS_CSUM
     if gso_type & ~GSO_ECN != GSO_TCPV4 or packet[0] >> 4 != 4:
-        if flags & F_NEEDS_CSUM and complete:
+        if flags & F_NEEDS_CSUM:
             return [complete_checksum(packet, csum_start, csum_offset)]
         return [bytes(packet)]
     ihl = (packet[0] & 0x0F) * 4
@@ -171,11 +162,6 @@ def segment(frame: bytes | bytearray | memoryview, *, complete: bool = True) -> 
         segment_len = doff + len(piece)
         # pseudo-header length word, in the same host-order words as the rest of the sum
         pseudo = pseudo_addresses + ((segment_len & 0xFF) << 8 | segment_len >> 8)
-        if complete:
-            tcp[16:18] = _fold_field(_ones_sum(bytes(tcp) + bytes(piece), pseudo))
-        else:
-            while pseudo >> 16:
-                pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
-            tcp[16:18] = struct.pack("<H", pseudo)
+        tcp[16:18] = _fold_field(_ones_sum(bytes(tcp) + bytes(piece), pseudo))
         out.append(bytes(ip) + bytes(tcp) + bytes(piece))
     return out
