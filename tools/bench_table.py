@@ -53,7 +53,8 @@ def machine_line(document: dict[str, Any]) -> str:
     tools = ", ".join(v or f"{k}: missing" for k, v in m["tools"].items())
     return (f"{m['started']['at']}, kernel {m['kernel']}, {m['started']['cores']} cores, load average "
             f"{' '.join(map(str, m['started']['loadavg']))} at the start and "
-            f"{' '.join(map(str, m['ended']['loadavg']))} at the end; {tools}")
+            f"{' '.join(map(str, m['ended']['loadavg']))} at the end; "
+            + (f"{m['idle_states']}; " if m.get("idle_states") else "") + tools)
 
 
 def markdown(document: dict[str, Any]) -> str:

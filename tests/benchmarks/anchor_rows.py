@@ -14,9 +14,13 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 SCHEMA = "wirelab-anchors/1"
+# What the session did to the machine for its figures (set by tests/benchmarks/conftest.py), written
+# beside them: e.g. whether the CPUs were held out of idle states.
+MACHINE_NOTES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,8 @@ class AnchorTable:
             "schema": SCHEMA,
             "machine": {"kernel": platform.release(), "python": platform.python_version(),
                         "started": self.started, "ended": machine_state(),
-                        "tools": {t: tool_version(t) for t in ("sockperf", "iperf3", "socat")}},
+                        "tools": {t: tool_version(t) for t in ("sockperf", "iperf3", "socat")},
+                        **MACHINE_NOTES},
             "rows": [asdict(row) for row in rows],
         }
 
@@ -144,6 +149,14 @@ SOCKPERF = "sockperf ping-pong"
 # measured twice (`forwarder_rows`).
 FORWARDER_BENCH = "test_forwarder_bench.py"
 FORWARDER_TEST = "test_forwarder_offloads_against_veth"
+MINIMAL = "minimal offloaded forwarder (read, write)"
+# One-way delay and loss per direction (issue 13's targets): the delay's p50 within [d, d + 0.3 ms];
+# the forward loss within the 99 % binomial interval of 0.2 over LOSS_PROBES probes.
+OWD_RATE = 200
+LOSS_PROBES = 2000
+_Z99 = NormalDist().inv_cdf(0.995)
+LOSS_FORWARD_BOUNDS = (round(0.2 - _Z99 * (0.2 * 0.8 / LOSS_PROBES) ** 0.5, 4),
+                       round(0.2 + _Z99 * (0.2 * 0.8 / LOSS_PROBES) ** 0.5, 4))
 
 
 def _rtt_rows(transport: str) -> list[RowSpec]:
@@ -173,15 +186,28 @@ ROWS: list[RowSpec] = [
     RowSpec("link-iperf3-unimpaired", "iperf3 TCP goodput, unimpaired link",
             "iperf3, plain veth pair", "iperf3 through the lab link", "Gbit/s",
             Target("lab", "min", 10, "Gbit/s"), FORWARDER_BENCH),
-    RowSpec("link-iperf3-delay10ms", "iperf3 TCP goodput, link with delay 10ms alone (limit 1000)",
-            "iperf3, plain veth pair (no delay)", "iperf3 through the lab link", "Gbit/s",
-            Target("lab", "min", 5, "Gbit/s"), FORWARDER_BENCH),
-    RowSpec("link-iperf3-delay10ms-limit100000", "iperf3 TCP goodput, link with delay 10ms, limit 100000",
+    RowSpec("link-iperf3-vs-minimal", "iperf3 TCP goodput, unimpaired link, against the minimal forwarder",
+            MINIMAL, "iperf3 through the lab link", "Gbit/s", None, FORWARDER_BENCH),
+    RowSpec("link-iperf3-delay10ms", "iperf3 TCP goodput, link with delay 10ms alone (default limit 1000)",
             "iperf3, plain veth pair (no delay)", "iperf3 through the lab link", "Gbit/s",
             Target("lab", "min", 5, "Gbit/s"), FORWARDER_BENCH),
     RowSpec("link-added-rtt", "UDP RTT p50 added by the unimpaired link",
             "ping-pong, plain veth pair", "ping-pong through the lab link", "µs",
             Target("difference", "max", 15, "µs"), FORWARDER_BENCH),
+    RowSpec("link-rtt-vs-minimal", "UDP RTT p50 through the unimpaired link, against the minimal forwarder",
+            MINIMAL, "ping-pong through the lab link", "µs", None, FORWARDER_BENCH),
+    *[RowSpec(f"owd-{direction}-{mode}",
+              f"UDP one-way delay p50, {direction}, link delay 10ms out / 2ms back, {how}",
+              f"the link's configured delay ({direction})", "lab send udp (wire v2: the echo server's "
+              "kernel receive stamp)", "µs", Target("lab", "range", bounds, "µs"))
+      for mode, how in (("paced", f"paced {OWD_RATE}/s"), ("pingpong", "ping-pong"))
+      for direction, bounds in (("forward", (10_000, 10_300)), ("reverse", (2_000, 2_300)))],
+    RowSpec("loss-forward", f"UDP loss forward, link loss 20% forward only, {LOSS_PROBES} probes",
+            "the link's configured loss", "lab send udp: loss_forward_ratio", "ratio",
+            Target("lab", "range", LOSS_FORWARD_BOUNDS)),
+    RowSpec("loss-reverse", f"UDP loss reverse, link loss 20% forward only, {LOSS_PROBES} probes",
+            "the link's configured loss (none that way)", "lab send udp: loss_reverse_ratio", "ratio",
+            Target("lab", "max", 0)),
     RowSpec("link-bulk-unimpaired", "TCP bulk goodput, unimpaired link",
             "iperf3 through the lab link", "lab bulk tcp through the lab link", "Gbit/s",
             Target("ratio", "range", (0.9, 1.1))),
@@ -194,17 +220,18 @@ SPECS = {spec.id: spec for spec in ROWS}
 
 def forwarder_rows(extra: dict[str, Any]) -> list[Row]:
     """The link's rows from the `extra_info` of the forwarder's benchmark (FORWARDER_BENCH), which
-    measures iperf3 and the ping-pong RTT through a veth pair and the links in one run (medians)."""
+    measures iperf3 and the ping-pong RTT through a veth pair, the minimal forwarder and the links in
+    one run (medians)."""
     rows = []
-    veth = extra.get("veth_gbit_s")
-    for row_id, key in (("link-iperf3-unimpaired", "link_gbit_s"),
-                        ("link-iperf3-delay10ms", "link-delay-10ms_gbit_s"),
-                        ("link-iperf3-delay10ms-limit100000", "link-delay-10ms-limit-100000_gbit_s")):
-        if veth is not None and extra.get(key) is not None:
-            rows.append(measured(SPECS[row_id], veth, extra[key], source=FORWARDER_BENCH,
-                                 dropped_queue=extra.get("dropped_queue")))
-    veth_rtt, link_rtt = extra.get("veth_rtt_p50_us"), extra.get("link_rtt_p50_us")
-    if veth_rtt is not None and link_rtt is not None:
-        rows.append(measured(SPECS["link-added-rtt"], veth_rtt, link_rtt, source=FORWARDER_BENCH,
-                             probe=extra.get("rtt_probe")))
+    for row_id, anchor_key, lab_key in (
+            ("link-iperf3-unimpaired", "veth_gbit_s", "link_gbit_s"),
+            ("link-iperf3-vs-minimal", "minimal_gbit_s", "link_gbit_s"),
+            ("link-iperf3-delay10ms", "veth_gbit_s", "link-delay-10ms_gbit_s"),
+            ("link-added-rtt", "veth_rtt_p50_us", "link_rtt_p50_us"),
+            ("link-rtt-vs-minimal", "minimal_rtt_p50_us", "link_rtt_p50_us")):
+        anchor, lab = extra.get(anchor_key), extra.get(lab_key)
+        if anchor is not None and lab is not None:
+            details = {"probe": extra.get("rtt_probe")} if "rtt" in anchor_key else \
+                {"dropped_queue": extra.get("dropped_queue")}
+            rows.append(measured(SPECS[row_id], anchor, lab, source=FORWARDER_BENCH, **details))
     return rows

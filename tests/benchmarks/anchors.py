@@ -6,7 +6,14 @@ same path, so a figure becomes a ratio that a loaded or slow machine cannot fake
 - sockperf ping-pong (UDP and TCP RTT percentiles) against its own server;
 - iperf3 (`-J`: TCP goodput) between its server and client;
 - socat echo servers, which the same load generator drives as it drives the lab's echo server;
-- a plain veth pair between two namespaces: the path without the lab's TUN devices and forwarder.
+- a plain veth pair between two namespaces: the path without the lab's TUN devices and forwarder;
+- the minimal offloaded TUN forwarder issue 13 measured (`minimal_forwarder`: the lab's own TUN
+  devices and offloads, one process per direction doing nothing but a blocking read and a write),
+  the floor any Python forwarder on this machine stands on.
+
+`cpus_held_awake` keeps the CPUs out of idle states for a benchmark session (/dev/cpu_dma_latency 0,
+what tuned's latency-performance profile and cyclictest do): on a virtual machine a sleeping CPU
+takes ~50 µs to wake, which otherwise dominates every sub-100 µs round trip, anchors' and lab's alike.
 
 Every runner takes "ends" to run on: a `lab.link.session.End` (a namespace of a link or of the veth
 pair) or `LOOPBACK` (this host's own namespace); each has `popen`/`run` and an `address`. Whatever a
@@ -170,7 +177,8 @@ VETH_CLIENT, VETH_SERVER = "198.18.2.1", "198.18.2.2"  # a /30 of the lab's rang
 
 @dataclass
 class VethPair:
-    """Two namespaces joined by a veth pair: the link's path without its TUN devices and forwarder.
+    """Two namespaces joined by a veth pair (the link's path without its TUN devices and forwarder),
+    or by `minimal_forwarder`.
 
     Same attributes as a `lab.link.session.Link` where it matters (client/server ends and addresses)."""
 
@@ -228,6 +236,71 @@ def veth_pair(mtu: int = 1500) -> Iterator[VethPair]:
             remove_namespace(ns)  # the veth pair dies with its namespaces
         with contextlib.suppress(FileNotFoundError):
             _state_path(name).unlink()
+
+
+@contextlib.contextmanager
+def minimal_forwarder(mtu: int = 1500) -> Iterator[VethPair]:
+    """Two namespaces joined by the lab's TUN devices (lab.link.netns.Topology: virtio_net_hdr, same
+    addresses as a link), moved by the smallest forwarder that uses the kernel's offloads: per
+    direction a forked process, TUNSETOFFLOAD on, then `os.write(out, os.read(in, 65545))` forever.
+    Yields its namespaces and the link's addresses (as a `VethPair`). Its processes die with the
+    block (and with this process: PR_SET_PDEATHSIG); the namespaces are removed after."""
+    import ctypes
+    import signal
+
+    from lab.link import gso
+    from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, topology
+
+    with topology(mtu=mtu) as topo:
+        client_fd, server_fd = topo.release_fds()
+        pids: list[int] = []
+        try:
+            for in_fd, out_fd in ((client_fd, server_fd), (server_fd, client_fd)):
+                pid = os.fork()
+                if pid == 0:  # the direction: nothing but read and write
+                    try:
+                        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+                        gso.set_offloads(in_fd, True)
+                        os.set_blocking(in_fd, True)
+                        os.set_blocking(out_fd, True)
+                        read, write = os.read, os.write
+                        while True:
+                            write(out_fd, read(in_fd, 65545))
+                    finally:
+                        os._exit(0)
+                pids.append(pid)
+                topo.track(pid)
+            ends = VethPair(topo.client_ns, topo.server_ns, CLIENT_ADDRESS, SERVER_ADDRESS)
+            try:
+                yield ends
+            finally:
+                ends.client.close()
+                ends.server.close()
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            for fd in (client_fd, server_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+@contextlib.contextmanager
+def cpus_held_awake() -> Iterator[str]:
+    """Hold /dev/cpu_dma_latency at 0 for the block (the kernel then keeps every CPU in its polling
+    idle state, so a woken process runs at once), yielding what was done, for the table's footer."""
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError as exc:
+        yield f"CPUs free to sleep (/dev/cpu_dma_latency: {exc.strerror}; needs root)"
+        return
+    try:
+        os.write(fd, (0).to_bytes(4, sys.byteorder))
+        yield "CPUs held out of idle states (/dev/cpu_dma_latency 0)"
+    finally:
+        os.close(fd)  # the request ends with the file
 
 
 # --- sockperf ping-pong -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 `make bench` sets WIRELAB_ANCHORS_JSON: the rows measured in the session, and the ones it never
 reached (as not measured), are written there when it ends, for `tools/bench_table.py` to print.
 The link's rows come from the forwarder's own benchmark, read from pytest-benchmark's results.
+Every benchmark runs with the CPUs held out of idle states where root may (`anchors.cpus_held_awake`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.anchor_rows import FORWARDER_TEST, ROWS, AnchorTable, forwarder_rows
+from tests.benchmarks.anchor_rows import FORWARDER_TEST, MACHINE_NOTES, ROWS, AnchorTable, forwarder_rows
+from tests.benchmarks.anchors import cpus_held_awake
 
 ANCHORS_JSON_ENV = "WIRELAB_ANCHORS_JSON"
 _tables: list[AnchorTable] = []  # the session's table, for the hook below
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpus_awake() -> Iterator[None]:
+    """The session's benchmarks run with the CPUs kept awake: an idle virtual CPU takes tens of µs to
+    wake, which would be most of every round trip measured here (lab's and anchors' alike)."""
+    with cpus_held_awake() as what:
+        MACHINE_NOTES["idle_states"] = what
+        yield
 
 
 @pytest.fixture(scope="session")

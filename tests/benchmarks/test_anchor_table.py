@@ -95,13 +95,28 @@ def test_table_names_every_row_and_says_why_one_was_not_measured(tmp_path: Path,
 
 
 def test_the_link_rows_are_read_from_the_forwarder_benchmark() -> None:
-    extra = {"veth_gbit_s": 20.0, "link_gbit_s": 12.0, "link-delay-10ms_gbit_s": 1.2,
-             "veth_rtt_p50_us": 20.0, "link_rtt_p50_us": 30.5, "rtt_probe": "sockperf"}
+    extra = {"veth_gbit_s": 20.0, "minimal_gbit_s": 15.0, "link_gbit_s": 12.0, "link-delay-10ms_gbit_s": 1.2,
+             "veth_rtt_p50_us": 20.0, "minimal_rtt_p50_us": 32.0, "link_rtt_p50_us": 30.5,
+             "rtt_probe": "sockperf", "dropped_queue": {"link": 0}}
     rows = {row.id: row for row in forwarder_rows(extra)}
-    assert set(rows) == {"link-iperf3-unimpaired", "link-iperf3-delay10ms", "link-added-rtt"}
+    assert set(rows) == {"link-iperf3-unimpaired", "link-iperf3-vs-minimal", "link-iperf3-delay10ms",
+                         "link-added-rtt", "link-rtt-vs-minimal"}
     assert (rows["link-iperf3-unimpaired"].passed, rows["link-iperf3-delay10ms"].passed) == (True, False)
     assert (rows["link-added-rtt"].difference, rows["link-added-rtt"].passed) == (10.5, True)
+    assert rows["link-iperf3-vs-minimal"].ratio == 0.8 and rows["link-iperf3-vs-minimal"].passed is None
+    assert rows["link-rtt-vs-minimal"].details["probe"] == "sockperf"
+    assert rows["link-iperf3-unimpaired"].details["dropped_queue"] == {"link": 0}
     assert forwarder_rows({}) == []
+    partial = {row.id for row in forwarder_rows({"veth_gbit_s": 20.0, "link_gbit_s": 12.0})}
+    assert partial == {"link-iperf3-unimpaired"}  # the minimal forwarder's rows need its figures
+
+
+def test_the_footer_says_whether_the_cpus_were_held_awake(tmp_path: Path) -> None:
+    with anchors.cpus_held_awake() as what:
+        assert "/dev/cpu_dma_latency" in what
+    document = AnchorTable(ROWS).document()
+    document["machine"]["idle_states"] = what
+    assert what in bench_table.machine_line(document)
 
 
 @pytest.mark.privileged
@@ -123,3 +138,25 @@ def test_veth_pair_is_recorded_while_it_lives_and_gone_after() -> None:
             assert pair.client.run([sys.executable, "-c", check]).returncode == 0  # reached over the veth
     assert not (STATE_DIR / f"{name}.json").exists()
     assert not (NETNS_DIR / pair.client_ns).exists() and not (NETNS_DIR / pair.server_ns).exists()
+
+
+@pytest.mark.privileged
+def test_minimal_forwarder_carries_tcp_and_leaves_nothing_behind() -> None:
+    """The anchor is a real forwarder between the lab's TUN devices: a TCP connection crosses it; its
+    two processes and namespaces are gone after."""
+    import os
+
+    from lab.link.netns import NETNS_DIR
+
+    with anchors.minimal_forwarder() as ends:
+        parent = os.getpid()
+        children = [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        port = anchors.free_port(ends.server)
+        listen = "import socket, sys; socket.create_server((sys.argv[1], int(sys.argv[2]))).accept()"
+        argv = [sys.executable, "-c", listen, ends.server_address, str(port)]
+        with anchors.serving(ends.server, argv, port, ["tcp"]):
+            check = f"import socket; socket.create_connection(({ends.server_address!r}, {port}), timeout=5)"
+            assert ends.client.run([sys.executable, "-c", check]).returncode == 0
+    assert len(children) >= 2
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert not (NETNS_DIR / ends.client_ns).exists() and not (NETNS_DIR / ends.server_ns).exists()

@@ -20,7 +20,17 @@ from typing import Any
 import pytest
 
 from tests.benchmarks import anchors
-from tests.benchmarks.anchor_rows import ECHO_CLIENTS, ROWS, SPECS, AnchorTable, Row, measured, not_measured
+from tests.benchmarks.anchor_rows import (
+    ECHO_CLIENTS,
+    LOSS_PROBES,
+    OWD_RATE,
+    ROWS,
+    SPECS,
+    AnchorTable,
+    Row,
+    measured,
+    not_measured,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +193,58 @@ def test_lab_bulk_vs_iperf3(benchmark, anchor_table: AnchorTable, case: str) -> 
         return
     _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
                                                anchor_runs=tool, lab_runs=lab)])
+
+
+# --- one-way delay and loss per direction, through an asymmetric link ------------------------------------
+OWD_PROBES = 1000
+
+
+@pytest.mark.benchmark(group="anchors-link")
+def test_one_way_delay_and_loss_per_direction(benchmark, anchor_table: AnchorTable) -> None:
+    """Wire v2 through real links: delay 10ms out and 2ms back (the one-way delays' p50, paced and
+    ping-pong), then loss 20 % forward only (the loss split by direction, beside what the forwarder
+    itself dropped each way). The anchor is the link's own configuration: both ends share one clock."""
+    ids = [spec.id for spec in ROWS if spec.id.startswith(("owd-", "loss-"))]
+
+    def measure() -> dict[str, Any]:
+        from lab.link.session import open_link
+
+        out: dict[str, Any] = {}
+        with open_link(forward={"delay": "10ms"}, reverse={"delay": "2ms"}) as link:
+            for mode, rate in (("paced", OWD_RATE), ("pingpong", None)):
+                runs = [link.run("udp", count=OWD_PROBES, rate=rate, timeout=1.0) for _ in range(REPEATS)]
+                out[mode] = runs
+        with open_link(forward={"loss": "20%"}) as link:
+            result = link.run("udp", count=LOSS_PROBES, rate=1000, timeout=0.5)
+            out["loss"] = (result, link.counters())
+        return out
+
+    try:
+        _need_net_admin()
+        out = _measure(benchmark, measure)
+    except anchors.NotMeasured as why:
+        _record(benchmark, anchor_table, [not_measured(SPECS[i], str(why)) for i in ids])
+        return
+    rows = []
+    for mode in ("paced", "pingpong"):
+        for direction, configured in (("forward", 10_000.0), ("reverse", 2_000.0)):
+            spec = SPECS[f"owd-{direction}-{mode}"]
+            p50s = [(getattr(r, f"owd_{direction}_us") or {}).get("p50") for r in out[mode]]
+            if None in p50s:
+                rows.append(not_measured(spec, "the echo server sent no wire v2 report (owd missing)"))
+                continue
+            rows.append(measured(spec, configured, _median(p50s), lab_runs=p50s,
+                                 timestamps=[r.timestamps for r in out[mode]]))
+    result, counters = out["loss"]
+    link_dropped = {name: counters[name]["dropped_loss"] for name in ("forward", "reverse")}
+    for direction, configured in (("forward", 0.2), ("reverse", 0.0)):
+        spec = SPECS[f"loss-{direction}"]
+        ratio = getattr(result, f"loss_{direction}_ratio")
+        if ratio is None:
+            rows.append(not_measured(spec, "the echo server sent no wire v2 report (loss not split)"))
+            continue
+        rows.append(measured(spec, configured, ratio, lost=getattr(result, f"lost_{direction}"),
+                             link_dropped=link_dropped[direction],
+                             unknown=result.lost_direction_unknown,
+                             interval=getattr(result, f"loss_{direction}_ci95")))
+    _record(benchmark, anchor_table, rows)
