@@ -391,3 +391,17 @@ def test_the_real_links_rtt_is_forward_plus_reverse_delay(impaired_link: Any, la
     lost = link.run("udp", count=5, timeout=0.3)
     assert lost.received == 0 and lost.link["reverse"]["dropped_loss"] == 5
     assert lost.link["forward"]["dropped_loss"] == 0
+
+
+@pytest.mark.privileged
+def test_released_on_time_never_early(impaired_link: Any) -> None:
+    """The forwarder stops sleeping a little before each release (its waits end late: it learns by how
+    much) and polls for the rest, so a delay is never shortened: every probe's one-way delay is at
+    least the configured one, both ways, paced and ping-pong."""
+    link = impaired_link(forward={"delay": "5ms"}, reverse={"delay": "1ms"})
+    for rate in (400, None):
+        result = link.run("udp", count=200, rate=rate, timeout=1.0)
+        assert result.received == 200 and result.timestamps == "kernel", result.notes
+        assert result.owd_forward_us["min"] >= 5000, result.owd_forward_us
+        assert result.owd_reverse_us["min"] >= 1000, result.owd_reverse_us
+        assert result.owd_forward_us["p50"] < 5000 + 2000, result.owd_forward_us  # loose: CI is loaded
