@@ -202,21 +202,32 @@ class _Connection:
             self.sock.setblocking(True)
         while True:
             # A full buffer takes no more until the connection drains (open loop falls behind).
-            limit = MAX_BURST if len(outbuf) < OUTBUF_LIMIT else 0
+            limit = (1 if blocking else MAX_BURST) if len(outbuf) < OUTBUF_LIMIT else 0
             version, stamps = run.version, self.stamps
+            held = None
             for seq, stream, payload, crc, intended, sent_ns in run.due_probes(limit):
                 # Stamped when handed to the connection; bytes still queued in our buffer behind a
                 # stalled connection wait there, which is part of the latency the application sees.
                 message = frame(seq, stream, intended, payload, crc, version)
                 outbuf += message
-                run.sent(seq, stream, intended, sent_ns)
                 if stamps is not None:
                     self.written += len(message)
                     stamps.sent(seq, self.written - 1)
+                if blocking:  # ping-pong: stamped again just before the send, booked after it
+                    held = (seq, stream, intended)
+                    continue
+                run.sent(seq, stream, intended, sent_ns)
                 if len(outbuf) >= OUTBUF_LIMIT:
                     break
             now = time.monotonic_ns()
-            if outbuf and not self.flush():
+            if held is not None:
+                # building and booking the probe is the client's work, not the round trip's: the
+                # user-space clock starts at the send, as sockperf's does
+                flushed = self.flush()
+                run.sent(*held, now)
+                if not flushed:
+                    return
+            elif outbuf and not self.flush():
                 return
             if stamps is not None and run.burst and not blocking:
                 self.collect_stamps()
@@ -277,15 +288,16 @@ class _Connection:
         try:
             if self.stamps is None:
                 data = self.sock.recv(size, flags)
+                recv_ns = time.monotonic_ns()
             else:
                 data, ancillary, _, _ = self.sock.recvmsg(size, timestamps.ANCILLARY_BYTES, flags)
+                recv_ns = time.monotonic_ns()  # before reading the stamp: not the round trip's work
                 kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
         except BlockingIOError:
             self.collect_stamps()
             return True
         except OSError as exc:
             return self.broken(f"receive failed: {exc.strerror or exc}", exc)
-        recv_ns = time.monotonic_ns()
         try:
             decoder.receive_data(data)
             if run.arrived_stream(decoder, recv_ns, kernel_ns) is EOF:

@@ -367,16 +367,66 @@ def parse_iperf3(text: str) -> Goodput:
                     "sender_bps": sent["bits_per_second"]})
 
 
-def iperf3_goodput(client: Ends, server: Ends, *, seconds: float = 2.0) -> Goodput:
-    """One TCP iperf3 test of `seconds` from `client` to a one-off iperf3 server at `server`."""
+# The congestion control every TCP comparison pins on both sides: Linux's default, so a comparison
+# means the same on every machine (this development VM defaults to bbr, whose pacing timers run
+# late here: iperf3 itself carried 6-7 Gbit/s through the link with bbr and 9-13 with cubic).
+CONGESTION = "cubic"
+# iperf3 at its fastest (sendfile, 1 MiB writes), as one measures a multi-Gbit/s path with it: on 2
+# cores its endpoints share the CPUs with the link's forwarder, and with its defaults (128 KiB
+# writes through send) it carried 10-20 % less than the lab's flow (which writes whole blocks).
+IPERF3_FAST = ("-Z", "-l", "1M")
+
+
+def iperf3_goodput(client: Ends, server: Ends, *, seconds: float = 2.0,
+                   congestion: str | None = CONGESTION) -> Goodput:
+    """One TCP iperf3 test of `seconds` (IPERF3_FAST) from `client` to a one-off iperf3 server at
+    `server`, with `congestion` (None: the system's default)."""
     tool = require_tool("iperf3")
     port = free_port(server)
+    options = [*IPERF3_FAST, *(["-C", congestion] if congestion else [])]
     with serving(server, [tool, "-s", "-1", "-B", server.address, "-p", str(port)], port, ["tcp"]):
-        out = client.run([tool, "-c", server.address, "-p", str(port), "-t", f"{seconds:g}", "-J"],
+        out = client.run([tool, "-c", server.address, "-p", str(port), "-t", f"{seconds:g}", "-J", *options],
                          capture_output=True, text=True, timeout=seconds + 30)
     if not out.stdout.strip():
         raise RuntimeError(f"iperf3 client failed ({out.returncode}): {out.stderr}")
     return parse_iperf3(out.stdout)
+
+
+# --- the floor for a Python client ----------------------------------------------------------------------
+PYTHON_PINGPONG = r"""
+import socket, statistics, sys, time
+kind, host, port, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if kind == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+else:
+    s = socket.create_connection((host, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.settimeout(1.0)
+message, clock, rtts = b"x" * size, time.monotonic_ns, []
+for _ in range(count):
+    start = clock()
+    s.send(message)
+    got = len(s.recv(65536))
+    while got < size:  # TCP: the echo may come back in pieces
+        got += len(s.recv(65536))
+    rtts.append(clock() - start)
+rtts.sort()
+print(rtts[len(rtts) // 2] / 1e3, rtts[int(len(rtts) * 0.99)] / 1e3, len(rtts))
+"""
+
+
+def python_pingpong(client: Ends, transport: str, host: str, port: int, *, count: int,
+                    size: int = 64) -> Latency:
+    """The smallest Python ping-pong client (a blocking send, then recv; user-space clock around
+    them, no timestamping, no bookkeeping), in its own process at `client`: what any Python client
+    costs on this machine, the floor under the lab's user-stamped RTT."""
+    out = client.run([sys.executable, "-c", PYTHON_PINGPONG, transport, host, str(port), str(count),
+                      str(size)], capture_output=True, text=True, timeout=count + 30)
+    if out.returncode != 0:
+        raise RuntimeError(f"the Python ping-pong failed ({out.returncode}): {out.stderr}")
+    p50, p99, samples = out.stdout.split()
+    return Latency(float(p50), float(p99), int(samples))
 
 
 # --- the lab's own client -------------------------------------------------------------------------------
@@ -516,7 +566,7 @@ def socat_echo_argv(kind: str, host: str, port: int) -> list[str]:
 BULK_NOT_LANDED = "Link.bulk has not landed yet (issue 12's bulk flows: lab/bulk, `lab send --bulk`)"
 
 
-def lab_bulk_goodput(link: Any, *, seconds: float = 2.0, protocol: str = "tcp") -> Goodput:
+def lab_bulk_goodput(link: Any, *, seconds: float = 2.0, protocol: str = f"tcp-{CONGESTION}") -> Goodput:
     """One bulk flow of the lab's `protocol` through `link` (`Link.bulk`) for `seconds`: the goodput its
     sink counted; NotMeasured while Link.bulk does not exist."""
     bulk = getattr(link, "bulk", None)

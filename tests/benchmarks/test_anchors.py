@@ -79,7 +79,7 @@ def test_rtt_vs_sockperf(benchmark, anchor_table: AnchorTable, transport: str) -
     ids = [spec.id for spec in ROWS if spec.id.startswith(f"rtt-{transport}-")]
 
     def measure() -> dict[str, list[Any]]:
-        runs: dict[str, list[Any]] = {"sockperf": [], "socat": [], "lab": []}
+        runs: dict[str, list[Any]] = {"sockperf": [], "socat": [], "lab": [], "python": []}
         for _ in range(REPEATS):
             runs["sockperf"].append(anchors.sockperf_rtt(anchors.LOOPBACK, anchors.LOOPBACK,
                                                          tcp=transport == "tcp", seconds=RTT_SECONDS))
@@ -88,6 +88,8 @@ def test_rtt_vs_sockperf(benchmark, anchor_table: AnchorTable, transport: str) -
             with anchors.serving(anchors.LOOPBACK, socat, port, [transport]):
                 runs["socat"].append(anchors.lab_send(anchors.LOOPBACK, transport, "127.0.0.1", port,
                                                       count=LAB_PROBES))
+                runs["python"].append(anchors.python_pingpong(anchors.LOOPBACK, transport, "127.0.0.1", port,
+                                                              count=LAB_PROBES))
             with anchors.lab_echo_server(anchors.LOOPBACK) as port:
                 runs["lab"].append(anchors.lab_send(anchors.LOOPBACK, transport, "127.0.0.1", port,
                                                     count=LAB_PROBES))
@@ -120,6 +122,14 @@ def test_rtt_vs_sockperf(benchmark, anchor_table: AnchorTable, transport: str) -
                                  anchor_runs=anchor_runs, lab_runs=lab_runs,
                                  anchor_samples=[x.samples for x in tool],
                                  lab_samples=[x.samples for x in lab]))
+    user = [anchors.lab_latencies(result)["user"] for result in runs["socat"]]
+    spec = SPECS[f"rtt-{transport}-p50-user-vs-python"]
+    if any(isinstance(r, str) for r in user):
+        rows.insert(-1, not_measured(spec, next(r for r in user if isinstance(r, str))))
+    else:
+        floor, lab_user = [x.p50_us for x in runs["python"]], [x.p50_us for x in user]  # type: ignore[union-attr]
+        rows.insert(-1, measured(spec, _median(floor), _median(lab_user), anchor_runs=floor,
+                                 lab_runs=lab_user))
     turnaround = [(r.get("server_turnaround_us") or {}).get("p50") for r in runs["lab"]]
     if rows[-1].not_measured is None and None not in turnaround:
         # the lab's server reports its own time per probe (wire v2): how much of the gap is the server
