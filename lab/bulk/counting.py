@@ -77,16 +77,20 @@ class StreamCounter:
         self._next_seq = 0
         self._booked: list[tuple[int, int]] = []  # (interval, bytes) of the current block
 
-    def feed(self, data: bytes | bytearray | memoryview, now_ns: int) -> None:
-        # bytes, not a memoryview: bytes.startswith compares with memcmp (tens of GB/s), where a
-        # memoryview == compares element by element and zlib.crc32 runs at about 1 GB/s.
-        data = data.tobytes() if isinstance(data, memoryview) else bytes(data)
-        self.received_bytes += len(data)
-        if self.first_ns is None and data:
+    def feed(self, data: bytes | bytearray | memoryview, now_ns: int, size: int | None = None) -> None:
+        """Count `data[:size]` (all of it by default), arrived at `now_ns`. A bytearray is read in
+        place (the sink's receive buffer), never copied."""
+        # bytes or bytearray, not a memoryview: their startswith compares with memcmp (tens of GB/s),
+        # where a memoryview == compares element by element and zlib.crc32 runs at about 1 GB/s.
+        if isinstance(data, memoryview):
+            data = data.tobytes()
+        size = len(data) if size is None else size
+        self.received_bytes += size
+        if self.first_ns is None and size:
             self.first_ns = now_ns
         if self.broken:
             return
-        pos, size = 0, len(data)
+        pos = 0
         while pos < size:
             if self._remaining == 0 and len(self._head) < wire.BLOCK.size:
                 take = min(wire.BLOCK.size - len(self._head), size - pos)
@@ -99,7 +103,7 @@ class StreamCounter:
             take = min(self._remaining, size - pos)
             if self._intact:  # the payload is the pattern (lab.bulk.wire), byte for byte
                 offset = (self._length - self._remaining) % wire.PATTERN_PERIOD
-                self._intact = data.startswith(_PATTERN_VIEW[offset:offset + take], pos)
+                self._intact = data.startswith(_PATTERN_VIEW[offset:offset + take], pos, pos + take)
             self._book(now_ns, take)
             pos += take
             self._remaining -= take

@@ -99,7 +99,7 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
                         break
                     left = bounds.left(sent)
                     size = None if left is None else max(0, left - wire.BLOCK.size)
-                    pending = memoryview(writer.block(size))
+                    pending = writer.view(size)  # sent whole before the next view is taken
                 try:
                     n = sock.send(pending)
                 except BlockingIOError:

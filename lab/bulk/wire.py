@@ -115,15 +115,22 @@ class BlockWriter:
         self.block_size = max(1, min(block_size, MAX_BLOCK))
         self._payload = pattern(self.block_size)
         self._crc = pattern_crc(self.block_size)
+        self._frame = bytearray(BLOCK.size) + self._payload  # `view`'s buffer: header, then the payload
 
     def block(self, length: int | None = None) -> bytes:
         """The next block's bytes: header + `length` (at most block_size) payload bytes."""
+        return bytes(self.view(length))
+
+    def view(self, length: int | None = None) -> memoryview:
+        """The next block as a view of one buffer this writer keeps, valid until the next call: only
+        the header is written (a block of megabytes is not copied to prepend 24 bytes, which took a
+        sixth of a multi-Gbit/s sender's time)."""
         length = self.block_size if length is None else min(length, self.block_size)
-        payload = self._payload if length == self.block_size else self._payload[:length]
-        crc = self._crc if length == self.block_size else zlib.crc32(payload)
+        crc = self._crc if length == self.block_size else zlib.crc32(memoryview(self._payload)[:length])
         head = struct.pack("!IQ", length, self.seq)
+        BLOCK.pack_into(self._frame, 0, BLOCK_MAGIC, 0, length, self.seq, zlib.crc32(head, crc))
         self.seq += 1
-        return BLOCK.pack(BLOCK_MAGIC, 0, length, self.seq - 1, zlib.crc32(head, crc)) + payload
+        return memoryview(self._frame)[:BLOCK.size + length]
 
 
 def datagram(flow_id: int, seq: int, send_ns: int, payload: bytes, payload_crc: int) -> bytes:

@@ -6,7 +6,8 @@ so load from elsewhere hits them alike:
   offloaded forwarder the issue measured (`anchors.minimal_forwarder`: a read and a write per
   batch, the floor for a forwarder in Python here), through the unimpaired link, and through the
   link with `delay 10ms` (default `limit 1000`: a GSO batch is one packet of it, as netem counts
-  an skb); budgets: >= 10 Gbit/s unimpaired and >= 5 Gbit/s with the delay (`extra_info`);
+  an skb); budgets: >= 10 Gbit/s unimpaired and >= 5 Gbit/s with the delay (`extra_info`); every
+  run with `anchors.CONGESTION` (cubic), whatever the system's default, and `anchors.IPERF3_FAST`;
 - the round trip's p50 through the veth pair, the minimal forwarder and the link (sockperf
   ping-pong with --full-rtt; without sockperf, a UDP ping-pong between two small Python
   processes); budget: <= 15 µs added to the veth pair's.
@@ -97,7 +98,8 @@ def _iperf3_gbit(client_ns: str, server_ns: str, server: str) -> float:
     daemon = _popen(server_ns, ["iperf3", "-s", "-1", "-B", server, "-p", str(PORT)])
     try:
         time.sleep(0.3)
-        out = _popen(client_ns, ["iperf3", "-c", server, "-p", str(PORT), "-t", str(IPERF_SECONDS), "-J"])
+        out = _popen(client_ns, ["iperf3", "-c", server, "-p", str(PORT), "-t", str(IPERF_SECONDS), "-J",
+                                 "-C", anchors.CONGESTION, *anchors.IPERF3_FAST])
         text, _ = out.communicate(timeout=IPERF_SECONDS + 30)
         report = json.loads(text)
         return report["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -164,7 +166,7 @@ def test_forwarder_offloads_against_veth(benchmark) -> None:
         {f"{name}_gbit_s": round(value, 2) for name, value in medians.items()},
         **{f"{name}_rtt_p50_us": round(value, 1) for name, value in rtt_p50.items()},
         added_rtt_p50_us=round(added["link"], 1), minimal_added_rtt_p50_us=round(added["minimal"], 1),
-        rtt_probe="sockperf" if shutil.which("sockperf") else "python",
+        rtt_probe="sockperf" if shutil.which("sockperf") else "python", congestion=anchors.CONGESTION,
         dropped_queue={name: c["dropped_queue"] for name, c in counters.items()},
     )
     lines = [f"  {name:30s} {value:6.2f} Gbit/s ({', '.join(f'{v:.2f}' for v in gbit[name])})"
