@@ -222,11 +222,18 @@ class _Connection:
             now = time.monotonic_ns()
             if held is not None:
                 # building and booking the probe is the client's work, not the round trip's: the
-                # user-space clock starts at the send, as sockperf's does
-                flushed = self.flush()
-                run.sent(*held, now)
-                if not flushed:
+                # user-space clock starts at the send, as sockperf's does, and the send is booked
+                # once the client wakes (as UDP's ping-pong does), so no bookkeeping of ours sits
+                # between the send and the sleep in the receive call
+                if not self.flush():
+                    run.sent(*held, now)
                     return
+                if not outbuf:
+                    until = min(now + run.timeout_ns, run.deadline_ns)
+                    if not self.await_reply((until - now) / NS_PER_S, (*held, now)):
+                        return
+                    continue
+                run.sent(*held, now)  # not all of it went out: the writable path takes over
             elif outbuf and not self.flush():
                 return
             if stamps is not None and run.burst and not blocking:
@@ -250,15 +257,16 @@ class _Connection:
                 if events & selectors.EVENT_READ and not self.receive():
                     return
 
-    def await_reply(self, wait_s: float) -> bool:
+    def await_reply(self, wait_s: float, held: tuple[int, int, int, int] | None = None) -> bool:
         """Sleep in `recvmsg` until a reply comes or `wait_s` passes (SO_RCVTIMEO, set again only
-        when the wait changed); False when the connection is over."""
+        when the wait changed); False when the connection is over. `held`: the probe just sent,
+        (seq, stream, intended_ns, sent_ns), booked on waking."""
         if wait_s > 0 and abs(wait_s - self.receive_timeout) > RECEIVE_TIMEOUT_SLACK_S:
             whole = int(wait_s)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                                  _TIMEVAL.pack(whole, max(1, int((wait_s - whole) * 1_000_000))))
             self.receive_timeout = wait_s
-        alive = self.receive(wait=wait_s > 0)
+        alive = self.receive(wait=wait_s > 0, held=held)
         self.collect_stamps()
         return alive
 
@@ -278,21 +286,25 @@ class _Connection:
             for seq, stamp in self.stamps.stamped(timestamps.transmit_stamps(self.sock, len(self.stamps))):
                 self.run.kernel_sent(seq, stamp)
 
-    def receive(self, *, wait: bool = False) -> bool:
+    def receive(self, *, wait: bool = False, held: tuple[int, int, int, int] | None = None) -> bool:
         """Read what is there (`wait`: sleep in the call until something is) and decode it; False
-        when the connection is over."""
+        when the connection is over. `held`: a probe sent but not booked yet, booked first."""
         run, decoder = self.run, self.decoder
         size = min(RECV_CHUNK, decoder.max_buffer - decoder.buffered)
         flags = 0 if wait else _DONTWAIT
         kernel_ns = None
         try:
-            if self.stamps is None:
-                data = self.sock.recv(size, flags)
-                recv_ns = time.monotonic_ns()
-            else:
-                data, ancillary, _, _ = self.sock.recvmsg(size, timestamps.ANCILLARY_BYTES, flags)
-                recv_ns = time.monotonic_ns()  # before reading the stamp: not the round trip's work
-                kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
+            try:
+                if self.stamps is None:
+                    data = self.sock.recv(size, flags)
+                    recv_ns = time.monotonic_ns()
+                else:
+                    data, ancillary, _, _ = self.sock.recvmsg(size, timestamps.ANCILLARY_BYTES, flags)
+                    recv_ns = time.monotonic_ns()  # before reading the stamp: not the round trip's
+                    kernel_ns = timestamps.receive_stamp(ancillary) if ancillary else None
+            finally:
+                if held is not None:  # sent before anything came back: booked first
+                    run.sent(*held)
         except BlockingIOError:
             self.collect_stamps()
             return True
