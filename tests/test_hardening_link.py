@@ -134,27 +134,22 @@ def test_defect_8_slowest_rate_holds_packets_and_forwarder_keeps_answering() -> 
     assert (final["queued_at_close"], final["forwarded"]) == (3, 0), final
 
 
-@pytest.mark.privileged
-def test_defect_8_forwarder_death_is_reported_loudly_and_link_removed() -> None:
-    """A forwarder that dies under a running `lab link` is noticed at once: one error line naming
-    it, exit 1, and the link is removed (it used to sleep on, silently carrying nothing)."""
+def _link_with_a_process_killed(victim: str) -> tuple[str, subprocess.Popen[str], str, str, list[int]]:
+    """Start `lab link`, SIGKILL its forwarder (`victim` "forwarder") or its reverse direction's
+    process ("direction"), and let it end: (name, process, stdout, stderr, every pid it had)."""
     name = _name()
     process = _lab("link", "--name", name)
     try:
         _wait_up(process)
         pids = list(json.loads(netns._state_path(name).read_text())["pids"])
         directions = _direction_pids(pids[0])
-        os.kill(pids[0], signal.SIGKILL)
+        assert len(directions) == 2, directions  # one process per direction
+        os.kill(pids[0] if victim == "forwarder" else directions[1], signal.SIGKILL)
         out, err = process.communicate(timeout=STOP_TIMEOUT_S)
     finally:
         _stop(process)
-    assert process.returncode == 1, (out, err)
-    assert err == (f"lab: error: link {name}: the forwarder (the process that carries the packets) was "
-                   "killed by SIGKILL; the link is down and is being removed\n"), err
-    assert "its counters are lost" in out and f"link {name} removed" in out, out
-    assert len(directions) == 2  # one process per direction, gone with the forwarder (PR_SET_PDEATHSIG)
-    _wait_gone(directions)
-    assert _leftovers(name, pids + directions) == []
+    _wait_gone(directions)  # with the forwarder (PR_SET_PDEATHSIG), or with the link
+    return name, process, out, err, pids + directions
 
 
 def _direction_pids(forwarder: int) -> list[int]:
@@ -168,27 +163,29 @@ def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
 
 
 @pytest.mark.privileged
+def test_defect_8_forwarder_death_is_reported_loudly_and_link_removed() -> None:
+    """A forwarder that dies under a running `lab link` is noticed at once: one error line naming
+    it, exit 1, and the link is removed (it used to sleep on, silently carrying nothing)."""
+    name, process, out, err, pids = _link_with_a_process_killed("forwarder")
+    assert process.returncode == 1, (out, err)
+    assert err == (f"lab: error: link {name}: the forwarder (the process that carries the packets) was "
+                   "killed by SIGKILL; the link is down and is being removed\n"), err
+    assert "its counters are lost" in out and f"link {name} removed" in out, out
+    assert _leftovers(name, pids) == []
+
+
+@pytest.mark.privileged
 def test_a_direction_process_that_dies_takes_the_forwarder_and_the_link_down() -> None:
     """Each direction moves in a process of its own: one killed must not leave a link that silently
     carries nothing one way. The forwarder says which process ended and ends too; `lab link` reports
     it and removes everything."""
-    name = _name()
-    process = _lab("link", "--name", name)
-    try:
-        _wait_up(process)
-        pids = list(json.loads(netns._state_path(name).read_text())["pids"])
-        directions = _direction_pids(pids[0])
-        os.kill(directions[1], signal.SIGKILL)
-        out, err = process.communicate(timeout=STOP_TIMEOUT_S)
-    finally:
-        _stop(process)
+    name, process, out, err, pids = _link_with_a_process_killed("direction")
     assert process.returncode == 1, (out, err)
-    said = f"a direction's process (pid {directions[1]}) was killed by signal 9; the forwarder ends"
+    said = f"a direction's process (pid {pids[-1]}) was killed by signal 9; the forwarder ends"
     assert said in err, err
     assert "exited with status 70; the link is down and is being removed" in err, err
     assert f"link {name} removed" in out, out
-    _wait_gone(directions)
-    assert _leftovers(name, pids + directions) == []
+    assert _leftovers(name, pids) == []
 
 
 # --- defect 9: two `lab link --name X` at once ------------------------------------------------------
