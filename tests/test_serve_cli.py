@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -142,29 +144,56 @@ def test_lab_serve_ipv6_prints_bracketed_address() -> None:
     assert proc.returncode == 0
 
 
-def test_server_out_of_file_descriptors_backs_off_and_recovers() -> None:
-    """EMFILE on accept (fd limit 40, 80 clients): counted, the server lives, serving resumes after."""
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _echo_answers(address: tuple[str, int]) -> bool:
+    with socket.create_connection(address, timeout=1.0) as sock:
+        sock.sendall(b"back")
+        return sock.recv(10) == b"back"
+
+
+def _sink_counts(address: tuple[str, int]) -> bool:
+    from lab.bulk import BulkPlan
+    from lab.protocols import get_protocol
+
+    return get_protocol("tcp").run_bulk(address, BulkPlan(duration_s=0.2)).bytes_delivered > 0
+
+
+@pytest.mark.parametrize(("module", "args", "serves"), [
+    ("lab.endpoints.server", "['tcp', '--max-conns', '1000']", _echo_answers),
+    ("lab.endpoints.sink", "['--max-conns', '1000']", _sink_counts),
+])
+def test_server_out_of_file_descriptors_backs_off_and_recovers(module: str, args: str, serves) -> None:
+    """EMFILE on accept (fd limit 40, 80 clients): counted, the server lives without spinning on its
+    still-readable listener (it stops accepting for a moment), and serving resumes after. The echo
+    server and the discard sink share that back-off (SelectorLoop._accepted)."""
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); "
-            "from lab.endpoints.server import main; sys.exit(main(['tcp', '--max-conns', '1000']))")
+            f"from {module} import main; sys.exit(main({args}))")
     with process("-c", code) as proc:
         address = tuple(json.loads(proc.stdout.readline())["tcp"])  # type: ignore[union-attr]
         crowd = []
         try:
             for _ in range(80):  # the kernel completes handshakes in the backlog even if we can't accept
                 crowd.append(socket.create_connection(address, timeout=IO_TIMEOUT))
+            time.sleep(0.2)  # out of fds by now, the listener still readable
+            before, start = _cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(1.0)
+            busy = (_cpu_seconds(proc.pid) - before) / (time.monotonic() - start)
         finally:
             for sock in crowd:
                 sock.close()
+        assert busy < 0.5, f"{module} spent {busy:.0%} of a CPU while out of fds: it spins on accept"
         deadline = time.monotonic() + IO_TIMEOUT
         while True:  # serving again once the crowd's fds are released
             try:
-                with socket.create_connection(address, timeout=1.0) as sock:
-                    sock.sendall(b"back")
-                    if sock.recv(10) == b"back":
-                        break
+                if serves(address):
+                    break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "server did not recover from EMFILE"
+            assert time.monotonic() < deadline, f"{module} did not recover from EMFILE"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=PROGRAM_TIMEOUT)

@@ -12,6 +12,8 @@ import itertools
 import selectors
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -45,6 +47,8 @@ LOOP_RING = 8  # recent replies per peer compared with what it sends (several lo
 LOOP_DIGEST_BYTES = 4096
 LOOP_DIGEST_ENDS = 512
 
+ACCEPT_PAUSE_S = 0.1  # out of fds/memory: stop accepting this long instead of spinning
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 UDP_REFUSALS = ("udp_refused_own_address", "udp_refused_low_port", "udp_refused_rate", "udp_refused_loop")
 COUNTER_NAMES = (
     "accepted", "active", "evicted", "closed_idle",
@@ -55,16 +59,17 @@ COUNTER_NAMES = (
 
 
 class Counters:
-    """The servers' counters; written by the serving thread(s), read as a snapshot from any thread.
+    """The servers' counters (`names`: the echo servers' by default; the discard sink has its own);
+    written by the serving thread(s), read as a snapshot from any thread.
 
     Input and UDP output are counted before the echo leaves, so a client holding a reply sees it
     counted; TCP `bytes_out` moves once the kernel took the bytes, just after the client may see them.
     `paused` is a gauge (connections stopped by back-pressure now), `active` too; the rest only grow.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, names: tuple[str, ...] = COUNTER_NAMES) -> None:
         self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTER_NAMES, 0)
+        self._values = dict.fromkeys(names, 0)
 
     def add(self, **deltas: int) -> None:
         """Add each delta to its counter (atomically as a group)."""
@@ -420,7 +425,10 @@ class SelectorLoop:
     `_register` (its sockets, into `self._sel`), `_step` (one round of the loop) and
     `_close_sockets` (its connections and listening sockets, called once)."""
 
+    counters: Counters  # the subclass's; `_accepted` counts accept errors there
+
     def _init_loop(self) -> None:
+        self._accept_paused: tuple[Any, float] | None = None  # (listener, until when)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -472,6 +480,38 @@ class SelectorLoop:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _accepted(self, listener: socket.socket, batch: int) -> Iterator[tuple[socket.socket, Any]]:
+        """The connections waiting on `listener`, at most `batch` (then the loop serves the others).
+        A connection the client gave up while queued is skipped. Out of fds or memory, the listener
+        stays readable: it is taken out of the loop for ACCEPT_PAUSE_S (`_accept_deadline`,
+        `_resume_accepting`) instead of spinning; other errors end the batch. Errors are counted."""
+        for _ in range(batch):
+            try:
+                accepted = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self.counters.add(errors=1)
+                if exc.errno in RESOURCE_ERRNOS:
+                    self._sel.unregister(listener)
+                    self._accept_paused = (listener, time.monotonic() + ACCEPT_PAUSE_S)
+                return
+            yield accepted
+
+    def _accept_deadline(self) -> float | None:
+        """When a paused listener is taken back (monotonic seconds), or None."""
+        return self._accept_paused[1] if self._accept_paused else None
+
+    def _resume_accepting(self, now: float) -> None:
+        """Take a paused listener back into the loop once its pause is over (its handler is
+        `self._on_accept`, as every subclass registers it)."""
+        if self._accept_paused and now >= self._accept_paused[1]:
+            listener = self._accept_paused[0]
+            self._accept_paused = None
+            self._sel.register(listener, selectors.EVENT_READ, self._on_accept)  # type: ignore[attr-defined]
 
     def _on_wake(self, sock: Any, mask: int) -> None:
         with contextlib.suppress(OSError):

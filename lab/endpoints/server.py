@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import itertools
 import json
 import selectors
@@ -69,8 +68,6 @@ TOTAL_OUTBUF_HIGH = 16 * 1024 * 1024
 TOTAL_OUTBUF_LOW = 8 * 1024 * 1024
 SMALL_RECV_CHUNK = 4096
 BATCH = 64  # accepts/datagrams handled per readiness event, so one busy socket cannot starve others
-ACCEPT_PAUSE_S = 0.1  # out of fds/memory: stop accepting this long instead of spinning
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 V2_START = MAGIC + bytes([VERSION_2])  # how a wire v2 probe begins
@@ -167,7 +164,6 @@ class EchoServer(BoundEcho, SelectorLoop):
         # Least recently active first (see _touch): the front is the next to evict or time out.
         self._conns: dict[socket.socket, _Conn] = {}
         self._buffered = 0  # unsent echo bytes held for all connections together
-        self._accept_paused_until = 0.0
         self._idle_check_at = 0.0  # when the oldest-idle connection may time out (0 = no check due)
 
     # --- public ------------------------------------------------------------------------------------
@@ -187,33 +183,18 @@ class EchoServer(BoundEcho, SelectorLoop):
         now = time.monotonic()
         for key, mask in self._sel.select(self._timeout(now)):
             key.data(key.fileobj, mask)
-        if self._idle_check_at or self._accept_paused_until:
+        if self._idle_check_at or self._accept_paused:
             now = time.monotonic()
             if self._idle_check_at and now >= self._idle_check_at:
                 self._close_idle(now)
-            if self._accept_paused_until and now >= self._accept_paused_until:
-                self._accept_paused_until = 0.0
-                self._sel.register(self._tcp, selectors.EVENT_READ, self._on_accept)  # type: ignore[arg-type]
+            self._resume_accepting(now)
 
     def _timeout(self, now: float) -> float | None:
-        deadlines = [t for t in (self._idle_check_at, self._accept_paused_until) if t]
+        deadlines = [t for t in (self._idle_check_at, self._accept_deadline()) if t]
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _on_accept(self, listener: Any, mask: int) -> None:
-        for _ in range(BATCH):
-            try:
-                sock, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:  # the client gave up while queued: nothing to serve
-                continue
-            except OSError as exc:
-                self.counters.add(errors=1)
-                if exc.errno in _RESOURCE_ERRNOS:
-                    # The listener stays readable while we are out of fds: back off, don't spin.
-                    self._sel.unregister(listener)
-                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
-                return
+        for sock, _addr in self._accepted(listener, BATCH):
             if len(self._conns) >= self.max_conns:
                 # Full: make room by closing the longest-idle connection rather than turning the
                 # new one away, or idle connections holding every slot lock every client out.

@@ -36,6 +36,7 @@ from lab.bulk import wire
 from lab.bulk.counting import DatagramCounter, StreamCounter
 from lab.endpoints.common import (
     BOTH_BIND_ATTEMPTS,
+    Counters,
     SelectorLoop,
     bind_sockets,
     check_idle_timeout,
@@ -47,6 +48,7 @@ DISCARD_PORT = 9009  # discard's well-known port is 9 (RFC 863); 9009 needs no p
 RECV_CHUNK = 256 * 1024
 BATCH = 256  # datagrams per readiness event
 UDP_RCVBUF = 8 * 1024 * 1024  # a paced sender's bursts must not overflow a sink that is briefly busy
+ACCEPT_BATCH = 16  # connections taken per readiness of the listener
 SWEEP_S = 0.5  # idle connections and pending ENDs are looked at this often
 MAX_QUIET_NS = round(wire.MAX_QUIET_S * 10**9)
 MAX_END_WAIT_NS = round(wire.MAX_END_WAIT_S * 10**9)
@@ -95,8 +97,7 @@ class DiscardSink(SelectorLoop):
             with contextlib.suppress(OSError):
                 self.udp_socket.setsockopt(socket.SOL_SOCKET, option, UDP_RCVBUF)
                 break
-        self._counters = dict.fromkeys(COUNTER_NAMES, 0)
-        self._lock = threading.Lock()
+        self.counters = Counters(COUNTER_NAMES)
         self._conns: dict[socket.socket, _Conn] = {}
         self._flows: dict[tuple[str, int], _Conn] = {}  # (peer address, flow id) -> its control
         self._init_loop()
@@ -108,8 +109,7 @@ class DiscardSink(SelectorLoop):
     # --- public ---
     @property
     def stats(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counters)
+        return self.counters.snapshot()
 
     # --- the loop (lab.endpoints.common.SelectorLoop runs it) ---
     def _register(self) -> None:
@@ -118,34 +118,24 @@ class DiscardSink(SelectorLoop):
         self._next_sweep = time.monotonic() + SWEEP_S
 
     def _step(self) -> None:
-        for key, mask in self._sel.select(max(0.0, self._next_sweep - time.monotonic())):
+        deadline = min(self._next_sweep, self._accept_deadline() or self._next_sweep)
+        for key, mask in self._sel.select(max(0.0, deadline - time.monotonic())):
             key.data(key.fileobj, mask)
+        self._resume_accepting(time.monotonic())
         if time.monotonic() >= self._next_sweep:
             self._sweep()
             self._next_sweep = time.monotonic() + SWEEP_S
 
-    def _add(self, **deltas: int) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                self._counters[name] += delta
-
     def _on_accept(self, listener: Any, mask: int) -> None:
-        for _ in range(16):
-            try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # out of fds, an aborted connection: not ours to die of
-                self._add(errors=1)
-                return
+        for sock, peer in self._accepted(listener, ACCEPT_BATCH):
             if len(self._conns) >= self.max_conns:
                 self._drop(min(self._conns.values(), key=lambda c: c.last_active))
-                self._add(evicted=1)
+                self.counters.add(evicted=1)
             sock.setblocking(False)
             conn = _Conn(sock, str(peer[0]), time.monotonic())
             self._conns[sock] = conn
             self._sel.register(sock, selectors.EVENT_READ, self._on_conn)
-            self._add(accepted=1, active=1)
+            self.counters.add(accepted=1, active=1)
 
     def _on_conn(self, sock: Any, mask: int) -> None:
         conn = self._conns.get(sock)
@@ -157,7 +147,7 @@ class DiscardSink(SelectorLoop):
             elif mask & selectors.EVENT_READ:
                 self._read(conn)
         except OSError:
-            self._add(errors=1)
+            self.counters.add(errors=1)
             self._drop(conn)
 
     def _read(self, conn: _Conn) -> None:
@@ -171,14 +161,14 @@ class DiscardSink(SelectorLoop):
         if not size:
             self._ended(conn, now_ns)
             return
-        self._add(bytes_in=size)
+        self.counters.add(bytes_in=size)
         try:
             if conn.phase == STREAM:  # the bulk of the bytes: counted in place, never copied
                 conn.counter.feed(buffer, now_ns, size)  # type: ignore[union-attr]
                 return
             self._take(conn, bytes(buffer[:size]), now_ns)
         except RemoteWireError:
-            self._add(refused=1)
+            self.counters.add(refused=1)
             self._drop(conn)
 
     def _take(self, conn: _Conn, data: bytes, now_ns: int) -> None:
@@ -186,7 +176,7 @@ class DiscardSink(SelectorLoop):
             conn.counter.feed(data, now_ns)  # type: ignore[union-attr]
             return
         if conn.phase == PLAIN:
-            self._add(plain_bytes=len(data))
+            self.counters.add(plain_bytes=len(data))
             return
         if conn.phase in (SNIFF, HELLO):
             need = wire.HELLO.size - len(conn.head)
@@ -195,7 +185,7 @@ class DiscardSink(SelectorLoop):
             magic = bytes(conn.head[:4])
             if not wire.HELLO_MAGIC.startswith(magic):  # a plain RFC 863 client
                 conn.phase = PLAIN
-                self._add(plain_bytes=len(conn.head) + len(rest))
+                self.counters.add(plain_bytes=len(conn.head) + len(rest))
                 conn.head.clear()
                 return
             if len(conn.head) < wire.HELLO.size:
@@ -206,7 +196,7 @@ class DiscardSink(SelectorLoop):
             if hello.mode == wire.MODE_STREAM:
                 conn.phase = STREAM
                 conn.counter = StreamCounter(hello.start_ns, hello.interval_ns)
-                self._add(stream_flows=1)
+                self.counters.add(stream_flows=1)
                 if rest:
                     conn.counter.feed(rest, now_ns)
                 return
@@ -217,7 +207,7 @@ class DiscardSink(SelectorLoop):
             conn.counter = DatagramCounter(hello.start_ns, hello.interval_ns)
             self._flows[key] = conn
             conn.overflows_before = receive_buffer_overflows()
-            self._add(datagram_flows=1)
+            self.counters.add(datagram_flows=1)
             conn.sock.send(wire.ACCEPTED)  # 4 bytes into an empty send buffer: never partial
             data = rest
         if conn.phase == CONTROL:
@@ -265,7 +255,7 @@ class DiscardSink(SelectorLoop):
     def _reply(self, conn: _Conn, summary: dict[str, Any]) -> None:
         conn.phase = CLOSING
         conn.outbuf += wire.encode_summary(summary)
-        self._add(summaries=1)
+        self.counters.add(summaries=1)
         self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
@@ -288,18 +278,18 @@ class DiscardSink(SelectorLoop):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                self._add(errors=1)
+                self.counters.add(errors=1)
                 continue
             now_ns = time.monotonic_ns()
             header = wire.parse_datagram(data)
             if header is None:
-                self._add(datagrams_in=1, bytes_in=len(data), plain_datagrams=1)
+                self.counters.add(datagrams_in=1, bytes_in=len(data), plain_datagrams=1)
                 continue
             conn = self._flows.get((str(peer[0]), header.flow_id))
             if conn is None:
-                self._add(datagrams_in=1, bytes_in=len(data), unknown_flow_datagrams=1)
+                self.counters.add(datagrams_in=1, bytes_in=len(data), unknown_flow_datagrams=1)
                 continue
-            self._add(datagrams_in=1, bytes_in=len(data))
+            self.counters.add(datagrams_in=1, bytes_in=len(data))
             conn.counter.arrived(header, len(data), now_ns)  # type: ignore[union-attr]
             conn.last_datagram_ns = now_ns
             conn.last_active = now_ns / 1e9
@@ -313,7 +303,7 @@ class DiscardSink(SelectorLoop):
             if conn.phase == ENDED:
                 self._answer_if_due(conn, now_ns)
             elif self.idle_timeout and now - conn.last_active >= self.idle_timeout:
-                self._add(closed_idle=1)
+                self.counters.add(closed_idle=1)
                 self._drop(conn)
 
     def _forget_flow(self, conn: _Conn) -> None:
@@ -328,7 +318,7 @@ class DiscardSink(SelectorLoop):
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._sel.unregister(conn.sock)
         conn.sock.close()
-        self._add(active=-1)
+        self.counters.add(active=-1)
 
     def _close_sockets(self) -> None:
         for conn in list(self._conns.values()):
