@@ -373,13 +373,7 @@ class _Direction:
         if mode is FAST:
             self.fast_packets += packets
             self.fast_bytes += size
-            try:
-                os.write(self.out_fd, frame)
-            except OSError:
-                self.write_errors += packets
-            else:
-                self.out_packets += packets
-                self.out_bytes += size
+            self.write((frame,), packets, size)
             return
         now = time.monotonic()  # BATCH_DELAY: held whole, or dropped whole (admit_delayed counts it)
         if admit_delayed(self.model, self.batches, packets, size, each, now):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -51,11 +52,26 @@ def _record(benchmark: Any, table: AnchorTable, rows: list[Row]) -> None:
         pytest.skip("not measured: " + "; ".join(missing))
 
 
-def _measure(benchmark: Any, measure: Callable[[], Any]) -> Any:
-    """Run the row's whole measurement once as the benchmark's timed call; its return value."""
-    box: list[Any] = []
-    benchmark.pedantic(lambda: box.append(measure()), rounds=1, iterations=1, warmup_rounds=0)
+def _measure(benchmark: Any, table: AnchorTable, specs: list[Any], measure: Callable[[], Any],
+             *needs: Callable[[], object]) -> Any:
+    """Check `needs` (each raises anchors.NotMeasured saying why), then run the rows' whole
+    measurement once as the benchmark's timed call: its return value, or None once every row of
+    `specs` is recorded as not measured, with why (the test then returns)."""
+    try:
+        for need in needs:
+            need()
+        box: list[Any] = []
+        benchmark.pedantic(lambda: box.append(measure()), rounds=1, iterations=1, warmup_rounds=0)
+    except anchors.NotMeasured as why:
+        _record(benchmark, table, [not_measured(spec, str(why)) for spec in specs])
+        return None
     return box[0]
+
+
+def _record_medians(benchmark: Any, table: AnchorTable, spec: Any, tool: list[float],
+                    lab: list[float]) -> None:
+    """One row from alternating runs: each side's median, every run kept in the details."""
+    _record(benchmark, table, [measured(spec, _median(tool), _median(lab), anchor_runs=tool, lab_runs=lab)])
 
 
 def _median(values: list[float]) -> float:
@@ -95,12 +111,9 @@ def test_rtt_vs_sockperf(benchmark, anchor_table: AnchorTable, transport: str) -
                                                     count=LAB_PROBES))
         return runs
 
-    try:
-        anchors.require_tool("sockperf")
-        anchors.require_tool("socat")
-        runs = _measure(benchmark, measure)
-    except anchors.NotMeasured as why:
-        _record(benchmark, anchor_table, [not_measured(SPECS[i], str(why)) for i in ids])
+    runs = _measure(benchmark, anchor_table, [SPECS[i] for i in ids], measure,
+                    partial(anchors.require_tool, "sockperf"), partial(anchors.require_tool, "socat"))
+    if runs is None:
         return
     tool = runs["sockperf"]
     rows = []
@@ -160,14 +173,9 @@ def test_echo_capacity_vs_socat(benchmark, anchor_table: AnchorTable, kind: str)
                                                  clients=ECHO_CLIENTS, seconds=ECHO_SECONDS))
         return tool, lab
 
-    try:
-        anchors.require_tool("socat")
-        tool, lab = _measure(benchmark, measure)
-    except anchors.NotMeasured as why:
-        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
-        return
-    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
-                                               anchor_runs=tool, lab_runs=lab)])
+    runs = _measure(benchmark, anchor_table, [spec], measure, partial(anchors.require_tool, "socat"))
+    if runs is not None:
+        _record_medians(benchmark, anchor_table, spec, *runs)
 
 
 # --- the lab's bulk flow vs iperf3 through the same link -------------------------------------------------
@@ -194,15 +202,10 @@ def test_lab_bulk_vs_iperf3(benchmark, anchor_table: AnchorTable, case: str) -> 
                 lab.append(anchors.lab_bulk_goodput(link, seconds=BULK_SECONDS).bps / scale)
         return tool, lab
 
-    try:
-        anchors.require_tool("iperf3")
-        _need_net_admin()
-        tool, lab = _measure(benchmark, measure)
-    except anchors.NotMeasured as why:
-        _record(benchmark, anchor_table, [not_measured(spec, str(why))])
-        return
-    _record(benchmark, anchor_table, [measured(spec, _median(tool), _median(lab),
-                                               anchor_runs=tool, lab_runs=lab)])
+    runs = _measure(benchmark, anchor_table, [spec], measure, partial(anchors.require_tool, "iperf3"),
+                    _need_net_admin)
+    if runs is not None:
+        _record_medians(benchmark, anchor_table, spec, *runs)
 
 
 # --- one-way delay and loss per direction, through an asymmetric link ------------------------------------
@@ -228,11 +231,8 @@ def test_one_way_delay_and_loss_per_direction(benchmark, anchor_table: AnchorTab
             out["loss"] = (result, link.counters())
         return out
 
-    try:
-        _need_net_admin()
-        out = _measure(benchmark, measure)
-    except anchors.NotMeasured as why:
-        _record(benchmark, anchor_table, [not_measured(SPECS[i], str(why)) for i in ids])
+    out = _measure(benchmark, anchor_table, [SPECS[i] for i in ids], measure, _need_net_admin)
+    if out is None:
         return
     rows = []
     for mode in ("paced", "pingpong"):
