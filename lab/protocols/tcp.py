@@ -214,26 +214,27 @@ class _Connection:
                     self.written += len(message)
                     stamps.sent(seq, self.written - 1)
                 if blocking:  # ping-pong: stamped again just before the send, booked after it
-                    held = (seq, stream, intended)
+                    held = (seq, stream)
                     continue
                 run.sent(seq, stream, intended, sent_ns)
                 if len(outbuf) >= OUTBUF_LIMIT:
                     break
             now = time.monotonic_ns()
             if held is not None:
-                # building and booking the probe is the client's work, not the round trip's: the
-                # user-space clock starts at the send, as sockperf's does, and the send is booked
+                # building the probe is the client's work, not the round trip's: ping-pong means
+                # to send when it does (intended = sent = now, as UDP's), and the send is booked
                 # once the client wakes (as UDP's ping-pong does), so no bookkeeping of ours sits
                 # between the send and the sleep in the receive call
+                booked = (*held, now, now)
                 if not self.flush():
-                    run.sent(*held, now)
+                    run.sent(*booked)
                     return
                 if not outbuf:
                     until = min(now + run.timeout_ns, run.deadline_ns)
-                    if not self.await_reply((until - now) / NS_PER_S, (*held, now)):
+                    if not self.await_reply((until - now) / NS_PER_S, booked):
                         return
                     continue
-                run.sent(*held, now)  # not all of it went out: the writable path takes over
+                run.sent(*booked)  # not all of it went out: the writable path takes over
             elif outbuf and not self.flush():
                 return
             if stamps is not None and run.burst and not blocking:

@@ -120,8 +120,11 @@ class UDP(Protocol):
         while True:
             held = None
             for seq, stream, payload, crc, intended, sent_ns in run.due_probes(burst):
+                data = frame(seq, stream, intended, payload, crc, version)
+                if blocking:  # ping-pong means to send when it does: its clock starts at the send
+                    intended = sent_ns = time.monotonic_ns()
                 try:
-                    socks[stream].send(frame(seq, stream, intended, payload, crc, version))
+                    socks[stream].send(data)
                 except ConnectionRefusedError as exc:  # an earlier datagram drew ICMP port unreachable
                     self._refused(run, address, exc)
                     continue  # the probe was not sent; try it again
