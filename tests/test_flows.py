@@ -285,6 +285,7 @@ def test_report_tells_the_story_and_draws_the_flows(tmp_path: Any) -> None:
     assert story[0][0] == "in short"
     assert "4 TCP-CUBIC flows shared 10.00 Mbit/s: Jain's index 0.99" in story[0][1]
     assert "Probes under the upload load: RTT p50 110.0 ms" in story[2][1] and "idle" in story[2][1]
+    assert story[2][1] not in story[0][1]  # "in short" says what the points' own paragraphs do not
     paths = render_files(tmp_path, loaded)
     html = paths["html"].read_text()
     for section in ("flow-goodput", "flow-fairness", "flow-cwnd", "flow-latency"):

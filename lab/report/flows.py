@@ -209,7 +209,9 @@ LOADED_SENTENCE = {"upload": N_("Probes under the upload load: RTT p50 {loaded} 
 
 
 def headline(payload: Mapping[str, Any]) -> str:
-    """The report's first paragraph for a scenario with flows: the story across its points."""
+    """The report's first paragraph for a scenario with flows: the story across its points, only
+    what a point's own paragraph (`point_story`, printed below it) does not say already: the curve
+    across a sweep, a group's fair share in one sentence, latency compared across points."""
     points = [p for p in payload.get("points", []) if has_flows(p)]
     if not points:
         return ""
@@ -217,13 +219,13 @@ def headline(payload: Mapping[str, Any]) -> str:
         return _curve_headline(points)
     loaded = [p for p in points if (p.get("group") or {}).get("rpm_loaded") is not None]
     parts = [_group_headline(p) for p in points if p not in loaded]
-    parts += [_latency_headline(loaded)] if len(loaded) > 1 else [point_story(p) for p in loaded]
-    return " ".join(parts)
+    parts += [_latency_headline(loaded)] if len(loaded) > 1 else []
+    return " ".join(part for part in parts if part)
 
 
 def _group_headline(point: Mapping[str, Any]) -> str:
     """One group in a sentence: `4 TCP-CUBIC flows shared 10.00 Mbit/s: Jain's index 0.997 (2.26 to
-    2.58 Mbit/s each)`, or who got what when the flows differ."""
+    2.58 Mbit/s each)`; "" when the flows differ (who got what is the point's own paragraph)."""
     flows = bulk_flows(point)
     rate = link_rate(point)
     jain = (point.get("group") or {}).get("jain_index")
@@ -235,7 +237,7 @@ def _group_headline(point: Mapping[str, Any]) -> str:
             count=len(flows), protocol=protocol_label(protocols.pop()),
             rate=format_rate(rate) if rate else _("the link"), jain=f"{jain:.3f}",
             low=format_rate(min(goodputs)), high=format_rate(max(goodputs)))
-    return point_story(point)
+    return ""
 
 
 def _curve_headline(points: list[Mapping[str, Any]]) -> str:
