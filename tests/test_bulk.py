@@ -218,6 +218,20 @@ def test_no_sink_is_one_line() -> None:
         get_protocol("tcp").run_bulk(("127.0.0.1", port), BulkPlan(duration_s=1.0))
 
 
+@pytest.mark.parametrize(("name", "says"), [
+    ("arq-sr", "no ARQ sink answering at .* over ARQ .*lab.protocols.arq.server --sink"),
+    ("quic", "no sink answering at .* over QUIC .*lab.protocols.quic_server --sink"),
+])
+def test_no_sink_says_which_sink_and_how_to_start_it(name: str, says: str) -> None:
+    """One unreachable() for every protocol: it names what should answer, never "echo server"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    with pytest.raises(EndpointError, match=says) as info:
+        get_protocol(name).run_bulk(("127.0.0.1", port), BulkPlan(duration_s=0.5, rate_bps=1e6))
+    assert "echo server" not in str(info.value) and "\n" not in str(info.value)
+
+
 def test_tcp_variant_bulk_runs_its_congestion_control() -> None:
     from lab.protocols.tcp_cc import available_congestion_controls
 

@@ -171,6 +171,5 @@ class _ArqFlow:
         from lab.protocols.common import unreachable
 
         if not self.delivered_any:
-            error = unreachable(self.address, "ARQ", exc, connected=False)
-            raise EndpointError(str(error).replace("no echo server", "no ARQ sink")
-                                + " (python -m lab.protocols.arq.server --sink)") from exc
+            raise unreachable(self.address, "ARQ", exc, connected=False, answering="ARQ sink",
+                              hint=" (python -m lab.protocols.arq.server --sink)") from exc

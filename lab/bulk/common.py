@@ -69,6 +69,9 @@ class Bounds:
         return (now_ns - self.started_ns) / NS_PER_S
 
 
+NO_SINK_HINT = "; `lab serve discard` starts one"
+
+
 def connect_tcp(address: tuple[str, int], label: str, prepare: Callable[[socket.socket], None] | None,
                 round_trip_s: float) -> socket.socket:
     """A connected TCP socket to the sink (options from `prepare` set before connect)."""
@@ -82,16 +85,12 @@ def connect_tcp(address: tuple[str, int], label: str, prepare: Callable[[socket.
         sock.connect(address)
     except OSError as exc:
         sock.close()
-        raise _no_sink(unreachable(address, label, exc, connected=True)) from exc
+        raise unreachable(address, label, exc, connected=True, answering="discard sink",
+                          hint=NO_SINK_HINT) from exc
     except BaseException:
         sock.close()
         raise
     return sock
-
-
-def _no_sink(error: EndpointError) -> EndpointError:
-    return EndpointError(str(error).replace("no echo server", "no discard sink")
-                         + "; `lab serve discard` starts one")
 
 
 def read_summary(sock: socket.socket, timeout_s: float, address: tuple[str, int],

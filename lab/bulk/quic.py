@@ -76,6 +76,7 @@ class _QuicFlow(QuicPeer):
     """The connection, its socket (lab.protocols.quic.QuicPeer), and what came back on our stream."""
 
     answering = "sink"
+    start_hint = " (python -m lab.protocols.quic_server --sink)"
     missing_hint = "python -m lab.protocols.quic_server --sink starts one"
 
     def __init__(self, protocol: Any, sock: Any, sel: selectors.BaseSelector,
@@ -236,10 +237,6 @@ class _QuicFlow(QuicPeer):
     def close(self, reason: str = "bulk flow done") -> None:
         with contextlib.suppress(Exception):  # in a finally: the flow's own error is the one to see
             super().close(reason)
-
-    def unreachable(self, exc: OSError) -> EndpointError:
-        return EndpointError(f"no QUIC sink answering at {where(self.address)} (port unreachable: "
-                             "nothing listening)")
 
     def on_event(self, event: Any, recv_ns: int) -> None:
         from aioquic.quic import events

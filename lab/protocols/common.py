@@ -86,15 +86,17 @@ def connect_timeout_s(plan: TrafficPlan, round_trip_s: float = 0.0) -> float:
     return usual + 3 * max(0.0, round_trip_s)
 
 
-def unreachable(address: tuple[str, int], over: str, exc: OSError, *, connected: bool) -> EndpointError:
-    """The one-line EndpointError for a failed connect/send to an echo server.
+def unreachable(address: tuple[str, int], over: str, exc: OSError, *, connected: bool,
+                answering: str = "echo server", hint: str = "") -> EndpointError:
+    """The one-line EndpointError for a failed connect/send to an echo server (or to what
+    `answering` names, e.g. "discard sink"; `hint` is appended, e.g. how to start one).
 
     `over` names the protocol in the message; `connected` says whether it runs over a connection
     (a refused or reset connection reads differently from an ICMP port unreachable).
     """
     if connected and isinstance(exc, ConnectionResetError):  # accepted, then reset at once
-        return EndpointError(f"the echo server at {where(address)} closed the connection before any "
-                             "reply (it may be full: see its --max-conns)")
+        return EndpointError(f"the {answering} at {where(address)} closed the connection before any "
+                             f"reply (it may be full: see its --max-conns){hint}")
     if isinstance(exc, ConnectionRefusedError):
         why = "connection refused" if connected else "port unreachable: nothing listening"
     elif isinstance(exc, TimeoutError):
@@ -103,7 +105,7 @@ def unreachable(address: tuple[str, int], over: str, exc: OSError, *, connected:
         why = "host unreachable"
     else:
         why = exc.strerror or str(exc)
-    return EndpointError(f"no echo server answering at {where(address)} over {over} ({why})")
+    return EndpointError(f"no {answering} answering at {where(address)} over {over} ({why}){hint}")
 
 
 def received_datagrams(sock: socket.socket,

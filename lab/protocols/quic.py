@@ -232,6 +232,7 @@ class QuicPeer:
     `refused_later`; `sent`/`received` count UDP datagrams."""
 
     answering = "echo server"  # what should answer at `address`, for messages
+    start_hint = ""  # appended to "nothing answers" messages: how to start what should answer
     missing_hint = "is it the lab's QUIC server?"
 
     def __init__(self, protocol: Any, sock: socket.socket, sel: selectors.BaseSelector,
@@ -323,7 +324,8 @@ class QuicPeer:
 
     def unreachable(self, exc: OSError) -> EndpointError:
         """The one-line error when nothing answers at `address`."""
-        return unreachable(self.address, self.protocol.label, exc, connected=False)
+        return unreachable(self.address, self.protocol.label, exc, connected=False, answering=self.answering,
+                           hint=self.start_hint)
 
     def refused_later(self, exc: OSError) -> None:
         """An ICMP refusal once connected (the server went away): ignored unless a subclass counts it."""
