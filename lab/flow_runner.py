@@ -24,6 +24,7 @@ from typing import Any
 
 from lab import flows as flowlib
 from lab.bulk import BulkInterrupted
+from lab.bulk.common import wait_until
 from lab.records import TrafficPlan
 from lab.schedule import RunInterrupted
 
@@ -139,7 +140,7 @@ def _run_group(outcome: Any, link: Any, point: Any, numbers: dict[str, Any],
             handles.append((spec, link.start_bulk(spec.protocol, plan)))
         if probe_specs:
             spec = probe_specs[0]
-            _sleep_until(start_ns + int(spec.start_s * 1e9))
+            wait_until(start_ns + int(spec.start_s * 1e9))  # in short sleeps: Ctrl-C stays prompt
             measured = _probe_result(link, spec.protocol, spec.probes, timeline)
             probes = flowlib.probes_entry(spec.name, spec.start_s, measured)
             outcome.flows.append(probes)
@@ -188,11 +189,5 @@ def _wait(handle: Any, timeout_s: float) -> Any:
     while not handle.done and time.monotonic() < deadline:
         time.sleep(WAIT_POLL_S)
     return handle.result(timeout=WAIT_POLL_S)
-
-
-def _sleep_until(deadline_ns: int) -> None:
-    delay = (deadline_ns - time.monotonic_ns()) / 1e9
-    if delay > 0:
-        time.sleep(delay)
 
 

@@ -64,13 +64,13 @@ def format_scaled(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def format_rate(bps: Value, _time_unit: str = "ms") -> str:
-    """Bits per second with a unit: `1.23 Mbit/s`."""
+def format_rate(bps: Value, _time_unit: str = "ms", *, digits: int = 2) -> str:
+    """Bits per second with a unit: `1.23 Mbit/s` (`digits` after the point)."""
     if bps is None:
         return "-"
     for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
         if bps >= scale:
-            return f"{bps / scale:.2f} {unit}"
+            return f"{bps / scale:.{digits}f} {unit}"
     return f"{bps:.0f} bit/s"
 
 
@@ -121,14 +121,6 @@ def _field(key: str) -> Callable[[Mapping[str, Any]], Value]:
     return lambda result: result.get(key)
 
 
-def _rtt_ms(percentile: str) -> Callable[[Mapping[str, Any]], Value]:
-    def read(result: Mapping[str, Any]) -> Value:
-        value = (result.get("rtt_us") or {}).get(percentile)
-        return None if value is None else value / US_PER_MS
-
-    return read
-
-
 def _percentile_ms(key: str, percentile: str) -> Callable[[Mapping[str, Any]], Value]:
     def read(result: Mapping[str, Any]) -> Value:
         value = (result.get(key) or {}).get(percentile)
@@ -137,13 +129,13 @@ def _percentile_ms(key: str, percentile: str) -> Callable[[Mapping[str, Any]], V
     return read
 
 
+def _rtt_ms(percentile: str) -> Callable[[Mapping[str, Any]], Value]:
+    return _percentile_ms("rtt_us", percentile)
+
+
 def _shown_if(key: str) -> Callable[[Mapping[str, Any]], bool]:
     """A row shown only in a point where some result has `key` (e.g. the lab's server's reports)."""
     return lambda point: any(r.get(key) is not None for r in point.get("results", []))
-
-
-def _timestamps(result: Mapping[str, Any]) -> Any:  # "kernel" or "user": text, not a number
-    return result.get("timestamps")
 
 
 def _text_cell(value: object, _time_unit: str = "ms") -> str:
@@ -218,7 +210,7 @@ CORE_METRICS: tuple[Metric, ...] = (
     Metric(name="rtt_max_ms", unit="ms", read=_rtt_ms("max"), doc="RTT maximum, ms", format_cell=format_time),
     Metric(name="rtt_mean_ms", unit="ms", read=_rtt_ms("mean"), doc="RTT mean, ms", format_cell=format_time),
     # Timestamps and one-way delay (docs/architecture.md#timestamps-and-one-way-delay).
-    Metric(name="timestamps", unit="", read=_timestamps, doc='which clock the RTT reads: "kernel" '
+    Metric(name="timestamps", unit="", read=_field("timestamps"), doc='which clock the RTT reads: "kernel" '
            "(SO_TIMESTAMPING) or \"user\" (user-space times)", label=N_("timestamps"), row=52,
            format_cell=_text_cell, expectable=False, shown=_shown_if("timestamps")),
     Metric(name="rtt_user_p50_ms", unit="ms", read=_percentile_ms("rtt_user_us", "p50"),

@@ -32,7 +32,6 @@ from lab.bulk.plan import (
     BulkPlan,
     BulkResult,
 )
-from lab.errors import ConfigError
 
 if TYPE_CHECKING:
     from lab.protocols import Protocol
@@ -47,8 +46,7 @@ def run_bulk_loopback(protocol: str | Protocol, plan: BulkPlan, *,
     from lab.protocols import get_protocol
 
     chosen = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    if why := chosen.unavailable():
-        raise ConfigError(f"protocol {chosen.name} cannot run here: {why}")
+    chosen.require_available()
     with chosen.sinking() as address:
         return chosen.run_bulk(address, plan, progress=progress)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lab.bulk.plan import BulkInterrupted, BulkPlan, BulkResult
-from lab.errors import ConfigError, HelperProcessError, LabError
+from lab.errors import HelperProcessError, LabError
 
 if TYPE_CHECKING:
     pass
@@ -31,8 +31,7 @@ def flow_in_namespace(protocol: str, address: tuple[str, int], plan: BulkPlan, *
     from lab.protocols import get_protocol
 
     chosen = get_protocol(protocol)
-    if why := chosen.unavailable():
-        raise ConfigError(f"protocol {chosen.name} cannot run here: {why}")
+    chosen.require_available()
     try:
         result = chosen.run_bulk(address, plan, progress=progress, round_trip_s=round_trip_s)
     except KeyboardInterrupt:  # before the flow started (connecting, waiting for its start time)

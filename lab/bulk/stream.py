@@ -33,7 +33,6 @@ from lab.bulk.plan import BulkPlan, BulkResult
 from lab.targets import lab_address
 
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # linux/tcp.h
-TCP_CONGESTION = getattr(socket, "TCP_CONGESTION", 13)
 NOTSENT_LOWAT = 128 * 1024
 # Both follow the connection's delivery rate (TCP_INFO), sampled every interval: what waits unsent
 # in the kernel stays about UNSENT_S of sending (the flow ends on time on a slow link), and a block
@@ -42,13 +41,6 @@ NOTSENT_LOWAT = 128 * 1024
 UNSENT_S, MAX_NOTSENT_LOWAT = 0.05, 8 * 1024 * 1024
 BLOCK_S = 0.01
 LAST_BLOCK_WAIT_S = 2.0  # finishing the block under way when the time is up
-
-
-def congestion_control(sock: socket.socket) -> str:
-    """The connection's congestion control (as lab.protocols.tcp reads it; not imported: that module
-    calls this one)."""
-    raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, 16)
-    return raw.split(b"\0", 1)[0].decode("ascii", "replace")
 
 
 def trace_row(t_s: float, info: dict[str, Any]) -> list[float]:
@@ -79,6 +71,8 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
         flow = wire.Hello(wire.MODE_STREAM, new_flow_id(), started, bounds.interval_ns)
         writer = wire.BlockWriter()
         observed = result.observations.setdefault("tcp", {})
+        from lab.protocols.tcp import congestion_control  # (that module names this one only as text)
+
         observed["congestion_control"] = congestion_control(sock)
         sent = 0  # block bytes handed to the kernel
         pending = memoryview(b"")

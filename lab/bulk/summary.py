@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from lab.bulk.plan import BulkPlan, BulkResult
+from lab.metric_registry import format_rate
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as `lab send` (lab.endpoints.client)
 
@@ -23,10 +24,7 @@ def send_bulk_command(protocol: str, host: str, port: int, plan: BulkPlan, as_js
 
     chosen = get_protocol(protocol)
     ip = resolve_lab_target(host)  # refused before any socket exists
-    if why := chosen.unavailable():
-        from lab.errors import ConfigError
-
-        raise ConfigError(f"protocol {chosen.name} cannot run here: {why}")
+    chosen.require_available()
     if not as_json:  # at once: the user sees the flow is under way (and what it will be)
         print(title(protocol, where((ip, port)), plan.to_dict()), flush=True)
     status = _StatusLine() if not as_json and sys.stderr.isatty() else None
@@ -78,11 +76,8 @@ def human_bytes(size: float) -> str:
 
 
 def human_rate(bps: float) -> str:
-    """896e6 -> '896.0 Mbit/s'."""
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:.1f} {unit}"
-    return f"{bps:.0f} bit/s"
+    """896e6 -> '896.0 Mbit/s' (the report's format_rate, one digit after the point)."""
+    return format_rate(bps, digits=1)
 
 
 def interval_lines(result: BulkResult) -> list[str]:

@@ -367,11 +367,11 @@ def _bind(host: str, port: int, socktype: int, *, udp_lite: bool = False) -> soc
 def bind_sockets(kind: str, host: str, port: int, *,
                  udp_lite: bool = False) -> tuple[socket.socket | None, socket.socket | None]:
     """Bind the listening TCP and/or UDP sockets; with kind="both" they share one port number.
-    `udp_lite`: the datagram socket is UDP-Lite (kind "udp" only)."""
+    `udp_lite`: the datagram socket is UDP-Lite (kinds "udp" and "both")."""
     if kind not in KINDS:
         raise ConfigError(f"server kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if udp_lite and kind != "udp":
-        raise ConfigError("a UDP-Lite echo server is of kind udp")
+    if udp_lite and kind == "tcp":
+        raise ConfigError("UDP-Lite needs a datagram socket: kind udp (or both)")
     if kind == "tcp":
         return _bind(host, port, socket.SOCK_STREAM), None
     if kind == "udp":
@@ -379,7 +379,7 @@ def bind_sockets(kind: str, host: str, port: int, *,
     for attempt in range(BOTH_BIND_ATTEMPTS):
         tcp = _bind(host, port, socket.SOCK_STREAM)
         try:
-            return tcp, _bind(host, tcp.getsockname()[1], socket.SOCK_DGRAM)
+            return tcp, _bind(host, tcp.getsockname()[1], socket.SOCK_DGRAM, udp_lite=udp_lite)
         except EndpointError:
             tcp.close()
             if port != 0 or attempt == BOTH_BIND_ATTEMPTS - 1:

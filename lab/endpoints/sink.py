@@ -35,7 +35,6 @@ from typing import Any
 from lab.bulk import wire
 from lab.bulk.counting import DatagramCounter, StreamCounter
 from lab.endpoints.common import (
-    BOTH_BIND_ATTEMPTS,
     Counters,
     SelectorLoop,
     bind_sockets,
@@ -90,7 +89,7 @@ class DiscardSink(SelectorLoop):
         check_idle_timeout(idle_timeout)
         self.max_conns = max_conns
         self.idle_timeout = idle_timeout
-        self.tcp_socket, self.udp_socket = _bind_both(host, port, udp_lite)
+        self.tcp_socket, self.udp_socket = bind_sockets("both", host, port, udp_lite=udp_lite)  # type: ignore[assignment]
         self.tcp_address = self.tcp_socket.getsockname()[:2]
         self.udp_address = self.udp_socket.getsockname()[:2]
         for option in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):  # FORCE: root only
@@ -172,9 +171,7 @@ class DiscardSink(SelectorLoop):
             self._drop(conn)
 
     def _take(self, conn: _Conn, data: bytes, now_ns: int) -> None:
-        if conn.phase == STREAM:
-            conn.counter.feed(data, now_ns)  # type: ignore[union-attr]
-            return
+        """Bytes of a connection not (yet) in a stream flow (`_read` counts those in place)."""
         if conn.phase == PLAIN:
             self.counters.add(plain_bytes=len(data))
             return
@@ -333,22 +330,6 @@ def receive_buffer_overflows() -> int:
 
     counters = read_counters()
     return counters.get("UdpRcvbufErrors", 0) + counters.get("UdpLiteRcvbufErrors", 0)
-
-
-def _bind_both(host: str, port: int, udp_lite: bool) -> tuple[socket.socket, socket.socket]:
-    """A TCP listener and a UDP (or UDP-Lite) socket on one port number (any free one for 0)."""
-    for attempt in range(BOTH_BIND_ATTEMPTS):
-        tcp, _ = bind_sockets("tcp", host, port)
-        assert tcp is not None
-        try:
-            _, udp = bind_sockets("udp", host, tcp.getsockname()[1], udp_lite=udp_lite)
-            assert udp is not None
-            return tcp, udp
-        except EndpointError:
-            tcp.close()
-            if port != 0 or attempt == BOTH_BIND_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

@@ -204,9 +204,13 @@ class Protocol:
 
     def run(self, address: tuple[str, int], plan: TrafficPlan, **kw: Any) -> RunRecord:
         """`run_client`, after checking this machine has what the protocol needs."""
+        self.require_available()
+        return self.run_client(address, plan, **kw)
+
+    def require_available(self) -> None:
+        """ConfigError saying what is missing unless this machine has what the protocol needs."""
         if why := self.unavailable():
             raise ConfigError(f"protocol {self.name} cannot run here: {why}")
-        return self.run_client(address, plan, **kw)
 
     def summary_lines(self, result: Any) -> list[str]:
         """Extra lines for `lab send`'s summary of one of its results (its own observations)."""

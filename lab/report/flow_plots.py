@@ -13,10 +13,9 @@ from lab.i18n import _
 from lab.report.appearance import OKABE_ITO
 from lab.report.appearance import label as protocol_label
 from lab.report.flows import bulk_flows, has_flows, link_rate, probe_flows
-from lab.report.plots import REPORT, Style, _grid, _layout, _pyplot, _title, color
+from lab.report.plots import REPORT, US_PER_MS, Style, _grid, _layout, _pyplot, _title, color
 from lab.report.summary import point_label
 
-US_PER_MS = 1000.0
 LINK_STYLE = {"color": "#444444", "linestyle": "--", "linewidth": 1.2}
 SMOOTHING_S = 0.5
 PALETTE = tuple(OKABE_ITO) + ("#332288", "#117733", "#882255", "#44AA99", "#999933", "#AA4499")

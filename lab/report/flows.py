@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from lab.i18n import N_, _
-from lab.metric_registry import format_rate
+from lab.metric_registry import US_PER_MS, format_rate
 from lab.report.appearance import label as protocol_label
 
-US_PER_MS = 1000.0
 ORACLE_NAMES = {"mathis": N_("Mathis"), "link_rate": N_("link rate"), "textbook": N_("ARQ textbook")}
 FLOW_HEADERS = (N_("flow"), N_("protocol"), N_("direction"), N_("start"), N_("goodput"), N_("predicted"),
                 N_("measured / predicted"), N_("retransmits"), N_("RTT p50"))
