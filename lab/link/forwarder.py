@@ -273,10 +273,10 @@ class _Direction:
                         os.set_blocking(fd, False)
                         blocking = False
                     frames = []
-                    timeout = heap[0][0] - monotonic() - early
+                    start = monotonic()
+                    timeout = heap[0][0] - start - early
                     if timeout > 0:  # sleep until `early` before the next release...
                         timeout = min(MAX_WAIT_S, timeout)
-                        start = monotonic()
                         ready = wait((fd,), (), (), timeout)[0]
                         if not ready:  # the kernel woke us this late: aim that much earlier next time
                             late = min(max(0.0, monotonic() - start - timeout), MAX_EARLY_S)
@@ -290,11 +290,12 @@ class _Direction:
                             except BlockingIOError:
                                 break
                 with lock:
+                    mode = self.mode  # configure changes it only under this lock
+                    every_frame_taken = mode is BATCH_DELAY or self.capture is not None
                     for frame in frames:
-                        mode = self.mode
-                        if len(frame) <= hdr or hdr and (frame[0] or frame[1]) or frame[hdr] >> 4 != 4 \
-                                or mode is BATCH_DELAY or self.capture is not None:
-                            take(frame)  # batches, partial checksums, noise, delay batches, captures
+                        if every_frame_taken or len(frame) <= hdr or hdr and (frame[0] or frame[1]) \
+                                or frame[hdr] >> 4 != 4:
+                            take(frame)  # delay batches, captures, GSO batches, partial checksums, noise
                         elif mode is FAST:
                             try:
                                 os.write(out_fd, frame)
@@ -325,14 +326,13 @@ class _Direction:
                                 else:
                                     self.out_packets += 1
                                     self.out_bytes += len(release.packet)
-                    if heap and heap[0][0] <= monotonic():
-                        self.release_due()
+                    if heap and heap[0][0] <= (now := monotonic()):
+                        self.release_due(now)
         except OSError:  # the device went away (namespace deleted): this direction is over
             return
 
-    def release_due(self) -> None:
-        """Write what is due (called with `lock` held)."""
-        now = time.monotonic()
+    def release_due(self, now: float) -> None:
+        """Write what is due at `now` (called with `lock` held)."""
         heap = self.heap
         while heap and heap[0][0] <= now:
             _, _, parts, packets, size = heapq.heappop(heap)
