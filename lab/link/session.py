@@ -318,20 +318,12 @@ class Link:
     @property
     def server_place(self) -> Place:
         """The server namespace as a place to run echo servers (lab.protocols.Place)."""
-
-        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-            return in_netns_thread(self.server_ns, lambda: subprocess.Popen(argv, **kwargs))
-
-        return Place(f"namespace {self.server_ns}", SERVER_ADDRESS, popen_inside)
+        return _place(self.server_ns, SERVER_ADDRESS)
 
     @property
     def client_place(self) -> Place:
         """The client namespace as a place to run a sink (a download's: data flows server -> client)."""
-
-        def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-            return in_netns_thread(self.client_ns, lambda: subprocess.Popen(argv, **kwargs))
-
-        return Place(f"namespace {self.client_ns}", CLIENT_ADDRESS, popen_inside)
+        return _place(self.client_ns, CLIENT_ADDRESS)
 
     def server_for(self, protocol: str) -> tuple[str, int]:
         """Where `protocol`'s echo server listens in the server namespace; started once.
@@ -360,7 +352,6 @@ class Link:
                 **plan_kwargs: Any) -> tuple[RunRecord, Result]:
         """Like `run`, but also hand back the client's raw RunRecord (per-probe timeline)."""
         from lab.endpoints.client import run_client
-        from lab.kernel import counter_deltas, read_counters
         from lab.metrics import compute_result
         from lab.schedule import RunInterrupted
 
@@ -368,29 +359,38 @@ class Link:
             raise ConfigError("give either a TrafficPlan or its keywords (count=, rate=...), not both")
         plan = plan if plan is not None else TrafficPlan(**plan_kwargs)
         address = self.server_for(protocol)
-        kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
-        link_before = self.counters()
-        forward, reverse = self.config.forward, self.config.reverse
-        round_trip_s = forward.delay_s + forward.jitter_s + reverse.delay_s + reverse.jitter_s
-        stopped: RunInterrupted | None = None
-        try:
-            record = call_in_netns(self.client_ns, run_client, (protocol, address, plan),
-                                   {"round_trip_s": round_trip_s}, progress=progress)
-        except RunInterrupted as exc:  # Ctrl-C/SIGTERM: finish the partial result, then re-raise
-            stopped, record = exc, exc.record
-        link_after = self.counters()
-        kernel_after = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
+        # Ctrl-C/SIGTERM: the partial record is finished into a result, then re-raised
+        record, stopped, link, kernel = self._counted(
+            self.client_ns, run_client, (protocol, address, plan), {"round_trip_s": self.round_trip_s()},
+            RunInterrupted, lambda exc: exc.record, progress)
         result = compute_result(record, expected_loss_ratio=self.config.expected_loss_ratio())
-        result.link = {
-            d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()} for d in link_after
-        }
-        result.kernel = {
-            side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after
-        }
+        result.link, result.kernel = link, kernel
         if stopped is not None:
             stopped.result = result
             raise stopped
         return record, result
+
+    def _counted(self, ns: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 interrupted: type[Exception], partial: Callable[[Any], Any],
+                 progress: Callable[..., None] | None) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+        """Run `fn` in namespace `ns` (call_in_netns) with the link's and both kernels' counters taken
+        around it: (its value, or `partial(exc)` when it raised `interrupted`; that exception or
+        None; the link's per-direction counter deltas; each kernel's counter deltas)."""
+        from lab.kernel import counter_deltas, read_counters
+
+        def kernels() -> dict[str, dict[str, int]]:
+            return {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
+
+        kernel_before, link_before = kernels(), self.counters()
+        stopped = None
+        try:
+            value = call_in_netns(ns, fn, args, kwargs, progress=progress)
+        except interrupted as exc:
+            stopped, value = exc, partial(exc)
+        link_after, kernel_after = self.counters(), kernels()
+        link = {d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()} for d in link_after}
+        kernel = {side: counter_deltas(kernel_before[side], kernel_after[side]) for side in kernel_after}
+        return value, stopped, link, kernel
 
 
     # --- bulk flows (docs/architecture.md#bulk-traffic) ---
@@ -439,26 +439,24 @@ class Link:
         `measure` raises RunInterrupted)."""
         from lab.bulk.plan import BulkInterrupted
         from lab.bulk.running import flow_in_namespace
-        from lab.kernel import counter_deltas, read_counters
 
         address = self.sink_for(protocol, plan.direction)
-        kernel_before = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
-        link_before = self.counters()
-        stopped: BulkInterrupted | None = None
-        try:
-            result = call_in_netns(self._sender_ns(plan), flow_in_namespace, (protocol, address, plan),
-                                   {"round_trip_s": self.round_trip_s()}, progress=progress)
-        except BulkInterrupted as exc:
-            stopped, result = exc, exc.result
-        link_after = self.counters()
-        kernel_after = {"client": self.client.call(read_counters), "server": self.server.call(read_counters)}
-        result.link = {d: {k: v - link_before[d].get(k, 0) for k, v in link_after[d].items()}
-                       for d in link_after}
-        result.kernel = {side: counter_deltas(kernel_before[side], kernel_after[side])
-                         for side in kernel_after}
+        result, stopped, link, kernel = self._counted(
+            self._sender_ns(plan), flow_in_namespace, (protocol, address, plan),
+            {"round_trip_s": self.round_trip_s()}, BulkInterrupted, lambda exc: exc.result, progress)
+        result.link, result.kernel = link, kernel
         if stopped is not None:
             raise stopped
         return result
+
+
+def _place(ns: str, host: str) -> Place:
+    """Namespace `ns` as a place to run a server at `host` (its processes start inside it)."""
+
+    def popen_inside(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return in_netns_thread(ns, lambda: subprocess.Popen(argv, **kwargs))
+
+    return Place(f"namespace {ns}", host, popen_inside)
 
 
 def open_link(config: LinkConfig | None = None, *, name: str | None = None, mtu: int = 1500,
