@@ -66,7 +66,6 @@ class Direction(StrEnum):
     reverse = "reverse"
 
 
-PORT = typer.Option(DEFAULT_PORT, "--port", "-p", min=0, max=65535, help=N_("Port (0 = any free)."))
 # Read by `main` before the command line is parsed (help texts too are in this language); the
 # commands only declare it so that it shows in their --help.
 LANG = typer.Option(None, "--lang", metavar="en|pt", help=N_(
@@ -183,8 +182,9 @@ def bulk_plan(duration: float, max_bytes: str | None, rate: str | None, size: in
             raise LabError(f"with --bulk, --rate is a bit rate with a unit such as 20mbit or 500kbit, "
                            f"got {rate!r}")
     budget = parse_size(max_bytes, key="bytes", minimum=1, maximum=MAX_BULK_BYTES) if max_bytes else None
+    given = {"size": size} if size is not None else {}  # else BulkPlan's own default
     return BulkPlan(duration_s=duration, max_bytes=budget, rate_bps=rate_bps,
-                    size=1200 if size is None else size, interval_s=min(interval, duration), window=window)
+                    interval_s=min(interval, duration), window=window, **given)
 
 
 # --- impairment options: one list (lab.link.models.OPTION_KEYS) for `lab link` and `lab demo` ---------

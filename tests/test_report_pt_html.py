@@ -12,8 +12,9 @@ import pytest
 from lab import i18n
 from lab.errors import LabError
 from lab.report import load_result
+from lab.report.figures import render_plots
 from lab.report.html import render_html
-from lab.report.plots import _pyplot, render_plots, story_figure
+from lab.report.plots import _pyplot, story_figure
 from lab.report.slides import write_slides
 
 DATA = Path(__file__).resolve().parent / "data"

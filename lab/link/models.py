@@ -270,7 +270,7 @@ def _check_direction(direction: str) -> str:
 
 DIRECTION_NAMES = ("forward", "reverse")  # forward = client -> server
 _OTHER = {"forward": "reverse", "reverse": "forward"}
-_ARROW = {"forward": "client->server", "reverse": "server->client"}
+DIRECTION_ARROWS = {"forward": "client->server", "reverse": "server->client"}
 
 
 def _check_tables(direction: str, forward: Mapping[str, object] | None,
@@ -280,7 +280,7 @@ def _check_tables(direction: str, forward: Mapping[str, object] | None,
     for name, own in (("forward", forward), ("reverse", reverse)):
         if direction == _OTHER[name] and own and any(v is not None for v in own.values()):
             raise ConfigError(
-                f"direction {direction} leaves {_ARROW[name]} unimpaired, yet {name} impairments "
+                f"direction {direction} leaves {DIRECTION_ARROWS[name]} unimpaired, yet {name} impairments "
                 f"were given too; drop direction (each direction's own impairments already say which "
                 f"way they apply) or make it both", key="direction")
 
@@ -611,7 +611,8 @@ def null_counters() -> dict[str, int]:
 
 
 __all__ = [
-    "COUNTER_KEYS", "DEFAULT_LIMIT_BYTES", "DIRECTION_NAMES", "DIRECTIONS", "DISTRIBUTIONS", "MAX_LIMIT",
+    "COUNTER_KEYS", "DEFAULT_LIMIT_BYTES", "DIRECTION_ARROWS", "DIRECTION_NAMES", "DIRECTIONS",
+    "DISTRIBUTIONS", "MAX_LIMIT",
     "MAX_LIMIT_BYTES", "MIN_LIMIT_BYTES", "NULL", "OPTION_KEYS", "DirectionModel",
     "GilbertElliott", "Impairment", "LinkConfig", "Release", "Verdict", "flip_payload_bit",
     "null_counters",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from lab.child import Channel, Child, Progress, Reply, end_process, fork_call
 from lab.errors import ConfigError, EndpointError, HelperProcessError, LabError
 from lab.interrupts import stop_signals_recorded
-from lab.link.models import LinkConfig
+from lab.link.models import DIRECTION_ARROWS, LinkConfig
 from lab.link.netns import CLIENT_ADDRESS, SERVER_ADDRESS, Topology, enter_netns, in_netns_thread
 from lab.protocols import Place
 from lab.records import Result, RunRecord, TrafficPlan
@@ -604,7 +604,7 @@ def _print_final(link: Link) -> None:
     not_captured = 0
     for direction_name, values in (link.final_counters or {}).items():
         shown = ", ".join(f"{k}={v}" for k, v in values.items() if v)
-        arrow = _ARROWS.get(direction_name, "")
+        arrow = DIRECTION_ARROWS.get(direction_name, "")
         dropped = values.get("dropped_loss", 0) + values.get("dropped_queue", 0)
         packets_in = values.get("packets_in", 0)
         share = f"; dropped {dropped / packets_in:.2%} of packets in" if packets_in else ""
@@ -623,7 +623,6 @@ def _print_final(link: Link) -> None:
     print(f"link {link.name} removed", flush=True)
 
 
-_ARROWS = {"forward": "client->server", "reverse": "server->client"}
 
 
 def _describe(values: Mapping[str, Any]) -> str:

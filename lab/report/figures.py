@@ -24,8 +24,11 @@ def figure(name: str) -> Callable[..., Any]:
 
 
 def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Every figure this payload has, as inline SVG keyed by section name (see plots.render_plots
-    for why matplotlib's warnings are silenced)."""
+    """Every figure this payload has, as inline SVG keyed by section name.
+
+    matplotlib's warnings (a glyph missing from the font, a legend with no labelled artist) say
+    nothing the reader of a report can act on; they would only clutter the command's output.
+    """
     import warnings
 
     with warnings.catch_warnings():

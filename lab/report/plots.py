@@ -613,17 +613,3 @@ def figures_for(payload: Mapping[str, Any]) -> list[str]:
             continue
         names.append(name)
     return names
-
-
-def render_plots(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Every probe plot this payload has as an inline SVG string, keyed by section name (the
-    report's own, with the flows' figures too, is lab.report.figures.render_plots).
-
-    matplotlib's warnings (a glyph missing from the font, a legend with no labelled artist) say
-    nothing the reader of a report can act on; they would only clutter the command's output.
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {name: _svg(FIGURES[name](payload, REPORT)) for name in figures_for(payload)}

@@ -38,7 +38,7 @@ def write_slides(directory: Path, payload: Mapping[str, Any]) -> list[Path]:
     written: list[Path] = []
     builders = [(name, figure(name)) for name in figures_for(payload)] + [(STORY, story_figure)]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # see lab.report.plots.render_plots
+        warnings.simplefilter("ignore")  # see lab.report.figures.render_plots
         for name, build in builders:
             fig = build(payload, SLIDE)
             try:
