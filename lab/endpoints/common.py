@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from lab.errors import ConfigError, EndpointError
+from lab.wire import FLAG_LOSS_QUERY, filled
 
 KINDS = ("tcp", "udp", "both")
 VARIANTS = ("selectors", "socketserver")
@@ -278,6 +279,16 @@ class ProbeReceipts:
         if shift >= 0:
             return (seen >> shift) & _SEEN_MASK, received
         return ((seen << -shift) & _SEEN_MASK if -shift < 64 else 0), received
+
+    def reply(self, peer: Any, probe: bytes | bytearray | memoryview, seq: int, flags: int,
+              kernel_rx_ns: int | None) -> bytearray:
+        """The reply to wire v2 probe `probe` (seq and flags from its header) from `peer`: its bytes
+        with the server's report filled in, the receipt booked (a loss query only asks). The
+        receive time is the kernel's stamp when there is one; the send time is this server's clock
+        just before it answers (a reply cannot carry its own transmit stamp)."""
+        seen, received = self.report(peer, seq, query=bool(flags & FLAG_LOSS_QUERY))
+        return filled(probe, kernel_rx_ns or time.time_ns(), time.time_ns(), seen, received & 0xFFFFFFFF,
+                      kernel_rx_ns is not None)
 
 
 def _forget_oldest(table: dict[Any, Any]) -> None:

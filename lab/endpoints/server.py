@@ -48,14 +48,10 @@ from lab.endpoints.common import (
 from lab.errors import ConfigError, EndpointError
 from lab.wire import (
     DEFAULT_MAX_PAYLOAD,
-    FLAG_LOSS_QUERY,
     HEADER,
     HEADER_V2_SIZE,
     MAGIC,
     VERSION_2,
-    ServerReport,
-    fill_reply,
-    filled,
     v2_request,
 )
 
@@ -100,21 +96,18 @@ class StreamReports:
         out = bytearray()
         while True:
             start = bytes(buf[:len(V2_START)])
-            if not V2_START.startswith(start) or (
-                    len(buf) >= HEADER_V2_SIZE and HEADER.unpack_from(buf)[6] > DEFAULT_MAX_PAYLOAD):
+            if not V2_START.startswith(start):
                 return self._plain(out)
             self.framing = self.framing or len(start) == len(V2_START) or None
             if len(buf) < HEADER_V2_SIZE:
                 break
-            end = HEADER_V2_SIZE + HEADER.unpack_from(buf)[6]
+            _, _, flags, _, seq, _, length, _ = HEADER.unpack_from(buf)  # the header, read once
+            if length > DEFAULT_MAX_PAYLOAD:
+                return self._plain(out)
+            end = HEADER_V2_SIZE + length
             if len(buf) < end:
                 break
-            request = v2_request(buf)
-            assert request is not None
-            seq, flags = request
-            seen, received = self.receipts.report(0, seq, query=bool(flags & FLAG_LOSS_QUERY))
-            report = ServerReport(rx_ns or time.time_ns(), time.time_ns(), seen, received & 0xFFFFFFFF)
-            out += fill_reply(buf[:end], report, kernel_rx=rx_ns is not None)
+            out += self.receipts.reply(0, buf[:end], seq, flags, rx_ns)
             del buf[:end]
         return out
 
@@ -259,7 +252,9 @@ class EchoServer(BoundEcho, SelectorLoop):
                 return
         else:
             self.counters.add(bytes_in=len(data))
-            data = conn.reports.feed(data, timestamps.receive_stamp(ancillary) if ancillary else None)
+            # the kernel's stamp matters only to a stream of v2 probes, not to a plain echo
+            stamped = ancillary and conn.reports.framing is not False
+            data = conn.reports.feed(data, timestamps.receive_stamp(ancillary) if stamped else None)
             if not data:
                 return
         if conn.outbuf:  # older bytes first: the stream's order is the echo's order
@@ -354,7 +349,8 @@ class EchoServer(BoundEcho, SelectorLoop):
             # (tests and probes compare counters right after a reply); undone if the send fails.
             self.counters.echoed(size)
             if (request := v2_request(data)) is not None:
-                data = self._reply(data, peer, request, ancillary)
+                data = self._receipts.reply(peer, data, *request,
+                                            timestamps.receive_stamp(ancillary) if ancillary else None)
             try:
                 sock.sendto(data, peer)
             except (BlockingIOError, InterruptedError):
@@ -362,15 +358,6 @@ class EchoServer(BoundEcho, SelectorLoop):
                 self.counters.add(datagrams_out=-1, bytes_out=-size, datagrams_dropped=1)
             except OSError:
                 self.counters.add(datagrams_out=-1, bytes_out=-size, errors=1)
-
-    def _reply(self, data: bytes, peer: Any, request: tuple[int, int], ancillary: Any) -> bytes | bytearray:
-        """A wire v2 probe's reply: its bytes with the server's report filled in place."""
-        seq, flags = request
-        kernel_rx = timestamps.receive_stamp(ancillary) if ancillary else None
-        rx_ns = kernel_rx or time.time_ns()
-        seen, received = self._receipts.report(peer, seq, query=bool(flags & FLAG_LOSS_QUERY))
-        # The reply cannot carry its own transmit stamp: this is the server's clock just before sendto.
-        return filled(data, rx_ns, time.time_ns(), seen, received & 0xFFFFFFFF, kernel_rx is not None)
 
     def _close_sockets(self) -> None:
         for conn in list(self._conns.values()):
