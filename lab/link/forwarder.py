@@ -147,10 +147,7 @@ class HeldBatches:
         """Hand every segment to the model's own queue (emptying this one)."""
         if not self.heap:
             return
-        held = model._held  # noqa: SLF001 - the model's queue: see admit_delayed
-        for entry in self.segments():
-            heapq.heappush(held, entry)
-        model._held_bytes += self.bytes  # noqa: SLF001
+        model.absorb(self.segments())
         self.heap.clear()
         self.packets = self.bytes = 0
 
@@ -169,20 +166,14 @@ def admit_delayed(model: DirectionModel, batches: HeldBatches, count: int, size:
     batches as skbs, carries several Gbit/s; the lab's `delay 10ms` should behave as netem's does.
     A bottleneck (`rate`) decides per packet, so bufferbloat experiments count packets on the wire.
     """
-    imp = model.impairment
-    held = model._held  # noqa: SLF001 - the model's own queue: a batch must count against it
-    while held and held[0][0] <= now:
-        model._held_bytes -= heapq.heappop(held)[1]  # noqa: SLF001
     batches.expire(now)
     c = model.counters
     c["packets_in"] += count
     c["bytes_in"] += size
-    if (held or batches.heap) and (
-            len(held) + len(batches.heap) >= imp.limit
-            or model._held_bytes + batches.bytes + size > imp.limit_bytes):  # noqa: SLF001
+    if not model.queue_has_room(size, now, also_held=len(batches.heap), also_bytes=batches.bytes):
         c["dropped_queue"] += count
         return False
-    batches.add(now + imp.delay_s, count, size, each)
+    batches.add(now + model.impairment.delay_s, count, size, each)
     c["forwarded"] += count
     c["bytes_out"] += size
     c["delayed"] += count

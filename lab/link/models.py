@@ -493,6 +493,25 @@ class DirectionModel:
         self._null = impairment.is_null
         self._holds = bool(impairment.delay_s or impairment.jitter_s or impairment.rate_bps)
 
+    # --- the queue, for a forwarder holding whole GSO batches beside it (lab.link.forwarder) ---
+    def queue_has_room(self, size: int, now: float, *, also_held: int = 0, also_bytes: int = 0) -> bool:
+        """Whether a packet of `size` bytes arriving at `now` fits the queue (`limit` packets,
+        `limit_bytes` bytes), counting `also_held` packets of `also_bytes` held elsewhere; an empty
+        queue takes any packet. What is due by `now` leaves first. (`decide` applies the same rule
+        inline: it runs once per packet.)"""
+        held = self._held
+        while held and held[0][0] <= now:
+            self._held_bytes -= heapq.heappop(held)[1]
+        entries = len(held) + also_held
+        return not entries or (entries < self._imp.limit
+                               and self._held_bytes + also_bytes + size <= self._imp.limit_bytes)
+
+    def absorb(self, entries: list[tuple[float, int]]) -> None:
+        """Hold packets that were held elsewhere, (release time, bytes) each, as `decide` holds its own."""
+        for entry in entries:
+            heapq.heappush(self._held, entry)
+            self._held_bytes += entry[1]
+
     def reseed(self, seed: int) -> None:
         """Restart the random decisions from `seed` (Gilbert-Elliott back to Good, no jitter memory).
 
