@@ -6,6 +6,7 @@ import errno
 import ipaddress
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 
@@ -139,3 +140,31 @@ def received_stamped_datagrams(sock: socket.socket,
             refused(exc)
             continue
         yield data, time.monotonic_ns(), receive_stamp(ancillary) if ancillary else None
+
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+RECEIVE_TIMEOUT_SLACK_S = 0.001  # a ping-pong wait is set again only when it changed more than this
+DONTWAIT = int(socket.MSG_DONTWAIT)
+
+
+class ReceiveTimeout:
+    """A ping-pong client's wait in the receive call itself (SO_RCVTIMEO on a blocking socket), so a
+    reply wakes it straight into `recvmsg`, not into select() and then `recvmsg`. Set again only when
+    the wait changed by more than RECEIVE_TIMEOUT_SLACK_S: not each probe, which would put a system
+    call more between send and reply."""
+
+    __slots__ = ("sock", "wait_s")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.wait_s = 0.0  # as last set (0: not yet)
+
+    def flags(self, wait_s: float) -> int:
+        """Bound the next receive by `wait_s` (> 0); its flags: 0 to wait, DONTWAIT for `wait_s` <= 0."""
+        if wait_s <= 0:
+            return DONTWAIT
+        if abs(wait_s - self.wait_s) > RECEIVE_TIMEOUT_SLACK_S:
+            whole = int(wait_s)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                 _TIMEVAL.pack(whole, max(1, int((wait_s - whole) * 1_000_000))))
+            self.wait_s = wait_s
+        return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,7 +21,15 @@ from lab.errors import EndpointError, RemoteWireError
 from lab.i18n import N_
 from lab.metric_registry import Metric, format_scaled, time_unit_of
 from lab.protocols import Protocol
-from lab.protocols.common import MAX_BURST, connect_timeout_s, family, selector, unreachable
+from lab.protocols.common import (
+    DONTWAIT,
+    MAX_BURST,
+    ReceiveTimeout,
+    connect_timeout_s,
+    family,
+    selector,
+    unreachable,
+)
 from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
 from lab.targets import lab_address, where
@@ -36,9 +43,6 @@ OUTBUF_FULL_POLL_NS = 10_000_000  # re-check the deadline this often while the s
 DECODER_BUFFER = 1024 * 1024
 RECV_CHUNK = 256 * 1024
 SERVER_CLOSED = "the echo server closed the connection"
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
-RECEIVE_TIMEOUT_SLACK_S = 0.001  # a ping-pong wait set again only when it changed more than this
-_DONTWAIT = int(socket.MSG_DONTWAIT)
 # TCP's observations of a run (lab.records.Observations): observations["tcp"] = {"tcp_info": the
 # client socket's TCP_INFO at the end, "tcp_nodelay": True, "congestion_control": the algorithm the
 # client's connection used, e.g. "cubic"}; the same key for any variant of TCP.
@@ -189,7 +193,7 @@ class _Connection:
         # offset in the stream; `written` counts the bytes handed to the connection so far.
         self.stamps = timestamps.TransmitLog() if stamped else None
         self.written = 0
-        self.receive_timeout = 0.0  # SO_RCVTIMEO as last set (seconds; 0: not yet)
+        self.receive_timeout = ReceiveTimeout(sock)
 
     def loop(self, sel: selectors.BaseSelector) -> None:
         run, outbuf = self.run, self.outbuf
@@ -262,18 +266,13 @@ class _Connection:
         """Sleep in `recvmsg` until a reply comes or `wait_s` passes (SO_RCVTIMEO, set again only
         when the wait changed); False when the connection is over. `held`: the probe just sent,
         (seq, stream, intended_ns, sent_ns), booked on waking."""
-        if wait_s > 0 and abs(wait_s - self.receive_timeout) > RECEIVE_TIMEOUT_SLACK_S:
-            whole = int(wait_s)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                 _TIMEVAL.pack(whole, max(1, int((wait_s - whole) * 1_000_000))))
-            self.receive_timeout = wait_s
-        alive = self.receive(wait=wait_s > 0, held=held)
+        alive = self.receive(flags=self.receive_timeout.flags(wait_s), held=held)
         self.collect_stamps()
         return alive
 
     def flush(self) -> bool:
         try:
-            n = self.sock.send(self.outbuf, _DONTWAIT)
+            n = self.sock.send(self.outbuf, DONTWAIT)
         except BlockingIOError:
             return True
         except OSError as exc:
@@ -287,12 +286,12 @@ class _Connection:
             for seq, stamp in self.stamps.stamped(timestamps.transmit_stamps(self.sock, len(self.stamps))):
                 self.run.kernel_sent(seq, stamp)
 
-    def receive(self, *, wait: bool = False, held: tuple[int, int, int, int] | None = None) -> bool:
-        """Read what is there (`wait`: sleep in the call until something is) and decode it; False
-        when the connection is over. `held`: a probe sent but not booked yet, booked first."""
+    def receive(self, *, flags: int = DONTWAIT, held: tuple[int, int, int, int] | None = None) -> bool:
+        """Read what is there (`flags` 0: sleep in the call until something is, bounded by
+        SO_RCVTIMEO) and decode it; False when the connection is over. `held`: a probe sent but not
+        booked yet, booked first."""
         run, decoder = self.run, self.decoder
         size = min(RECV_CHUNK, decoder.max_buffer - decoder.buffered)
-        flags = 0 if wait else _DONTWAIT
         kernel_ns = None
         try:
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from lab.protocols import Protocol
 from lab.protocols.common import (
     MAX_BURST,
     RECV_BUFSIZE,
+    ReceiveTimeout,
     big_buffers,
     family,
     received_datagrams,
@@ -34,9 +34,6 @@ from lab.targets import lab_address
 from lab.timing import fine_timers
 from lab.wire import EOF, FLAG_LOSS_QUERY, HEADER_SIZE, SEEN_BITS, VERSION_2, Probe, StreamDecoder, frame
 
-_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
-RECEIVE_TIMEOUT_SLACK_S = 0.001
-_DONTWAIT = int(socket.MSG_DONTWAIT)
 # The closing loss query (docs/architecture.md#timestamps-and-one-way-delay): at most this many
 # questions, each asked at most LOSS_QUERY_TRIES times, waiting up to LOSS_QUERY_WAIT_S (or the
 # probes' timeout, if shorter) for each answer.
@@ -113,7 +110,7 @@ class UDP(Protocol):
         # Ping-pong over one socket waits in the receive call (`_await_reply`); the receive calls
         # that drain pass MSG_DONTWAIT, so they never block on the now blocking socket.
         blocking = run.plan.rate is None and len(socks) == 1
-        receive_timeout = [0.0]  # SO_RCVTIMEO as last set (seconds; 0: not yet)
+        receive_timeout = ReceiveTimeout(socks[0])
         if blocking:
             socks[0].setblocking(True)
         burst = 1 if blocking else MAX_BURST
@@ -161,18 +158,11 @@ class UDP(Protocol):
 
     def _await_reply(self, run: ProbeSchedule, sock: socket.socket, wait_s: float, max_payload: int,
                      address: tuple[str, int], stamping: _Stamping | None,
-                     receive_timeout: list[float], held: tuple[int, int, int, int] | None = None) -> None:
+                     receive_timeout: ReceiveTimeout, held: tuple[int, int, int, int] | None = None) -> None:
         """Ping-pong on one socket: sleep in the receive call itself (SO_RCVTIMEO bounds it), so a
         reply wakes the client straight into `recvmsg`, not into select() and then `recvmsg`.
         `held`: the probe just sent, (seq, stream, intended_ns, sent_ns), booked on waking."""
-        if wait_s > 0 and abs(wait_s - receive_timeout[0]) > RECEIVE_TIMEOUT_SLACK_S:
-            # Set again only when the wait changed (not each probe: it is a system call more
-            # between send and reply); a wait up to RECEIVE_TIMEOUT_SLACK_S long is fine.
-            whole = int(wait_s)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                            _TIMEVAL.pack(whole, max(1, int((wait_s - whole) * 1_000_000))))
-            receive_timeout[0] = wait_s
-        flags = 0 if wait_s > 0 else _DONTWAIT
+        flags = receive_timeout.flags(wait_s)
         try:
             try:
                 if stamping is None:
