@@ -75,22 +75,10 @@ NO_SINK_HINT = "; `lab serve discard` starts one"
 def connect_tcp(address: tuple[str, int], label: str, prepare: Callable[[socket.socket], None] | None,
                 round_trip_s: float) -> socket.socket:
     """A connected TCP socket to the sink (options from `prepare` set before connect)."""
-    from lab.protocols.common import family, unreachable
+    from lab.protocols.common import connected_stream
 
-    sock = socket.socket(family(address[0]), socket.SOCK_STREAM)
-    try:
-        if prepare is not None:
-            prepare(sock)
-        sock.settimeout(CONNECT_TIMEOUT_S + 3 * round_trip_s)
-        sock.connect(address)
-    except OSError as exc:
-        sock.close()
-        raise unreachable(address, label, exc, connected=True, answering="discard sink",
-                          hint=NO_SINK_HINT) from exc
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return connected_stream(address, label, prepare, CONNECT_TIMEOUT_S + 3 * round_trip_s,
+                            answering="discard sink", hint=NO_SINK_HINT)
 
 
 def read_summary(sock: socket.socket, timeout_s: float, address: tuple[str, int],

@@ -87,6 +87,27 @@ def connect_timeout_s(plan: TrafficPlan, round_trip_s: float = 0.0) -> float:
     return usual + 3 * max(0.0, round_trip_s)
 
 
+def connected_stream(address: tuple[str, int], over: str, prepare: Callable[[socket.socket], None] | None,
+                     timeout_s: float, *, answering: str = "echo server", hint: str = "") -> socket.socket:
+    """A TCP socket connected to `address` within `timeout_s`; `prepare` sets its options before
+    connect, so the whole connection, handshake included, runs with them (a congestion control
+    chosen after it would leave a moment under the default). Else the one-line `unreachable` error
+    (`over`, `answering`, `hint` as there); the socket is closed on any failure."""
+    sock = socket.socket(family(address[0]), socket.SOCK_STREAM)
+    try:
+        if prepare is not None:
+            prepare(sock)
+        sock.settimeout(timeout_s)
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        raise unreachable(address, over, exc, connected=True, answering=answering, hint=hint) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def unreachable(address: tuple[str, int], over: str, exc: OSError, *, connected: bool,
                 answering: str = "echo server", hint: str = "") -> EndpointError:
     """The one-line EndpointError for a failed connect/send to an echo server (or to what

@@ -26,9 +26,8 @@ from lab.protocols.common import (
     MAX_BURST,
     ReceiveTimeout,
     connect_timeout_s,
-    family,
+    connected_stream,
     selector,
-    unreachable,
 )
 from lab.records import RunRecord, TrafficPlan, observations_of
 from lab.schedule import NS_PER_S, ProbeSchedule
@@ -139,19 +138,7 @@ class TCP(Protocol):
         connect_timeout = connect_timeout_s(plan, round_trip_s)
         if deadline_s is not None:
             connect_timeout = min(connect_timeout, deadline_s)
-        sock = socket.socket(family(host), socket.SOCK_STREAM)
-        try:
-            # Before connect: the whole connection, handshake included, runs with these options
-            # (a congestion control chosen after it would leave a moment under the default).
-            self.prepare_socket(sock)
-            sock.settimeout(connect_timeout)
-            sock.connect((host, port))
-        except OSError as exc:
-            sock.close()
-            raise unreachable((host, port), self.label, exc, connected=True) from exc
-        except BaseException:
-            sock.close()
-            raise
+        sock = connected_stream((host, port), self.label, self.prepare_socket, connect_timeout)
         with sock, selector([sock]) as sel:
             sock.setblocking(False)
             run = ProbeSchedule(self.name, plan, deadline_s=deadline_s, progress=progress,
