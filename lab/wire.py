@@ -143,8 +143,22 @@ def header_size(version: int) -> int:
 def _extension(report: ServerReport | None) -> bytes:
     if report is None:
         return EMPTY_EXTENSION
-    body = EXTENSION_BODY.pack(report.rx_ns, report.tx_ns, report.seen, report.received)
-    return body + zlib.crc32(body).to_bytes(4, "big")
+    return _packed_extension(report.rx_ns, report.tx_ns, report.seen, report.received)
+
+
+def _packed_extension(rx_ns: int, tx_ns: int, seen: int, received: int) -> bytes:
+    """The 32 bytes of a filled version 2 extension: the report's fields, then their CRC-32."""
+    body = _EXTENSION_BODY_PACK(rx_ns, tx_ns, seen, received)
+    return body + _crc32(body).to_bytes(4, "big")
+
+
+def _unpacked_extension(extension: bytes | memoryview) -> tuple[tuple[int, int, int, int] | None, bool]:
+    """(the report's fields, or None for an empty extension; whether its CRC-32 holds)."""
+    if extension == EMPTY_EXTENSION:
+        return None, True
+    body = extension[:_BODY_SIZE]
+    crc = int.from_bytes(extension[_BODY_SIZE:EXTENSION_SIZE], "big")
+    return EXTENSION_BODY.unpack(body), _crc32(body) == crc
 
 
 class _Sentinel:
@@ -215,11 +229,10 @@ def filled(data: bytes | bytearray | memoryview, rx_ns: int, tx_ns: int, seen: i
            kernel_rx: bool) -> bytearray:
     """`fill_reply` from the report's fields, for the server's hot path (no ServerReport made; the
     caller keeps them in range: 64-bit times and bitmap, 32-bit count)."""
-    body = _EXTENSION_BODY_PACK(rx_ns, tx_ns, seen, received)
     reply = bytearray(data)
     if kernel_rx:
         reply[5] |= FLAG_SERVER_KERNEL_RX
-    reply[HEADER_SIZE:HEADER_V2_SIZE] = body + _crc32(body).to_bytes(4, "big")
+    reply[HEADER_SIZE:HEADER_V2_SIZE] = _packed_extension(rx_ns, tx_ns, seen, received)
     return reply
 
 
@@ -252,12 +265,8 @@ def _parse_header(
 
 def _server_report(extension: bytes | memoryview, seq: int) -> tuple[ServerReport | None, bool]:
     """(the report in a version 2 extension or None if empty, whether its CRC-32 holds)."""
-    if extension == EMPTY_EXTENSION:
-        return None, True
-    rx_ns, tx_ns, seen, received = EXTENSION_BODY.unpack_from(extension)
-    crc = int.from_bytes(extension[EXTENSION_BODY.size:EXTENSION_SIZE], "big")
-    ok = zlib.crc32(extension[:EXTENSION_BODY.size]) == crc
-    return ServerReport(rx_ns, tx_ns, seen, received), ok
+    fields, ok = _unpacked_extension(extension)
+    return (None if fields is None else ServerReport(*fields)), ok
 
 
 def _probe(view: bytes | memoryview, version: int, flags: int, stream: int, seq: int, send_ns: int,
@@ -323,13 +332,11 @@ def read_reply(data: bytes | bytearray | memoryview, *,
             intact = _crc32(data[start:]) == crc
             report = None
             if version == VERSION_2:
-                extension = data[HEADER_SIZE:HEADER_V2_SIZE]
-                if extension != EMPTY_EXTENSION:
-                    body = extension[:_BODY_SIZE]
-                    if _crc32(body) == int.from_bytes(extension[_BODY_SIZE:]):
-                        report = EXTENSION_BODY.unpack(body)
-                    else:
-                        intact = False
+                fields, ok = _unpacked_extension(data[HEADER_SIZE:HEADER_V2_SIZE])
+                if ok:
+                    report = fields
+                else:
+                    intact = False
             return seq, stream, flags, report, intact
     decode_untrusted_datagram(data, max_payload=max_payload)  # raises the error that says what is wrong
     raise AssertionError("read_reply: a datagram decode accepts must be accepted here")
