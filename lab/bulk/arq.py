@@ -19,11 +19,10 @@ from typing import Any
 
 from lab.bulk import wire
 from lab.bulk.common import (
-    INTERRUPTED_WAIT_S,
     MAX_DRAIN_S,
     NS_PER_S,
-    SUMMARY_WAIT_S,
     Bounds,
+    Sending,
     collect_summary,
     new_flow_id,
     wait_until,
@@ -62,18 +61,11 @@ def run_arq_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
         result.started_ns = started
         flow = _ArqFlow(endpoint, sock, sel, (host, port), Bounds(plan, started), plan, progress)
         endpoint.send(wire.Hello(wire.MODE_STREAM, new_flow_id(), started, flow.bounds.interval_ns).encode())
-        interrupted = False
-        try:
+        with Sending(result, flow.bounds) as sending:
             flow.send_until_done()
-        except KeyboardInterrupt:
-            interrupted, flow.bounds.stopped = True, "interrupted"
-        except OSError as exc:
-            flow.bounds.stopped = "error"
-            result.observations.setdefault("sink", {})["error"] = f"send failed: {exc.strerror or exc}"
-        result.bytes_sent = flow.sent
-        result.stopped = flow.bounds.stopped or "error"
-        result.duration_s = (time.monotonic_ns() - started) / NS_PER_S
-        wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
+        sending.ended(flow.sent, started)
+        interrupted = sending.interrupted
+        wait_s = sending.summary_wait_s(round_trip_s)
         collect_summary(result, started, interrupted, lambda: flow.finish(wait_s, extend=not interrupted))
         observed = endpoint.observations()
         result.observations[OBSERVER] = observed

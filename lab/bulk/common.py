@@ -36,6 +36,46 @@ def wait_until(start_at_ns: int | None) -> None:
         time.sleep(min(left / NS_PER_S, 0.5))
 
 
+class Sending:
+    """A flow's sending phase, as `with Sending(result, bounds) as sending:` around the send loop: a
+    Ctrl-C or a failed send ends it without losing what was sent (`bounds.stopped` says which, a
+    send's error is kept for the summary, `interrupted` is set); then `ended` books it and
+    `summary_wait_s` says how long to wait for the sink's summary."""
+
+    def __init__(self, result: BulkResult, bounds: Bounds) -> None:
+        self.result, self.bounds = result, bounds
+        self.interrupted = False
+
+    def __enter__(self) -> Sending:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.interrupt()
+            return True
+        if isinstance(exc, OSError):
+            self.bounds.stopped = "error"
+            self.result.observations.setdefault("sink", {})["error"] = f"send failed: {exc.strerror or exc}"
+            return True
+        return False
+
+    def interrupt(self) -> None:
+        """A Ctrl-C ended sending."""
+        self.interrupted, self.bounds.stopped = True, "interrupted"
+
+    def ended(self, bytes_sent: int, started_ns: int) -> None:
+        """Book what sending did: the bytes handed over, why it stopped, how long since the start."""
+        self.result.bytes_sent = bytes_sent
+        self.result.stopped = self.bounds.stopped or "error"
+        self.result.duration_s = (time.monotonic_ns() - started_ns) / NS_PER_S
+
+    def summary_wait_s(self, round_trip_s: float, sink_waits_s: float = 0.0) -> float:
+        """How long to wait for the sink's summary: briefly after a Ctrl-C, else the sink's own wait
+        before it answers (`sink_waits_s`) and SUMMARY_WAIT_S; four round trips on top."""
+        waited = INTERRUPTED_WAIT_S if self.interrupted else sink_waits_s + SUMMARY_WAIT_S
+        return waited + 4 * round_trip_s
+
+
 class Bounds:
     """A flow's end: its duration from `started_ns`, its byte budget; `stopped` says which ended it."""
 

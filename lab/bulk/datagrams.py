@@ -20,10 +20,9 @@ from typing import Any
 
 from lab.bulk import wire
 from lab.bulk.common import (
-    INTERRUPTED_WAIT_S,
     NS_PER_S,
-    SUMMARY_WAIT_S,
     Bounds,
+    Sending,
     collect_summary,
     connect_tcp,
     datagram_figures,
@@ -85,8 +84,7 @@ def run_datagram_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *
         payload_crc = zlib.crc32(payload)
         gap_ns = plan.size * 8 * NS_PER_S / rate
         seq = sent_bytes = refused = 0
-        interrupted = False
-        try:
+        with Sending(result, bounds) as sending:
             while True:
                 now = time.monotonic_ns()
                 if bounds.sample_due(now) and progress is not None:
@@ -118,20 +116,13 @@ def run_datagram_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *
                         bounds.stopped = "error"
                         sink_missing(result, "the sink closed the control connection")
                         break
-        except KeyboardInterrupt:
-            interrupted, bounds.stopped = True, "interrupted"
-        except OSError as exc:
-            bounds.stopped = "error"
-            result.observations.setdefault("sink", {})["error"] = f"send failed: {exc.strerror or exc}"
-        result.bytes_sent = sent_bytes
-        result.stopped = bounds.stopped or "error"
-        result.duration_s = (time.monotonic_ns() - started) / NS_PER_S
+        sending.ended(sent_bytes, started)
+        interrupted = sending.interrupted
         if refused:
             result.observations["icmp_refused"] = refused
         quiet_s = QUIET_MIN_S + 2 * round_trip_s
         # The sink answers once the flow is quiet (a queue still draining is not), by MAX_END_WAIT_S.
-        wait_s = INTERRUPTED_WAIT_S if interrupted else wire.MAX_END_WAIT_S + SUMMARY_WAIT_S
-        wait_s += 4 * round_trip_s
+        wait_s = sending.summary_wait_s(round_trip_s, sink_waits_s=wire.MAX_END_WAIT_S)
 
         def ask() -> dict[str, Any]:
             control.setblocking(True)

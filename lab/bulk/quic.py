@@ -23,11 +23,10 @@ from typing import Any
 
 from lab.bulk import wire
 from lab.bulk.common import (
-    INTERRUPTED_WAIT_S,
     MAX_DRAIN_S,
     NS_PER_S,
-    SUMMARY_WAIT_S,
     Bounds,
+    Sending,
     collect_summary,
     datagram_figures,
     new_flow_id,
@@ -103,16 +102,15 @@ class _QuicFlow(QuicPeer):
         self.conn.send_stream_data(STREAM_ID, hello.encode())
         self.flush()
         sending = self.datagrams if self.protocol.datagrams else self.stream
-        interrupted = False
         sent: dict[str, int] = {"bytes": 0, "datagrams": 0}
+        phase = Sending(result, bounds)
         try:
             sending(plan, bounds, sent, progress)
-        except KeyboardInterrupt:
-            interrupted, bounds.stopped = True, "interrupted"
-        result.bytes_sent = sent["bytes"]
-        result.stopped = bounds.stopped or "error"
-        result.duration_s = (time.monotonic_ns() - started) / NS_PER_S
-        wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
+        except KeyboardInterrupt:  # (a failed send is the QUIC connection's error: it propagates)
+            phase.interrupt()
+        phase.ended(sent["bytes"], started)
+        interrupted = phase.interrupted
+        wait_s = phase.summary_wait_s(round_trip_s)
         quiet_s = QUIET_MIN_S + 2 * round_trip_s
         summary = collect_summary(result, started, interrupted,
                                   lambda: self.finish(sent, wait_s, quiet_s, interrupted))

@@ -19,10 +19,9 @@ from typing import Any
 
 from lab.bulk import wire
 from lab.bulk.common import (
-    INTERRUPTED_WAIT_S,
     NS_PER_S,
-    SUMMARY_WAIT_S,
     Bounds,
+    Sending,
     collect_summary,
     connect_tcp,
     new_flow_id,
@@ -76,8 +75,7 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
         observed["congestion_control"] = congestion_control(sock)
         sent = 0  # block bytes handed to the kernel
         pending = memoryview(b"")
-        interrupted = False
-        try:
+        with Sending(result, bounds) as sending:
             sock.sendall(flow.encode())
             sock.setblocking(False)
             while True:
@@ -102,16 +100,9 @@ def run_tcp_bulk(protocol: Any, address: tuple[str, int], plan: BulkPlan, *,
                     continue
                 sent += n
                 pending = pending[n:]
-        except KeyboardInterrupt:
-            interrupted, bounds.stopped = True, "interrupted"
-        except OSError as exc:
-            bounds.stopped = "error"
-            result.observations.setdefault("sink", {})["error"] = f"send failed: {exc.strerror or exc}"
-        sending_ended = time.monotonic_ns()
-        result.bytes_sent = sent
-        result.stopped = bounds.stopped or "error"
-        result.duration_s = (sending_ended - started) / NS_PER_S
-        wait_s = (INTERRUPTED_WAIT_S if interrupted else SUMMARY_WAIT_S) + 4 * round_trip_s
+        sending.ended(sent, started)
+        interrupted = sending.interrupted
+        wait_s = sending.summary_wait_s(round_trip_s)
 
         def ask() -> dict[str, Any]:
             with contextlib.suppress(OSError):
